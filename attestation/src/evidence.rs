@@ -1,0 +1,482 @@
+//! Evidence types: platforms, fixed-size registers, parsed TDX quotes and SEV-SNP reports.
+//!
+//! Parsing here checks structure only. Nothing in this module says that evidence is genuine:
+//! that is [`crate::verify`]'s job.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::EvidenceError;
+
+/// The confidential-computing platform that produced a piece of evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// Intel TDX: a TD quote (v4 or v5) signed by the quoting enclave.
+    Tdx,
+    /// AMD SEV-SNP: an attestation report signed by the VCEK or VLEK.
+    Snp,
+}
+
+impl Platform {
+    /// The lowercase name used in policies, JSON and the wire format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Tdx => "tdx",
+            Platform::Snp => "snp",
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = EvidenceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tdx" => Ok(Platform::Tdx),
+            "snp" => Ok(Platform::Snp),
+            other => Err(EvidenceError::UnknownPlatform(other.to_owned())),
+        }
+    }
+}
+
+/// Defines a fixed-size byte newtype that prints, parses and serializes as lowercase hex.
+macro_rules! hex_bytes {
+    ($(#[$doc:meta])* $name:ident, $len:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            /// Length in bytes.
+            pub const LEN: usize = $len;
+
+            /// All bytes zero (the value of a register nothing was extended into).
+            pub const ZERO: Self = Self([0u8; $len]);
+
+            /// Parses lowercase or uppercase hex of exactly this length.
+            pub fn from_hex(s: &str) -> Result<Self, EvidenceError> {
+                let mut out = [0u8; $len];
+                hex::decode_to_slice(s.trim(), &mut out).map_err(|_| EvidenceError::BadHex {
+                    what: stringify!($name),
+                    expected_bytes: $len,
+                    got_chars: s.trim().len(),
+                })?;
+                Ok(Self(out))
+            }
+
+            /// Copies from a slice that must be exactly this length.
+            pub fn from_slice(b: &[u8]) -> Result<Self, EvidenceError> {
+                let arr: [u8; $len] = b.try_into().map_err(|_| EvidenceError::BadLength {
+                    what: stringify!($name),
+                    expected: $len,
+                    got: b.len(),
+                })?;
+                Ok(Self(arr))
+            }
+
+            /// Lowercase hex.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+
+            /// The raw bytes.
+            pub fn as_bytes(&self) -> &[u8; $len] {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = EvidenceError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::from_hex(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::from_hex(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hex_bytes!(
+    /// A 48-byte measurement register: TDX MRTD, RTMR0-3, MRSEAM, MRCONFIGID, MROWNER,
+    /// MROWNERCONFIG, or the SEV-SNP launch measurement (all SHA-384 sized).
+    Measurement,
+    48
+);
+hex_bytes!(
+    /// The 64 bytes of caller data bound into a quote or report. chrysalis puts the
+    /// RA-TLS key binding here (see [`crate::ratls::report_data_for_spki`]).
+    ReportData,
+    64
+);
+hex_bytes!(
+    /// 8 bytes of flags: TDX TD attributes or XFAM.
+    Flags64,
+    8
+);
+hex_bytes!(
+    /// The 32-byte SEV-SNP HOST_DATA field, set by the host at launch and measured.
+    HostData,
+    32
+);
+hex_bytes!(
+    /// The 64-byte SEV-SNP CHIP_ID, unique per processor.
+    ChipId,
+    64
+);
+hex_bytes!(
+    /// A SHA-256 digest (certificate and SPKI fingerprints, receipt hashes).
+    Sha256,
+    32
+);
+
+impl Sha256 {
+    /// SHA-256 of `data`.
+    pub fn digest(data: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(data).into())
+    }
+}
+
+/// The TDX registers that a quote reports and a policy may pin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TdxMeasurements {
+    /// Build-time measurement of the initial TD contents (the firmware).
+    pub mr_td: Measurement,
+    /// Run-time measurement registers 0-3.
+    pub rtmr: [Measurement; 4],
+    /// Software-defined configuration ID set by the host at launch.
+    pub mr_config_id: Measurement,
+    /// Owner ID set by the host at launch.
+    pub mr_owner: Measurement,
+    /// Owner-defined configuration set by the host at launch.
+    pub mr_owner_config: Measurement,
+    /// Measurement of the TDX module (SEAM).
+    pub mr_seam: Measurement,
+    /// TD attributes (bit 0: DEBUG).
+    pub td_attributes: Flags64,
+    /// Extended features allowed in the TD.
+    pub xfam: Flags64,
+}
+
+impl TdxMeasurements {
+    /// True when the TD attributes' DEBUG bit is set: the host can read the TD's memory.
+    pub fn debug(&self) -> bool {
+        self.td_attributes.0[0] & 1 != 0
+    }
+}
+
+/// The SEV-SNP fields that a report carries and a policy may pin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnpMeasurements {
+    /// The launch digest computed by the PSP over the initial guest memory and VMSAs.
+    pub measurement: Measurement,
+    /// Data the host supplied at launch.
+    pub host_data: HostData,
+    /// The guest policy (bit 19: DEBUG allowed).
+    pub policy: u64,
+    /// The TCB the report was signed at: the VCEK must have been issued for exactly this TCB.
+    pub reported_tcb: SnpTcb,
+    /// The chip that signed (zero when the host masks it).
+    pub chip_id: ChipId,
+    /// The VM privilege level that asked for the report.
+    pub vmpl: u32,
+}
+
+impl SnpMeasurements {
+    /// Bit 19 of the guest policy: the hypervisor may use the debug API on this guest.
+    pub const POLICY_DEBUG_BIT: u64 = 1 << 19;
+
+    /// True when the guest policy allows debugging.
+    pub fn debug(&self) -> bool {
+        self.policy & Self::POLICY_DEBUG_BIT != 0
+    }
+}
+
+/// Measurements of either platform.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "platform", rename_all = "lowercase")]
+pub enum Measurements {
+    /// TDX registers.
+    Tdx(TdxMeasurements),
+    /// SEV-SNP fields.
+    Snp(SnpMeasurements),
+}
+
+impl Measurements {
+    /// The platform these measurements come from.
+    pub fn platform(&self) -> Platform {
+        match self {
+            Measurements::Tdx(_) => Platform::Tdx,
+            Measurements::Snp(_) => Platform::Snp,
+        }
+    }
+
+    /// True when the guest is debuggable by its host.
+    pub fn debug(&self) -> bool {
+        match self {
+            Measurements::Tdx(m) => m.debug(),
+            Measurements::Snp(m) => m.debug(),
+        }
+    }
+}
+
+/// A structurally parsed TDX quote (v4 or v5). Not verified.
+#[derive(Clone, Debug)]
+pub struct TdxQuote {
+    raw: Vec<u8>,
+    parsed: dcap_qvl::quote::Quote,
+}
+
+impl TdxQuote {
+    /// Parses a TDX quote. Rejects SGX quotes and anything that does not decode completely.
+    pub fn parse(raw: &[u8]) -> Result<Self, EvidenceError> {
+        let parsed = dcap_qvl::quote::Quote::parse(raw)
+            .map_err(|e| EvidenceError::Malformed { what: "TDX quote", reason: format!("{e:#}") })?;
+        if parsed.header.tee_type != TDX_TEE_TYPE || parsed.report.as_td10().is_none() {
+            return Err(EvidenceError::Malformed {
+                what: "TDX quote",
+                reason: format!("TEE type {:#x} is not TDX (0x81)", parsed.header.tee_type),
+            });
+        }
+        Ok(Self { raw: raw.to_vec(), parsed })
+    }
+
+    /// The bytes as received.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Quote format version (4 or 5).
+    pub fn version(&self) -> u16 {
+        self.parsed.header.version
+    }
+
+    /// dcap-qvl's parsed form.
+    pub fn inner(&self) -> &dcap_qvl::quote::Quote {
+        &self.parsed
+    }
+
+    fn td10(&self) -> &dcap_qvl::quote::TDReport10 {
+        // parse() refused quotes without a TD report.
+        self.parsed.report.as_td10().expect("checked in parse")
+    }
+
+    /// The registers of the TD report.
+    pub fn measurements(&self) -> TdxMeasurements {
+        tdx_measurements(self.td10())
+    }
+
+    /// The report_data the TD asked to be quoted.
+    pub fn report_data(&self) -> ReportData {
+        ReportData(self.td10().report_data)
+    }
+
+    /// TEE_TCB_SVN of the TD report.
+    pub fn tee_tcb_svn(&self) -> [u8; 16] {
+        self.td10().tee_tcb_svn
+    }
+}
+
+/// TEE type of a TDX quote header.
+pub(crate) const TDX_TEE_TYPE: u32 = 0x81;
+
+pub(crate) fn tdx_measurements(r: &dcap_qvl::quote::TDReport10) -> TdxMeasurements {
+    TdxMeasurements {
+        mr_td: Measurement(r.mr_td),
+        rtmr: [
+            Measurement(r.rt_mr0),
+            Measurement(r.rt_mr1),
+            Measurement(r.rt_mr2),
+            Measurement(r.rt_mr3),
+        ],
+        mr_config_id: Measurement(r.mr_config_id),
+        mr_owner: Measurement(r.mr_owner),
+        mr_owner_config: Measurement(r.mr_owner_config),
+        mr_seam: Measurement(r.mr_seam),
+        td_attributes: Flags64(r.td_attributes),
+        xfam: Flags64(r.xfam),
+    }
+}
+
+/// A structurally parsed SEV-SNP attestation report (version 2 or later). Not verified.
+#[derive(Clone, Debug)]
+pub struct SnpReport {
+    raw: Vec<u8>,
+    parsed: sev::firmware::guest::AttestationReport,
+}
+
+/// Size of an SNP attestation report, signature included.
+pub const SNP_REPORT_LEN: usize = 0x4A0;
+
+impl SnpReport {
+    /// Parses a report of exactly [`SNP_REPORT_LEN`] bytes, version 2 or later.
+    pub fn parse(raw: &[u8]) -> Result<Self, EvidenceError> {
+        use sev::parser::ByteParser;
+        if raw.len() != SNP_REPORT_LEN {
+            return Err(EvidenceError::BadLength {
+                what: "SEV-SNP report",
+                expected: SNP_REPORT_LEN,
+                got: raw.len(),
+            });
+        }
+        let parsed = sev::firmware::guest::AttestationReport::from_bytes(raw).map_err(|e| {
+            EvidenceError::Malformed { what: "SEV-SNP report", reason: e.to_string() }
+        })?;
+        if parsed.version < 2 {
+            return Err(EvidenceError::Malformed {
+                what: "SEV-SNP report",
+                reason: format!("version {} is older than 2", parsed.version),
+            });
+        }
+        Ok(Self { raw: raw.to_vec(), parsed })
+    }
+
+    /// The bytes as received.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Report format version.
+    pub fn version(&self) -> u32 {
+        self.parsed.version
+    }
+
+    /// The sev crate's parsed form.
+    pub fn inner(&self) -> &sev::firmware::guest::AttestationReport {
+        &self.parsed
+    }
+
+    /// The fields a policy may pin.
+    pub fn measurements(&self) -> SnpMeasurements {
+        let r = &self.parsed;
+        SnpMeasurements {
+            measurement: Measurement(r.measurement),
+            host_data: HostData(r.host_data),
+            policy: r.policy.0,
+            reported_tcb: SnpTcb::from(&r.reported_tcb),
+            chip_id: ChipId(r.chip_id),
+            vmpl: r.vmpl,
+        }
+    }
+
+    /// The report_data the guest asked to be signed.
+    pub fn report_data(&self) -> ReportData {
+        ReportData(self.parsed.report_data)
+    }
+}
+
+/// An SEV-SNP TCB version: the security version numbers of the firmware components.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SnpTcb {
+    /// SVN of the FMC firmware (Turin and later; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fmc: Option<u8>,
+    /// SVN of the PSP bootloader.
+    pub bootloader: u8,
+    /// SVN of the PSP operating system.
+    pub tee: u8,
+    /// SVN of the SNP firmware.
+    pub snp: u8,
+    /// Lowest microcode patch level of all cores.
+    pub microcode: u8,
+}
+
+impl From<&sev::firmware::host::TcbVersion> for SnpTcb {
+    fn from(t: &sev::firmware::host::TcbVersion) -> Self {
+        Self { fmc: t.fmc, bootloader: t.bootloader, tee: t.tee, snp: t.snp, microcode: t.microcode }
+    }
+}
+
+impl SnpTcb {
+    /// True when every component of `self` is at least that of `min`.
+    pub fn at_least(&self, min: &SnpTcb) -> bool {
+        self.fmc.unwrap_or(0) >= min.fmc.unwrap_or(0)
+            && self.bootloader >= min.bootloader
+            && self.tee >= min.tee
+            && self.snp >= min.snp
+            && self.microcode >= min.microcode
+    }
+}
+
+/// Evidence bytes that arrive as raw binary or as hex text, as recorded vectors do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputEncoding {
+    /// The bytes were used as they are.
+    Binary,
+    /// The bytes were hex text (whitespace and an optional 0x prefix allowed) and were decoded.
+    Hex,
+}
+
+/// Decodes `data` as hex if it is entirely hex text (with optional whitespace or `0x`),
+/// otherwise returns it unchanged. Says which it did.
+pub fn decode_binary_or_hex(data: &[u8]) -> (Vec<u8>, InputEncoding) {
+    let text: Vec<u8> = data.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let text = text.strip_prefix(b"0x").unwrap_or(&text);
+    if !text.is_empty() && text.len() % 2 == 0 && text.iter().all(u8::is_ascii_hexdigit) {
+        if let Ok(bytes) = hex::decode(text) {
+            return (bytes, InputEncoding::Hex);
+        }
+    }
+    (data.to_vec(), InputEncoding::Binary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measurement_hex_round_trip_and_errors_name_the_type() {
+        let m = Measurement([0xab; 48]);
+        assert_eq!(Measurement::from_hex(&m.to_hex()).unwrap(), m);
+        let err = Measurement::from_hex("abcd").unwrap_err().to_string();
+        assert!(err.contains("Measurement") && err.contains("48"), "{err}");
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(48)));
+    }
+
+    #[test]
+    fn binary_or_hex_detection() {
+        assert_eq!(decode_binary_or_hex(b"0a0B\n"), (vec![0x0a, 0x0b], InputEncoding::Hex));
+        assert_eq!(decode_binary_or_hex(b"0x0a0b"), (vec![0x0a, 0x0b], InputEncoding::Hex));
+        assert_eq!(decode_binary_or_hex(&[0, 1, 2]).1, InputEncoding::Binary);
+        assert_eq!(decode_binary_or_hex(b"abc").1, InputEncoding::Binary);
+    }
+
+    #[test]
+    fn truncated_inputs_are_errors_not_panics() {
+        assert!(TdxQuote::parse(&[]).is_err());
+        assert!(TdxQuote::parse(&[4, 0, 2, 0]).is_err());
+        assert!(SnpReport::parse(&[0u8; 10]).is_err());
+    }
+}

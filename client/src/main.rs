@@ -1,0 +1,2 @@
+//! chrysalis CLI.
+fn main() {}

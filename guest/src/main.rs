@@ -1,0 +1,2 @@
+//! Guest runtime.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Host agent.
+fn main() {}
