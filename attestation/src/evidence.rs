@@ -226,6 +226,7 @@ impl SnpMeasurements {
 /// Measurements of either platform.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "platform", rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // a handful per verdict; boxing would only add noise
 pub enum Measurements {
     /// TDX registers.
     Tdx(TdxMeasurements),
@@ -464,10 +465,12 @@ pub fn decode_binary_or_hex(data: &[u8]) -> (Vec<u8>, InputEncoding) {
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
     let text = text.strip_prefix(b"0x").unwrap_or(&text);
-    if !text.is_empty() && text.len() % 2 == 0 && text.iter().all(u8::is_ascii_hexdigit) {
-        if let Ok(bytes) = hex::decode(text) {
-            return (bytes, InputEncoding::Hex);
-        }
+    if !text.is_empty()
+        && text.len().is_multiple_of(2)
+        && text.iter().all(u8::is_ascii_hexdigit)
+        && let Ok(bytes) = hex::decode(text)
+    {
+        return (bytes, InputEncoding::Hex);
     }
     (data.to_vec(), InputEncoding::Binary)
 }
