@@ -23,12 +23,18 @@
 //! * [`measure`]: precomputation of TDX and SNP measurements, and TCG event-log replay.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod error;
 pub mod evidence;
 pub mod hostcall;
+pub mod policy;
+pub mod verify;
 
+pub use bundle::EvidenceBundle;
 pub use error::EvidenceError;
 pub use evidence::{
     ChipId, Flags64, HostData, InputEncoding, Measurement, Measurements, Platform, ReportData,
     Sha256, SnpMeasurements, SnpReport, SnpTcb, TdxMeasurements, TdxQuote,
 };
+pub use policy::{Policy, PolicyError, RejectReason, Rejection, VerifiedEvidence};
+pub use verify::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
