@@ -28,6 +28,7 @@ pub mod error;
 pub mod evidence;
 pub mod hostcall;
 pub mod policy;
+pub mod sim;
 pub mod verify;
 
 pub use bundle::EvidenceBundle;

@@ -49,8 +49,8 @@ fn root_subject(der: &[u8]) -> String {
 
 /// Parses an RFC 3339 UTC timestamp as Intel writes them ("2025-07-19T10:32:27Z").
 fn rfc3339(s: &str) -> Option<u64> {
-    let dt = chrono::DateTime::parse_from_rfc3339(s).ok()?;
-    u64::try_from(dt.timestamp()).ok()
+    let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(dt.unix_timestamp()).ok()
 }
 
 fn next_update(json: &str) -> Option<u64> {
