@@ -225,6 +225,13 @@ pub enum VerifyError {
     /// SNP evidence came without a VCEK.
     #[error("SNP report has no VCEK/VLEK certificate")]
     MissingVcek,
+    /// The platform's TCB (CPUSVN, PCESVN, TEE TCB SVN) is below every level of the
+    /// collateral's TCB info: Intel no longer lists it, so no status can be assigned.
+    #[error(
+        "TCB not listed: the platform's TCB matches no level of Intel's TCB info \
+         (older than every listed level: out of date)"
+    )]
+    TcbNotListed,
     /// The TDX quote or its collateral failed verification (dcap-qvl's reason).
     #[error("TDX quote verification failed: {0}")]
     Tdx(String),
