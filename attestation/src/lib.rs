@@ -25,6 +25,8 @@
 
 pub mod error;
 pub mod evidence;
+pub mod measure_snp;
+pub mod verify_snp;
 
 pub use error::EvidenceError;
 pub use evidence::{
