@@ -314,8 +314,6 @@ mod oid {
     pub(super) const HW_ID: &str = "1.3.6.1.4.1.3704.1.4";
 }
 
-/// Offset where the signature starts; the signed region is everything before it.
-const SIGNATURE_OFFSET: usize = 0x2A0;
 /// Bytes of a P-384 scalar inside the 72-byte little-endian r and s fields.
 const P384_SCALAR_LEN: usize = 48;
 
@@ -482,7 +480,7 @@ impl ParsedCert {
 
     fn x509(&self) -> Result<X509Certificate<'_>, SnpVerifyError> {
         match x509_parser::parse_x509_certificate(&self.der) {
-            Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+            Ok(([], cert)) => Ok(cert),
             Ok(_) => Err(self.error("trailing bytes after the certificate".into())),
             Err(e) => Err(self.error(e.to_string())),
         }
@@ -538,7 +536,7 @@ impl ParsedCert {
             return Ok(None);
         };
         match Ia5String::from_der(&value) {
-            Ok((rest, s)) if rest.is_empty() => Ok(Some(s.string())),
+            Ok(([], s)) => Ok(Some(s.string())),
             _ => Err(SnpVerifyError::BadExtension {
                 signer,
                 name: "productName",
@@ -558,7 +556,7 @@ impl ParsedCert {
             return Ok(None);
         };
         match u8::from_der(&value) {
-            Ok((rest, v)) if rest.is_empty() => Ok(Some(v)),
+            Ok(([], v)) => Ok(Some(v)),
             _ => Err(SnpVerifyError::BadExtension {
                 signer,
                 name,
