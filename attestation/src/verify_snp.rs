@@ -1075,7 +1075,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn turin_vcek_chains_to_the_builtin_turin_root() {
+    fn turin_vcek_chains_through_the_turin_chain_file() {
         // No Turin report is recorded, but the chain half must work: with the Turin chain file,
         // the VCEK is accepted up to the report signature.
         let certs = SnpCertificates {
