@@ -27,9 +27,13 @@ pub mod bundle;
 pub mod error;
 pub mod evidence;
 pub mod hostcall;
+pub mod measure_snp;
 pub mod policy;
 pub mod sim;
 pub mod verify;
+
+#[cfg(test)]
+mod testutil;
 
 pub use bundle::EvidenceBundle;
 pub use error::EvidenceError;

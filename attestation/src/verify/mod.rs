@@ -8,6 +8,7 @@
 //! Trust anchors and time are arguments. The production Intel and AMD roots are built in;
 //! a simulated root is accepted only when the caller's anchors name its fingerprint.
 
+mod snp;
 mod tdx;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ use crate::bundle::EvidenceBundle;
 use crate::error::EvidenceError;
 use crate::evidence::{Measurements, Platform, ReportData, Sha256};
 
+pub use snp::{
+    AmdGeneration, AmdRoot, SnpCertificates, SnpSigner, SnpVerified, SnpVerifyError, verify_snp,
+};
 pub use tdx::{INTEL_SGX_ROOT_CA_SHA256, verify_tdx};
 
 /// The root certificate a piece of evidence chains to.
@@ -258,12 +262,63 @@ pub fn verify(
             verify_tdx(&bundle.evidence, collateral, anchors, now)
         }
         Platform::Snp => {
-            let _vcek = bundle.snp_vcek.as_deref().ok_or(VerifyError::MissingVcek)?;
-            let _ = (anchors, now);
-            // Work in progress on main: the SNP verifier is being integrated.
-            Err(VerifyError::Snp(
-                "SNP verification is not integrated yet".into(),
-            ))
+            let vcek = bundle.snp_vcek.as_deref().ok_or(VerifyError::MissingVcek)?;
+            verify_snp_evidence(
+                &bundle.evidence,
+                vcek,
+                bundle.snp_chain.as_deref(),
+                anchors,
+                now,
+            )
         }
     }
+}
+
+/// Verifies an SNP report with its VCEK (and optional ASK/ARK chain) into a [`Verdict`].
+///
+/// Only AMD's own ARKs are anchors: a chain file whose ARK is not one of them is refused.
+/// AMD publishes no TCB status; see [`TcbStatus`].
+pub fn verify_snp_evidence(
+    report: &[u8],
+    vcek_der: &[u8],
+    chain: Option<&[u8]>,
+    anchors: &TrustAnchors,
+    now: u64,
+) -> Result<Verdict, VerifyError> {
+    if !anchors.amd {
+        return Err(VerifyError::PlatformNotTrusted(Platform::Snp));
+    }
+    let certs = SnpCertificates {
+        vcek_der: vcek_der.to_vec(),
+        chain: chain.map(<[u8]>::to_vec),
+    };
+    let v = verify_snp(report, &certs, now).map_err(|e| VerifyError::Snp(e.to_string()))?;
+    let root = match v.root {
+        AmdRoot::BuiltIn(generation) => {
+            let (_, ark) = x509_parser::pem::parse_x509_pem(generation.builtin_ark_pem())
+                .map_err(|e| VerifyError::Snp(format!("built-in ARK: {e}")))?;
+            TrustRoot::AmdArk {
+                product: generation.name().into(),
+                sha256: Sha256::digest(&ark.contents),
+            }
+        }
+        AmdRoot::ChainFile { ark_sha256 } => {
+            return Err(VerifyError::UntrustedRoot {
+                platform: Platform::Snp,
+                root: format!("ARK from the chain file (sha256 {ark_sha256}) is not an AMD root"),
+            });
+        }
+    };
+    let measurements = v.report.measurements();
+    Ok(Verdict {
+        platform: Platform::Snp,
+        evidence_version: v.report.version(),
+        root,
+        tcb_status: TcbStatus::UpToDate,
+        advisory_ids: Vec::new(),
+        debug: measurements.debug(),
+        report_data: v.report.report_data(),
+        measurements: Measurements::Snp(measurements),
+        valid_until: Some(v.valid_until),
+    })
 }
