@@ -29,6 +29,8 @@ pub mod evidence;
 pub mod hostcall;
 pub mod measure_snp;
 pub mod policy;
+pub mod ratls;
+pub mod receipt;
 pub mod sim;
 pub mod verify;
 
@@ -42,4 +44,5 @@ pub use evidence::{
     Sha256, SnpMeasurements, SnpReport, SnpTcb, TdxMeasurements, TdxQuote,
 };
 pub use policy::{Policy, PolicyError, RejectReason, Rejection, VerifiedEvidence};
+pub use ratls::{AttestedKey, RaTlsClientVerifier, RaTlsServerVerifier, VerifiedPeer};
 pub use verify::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};

@@ -312,7 +312,7 @@ impl fmt::Display for RejectReason {
 }
 
 /// Evidence was not accepted. Lists every rule that failed.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[derive(Clone, PartialEq, Eq, Error)]
 pub struct Rejection {
     /// The failed rules, in the order they were checked.
     pub reasons: Vec<RejectReason>,
@@ -326,6 +326,13 @@ impl Rejection {
     /// The reasons as strings.
     pub fn messages(&self) -> Vec<String> {
         self.reasons.iter().map(ToString::to_string).collect()
+    }
+}
+
+// rustls shows a verifier's error with Debug; make that the readable reason, not a struct dump.
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
