@@ -69,9 +69,9 @@ pub enum RaTlsError {
     #[error("evidence report_data {actual} does not bind this key (expected {expected})")]
     NotBound {
         /// What this key needs.
-        expected: ReportData,
+        expected: Box<ReportData>,
         /// What the evidence carries.
-        actual: ReportData,
+        actual: Box<ReportData>,
     },
     /// The requested lifetime is zero or longer than [`MAX_VALIDITY_SECS`].
     #[error("certificate lifetime of {0} s is outside 1..={MAX_VALIDITY_SECS} s")]
@@ -179,8 +179,8 @@ pub fn issue_certificate(
     let actual = bundle_report_data(bundle).map_err(|e| RaTlsError::Issue(e.to_string()))?;
     if actual != key.report_data() {
         return Err(RaTlsError::NotBound {
-            expected: key.report_data(),
-            actual,
+            expected: Box::new(key.report_data()),
+            actual: Box::new(actual),
         });
     }
     let issue = |e: rcgen::Error| RaTlsError::Issue(e.to_string());
