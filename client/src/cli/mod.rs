@@ -1,0 +1,68 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod evidence;
+mod sim;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrysalis_attestation::InputEncoding;
+use chrysalis_attestation::evidence::decode_binary_or_hex;
+use clap::{Parser, Subcommand};
+
+/// Verify confidential-computing evidence and the chrysalis nodes that present it.
+#[derive(Debug, Parser)]
+#[command(name = "chrysalis", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Say more about what is being done (e.g. how input files were decoded).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show or verify TDX quotes and SEV-SNP reports.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
+    /// The simulated TEE: make quotes signed by the deterministic simulated Intel PKI.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx {
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Evidence(c) => evidence::run(&ctx, c),
+        Command::Sim(c) => sim::run(&ctx, c),
+    }
+}
+
+pub(crate) struct Ctx {
+    verbose: bool,
+}
+
+impl Ctx {
+    /// Reads a binary-or-hex evidence file, saying which it was when verbose.
+    pub(crate) fn read_evidence(&self, path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+        let raw = std::fs::read(path)
+            .with_context(|| format!("cannot read {what} {}", path.display()))?;
+        let (bytes, enc) = decode_binary_or_hex(&raw);
+        if self.verbose {
+            let how = match enc {
+                InputEncoding::Binary => "binary",
+                InputEncoding::Hex => "hex text",
+            };
+            eprintln!(
+                "{what} {}: read as {how}, {} bytes",
+                path.display(),
+                bytes.len()
+            );
+        }
+        Ok(bytes)
+    }
+}
