@@ -25,6 +25,7 @@
 
 pub mod error;
 pub mod evidence;
+pub mod measure;
 
 pub use error::EvidenceError;
 pub use evidence::{
