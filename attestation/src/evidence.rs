@@ -261,20 +261,15 @@ pub struct TdxQuote {
 impl TdxQuote {
     /// Parses a TDX quote. Rejects SGX quotes and anything that does not decode completely.
     pub fn parse(raw: &[u8]) -> Result<Self, EvidenceError> {
-        let parsed = dcap_qvl::quote::Quote::parse(raw).map_err(|e| EvidenceError::Malformed {
-            what: "TDX quote",
-            reason: format!("{e:#}"),
-        })?;
+        let parsed = dcap_qvl::quote::Quote::parse(raw)
+            .map_err(|e| EvidenceError::Malformed { what: "TDX quote", reason: format!("{e:#}") })?;
         if parsed.header.tee_type != TDX_TEE_TYPE || parsed.report.as_td10().is_none() {
             return Err(EvidenceError::Malformed {
                 what: "TDX quote",
                 reason: format!("TEE type {:#x} is not TDX (0x81)", parsed.header.tee_type),
             });
         }
-        Ok(Self {
-            raw: raw.to_vec(),
-            parsed,
-        })
+        Ok(Self { raw: raw.to_vec(), parsed })
     }
 
     /// The bytes as received.
@@ -356,10 +351,7 @@ impl SnpReport {
             });
         }
         let parsed = sev::firmware::guest::AttestationReport::from_bytes(raw).map_err(|e| {
-            EvidenceError::Malformed {
-                what: "SEV-SNP report",
-                reason: e.to_string(),
-            }
+            EvidenceError::Malformed { what: "SEV-SNP report", reason: e.to_string() }
         })?;
         if parsed.version < 2 {
             return Err(EvidenceError::Malformed {
@@ -367,10 +359,7 @@ impl SnpReport {
                 reason: format!("version {} is older than 2", parsed.version),
             });
         }
-        Ok(Self {
-            raw: raw.to_vec(),
-            parsed,
-        })
+        Ok(Self { raw: raw.to_vec(), parsed })
     }
 
     /// The bytes as received.
@@ -425,13 +414,7 @@ pub struct SnpTcb {
 
 impl From<&sev::firmware::host::TcbVersion> for SnpTcb {
     fn from(t: &sev::firmware::host::TcbVersion) -> Self {
-        Self {
-            fmc: t.fmc,
-            bootloader: t.bootloader,
-            tee: t.tee,
-            snp: t.snp,
-            microcode: t.microcode,
-        }
+        Self { fmc: t.fmc, bootloader: t.bootloader, tee: t.tee, snp: t.snp, microcode: t.microcode }
     }
 }
 
@@ -458,11 +441,7 @@ pub enum InputEncoding {
 /// Decodes `data` as hex if it is entirely hex text (with optional whitespace or `0x`),
 /// otherwise returns it unchanged. Says which it did.
 pub fn decode_binary_or_hex(data: &[u8]) -> (Vec<u8>, InputEncoding) {
-    let text: Vec<u8> = data
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let text: Vec<u8> = data.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
     let text = text.strip_prefix(b"0x").unwrap_or(&text);
     if !text.is_empty() && text.len() % 2 == 0 && text.iter().all(u8::is_ascii_hexdigit) {
         if let Ok(bytes) = hex::decode(text) {
@@ -488,14 +467,8 @@ mod tests {
 
     #[test]
     fn binary_or_hex_detection() {
-        assert_eq!(
-            decode_binary_or_hex(b"0a0B\n"),
-            (vec![0x0a, 0x0b], InputEncoding::Hex)
-        );
-        assert_eq!(
-            decode_binary_or_hex(b"0x0a0b"),
-            (vec![0x0a, 0x0b], InputEncoding::Hex)
-        );
+        assert_eq!(decode_binary_or_hex(b"0a0B\n"), (vec![0x0a, 0x0b], InputEncoding::Hex));
+        assert_eq!(decode_binary_or_hex(b"0x0a0b"), (vec![0x0a, 0x0b], InputEncoding::Hex));
         assert_eq!(decode_binary_or_hex(&[0, 1, 2]).1, InputEncoding::Binary);
         assert_eq!(decode_binary_or_hex(b"abc").1, InputEncoding::Binary);
     }
