@@ -764,7 +764,7 @@ fn text(data: &[u8]) -> Option<String> {
         return Some(printable(trimmed));
     }
     // UTF-16LE ASCII text: every odd byte zero (allowing for the odd trailing byte trimmed above).
-    if data.len() >= 4 && data.len() % 2 == 0 && data.chunks(2).all(|c| c[1] == 0) {
+    if data.len() >= 4 && data.len().is_multiple_of(2) && data.chunks(2).all(|c| c[1] == 0) {
         return Some(utf16_text(data));
     }
     None
@@ -809,19 +809,17 @@ fn describe_variable(data: &[u8]) -> Option<String> {
     let name = utf16_text(c.take(name_len.checked_mul(2)?)?);
     let value = c.take(data_len)?;
     let mut out = format!("{name} ({guid}): {data_len} bytes");
-    if name == "BootOrder" && value.len() % 2 == 0 {
+    let boot_option = name.len() == 8
+        && name.starts_with("Boot")
+        && name[4..].chars().all(|ch| ch.is_ascii_hexdigit());
+    if name == "BootOrder" && value.len().is_multiple_of(2) {
         let order: Vec<String> = value
             .chunks(2)
             .map(|u| format!("Boot{:04X}", u16::from_le_bytes([u[0], u[1]])))
             .collect();
         out = format!("{name} ({guid}): {}", order.join(", "));
-    } else if name.len() == 8
-        && name.starts_with("Boot")
-        && name[4..].chars().all(|ch| ch.is_ascii_hexdigit())
-    {
-        if let Some(opt) = describe_load_option(value) {
-            out = format!("{name} ({guid}): {opt}");
-        }
+    } else if let (true, Some(opt)) = (boot_option, describe_load_option(value)) {
+        out = format!("{name} ({guid}): {opt}");
     }
     Some(out)
 }

@@ -44,7 +44,12 @@
 //!   digests of the constant EV_EFI_ACTION and EV_SEPARATOR events this module emits, and the
 //!   event-data formats. That boot went through shim and GRUB, not a direct kernel boot, so the
 //!   RTMR1/RTMR2 values for a direct boot are *not* hardware-verified yet.
-//! * Against independent tools: the Authenticode digest (osslsigncode on PE images).
+//! * Against independent tools: the Authenticode digest equals `osslsigncode extract-data -h
+//!   sha384` on a PE built in the tests and on Debian trixie's signed 6.12 kernel (which has a
+//!   certificate table); MRTD of Debian's edk2 2025.02 `OVMF.fd` (OvmfPkgX64 carries the same TDVF
+//!   metadata layout) equals a separate Python implementation of the same record stream. Both
+//!   checks run when the images are on the machine (`CHRYSALIS_TEST_PE`, `CHRYSALIS_TEST_TDVF`).
+//! * Not verified against hardware: no MRTD of a TDVF image has been compared with a quote yet.
 //! * From reading source only (edk2 2025.02 `OvmfPkg/Tcg/TdTcg2Dxe`, `OvmfPkg/Library/
 //!   X86QemuLoadImageLib`, `OvmfPkg/QemuKernelLoaderFsDxe`, `OvmfPkg/Library/
 //!   PlatformBootManagerLib`, `SecurityPkg/Library/DxeTpm2MeasureBootLib`, `OvmfPkg/ResetVector/
@@ -114,6 +119,8 @@ pub const QEMU_KERNEL_LOADER_FS_MEDIA_GUID: [u8; 16] = guid(
 const TDVF_SIGNATURE: &[u8; 4] = b"TDVF";
 const TDVF_DESCRIPTOR_LEN: usize = 16;
 const TDVF_SECTION_LEN: usize = 32;
+/// Largest section accepted, so that a corrupt size cannot make MRTD hashing run for hours.
+const MAX_SECTION_SIZE: u64 = 1 << 30;
 /// TDVF section attribute: the VMM measures the section's content into MRTD (TDH.MR.EXTEND).
 pub const TDVF_ATTRIBUTE_MR_EXTEND: u32 = 1 << 0;
 
@@ -346,12 +353,24 @@ impl TdvfMetadata {
                     ),
                 ));
             }
-            if section.memory_address % PAGE_SIZE != 0 || section.memory_size % PAGE_SIZE != 0 {
+            if !section.memory_address.is_multiple_of(PAGE_SIZE)
+                || !section.memory_size.is_multiple_of(PAGE_SIZE)
+            {
                 return Err(bad(
                     at,
                     format!(
                         "section {i} ({kind}): address {:#x} or size {:#x} is not page aligned",
                         section.memory_address, section.memory_size
+                    ),
+                ));
+            }
+            if section.memory_size > MAX_SECTION_SIZE {
+                return Err(bad(
+                    at,
+                    format!(
+                        "section {i} ({kind}): {:#x} bytes is more than the {MAX_SECTION_SIZE:#x} \
+                         this calculator accepts (TDVF sections are a few MiB)",
+                        section.memory_size
                     ),
                 ));
             }
@@ -1115,6 +1134,34 @@ mod tests {
         assert_eq!(mr_td(&f, PageAddOrder::PerPage).unwrap(), expected);
     }
 
+    /// A real edk2 image, when one is on the machine: Debian's `ovmf` package (OvmfPkgX64, which
+    /// carries TDVF metadata too) or the file named by `CHRYSALIS_TEST_TDVF`. Not committed.
+    #[test]
+    fn tdvf_metadata_of_a_real_firmware_image() {
+        let path = std::env::var("CHRYSALIS_TEST_TDVF")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from("/usr/share/ovmf/OVMF.fd"));
+        let Ok(fw) = std::fs::read(&path) else {
+            return eprintln!(
+                "SKIPPED: no edk2 image at {} (apt-get install ovmf)",
+                path.display()
+            );
+        };
+        let meta = TdvfMetadata::parse(&fw).unwrap();
+        // The layout of OvmfPkg/ResetVector/X64/IntelTdxMetadata.asm.
+        let kinds: Vec<_> = meta.sections.iter().map(|s| s.section_type).collect();
+        use TdvfSectionType::*;
+        assert_eq!(
+            kinds,
+            [Bfv, Cfv, TempMem, TempMem, TdHob, TempMem],
+            "{}",
+            path.display()
+        );
+        assert!(meta.sections[0].extends_mrtd() && !meta.sections[1].extends_mrtd());
+        let mrtd = mr_td(&fw, PageAddOrder::PerPage).unwrap();
+        eprintln!("{}: MRTD {mrtd}", path.display());
+    }
+
     #[test]
     fn bad_tdvf_images_are_refused_with_a_reason() {
         let fw = build_firmware(&SECTIONS);
@@ -1163,6 +1210,25 @@ mod tests {
             Err(MeasureError::UnpredictableSection { index: 2, .. })
         ));
         assert!(mr_td(&[0u8; 10], PageAddOrder::PerPage).is_err());
+    }
+
+    #[test]
+    fn corrupted_tdvf_images_are_ok_or_err_never_a_panic() {
+        let fw = build_firmware(&SECTIONS);
+        let meta_len = 16 + 32 * SECTIONS.len();
+        let positions = (META_AT..META_AT + meta_len).chain(FW_LEN - 72..FW_LEN);
+        let mut f = fw.clone();
+        for i in positions {
+            for mask in [0x01u8, 0x80, 0xFF] {
+                f[i] ^= mask;
+                let _ = mr_td(&f, PageAddOrder::PerPage);
+                f[i] ^= mask;
+            }
+        }
+        for cut in (0..FW_LEN).step_by(97) {
+            let _ = mr_td(&fw[cut..], PageAddOrder::PerPage);
+            let _ = mr_td(&fw[..cut], PageAddOrder::PerPage);
+        }
     }
 
     // ---- direct boot ----------------------------------------------------------------------
