@@ -27,7 +27,7 @@ pub mod bundle;
 pub mod error;
 pub mod evidence;
 pub mod hostcall;
-pub mod measure_snp;
+pub mod measure;
 pub mod policy;
 pub mod ratls;
 pub mod receipt;

@@ -18,7 +18,7 @@ pub(crate) enum SimCommand {
     /// Writes DIR/quote.bin, DIR/collateral.json (QuoteCollateralV3), DIR/root.der and
     /// DIR/root.pem. Verify with `chrysalis evidence verify` and a policy whose
     /// [trust] dangerous_simulated_intel_roots lists the printed root fingerprint.
-    Quote(QuoteArgs),
+    Quote(Box<QuoteArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +57,7 @@ pub(crate) struct QuoteArgs {
 
 pub(crate) fn run(_ctx: &Ctx, cmd: SimCommand) -> anyhow::Result<ExitCode> {
     let SimCommand::Quote(a) = cmd;
+    let a = *a;
     let pki = SimPki::from_seed(a.seed.as_bytes());
     let issued_at = match a.issued_at {
         Some(t) => t,
