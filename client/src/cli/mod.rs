@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod eventlog;
 mod evidence;
 mod sim;
 
@@ -27,6 +28,9 @@ enum Command {
     /// Show or verify TDX quotes and SEV-SNP reports.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// Replay TDX event logs (CCEL) into RTMR values.
+    #[command(subcommand)]
+    Eventlog(eventlog::EventlogCommand),
     /// The simulated TEE: make quotes signed by the deterministic simulated Intel PKI.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -39,6 +43,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Evidence(c) => evidence::run(&ctx, c),
         Command::Sim(c) => sim::run(&ctx, c),
+        Command::Eventlog(c) => eventlog::run(&ctx, c),
     }
 }
 
