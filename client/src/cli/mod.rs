@@ -3,6 +3,7 @@
 mod eventlog;
 mod evidence;
 mod sim;
+mod verify;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Connect to a node, verify its RA-TLS evidence against a policy, and explain the verdict.
+    /// Exit 0 accepted, 1 rejected, 2 unreachable or bad arguments.
+    Verify(verify::VerifyArgs),
     /// Show or verify TDX quotes and SEV-SNP reports.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
@@ -44,6 +48,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence(c) => evidence::run(&ctx, c),
         Command::Sim(c) => sim::run(&ctx, c),
         Command::Eventlog(c) => eventlog::run(&ctx, c),
+        Command::Verify(a) => runtime()?.block_on(verify::run(&ctx, a)),
     }
 }
 
@@ -70,4 +75,11 @@ impl Ctx {
         }
         Ok(bytes)
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
