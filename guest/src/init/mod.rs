@@ -190,9 +190,10 @@ fn open_verity(
     p: &cmdline::VerityParams,
 ) -> anyhow::Result<String> {
     let data_bytes = p.data_blocks * verity::BLOCK_BYTES;
-    if disk.bytes <= data_bytes {
+    // The hash tree follows the data; a single data block has none (its hash is the root hash).
+    if disk.bytes < data_bytes {
         bail!(
-            "disk {} ({}) is {} bytes: no room for a hash tree after {} data blocks",
+            "disk {} ({}) is {} bytes, less than its {} data blocks",
             disk.name,
             name,
             disk.bytes,
