@@ -787,7 +787,17 @@ mod tests {
         h
     }
 
-    fn unpack(gz: &[u8]) -> Vec<(String, u32, u32, u32, u32, (u32, u32), Vec<u8>)> {
+    /// One entry read back from an archive.
+    struct Unpacked {
+        name: String,
+        mode: u32,
+        owner: (u32, u32),
+        mtime: u32,
+        rdev: (u32, u32),
+        data: Vec<u8>,
+    }
+
+    fn unpack(gz: &[u8]) -> Vec<Unpacked> {
         let mut cpio = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut cpio).unwrap();
         let mut out = Vec::new();
@@ -798,17 +808,16 @@ mod tests {
                 return out;
             }
             let e = r.entry();
-            let meta = (
-                e.name().to_owned(),
-                e.mode(),
-                e.uid(),
-                e.gid(),
-                e.mtime(),
-                (e.rdev_major(), e.rdev_minor()),
-            );
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut r, &mut data).unwrap();
-            out.push((meta.0, meta.1, meta.2, meta.3, meta.4, meta.5, data));
+            let mut u = Unpacked {
+                name: e.name().to_owned(),
+                mode: e.mode(),
+                owner: (e.uid(), e.gid()),
+                mtime: e.mtime(),
+                rdev: (e.rdev_major(), e.rdev_minor()),
+                data: Vec::new(),
+            };
+            std::io::Read::read_to_end(&mut r, &mut u.data).unwrap();
+            out.push(u);
             rest = r.finish().unwrap();
         }
     }
@@ -832,7 +841,7 @@ mod tests {
         );
 
         let entries = unpack(&a);
-        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         let m = "lib/modules/6.12.0-test";
         assert_eq!(
             names,
@@ -855,25 +864,26 @@ mod tests {
                 "sysroot".into(),
             ]
         );
-        for (name, mode, uid, gid, mtime, rdev, data) in &entries {
-            assert_eq!((*uid, *gid, *mtime), (0, 0, 1_700_000_000), "{name}");
+        for e in &entries {
+            let name = &e.name;
+            assert_eq!((e.owner, e.mtime), ((0, 0), 1_700_000_000), "{name}");
             match name.as_str() {
-                "init" => assert_eq!((*mode, data.clone()), (0o100755, static_elf())),
-                "dev/console" => assert_eq!((*mode, *rdev), (0o020600, (5, 1))),
+                "init" => assert_eq!((e.mode, e.data.clone()), (0o100755, static_elf())),
+                "dev/console" => assert_eq!((e.mode, e.rdev), (0o020600, (5, 1))),
                 n if n.ends_with(".ko.xz") || n.ends_with(".dep") => {
-                    assert_eq!(*mode, 0o100644, "{n}")
+                    assert_eq!(e.mode, 0o100644, "{n}")
                 }
-                n => assert_eq!(*mode, 0o040755, "{n}"),
+                n => assert_eq!(e.mode, 0o040755, "{n}"),
             }
             if name.ends_with("dm-verity.ko.xz") {
                 assert_eq!(
-                    data,
-                    &std::fs::read(root.join("kernel/drivers/md/dm-verity.ko.xz")).unwrap()
+                    e.data,
+                    std::fs::read(root.join("kernel/drivers/md/dm-verity.ko.xz")).unwrap()
                 );
             }
             if name.ends_with("modules.dep") {
                 assert_eq!(
-                    String::from_utf8(data.clone()).unwrap(),
+                    String::from_utf8(e.data.clone()).unwrap(),
                     "kernel/drivers/md/dm-bufio.ko.xz: kernel/drivers/md/dm-mod.ko.xz\n\
                      kernel/drivers/md/dm-mod.ko.xz:\n\
                      kernel/drivers/md/dm-verity.ko.xz: kernel/drivers/md/dm-bufio.ko.xz kernel/drivers/md/dm-mod.ko.xz\n"

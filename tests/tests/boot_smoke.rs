@@ -11,6 +11,8 @@
 //! Needs qemu-system-x86_64, mkfs.erofs, veritysetup, dpkg-deb, the musl Rust target, and the
 //! Debian kernel package named by `CHRYSALIS_KERNEL_DEB` (a linux-image-*-amd64 .deb). Without
 //! them the tests print why and pass, except under `CI=true`, where a missing tool fails them.
+//! `CHRYSALIS_BOOT_SMOKE_OUT=<dir>` also writes the artifacts and command line there, to boot them
+//! by hand with `cargo xtask vm run`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -253,10 +255,10 @@ fn fixture() -> &'static Fixture {
 
         let config = d.join("config.img");
         let mut padded = CONFIG.as_bytes().to_vec();
-        padded.resize(CONFIG.len().next_multiple_of(512), 0);
+        padded.resize(CONFIG.len().next_multiple_of(4096), 0);
         std::fs::write(&config, padded).unwrap();
 
-        Fixture {
+        let f = Fixture {
             kernel,
             initrd,
             rootfs,
@@ -264,11 +266,31 @@ fn fixture() -> &'static Fixture {
             config,
             config_sha256: hex::encode(Sha256::digest(CONFIG)),
             _dir: dir,
+        };
+        if let Some(out) = std::env::var_os("CHRYSALIS_BOOT_SMOKE_OUT") {
+            f.export(Path::new(&out));
         }
+        f
     })
 }
 
 impl Fixture {
+    /// Copies the artifacts to `out` with the command line, to rerun by hand with `cargo xtask vm run`.
+    fn export(&self, out: &Path) {
+        std::fs::create_dir_all(out).unwrap();
+        for (from, name) in [
+            (&self.kernel, "vmlinuz"),
+            (&self.initrd, "initrd.img"),
+            (&self.rootfs.path, "rootfs.img"),
+            (&self.model.path, "model.img"),
+            (&self.config, "config.img"),
+        ] {
+            std::fs::copy(from, out.join(name)).unwrap();
+        }
+        std::fs::write(out.join("cmdline.txt"), self.append(&self.config_sha256)).unwrap();
+        eprintln!("boot smoke artifacts written to {}", out.display());
+    }
+
     fn append(&self, config_sha256: &str) -> String {
         format!(
             "console=ttyS0 panic=-1 chrysalis.rootfs_verity={} chrysalis.rootfs_salt={} chrysalis.rootfs_blocks={} \
