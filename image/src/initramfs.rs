@@ -777,8 +777,8 @@ mod tests {
     fn static_elf() -> Vec<u8> {
         let mut h = vec![0u8; 64];
         h[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-        h[16..18].copy_from_slice(&elf::ET_EXEC.0.to_le_bytes());
-        h[18..20].copy_from_slice(&elf::EM_X86_64.0.to_le_bytes());
+        h[16..18].copy_from_slice(&elf::ET_EXEC.to_le_bytes());
+        h[18..20].copy_from_slice(&elf::EM_X86_64.to_le_bytes());
         h[20..24].copy_from_slice(&1u32.to_le_bytes());
         h[52..54].copy_from_slice(&64u16.to_le_bytes());
         h[54..56].copy_from_slice(&56u16.to_le_bytes());

@@ -72,6 +72,17 @@ fn missing() -> Option<String> {
             ));
         }
     }
+    let sysroot = Command::new("rustc")
+        .current_dir(workspace())
+        .args(["--print", "sysroot"])
+        .output();
+    let musl = sysroot.ok().map(|o| {
+        PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+            .join("lib/rustlib/x86_64-unknown-linux-musl")
+    });
+    if !musl.is_some_and(|d| d.is_dir()) {
+        return Some("the Rust target x86_64-unknown-linux-musl is not installed (rustup target add x86_64-unknown-linux-musl; apt-get install musl-tools)".into());
+    }
     match std::env::var_os("CHRYSALIS_KERNEL_DEB") {
         None => {
             Some("CHRYSALIS_KERNEL_DEB does not name the linux-image-*-amd64 .deb to boot".into())

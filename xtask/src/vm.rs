@@ -72,10 +72,9 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("vm: {what} at {:.2} s", l.at.as_secs_f64());
         }
     }
-    if let (Some(until), Some(l)) = (
-        &args.until,
-        args.until.as_deref().and_then(|u| boot.first(u)),
-    ) {
+    if let Some(until) = &args.until
+        && let Some(l) = boot.first(until)
+    {
         eprintln!("vm: {until:?} at {:.2} s", l.at.as_secs_f64());
     }
     match boot.ending {
