@@ -1,1 +1,4 @@
 //! Image builder.
+
+pub mod initramfs;
+pub mod vm;
