@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,9 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FirmwareError> {
         .map_err(|e| FirmwareError::io("creating a temporary file in", dir, e))?;
     tmp.write_all(bytes)
         .map_err(|e| FirmwareError::io("writing", tmp.path().to_owned(), e))?;
+    // Temporary files are created 0600; records are ordinary readable outputs.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
+        .map_err(|e| FirmwareError::io("setting permissions of", tmp.path().to_owned(), e))?;
     tmp.persist(path)
         .map_err(|e| FirmwareError::io("renaming into place", path, e.error))?;
     Ok(())
@@ -661,5 +665,10 @@ mod tests {
             serde_json::from_slice(&fs::read(out.path().join("ovmf-snp.fd.json")).unwrap())
                 .unwrap();
         assert_eq!(json, built.record);
+        let mode = fs::metadata(out.path().join("ovmf-snp.fd.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "records are readable outputs");
     }
 }
