@@ -1,0 +1,391 @@
+//! Relay benchmark: throughput (one stream) and request/response latency (many concurrent
+//! connections) through the chrysalis relay, against a direct connection to the guest and against
+//! socat doing the same relay, all in one run.
+//!
+//! The "guest" is the test kit's fake hybrid-vsock guest (an echo server behind the
+//! `CONNECT`/`OK` protocol on a Unix socket), running on its own thread and runtime:
+//! * direct: the client connects to the Unix socket and does the handshake itself;
+//! * relay: the client connects to the relay's TCP port; the relay does the handshake;
+//! * socat: `socat TCP-LISTEN:… UNIX-CONNECT:…`; the client does the handshake through it.
+//!
+//! Run: `cargo bench -p chrysalis-host --bench relay`. Environment knobs:
+//! `CHRYSALIS_BENCH_QUICK=1` (128 MiB, fewer rounds: the CI smoke run), `CHRYSALIS_BENCH_MIB`
+//! (stream size), `CHRYSALIS_BENCH_RUNS` (repetitions; medians are reported),
+//! `CHRYSALIS_BENCH_CONNS` and `CHRYSALIS_BENCH_ROUNDS` (latency test shape),
+//! `CHRYSALIS_BENCH_JSON` (also write the figures as JSON to this path).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrysalis_host::metrics::Metrics;
+use chrysalis_host::relay::{CopyMode, Relay, RelayConfig};
+use chrysalis_host::testkit::{FakeHybridGuest, hybrid_handshake};
+use chrysalis_host::transport::HybridVsockTransport;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+const PORT: u32 = 8443;
+const REQUEST: usize = 512;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Route {
+    Direct,
+    Relay,
+    RelayUserspace,
+    Socat,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Direct => "direct (Unix socket)",
+            Route::Relay => "chrysalis relay (splice)",
+            Route::RelayUserspace => "chrysalis relay (user-space copy)",
+            Route::Socat => "socat relay",
+        }
+    }
+}
+
+/// Where each path is reached.
+struct Targets {
+    uds: PathBuf,
+    relay: SocketAddr,
+    relay_userspace: SocketAddr,
+    socat: Option<SocketAddr>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+async fn open(t: &Targets, p: Route) -> Box<dyn Io> {
+    match p {
+        Route::Direct => {
+            let mut s = UnixStream::connect(&t.uds)
+                .await
+                .expect("connect guest socket");
+            hybrid_handshake(&mut s, PORT).await.expect("handshake");
+            Box::new(s)
+        }
+        Route::Relay | Route::RelayUserspace => {
+            let addr = if p == Route::Relay {
+                t.relay
+            } else {
+                t.relay_userspace
+            };
+            let s = TcpStream::connect(addr).await.expect("connect relay");
+            s.set_nodelay(true).unwrap();
+            Box::new(s)
+        }
+        Route::Socat => {
+            let mut s = TcpStream::connect(t.socat.expect("socat running"))
+                .await
+                .expect("connect socat");
+            s.set_nodelay(true).unwrap();
+            // socat forwards bytes blindly: the handshake goes through it.
+            s.write_all(format!("CONNECT {PORT}\n").as_bytes())
+                .await
+                .unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).await.unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            assert!(
+                line.starts_with(b"OK "),
+                "socat handshake: {:?}",
+                String::from_utf8_lossy(&line)
+            );
+            Box::new(s)
+        }
+    }
+}
+
+/// Sends `total` bytes and reads the echo back concurrently; returns MB/s of payload (one direction).
+async fn throughput(t: &Targets, p: Route, total: usize) -> f64 {
+    let s = open(t, p).await;
+    let (mut r, mut w) = tokio::io::split(s);
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        let buf = vec![0x5au8; 1 << 20];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(buf.len());
+            w.write_all(&buf[..n]).await.unwrap();
+            left -= n;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0usize;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    writer.await.unwrap();
+    assert_eq!(got, total, "{}: short echo", p.name());
+    total as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// `conns` connections each doing `rounds` request/response pairs at once; returns (p50, p99) µs.
+async fn latency(t: &Targets, p: Route, conns: usize, rounds: usize) -> (f64, f64) {
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        streams.push(open(t, p).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(conns));
+    let mut tasks = Vec::new();
+    for mut s in streams {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = vec![0x42u8; REQUEST];
+            let mut resp = vec![0u8; REQUEST];
+            let mut samples = Vec::with_capacity(rounds);
+            barrier.wait().await;
+            for _ in 0..rounds {
+                let t0 = Instant::now();
+                s.write_all(&req).await.unwrap();
+                s.read_exact(&mut resp).await.unwrap();
+                samples.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            samples
+        }));
+    }
+    let mut all = Vec::with_capacity(conns * rounds);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    (pct(0.50), pct(0.99))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs `f` on a dedicated thread with its own runtime, as if it were another process.
+fn spawn_runtime<F, Fut>(name: &str, workers: usize, f: F) -> std::sync::mpsc::Receiver<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rt = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            };
+            rt.block_on(async move {
+                let fut = f();
+                ready_tx.send(()).unwrap();
+                fut.await;
+            });
+        })
+        .unwrap();
+    ready_rx
+}
+
+fn start_socat(uds: &Path) -> Option<(Child, SocketAddr)> {
+    // Reserve a port, release it, and let socat bind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("socat")
+        .arg(format!(
+            "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay"
+        ))
+        .arg(format!("UNIX-CONNECT:{}", uds.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if start.elapsed() > Duration::from_secs(5) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some((child, addr))
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --test/--list: nothing to do then.
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let quick = std::env::var_os("CHRYSALIS_BENCH_QUICK").is_some();
+    let mib = env_usize("CHRYSALIS_BENCH_MIB", if quick { 128 } else { 1024 });
+    let runs = env_usize("CHRYSALIS_BENCH_RUNS", if quick { 1 } else { 3 });
+    let conns = env_usize("CHRYSALIS_BENCH_CONNS", 256);
+    let rounds = env_usize("CHRYSALIS_BENCH_ROUNDS", if quick { 20 } else { 200 });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+
+    // The fake guest: its own thread and runtime.
+    let guest_uds = uds.clone();
+    spawn_runtime("guest", 1, move || async move {
+        let _g = FakeHybridGuest::bind(&guest_uds, &[PORT]).unwrap();
+        std::future::pending::<()>().await;
+    })
+    .recv()
+    .unwrap();
+
+    // The relays (splice and user-space copy): one runtime, as in the agent.
+    let relay_uds = uds.clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    spawn_runtime("relay", cores.min(4), move || async move {
+        let mut addrs = Vec::new();
+        for mode in [CopyMode::Auto, CopyMode::Userspace] {
+            let relay = Arc::new(Relay::new(
+                RelayConfig {
+                    guest_port: PORT,
+                    copy_mode: mode,
+                    max_connections: 4096,
+                    ..RelayConfig::default()
+                },
+                Arc::new(HybridVsockTransport::new(&relay_uds)),
+                Arc::new(Metrics::default()),
+            ));
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(l.local_addr().unwrap());
+            tokio::spawn(relay.serve(l, std::future::pending()));
+        }
+        addr_tx.send(addrs).unwrap();
+        std::future::pending::<()>().await;
+    })
+    .recv()
+    .unwrap();
+    let addrs = addr_rx.recv().unwrap();
+
+    let socat = start_socat(&uds);
+    if socat.is_none() {
+        eprintln!(
+            "socat not found or did not start: socat rows skipped (apt-get install -y socat)"
+        );
+    }
+    let targets = Targets {
+        uds,
+        relay: addrs[0],
+        relay_userspace: addrs[1],
+        socat: socat.as_ref().map(|s| s.1),
+    };
+
+    let mut paths = vec![Route::Direct, Route::Relay, Route::RelayUserspace];
+    if targets.socat.is_some() {
+        paths.push(Route::Socat);
+    }
+
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!("relay benchmark: {cores} cores, {cpu}");
+    println!(
+        "throughput: one stream, {mib} MiB echoed; latency: {conns} connections x {rounds} request/response pairs of {REQUEST} B; medians of {runs} run(s)\n"
+    );
+
+    let mut tput = Vec::new();
+    let mut lat = Vec::new();
+    for &p in &paths {
+        let mut t = Vec::new();
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        for _ in 0..runs {
+            t.push(client.block_on(throughput(&targets, p, mib << 20)));
+            let (a, b) = client.block_on(latency(&targets, p, conns, rounds));
+            p50.push(a);
+            p99.push(b);
+        }
+        tput.push(median(t));
+        lat.push((median(p50), median(p99)));
+    }
+
+    println!(
+        "{:<36} {:>12} {:>10} {:>10}",
+        "path", "MB/s", "p50 µs", "p99 µs"
+    );
+    for (i, p) in paths.iter().enumerate() {
+        println!(
+            "{:<36} {:>12.0} {:>10.0} {:>10.0}",
+            p.name(),
+            tput[i],
+            lat[i].0,
+            lat[i].1
+        );
+    }
+    let idx = |p: Route| paths.iter().position(|x| *x == p);
+    let (d, r) = (idx(Route::Direct).unwrap(), idx(Route::Relay).unwrap());
+    println!();
+    println!(
+        "relay / direct throughput:   {:.2}  (goal ≥ 0.90)",
+        tput[r] / tput[d]
+    );
+    println!(
+        "relay added p99 latency:     {:.0} µs  (goal ≤ 100 µs)",
+        lat[r].1 - lat[d].1
+    );
+    println!("relay added p50 latency:     {:.0} µs", lat[r].0 - lat[d].0);
+    let mut json = serde_json::json!({
+        "cores": cores, "cpu": cpu, "mib": mib, "runs": runs, "conns": conns, "rounds": rounds,
+        "paths": paths.iter().enumerate().map(|(i, p)| serde_json::json!({
+            "path": p.name(), "mb_per_s": tput[i], "p50_us": lat[i].0, "p99_us": lat[i].1,
+        })).collect::<Vec<_>>(),
+        "relay_over_direct_throughput": tput[r] / tput[d],
+        "relay_added_p99_us": lat[r].1 - lat[d].1,
+    });
+    if let Some(s) = idx(Route::Socat) {
+        println!(
+            "relay / socat throughput:    {:.2}  (goal ≥ 1.5)",
+            tput[r] / tput[s]
+        );
+        println!("socat added p99 latency:     {:.0} µs", lat[s].1 - lat[d].1);
+        json["relay_over_socat_throughput"] = serde_json::json!(tput[r] / tput[s]);
+    }
+    if let Some(path) = std::env::var_os("CHRYSALIS_BENCH_JSON") {
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    }
+    if let Some((mut child, _)) = socat {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
