@@ -172,6 +172,15 @@ async fn latency(t: &Targets, p: Route, conns: usize, rounds: usize) -> (f64, f6
     (pct(0.50), pct(0.99))
 }
 
+/// CPU seconds (user + system) this process has used: client, relay and fake guest together. The
+/// difference between two routes is what the extra hop costs, independent of other load on the box.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    tv(u.user_time()) + tv(u.system_time())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -326,31 +335,48 @@ fn main() {
 
     let mut tput = Vec::new();
     let mut lat = Vec::new();
+    let mut cpu_cost = Vec::new();
     for &p in &paths {
         let mut t = Vec::new();
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
+        let mut cpu_gib = Vec::new();
+        let mut cpu_req = Vec::new();
         for _ in 0..runs {
+            let c0 = cpu_seconds();
             t.push(client.block_on(throughput(&targets, p, mib << 20)));
+            let c1 = cpu_seconds();
             let (a, b) = client.block_on(latency(&targets, p, conns, rounds));
+            let c2 = cpu_seconds();
             p50.push(a);
             p99.push(b);
+            cpu_gib.push((c1 - c0) * 1024.0 / mib as f64);
+            cpu_req.push((c2 - c1) * 1e6 / (conns * rounds) as f64);
         }
         tput.push(median(t));
         lat.push((median(p50), median(p99)));
+        cpu_cost.push((median(cpu_gib), median(cpu_req)));
     }
 
     println!(
-        "{:<36} {:>12} {:>10} {:>10}",
-        "path", "MB/s", "p50 µs", "p99 µs"
+        "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        "path", "MB/s", "p50 µs", "p99 µs", "CPU s/GiB", "CPU µs/req"
     );
     for (i, p) in paths.iter().enumerate() {
+        // socat runs in its own processes: its CPU time is not in this process's count.
+        let (g, q) = if *p == Route::Socat {
+            (f64::NAN, f64::NAN)
+        } else {
+            cpu_cost[i]
+        };
         println!(
-            "{:<36} {:>12.0} {:>10.0} {:>10.0}",
+            "{:<36} {:>10.0} {:>10.0} {:>10.0} {:>11.2} {:>11.1}",
             p.name(),
             tput[i],
             lat[i].0,
-            lat[i].1
+            lat[i].1,
+            g,
+            q
         );
     }
     let idx = |p: Route| paths.iter().position(|x| *x == p);
@@ -365,10 +391,25 @@ fn main() {
         lat[r].1 - lat[d].1
     );
     println!("relay added p50 latency:     {:.0} µs", lat[r].0 - lat[d].0);
+    println!(
+        "relay hop CPU cost:          {:.2} s/GiB echoed, {:.1} µs/request",
+        cpu_cost[r].0 - cpu_cost[d].0,
+        cpu_cost[r].1 - cpu_cost[d].1
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average during the run: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let mut json = serde_json::json!({
         "cores": cores, "cpu": cpu, "mib": mib, "runs": runs, "conns": conns, "rounds": rounds,
         "paths": paths.iter().enumerate().map(|(i, p)| serde_json::json!({
             "path": p.name(), "mb_per_s": tput[i], "p50_us": lat[i].0, "p99_us": lat[i].1,
+            "cpu_s_per_gib": if *p == Route::Socat { None } else { Some(cpu_cost[i].0) },
+            "cpu_us_per_request": if *p == Route::Socat { None } else { Some(cpu_cost[i].1) },
         })).collect::<Vec<_>>(),
         "relay_over_direct_throughput": tput[r] / tput[d],
         "relay_added_p99_us": lat[r].1 - lat[d].1,

@@ -133,10 +133,8 @@ fn write_atomic(path: &Path, contents: &str) -> Result<(), AgentError> {
 }
 
 /// A future that completes once `rx` sees `true`.
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 /// Runs the agent until `shutdown` completes, then stops the VM and every listener.
@@ -164,13 +162,13 @@ pub async fn run(
                 program: plan.qemu.program.clone(),
             });
         }
-        if let Some(v) = &plan.vhost_vsock {
-            if launch::find_program(&v.program).is_none() {
-                return Err(AgentError::MissingProgram {
-                    key: "sim.vhost_device_vsock",
-                    program: v.program.clone(),
-                });
-            }
+        if let Some(v) = &plan.vhost_vsock
+            && launch::find_program(&v.program).is_none()
+        {
+            return Err(AgentError::MissingProgram {
+                key: "sim.vhost_device_vsock",
+                program: v.program.clone(),
+            });
         }
     }
     let transport = build_transport(&cfg);

@@ -230,10 +230,10 @@ impl TdxConfig {
         }
         if let Some(rest) = self.qgs.strip_prefix("vsock:") {
             let mut it = rest.split(':');
-            if let (Some(cid), Some(port), None) = (it.next(), it.next(), it.next()) {
-                if let (Ok(cid), Ok(port)) = (cid.parse(), port.parse()) {
-                    return Ok(QgsAddress::Vsock { cid, port });
-                }
+            if let (Some(cid), Some(port), None) = (it.next(), it.next(), it.next())
+                && let (Ok(cid), Ok(port)) = (cid.parse(), port.parse())
+            {
+                return Ok(QgsAddress::Vsock { cid, port });
             }
         }
         Err(invalid(
@@ -673,7 +673,12 @@ impl HostConfig {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        cfg.resolve_relative_paths(base);
+        // Absolute, so that QEMU and the helpers get paths that do not depend on a working directory.
+        let base = std::path::absolute(base).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        cfg.resolve_relative_paths(&base);
         Ok(cfg)
     }
 
@@ -710,12 +715,11 @@ impl HostConfig {
             &mut self.qemu.firmware,
             &mut self.transport.uds_path,
             &mut self.services.collateral.file,
-        ] {
-            if let Some(p) = p {
-                fix(p);
-            }
-        }
-        if let Some(p) = &mut self.services.collateral.pccs_ca_file {
+            &mut self.services.collateral.pccs_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             fix(p);
         }
     }
@@ -891,13 +895,13 @@ impl HostConfig {
                     "the sim quote service may only run with platform = \"sim\"; on tdx the QGS signs real quotes",
                 ));
             }
-            if let Some(seed) = &self.services.sim_quote.seed_hex {
-                if seed.len() != 64 || hex::decode(seed).is_err() {
-                    return Err(invalid(
-                        "services.sim_quote.seed_hex",
-                        "must be 64 hex digits (32 bytes)",
-                    ));
-                }
+            if let Some(seed) = &self.services.sim_quote.seed_hex
+                && (seed.len() != 64 || hex::decode(seed).is_err())
+            {
+                return Err(invalid(
+                    "services.sim_quote.seed_hex",
+                    "must be 64 hex digits (32 bytes)",
+                ));
             }
         }
         let col = &self.services.collateral;
@@ -1123,6 +1127,14 @@ mod tests {
         assert!(msg.contains("listen_addr"), "{msg}");
         let e = with_vm("platform = \"sgx\"\nvcpus = 1\nmemory_mib = 1024", "").unwrap_err();
         assert!(e.to_string().contains("sgx"), "{e}");
+    }
+
+    #[test]
+    fn the_annotated_example_is_valid() {
+        let c = HostConfig::parse(include_str!("../host.example.toml")).unwrap();
+        assert_eq!(c.vm.platform, PlatformProfile::Tdx);
+        assert_eq!(c.transport_kind(), TransportKind::Vsock);
+        assert!(!c.sim_quote_enabled());
     }
 
     #[test]

@@ -380,13 +380,21 @@ pub fn plan(
     })
 }
 
-/// Whether `/dev/kvm` can be opened for reading and writing (the sim profile's `accel = "auto"`).
+/// The sim profile's `accel = "auto"`: KVM when `/dev/kvm` can be opened for reading and writing
+/// and the CPU advertises hardware virtualisation (`vmx` or `svm` in /proc/cpuinfo). Some sandboxes
+/// expose a /dev/kvm on which real guests cannot run; without the CPU flag, TCG is the safe choice.
 pub fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
+    let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok()
+        .is_ok();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    dev && hw
 }
 
 /// Whether a program name or path resolves to an executable file (for early, clear errors).

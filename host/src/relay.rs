@@ -2,9 +2,10 @@
 //!
 //! The relay never parses or terminates TLS: it moves opaque bytes both ways until both sides have
 //! closed, propagating half-close (when one side reaches end of stream, the write side of the other
-//! is shut down). Each direction runs `splice(2)` through a pipe, so the bytes never enter user
-//! space; when an [`Observer`] is attached (tests that record what the host saw) or splice is not
-//! supported by a socket, it copies through a user-space buffer instead.
+//! is shut down). Each direction is its own task. Small messages are copied with one `read` and one
+//! `write`; a bulk transfer (a read that fills 64 KiB) switches the direction to `splice(2)` through
+//! a pipe, so bulk bytes never enter user space, until the source runs dry. An [`Observer`] (tests
+//! that record what the host saw) forces the buffer copy.
 //!
 //! Limits: a connection cap (connections over it are closed at once and counted), an idle timeout
 //! (no byte in either direction for that long closes both sides), and a timeout for reaching the guest.
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::sys::socket::{Shutdown, shutdown};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -29,16 +31,20 @@ use crate::transport::{Transport, connect_with_timeout};
 /// The pipe size requested for splicing (the kernel may grant less; unprivileged users are capped
 /// by `/proc/sys/fs/pipe-max-size`).
 const PIPE_SIZE: usize = 1 << 20;
+/// In `auto` mode, a read that fills this many bytes marks a bulk transfer and switches the
+/// direction to splice until the source runs dry.
+const BULK_READ: usize = 64 * 1024;
 
 /// How a connection's bytes are moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyMode {
-    /// `splice(2)` through a pipe, unless an observer is attached; falls back to a buffer copy when a
-    /// socket does not support splice.
+    /// Adaptive: small messages are copied through a buffer (a `read` and a `write`), bulk transfers
+    /// (a read that fills 64 KiB) switch to `splice(2)` until the source runs dry. An observer forces
+    /// the buffer copy.
     #[default]
     Auto,
-    /// Always `splice(2)` (with the same fallback).
+    /// Always `splice(2)` through a pipe (falls back to a buffer copy for sockets that cannot splice).
     Splice,
     /// Always a user-space buffer copy.
     Userspace,
@@ -295,7 +301,7 @@ impl Relay {
         &self,
         id: u64,
         tcp: tokio::net::TcpStream,
-        stats: &ConnectionStats,
+        stats: &Arc<ConnectionStats>,
     ) -> Result<(), RelayError> {
         let guest = connect_with_timeout(
             &*self.transport,
@@ -311,7 +317,9 @@ impl Relay {
         let guest = register(guest.into_owned_fd().map_err(io_err(Direction::ToGuest))?)
             .map_err(io_err(Direction::ToGuest))?;
 
-        let clock = Activity::new();
+        let client = Arc::new(client);
+        let guest = Arc::new(guest);
+        let clock = Arc::new(Activity::new());
         let mode = match (self.config.copy_mode, &self.observer) {
             (_, Some(_)) | (CopyMode::Userspace, None) => CopyMode::Userspace,
             (m, None) => m,
@@ -319,30 +327,60 @@ impl Relay {
         let pump = Pump {
             mode,
             buffer_size: self.config.buffer_size,
-            observer: self.observer.as_deref(),
+            observer: self.observer.clone(),
             conn: id,
-            clock: &clock,
+            clock: clock.clone(),
+            stats: stats.clone(),
+            metrics: self.metrics.clone(),
         };
-        let up = pump.run(
-            &client,
-            &guest,
+        // One task per direction, so both directions of a busy stream can use separate cores.
+        let mut up = AbortOnDrop(tokio::spawn(pump.clone().run(
+            client.clone(),
+            guest.clone(),
             Direction::ToGuest,
-            &stats.to_guest,
-            &self.metrics.relay_bytes_to_guest,
-        );
-        let down = pump.run(
-            &guest,
-            &client,
-            Direction::FromGuest,
-            &stats.from_guest,
-            &self.metrics.relay_bytes_from_guest,
-        );
-        let both = async { tokio::try_join!(up, down).map(|_| ()) };
-        tokio::select! {
-            r = both => r,
-            () = clock.idle(self.config.idle_timeout) => Err(RelayError::Idle(self.config.idle_timeout)),
+        )));
+        let mut down = AbortOnDrop(tokio::spawn(pump.run(guest, client, Direction::FromGuest)));
+        let idle = clock.idle(self.config.idle_timeout);
+        tokio::pin!(idle);
+        let (mut up_done, mut down_done) = (false, false);
+        // The first error (or the idle timeout) ends both directions: the guards abort the tasks.
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut up.0, if !up_done => {
+                    up_done = true;
+                    joined(r, Direction::ToGuest)?;
+                }
+                r = &mut down.0, if !down_done => {
+                    down_done = true;
+                    joined(r, Direction::FromGuest)?;
+                }
+                () = &mut idle => return Err(RelayError::Idle(self.config.idle_timeout)),
+            }
         }
+        Ok(())
     }
+}
+
+/// Aborts a spawned task when dropped (a cancelled or failed connection leaves no pump behind).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A pump task's outcome; a panic becomes an I/O error of its direction.
+fn joined(
+    r: Result<Result<(), RelayError>, tokio::task::JoinError>,
+    direction: Direction,
+) -> Result<(), RelayError> {
+    r.unwrap_or_else(|e| {
+        Err(RelayError::Io {
+            direction,
+            source: io::Error::other(e.to_string()),
+        })
+    })
 }
 
 /// Registers a socket with tokio's reactor for readiness-driven raw I/O.
@@ -386,129 +424,200 @@ impl Activity {
 }
 
 /// One direction's copy loop and what it needs.
-struct Pump<'a> {
+#[derive(Clone)]
+struct Pump {
     mode: CopyMode,
     buffer_size: usize,
-    observer: Option<&'a dyn Observer>,
+    observer: Option<Arc<dyn Observer>>,
     conn: u64,
-    clock: &'a Activity,
+    clock: Arc<Activity>,
+    stats: Arc<ConnectionStats>,
+    metrics: Arc<Metrics>,
 }
 
-impl Pump<'_> {
+impl Pump {
     /// Moves bytes from `src` to `dst` until `src` ends, then shuts down `dst`'s write side.
     async fn run(
-        &self,
-        src: &AsyncFd<OwnedFd>,
-        dst: &AsyncFd<OwnedFd>,
+        self,
+        src: Arc<AsyncFd<OwnedFd>>,
+        dst: Arc<AsyncFd<OwnedFd>>,
         direction: Direction,
-        conn_counter: &AtomicU64,
-        total_counter: &AtomicU64,
     ) -> Result<(), RelayError> {
+        let (conn_counter, total_counter) = match direction {
+            Direction::ToGuest => (&self.stats.to_guest, &self.metrics.relay_bytes_to_guest),
+            Direction::FromGuest => (&self.stats.from_guest, &self.metrics.relay_bytes_from_guest),
+        };
         let count = |n: usize| {
             conn_counter.fetch_add(n as u64, Ordering::Relaxed);
             total_counter.fetch_add(n as u64, Ordering::Relaxed);
             self.clock.touch();
         };
         let err = |source| RelayError::Io { direction, source };
-        if self.mode != CopyMode::Userspace {
-            match splice_loop(src, dst, &count).await {
-                Ok(()) => return half_close(dst).map_err(err),
-                Err(SpliceError::Unsupported) => {
-                    tracing::debug!(
-                        ?direction,
-                        "splice not supported by a socket; copying in user space"
-                    );
-                }
-                Err(SpliceError::Io(e)) => return Err(err(e)),
-            }
-        }
-        self.copy_loop(src, dst, direction, &count)
+        self.pump(&src, &dst, direction, &count)
             .await
             .map_err(err)?;
-        half_close(dst).map_err(err)
+        half_close(&dst).map_err(err)
     }
 
-    async fn copy_loop(
+    async fn pump(
         &self,
         src: &AsyncFd<OwnedFd>,
         dst: &AsyncFd<OwnedFd>,
         direction: Direction,
         count: &impl Fn(usize),
     ) -> io::Result<()> {
-        let mut buf = vec![0u8; self.buffer_size.max(4096)];
+        let mut can_splice = self.mode != CopyMode::Userspace && self.observer.is_none();
+        // Created on the first bulk transfer: request/response traffic never needs one.
+        let mut pipe: Option<SplicePipe> = None;
+        if self.mode == CopyMode::Splice && can_splice {
+            let p = pipe.insert(SplicePipe::new()?);
+            loop {
+                drop(src.readable().await?);
+                match splice_burst(src, dst, p, count).await? {
+                    Burst::Eof => return Ok(()),
+                    Burst::Drained => {}
+                    Burst::Unsupported => {
+                        tracing::debug!(
+                            ?direction,
+                            "splice not supported by a socket; copying in user space"
+                        );
+                        can_splice = false;
+                        break;
+                    }
+                }
+            }
+        }
+        let size = if self.mode == CopyMode::Auto && can_splice {
+            BULK_READ
+        } else {
+            self.buffer_size.max(4096)
+        };
+        let mut buf = vec![0u8; size];
         loop {
-            let n = src
-                .async_io(tokio::io::Interest::READABLE, |fd| {
-                    Ok(nix::unistd::read(fd, &mut buf)?)
-                })
-                .await?;
+            let n = short_io(src, Interest::READABLE, size, |fd| {
+                nix::unistd::read(fd, &mut buf)
+            })
+            .await?;
             if n == 0 {
                 return Ok(());
             }
-            if let Some(o) = self.observer {
+            if let Some(o) = &self.observer {
                 o.observe(self.conn, direction, &buf[..n]);
             }
             let mut off = 0;
             while off < n {
-                let m = dst
-                    .async_io(tokio::io::Interest::WRITABLE, |fd| {
-                        Ok(nix::unistd::write(fd, &buf[off..n])?)
-                    })
-                    .await?;
+                let m = short_io(dst, Interest::WRITABLE, n - off, |fd| {
+                    nix::unistd::write(fd, &buf[off..n])
+                })
+                .await?;
                 off += m;
                 count(m);
+            }
+            if can_splice && n == size {
+                let p = match &mut pipe {
+                    Some(p) => p,
+                    None => pipe.insert(SplicePipe::new()?),
+                };
+                match splice_burst(src, dst, p, count).await? {
+                    Burst::Eof => return Ok(()),
+                    Burst::Drained => {}
+                    Burst::Unsupported => {
+                        tracing::debug!(
+                            ?direction,
+                            "splice not supported by a socket; copying in user space"
+                        );
+                        can_splice = false;
+                    }
+                }
             }
         }
     }
 }
 
-enum SpliceError {
-    /// The first splice from `src` failed with EINVAL: this socket kind cannot be spliced.
-    Unsupported,
-    Io(io::Error),
+/// One `read` or `write` when `fd` is ready. A result shorter than `want` means the socket was
+/// drained (or its send buffer filled), so readiness is cleared at once instead of spending another
+/// system call on EAGAIN, as tokio's own streams do. (Not valid for splice: a splice can also stop
+/// early because the pipe ran out of slots.)
+async fn short_io(
+    fd: &AsyncFd<OwnedFd>,
+    interest: Interest,
+    want: usize,
+    mut op: impl FnMut(&OwnedFd) -> nix::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.ready(interest).await?;
+        match guard.try_io(|inner| op(inner.get_ref()).map_err(io::Error::from)) {
+            Ok(Ok(n)) => {
+                if n > 0 && n < want {
+                    guard.clear_ready();
+                }
+                return Ok(n);
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
 }
 
-/// `src` → pipe → `dst` until `src` reaches end of stream. The pipe is drained completely before it
-/// is filled again, so EAGAIN on the fill side always means "socket empty", never "pipe full".
-async fn splice_loop(
+/// A pipe for splicing, as large as the kernel allows up to [`PIPE_SIZE`].
+struct SplicePipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    chunk: usize,
+}
+
+impl SplicePipe {
+    fn new() -> io::Result<Self> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        // A bigger pipe means fewer system calls per byte; the default (64 KiB) still works.
+        let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        let chunk = fcntl(&w, FcntlArg::F_GETPIPE_SZ)
+            .map(|s| s as usize)
+            .unwrap_or(64 * 1024);
+        Ok(Self { r, w, chunk })
+    }
+}
+
+/// How a splice burst ended.
+enum Burst {
+    /// `src` reached end of stream.
+    Eof,
+    /// `src` had nothing more for now (its readiness is cleared).
+    Drained,
+    /// This socket kind cannot be spliced (EINVAL); the pipe is empty, so copying can take over.
+    Unsupported,
+}
+
+/// `src` → pipe → `dst` while `src` has data, without waiting for `src`. The pipe is drained
+/// completely before it is filled again, so EAGAIN on the fill side always means "socket empty",
+/// never "pipe full".
+async fn splice_burst(
     src: &AsyncFd<OwnedFd>,
     dst: &AsyncFd<OwnedFd>,
+    pipe: &SplicePipe,
     count: &impl Fn(usize),
-) -> Result<(), SpliceError> {
-    let (pipe_r, pipe_w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
-        .map_err(|e| SpliceError::Io(e.into()))?;
-    // A bigger pipe means fewer syscalls per byte; the default (64 KiB) still works.
-    let _ = fcntl(&pipe_w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
-    let chunk = fcntl(&pipe_w, FcntlArg::F_GETPIPE_SZ)
-        .map(|s| s as usize)
-        .unwrap_or(64 * 1024);
+) -> io::Result<Burst> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let mut first = true;
     loop {
-        let filled = src
-            .async_io(tokio::io::Interest::READABLE, |fd| {
-                Ok(splice(fd, None, &pipe_w, None, chunk, flags)?)
-            })
-            .await;
+        let filled = src.try_io(Interest::READABLE, |fd| {
+            Ok(splice(fd, None, &pipe.w, None, pipe.chunk, flags)?)
+        });
         let n = match filled {
             Ok(n) => n,
-            Err(e) if first && e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                return Err(SpliceError::Unsupported);
-            }
-            Err(e) => return Err(SpliceError::Io(e)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(Burst::Unsupported),
+            Err(e) => return Err(e),
         };
-        first = false;
         if n == 0 {
-            return Ok(());
+            return Ok(Burst::Eof);
         }
         let mut left = n;
         while left > 0 {
             let m = dst
-                .async_io(tokio::io::Interest::WRITABLE, |fd| {
-                    Ok(splice(&pipe_r, None, fd, None, left, flags)?)
+                .async_io(Interest::WRITABLE, |fd| {
+                    Ok(splice(&pipe.r, None, fd, None, left, flags)?)
                 })
-                .await
-                .map_err(SpliceError::Io)?;
+                .await?;
             left -= m;
             count(m);
         }

@@ -144,7 +144,7 @@ async fn one_gib_round_trips_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_connections_each_round_trip() {
-    for mode in [CopyMode::Splice, CopyMode::Userspace] {
+    for mode in [CopyMode::Auto, CopyMode::Splice] {
         let s = Setup::new(config(mode), None).await;
         const CONNS: usize = 256;
         const EACH: usize = 4 << 20;
@@ -184,7 +184,7 @@ async fn many_concurrent_connections_each_round_trip() {
 
 #[tokio::test]
 async fn half_close_lets_the_client_read_the_rest() {
-    for mode in [CopyMode::Splice, CopyMode::Userspace] {
+    for mode in [CopyMode::Auto, CopyMode::Splice, CopyMode::Userspace] {
         let s = Setup::new(config(mode), None).await;
         let mut c = TcpStream::connect(s.addr).await.unwrap();
         let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
