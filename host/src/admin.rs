@@ -168,3 +168,80 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn request(addr: SocketAddr, head: &str) -> (String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("{head}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (h, b) = out.split_once("\r\n\r\n").unwrap();
+        (h.lines().next().unwrap().to_string(), b.to_string())
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_status_and_nothing_else() {
+        let metrics = Arc::new(Metrics::default());
+        metrics
+            .relay_total
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        let state = AdminState {
+            metrics,
+            started: Instant::now(),
+            vm: watch::channel(VmStatus::external()).1,
+            platform: "sim",
+            image: Some(ImageInfo {
+                manifest: "/m.json".into(),
+                manifest_digest: "ab".repeat(32),
+                expected_measurements: None,
+            }),
+            relay: None,
+            relay_listen: None,
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, state, async move {
+            let _ = rx.await;
+        }));
+
+        let (status, body) = request(addr, "GET /metrics HTTP/1.1").await;
+        assert!(status.contains("200"), "{status}");
+        assert!(
+            body.contains("chrysalis_relay_connections_total 3\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("chrysalis_vm_state{state=\"external\"} 1\n"),
+            "{body}"
+        );
+
+        let (status, body) = request(addr, "GET /status HTTP/1.1").await;
+        assert!(status.contains("200"), "{status}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["vm"]["state"], "external");
+        assert_eq!(v["platform"], "sim");
+        assert_eq!(v["image"]["manifest_digest"], "ab".repeat(32));
+
+        assert!(
+            request(addr, "GET /secret HTTP/1.1")
+                .await
+                .0
+                .contains("404")
+        );
+        assert!(
+            request(addr, "POST /metrics HTTP/1.1")
+                .await
+                .0
+                .contains("405")
+        );
+        tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

@@ -167,9 +167,6 @@ pub enum RelayError {
     /// Neither side sent a byte for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(Duration),
-    /// The listening socket failed.
-    #[error("accepting public connections")]
-    Accept(#[source] io::Error),
 }
 
 impl Relay {
@@ -263,22 +260,10 @@ impl Relay {
         tcp: tokio::net::TcpStream,
     ) -> Result<(), RelayError> {
         inc(&self.metrics.relay_total);
-        self.metrics.relay_active.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(ConnectionStats::default());
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            id,
-            Open {
-                peer,
-                since: Instant::now(),
-                stats: stats.clone(),
-            },
-        );
+        // Unregisters on every exit, including cancellation when the relay shuts down.
+        let _registered = Registered::new(self, id, peer, stats.clone());
         let result = self.forward(id, tcp, &stats).await;
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        self.metrics.relay_active.fetch_sub(1, Ordering::Relaxed);
         match &result {
             Ok(()) => {}
             Err(RelayError::Idle(_)) => inc(&self.metrics.relay_idle_timeouts),
@@ -358,6 +343,41 @@ impl Relay {
             }
         }
         Ok(())
+    }
+}
+
+/// An open connection's entry in the relay's table and active gauge, removed when dropped.
+struct Registered<'a> {
+    relay: &'a Relay,
+    id: u64,
+}
+
+impl<'a> Registered<'a> {
+    fn new(relay: &'a Relay, id: u64, peer: String, stats: Arc<ConnectionStats>) -> Self {
+        relay.metrics.relay_active.fetch_add(1, Ordering::Relaxed);
+        relay.open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Open {
+                peer,
+                since: Instant::now(),
+                stats,
+            },
+        );
+        Self { relay, id }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.relay
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        self.relay
+            .metrics
+            .relay_active
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
