@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use chrysalis_host::metrics::Metrics;
 use chrysalis_host::relay::{CopyMode, Relay, RelayConfig};
-use chrysalis_host::testkit::{FakeHybridGuest, hybrid_handshake};
+use chrysalis_host::testkit::{FakeHybridGuest, echo, hybrid_handshake};
 use chrysalis_host::transport::HybridVsockTransport;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -40,6 +40,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Route {
     Direct,
+    DirectTcp,
     Relay,
     RelayUserspace,
     Socat,
@@ -49,7 +50,8 @@ impl Route {
     fn name(self) -> &'static str {
         match self {
             Route::Direct => "direct (Unix socket)",
-            Route::Relay => "chrysalis relay (splice)",
+            Route::DirectTcp => "direct (TCP, no relay)",
+            Route::Relay => "chrysalis relay (auto: copy/splice)",
             Route::RelayUserspace => "chrysalis relay (user-space copy)",
             Route::Socat => "socat relay",
         }
@@ -59,6 +61,7 @@ impl Route {
 /// Where each path is reached.
 struct Targets {
     uds: PathBuf,
+    direct_tcp: SocketAddr,
     relay: SocketAddr,
     relay_userspace: SocketAddr,
     socat: Option<SocketAddr>,
@@ -74,6 +77,13 @@ async fn open(t: &Targets, p: Route) -> Box<dyn Io> {
                 .await
                 .expect("connect guest socket");
             hybrid_handshake(&mut s, PORT).await.expect("handshake");
+            Box::new(s)
+        }
+        Route::DirectTcp => {
+            let s = TcpStream::connect(t.direct_tcp)
+                .await
+                .expect("connect TCP echo");
+            s.set_nodelay(true).unwrap();
             Box::new(s)
         }
         Route::Relay | Route::RelayUserspace => {
@@ -255,26 +265,37 @@ fn main() {
     let runs = env_usize("CHRYSALIS_BENCH_RUNS", if quick { 1 } else { 3 });
     let conns = env_usize("CHRYSALIS_BENCH_CONNS", 256);
     let rounds = env_usize("CHRYSALIS_BENCH_ROUNDS", if quick { 20 } else { 200 });
+    let single_rounds = if quick { 2_000 } else { 20_000 };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
 
+    // The relay's runtime: worker threads as in the agent (one per core), or CHRYSALIS_BENCH_RELAY_THREADS.
+    let relay_threads = env_usize("CHRYSALIS_BENCH_RELAY_THREADS", cores);
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("vsock.sock");
 
     // The fake guest: its own thread and runtime.
     let guest_uds = uds.clone();
+    let (tcp_tx, tcp_rx) = std::sync::mpsc::channel();
     spawn_runtime("guest", 1, move || async move {
         let _g = FakeHybridGuest::bind(&guest_uds, &[PORT]).unwrap();
-        std::future::pending::<()>().await;
+        // The same echo service on plain TCP: the "no relay at all" baseline.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tcp_tx.send(l.local_addr().unwrap()).unwrap();
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(echo(s));
+        }
     })
     .recv()
     .unwrap();
+    let direct_tcp = tcp_rx.recv().unwrap();
 
     // The relays (splice and user-space copy): one runtime, as in the agent.
     let relay_uds = uds.clone();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    spawn_runtime("relay", cores.min(4), move || async move {
+    spawn_runtime("relay", relay_threads, move || async move {
         let mut addrs = Vec::new();
         for mode in [CopyMode::Auto, CopyMode::Userspace] {
             let relay = Arc::new(Relay::new(
@@ -306,12 +327,18 @@ fn main() {
     }
     let targets = Targets {
         uds,
+        direct_tcp,
         relay: addrs[0],
         relay_userspace: addrs[1],
         socat: socat.as_ref().map(|s| s.1),
     };
 
-    let mut paths = vec![Route::Direct, Route::Relay, Route::RelayUserspace];
+    let mut paths = vec![
+        Route::Direct,
+        Route::DirectTcp,
+        Route::Relay,
+        Route::RelayUserspace,
+    ];
     if targets.socat.is_some() {
         paths.push(Route::Socat);
     }
@@ -328,100 +355,130 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    println!("relay benchmark: {cores} cores, {cpu}");
+    println!("relay benchmark: {cores} cores, {cpu}; relay runtime with {relay_threads} thread(s)");
     println!(
-        "throughput: one stream, {mib} MiB echoed; latency: {conns} connections x {rounds} request/response pairs of {REQUEST} B; medians of {runs} run(s)\n"
+        "throughput: one stream, {mib} MiB echoed; latency: request/response pairs of {REQUEST} B, \
+         1 connection x {single_rounds} and {conns} concurrent connections x {rounds}; medians of {runs} run(s)"
     );
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("load average before: {}\n", load());
 
-    let mut tput = Vec::new();
-    let mut lat = Vec::new();
-    let mut cpu_cost = Vec::new();
+    struct Row {
+        mb_s: f64,
+        one: (f64, f64),
+        many: (f64, f64),
+        cpu_gib: f64,
+        cpu_req: f64,
+    }
+    let mut rows = Vec::new();
     for &p in &paths {
-        let mut t = Vec::new();
-        let mut p50 = Vec::new();
-        let mut p99 = Vec::new();
-        let mut cpu_gib = Vec::new();
-        let mut cpu_req = Vec::new();
+        let (mut t, mut one50, mut one99, mut p50, mut p99, mut cg, mut cr) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..runs {
             let c0 = cpu_seconds();
             t.push(client.block_on(throughput(&targets, p, mib << 20)));
             let c1 = cpu_seconds();
             let (a, b) = client.block_on(latency(&targets, p, conns, rounds));
             let c2 = cpu_seconds();
+            let (e, f) = client.block_on(latency(&targets, p, 1, single_rounds));
             p50.push(a);
             p99.push(b);
-            cpu_gib.push((c1 - c0) * 1024.0 / mib as f64);
-            cpu_req.push((c2 - c1) * 1e6 / (conns * rounds) as f64);
+            one50.push(e);
+            one99.push(f);
+            cg.push((c1 - c0) * 1024.0 / mib as f64);
+            cr.push((c2 - c1) * 1e6 / (conns * rounds) as f64);
         }
-        tput.push(median(t));
-        lat.push((median(p50), median(p99)));
-        cpu_cost.push((median(cpu_gib), median(cpu_req)));
+        rows.push(Row {
+            mb_s: median(t),
+            one: (median(one50), median(one99)),
+            many: (median(p50), median(p99)),
+            cpu_gib: median(cg),
+            cpu_req: median(cr),
+        });
     }
 
     println!(
-        "{:<36} {:>10} {:>10} {:>10} {:>11} {:>11}",
-        "path", "MB/s", "p50 µs", "p99 µs", "CPU s/GiB", "CPU µs/req"
+        "{:<34} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "path", "MB/s", "1c p50", "1c p99", "256c p50", "256c p99", "CPU s/GiB", "CPU µs/req"
     );
-    for (i, p) in paths.iter().enumerate() {
+    for (p, r) in paths.iter().zip(&rows) {
         // socat runs in its own processes: its CPU time is not in this process's count.
         let (g, q) = if *p == Route::Socat {
             (f64::NAN, f64::NAN)
         } else {
-            cpu_cost[i]
+            (r.cpu_gib, r.cpu_req)
         };
         println!(
-            "{:<36} {:>10.0} {:>10.0} {:>10.0} {:>11.2} {:>11.1}",
+            "{:<34} {:>8.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.2} {:>10.1}",
             p.name(),
-            tput[i],
-            lat[i].0,
-            lat[i].1,
+            r.mb_s,
+            r.one.0,
+            r.one.1,
+            r.many.0,
+            r.many.1,
             g,
             q
         );
     }
+    println!("(latencies in µs; 1c = one connection, 256c = {conns} concurrent connections)");
     let idx = |p: Route| paths.iter().position(|x| *x == p);
-    let (d, r) = (idx(Route::Direct).unwrap(), idx(Route::Relay).unwrap());
+    let row = |p: Route| &rows[idx(p).unwrap()];
+    let (direct, tcp, relay) = (row(Route::Direct), row(Route::DirectTcp), row(Route::Relay));
     println!();
     println!(
-        "relay / direct throughput:   {:.2}  (goal ≥ 0.90)",
-        tput[r] / tput[d]
+        "relay / direct throughput:        {:.2} vs Unix socket, {:.2} vs TCP  (goal ≥ 0.90)",
+        relay.mb_s / direct.mb_s,
+        relay.mb_s / tcp.mb_s
     );
     println!(
-        "relay added p99 latency:     {:.0} µs  (goal ≤ 100 µs)",
-        lat[r].1 - lat[d].1
+        "relay added p99, 1 connection:    {:.0} µs vs Unix socket, {:.0} µs vs TCP  (goal ≤ 100 µs)",
+        relay.one.1 - direct.one.1,
+        relay.one.1 - tcp.one.1
     );
-    println!("relay added p50 latency:     {:.0} µs", lat[r].0 - lat[d].0);
     println!(
-        "relay hop CPU cost:          {:.2} s/GiB echoed, {:.1} µs/request",
-        cpu_cost[r].0 - cpu_cost[d].0,
-        cpu_cost[r].1 - cpu_cost[d].1
+        "relay added p99, {conns} connections: {:.0} µs vs Unix socket, {:.0} µs vs TCP",
+        relay.many.1 - direct.many.1,
+        relay.many.1 - tcp.many.1
     );
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "load average during the run: {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        "relay hop CPU cost (vs TCP):      {:.2} s/GiB echoed, {:.1} µs/request",
+        relay.cpu_gib - tcp.cpu_gib,
+        relay.cpu_req - tcp.cpu_req
     );
     let mut json = serde_json::json!({
         "cores": cores, "cpu": cpu, "mib": mib, "runs": runs, "conns": conns, "rounds": rounds,
-        "paths": paths.iter().enumerate().map(|(i, p)| serde_json::json!({
-            "path": p.name(), "mb_per_s": tput[i], "p50_us": lat[i].0, "p99_us": lat[i].1,
-            "cpu_s_per_gib": if *p == Route::Socat { None } else { Some(cpu_cost[i].0) },
-            "cpu_us_per_request": if *p == Route::Socat { None } else { Some(cpu_cost[i].1) },
+        "single_rounds": single_rounds,
+        "paths": paths.iter().zip(&rows).map(|(p, r)| serde_json::json!({
+            "path": p.name(), "mb_per_s": r.mb_s,
+            "one_conn_p50_us": r.one.0, "one_conn_p99_us": r.one.1,
+            "many_conn_p50_us": r.many.0, "many_conn_p99_us": r.many.1,
+            "cpu_s_per_gib": if *p == Route::Socat { None } else { Some(r.cpu_gib) },
+            "cpu_us_per_request": if *p == Route::Socat { None } else { Some(r.cpu_req) },
         })).collect::<Vec<_>>(),
-        "relay_over_direct_throughput": tput[r] / tput[d],
-        "relay_added_p99_us": lat[r].1 - lat[d].1,
+        "relay_over_direct_unix_throughput": relay.mb_s / direct.mb_s,
+        "relay_over_direct_tcp_throughput": relay.mb_s / tcp.mb_s,
+        "relay_added_p99_one_conn_us": relay.one.1 - direct.one.1,
     });
-    if let Some(s) = idx(Route::Socat) {
+    if let Some(i) = idx(Route::Socat) {
+        let socat = &rows[i];
         println!(
-            "relay / socat throughput:    {:.2}  (goal ≥ 1.5)",
-            tput[r] / tput[s]
+            "relay / socat throughput:         {:.2}  (goal ≥ 1.5)",
+            relay.mb_s / socat.mb_s
         );
-        println!("socat added p99 latency:     {:.0} µs", lat[s].1 - lat[d].1);
-        json["relay_over_socat_throughput"] = serde_json::json!(tput[r] / tput[s]);
+        println!(
+            "socat added p99, 1 connection:    {:.0} µs vs Unix socket",
+            socat.one.1 - direct.one.1
+        );
+        json["relay_over_socat_throughput"] = serde_json::json!(relay.mb_s / socat.mb_s);
     }
+    println!("load average after: {}", load());
     if let Some(path) = std::env::var_os("CHRYSALIS_BENCH_JSON") {
         std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     }

@@ -489,24 +489,9 @@ impl Pump {
         let mut can_splice = self.mode != CopyMode::Userspace && self.observer.is_none();
         // Created on the first bulk transfer: request/response traffic never needs one.
         let mut pipe: Option<SplicePipe> = None;
-        if self.mode == CopyMode::Splice && can_splice {
-            let p = pipe.insert(SplicePipe::new()?);
-            loop {
-                drop(src.readable().await?);
-                match splice_burst(src, dst, p, count).await? {
-                    Burst::Eof => return Ok(()),
-                    Burst::Drained => {}
-                    Burst::Unsupported => {
-                        tracing::debug!(
-                            ?direction,
-                            "splice not supported by a socket; copying in user space"
-                        );
-                        can_splice = false;
-                        break;
-                    }
-                }
-            }
-        }
+        // While a bulk transfer goes on, each wake-up splices; a burst that moves less than
+        // BULK_READ returns the direction to buffer copies.
+        let mut bulk = self.mode == CopyMode::Splice && can_splice;
         let size = if self.mode == CopyMode::Auto && can_splice {
             BULK_READ
         } else {
@@ -514,40 +499,48 @@ impl Pump {
         };
         let mut buf = vec![0u8; size];
         loop {
-            let n = short_io(src, Interest::READABLE, size, |fd| {
-                nix::unistd::read(fd, &mut buf)
-            })
-            .await?;
-            if n == 0 {
-                return Ok(());
-            }
-            if let Some(o) = &self.observer {
-                o.observe(self.conn, direction, &buf[..n]);
-            }
-            let mut off = 0;
-            while off < n {
-                let m = short_io(dst, Interest::WRITABLE, n - off, |fd| {
-                    nix::unistd::write(fd, &buf[off..n])
+            if bulk {
+                drop(src.readable().await?);
+            } else {
+                let n = short_io(src, Interest::READABLE, size, |fd| {
+                    nix::unistd::read(fd, &mut buf)
                 })
                 .await?;
-                off += m;
-                count(m);
+                if n == 0 {
+                    return Ok(());
+                }
+                if let Some(o) = &self.observer {
+                    o.observe(self.conn, direction, &buf[..n]);
+                }
+                let mut off = 0;
+                while off < n {
+                    let m = short_io(dst, Interest::WRITABLE, n - off, |fd| {
+                        nix::unistd::write(fd, &buf[off..n])
+                    })
+                    .await?;
+                    off += m;
+                    count(m);
+                }
+                if !(can_splice && n == size) {
+                    continue;
+                }
             }
-            if can_splice && n == size {
-                let p = match &mut pipe {
-                    Some(p) => p,
-                    None => pipe.insert(SplicePipe::new()?),
-                };
-                match splice_burst(src, dst, p, count).await? {
-                    Burst::Eof => return Ok(()),
-                    Burst::Drained => {}
-                    Burst::Unsupported => {
-                        tracing::debug!(
-                            ?direction,
-                            "splice not supported by a socket; copying in user space"
-                        );
-                        can_splice = false;
-                    }
+            let p = match &mut pipe {
+                Some(p) => p,
+                None => pipe.insert(SplicePipe::new()?),
+            };
+            match splice_burst(src, dst, p, count).await? {
+                Burst::Eof => return Ok(()),
+                Burst::Drained(moved) => {
+                    bulk = self.mode == CopyMode::Splice || moved >= BULK_READ;
+                }
+                Burst::Unsupported => {
+                    tracing::debug!(
+                        ?direction,
+                        "splice not supported by a socket; copying in user space"
+                    );
+                    can_splice = false;
+                    bulk = false;
                 }
             }
         }
@@ -602,8 +595,8 @@ impl SplicePipe {
 enum Burst {
     /// `src` reached end of stream.
     Eof,
-    /// `src` had nothing more for now (its readiness is cleared).
-    Drained,
+    /// `src` had nothing more for now (its readiness is cleared); the bytes moved in this burst.
+    Drained(usize),
     /// This socket kind cannot be spliced (EINVAL); the pipe is empty, so copying can take over.
     Unsupported,
 }
@@ -618,13 +611,14 @@ async fn splice_burst(
     count: &impl Fn(usize),
 ) -> io::Result<Burst> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut moved = 0;
     loop {
         let filled = src.try_io(Interest::READABLE, |fd| {
             Ok(splice(fd, None, &pipe.w, None, pipe.chunk, flags)?)
         });
         let n = match filled {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained(moved)),
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(Burst::Unsupported),
             Err(e) => return Err(e),
         };
@@ -641,6 +635,7 @@ async fn splice_burst(
             left -= m;
             count(m);
         }
+        moved += n;
     }
 }
 

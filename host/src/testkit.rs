@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
@@ -76,8 +76,15 @@ async fn serve_one(stream: UnixStream, open: &HashSet<u32>, local_port: u32) -> 
         .await?;
     // Bytes the host sent right behind its CONNECT line are the stream's first bytes.
     let early = reader.buffer().to_vec();
-    let (mut r, mut w) = reader.into_inner().into_split();
-    w.write_all(&early).await?;
+    let mut stream = reader.into_inner();
+    stream.write_all(&early).await?;
+    echo(stream).await
+}
+
+/// Echoes every byte of `stream` back until end of stream, then shuts down its write side (the
+/// fake guest's service; also usable on a plain TCP socket as a "direct" baseline).
+pub async fn echo<S: AsyncRead + AsyncWrite>(stream: S) -> io::Result<()> {
+    let (mut r, mut w) = tokio::io::split(stream);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = r.read(&mut buf).await?;
