@@ -256,8 +256,9 @@ fn start_socat(uds: &Path) -> Option<(Child, SocketAddr)> {
 }
 
 fn main() {
-    // `cargo test --benches` runs this with --test/--list: nothing to do then.
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("relay benchmark: run with `cargo bench -p chrysalis-host --bench relay`");
         return;
     }
     let quick = std::env::var_os("CHRYSALIS_BENCH_QUICK").is_some();
