@@ -1,0 +1,782 @@
+//! RA-TLS: self-signed certificates that carry evidence bound to their own key, and rustls
+//! verifiers that accept a peer only when a [`Policy`] accepts that evidence.
+//!
+//! Issuing (inside the confidential VM):
+//! 1. [`AttestedKey::generate`] makes a P-256 key that never leaves the process.
+//! 2. [`AttestedKey::report_data`] is SHA-512(`REPORT_DATA_DOMAIN` ‖ SPKI DER): the guest asks
+//!    its TEE for evidence over exactly these 64 bytes.
+//! 3. [`issue_certificate`] writes a certificate valid for at most 24 hours whose `id-pe-cmw`
+//!    extension (RFC 9999, OID 1.3.6.1.5.5.7.1.35) carries the [`EvidenceBundle`].
+//!
+//! Verifying (client): [`verify_certificate`] parses, checks the validity window, the
+//! self-signature, decodes the evidence, verifies it against the policy's roots, checks the
+//! key binding and applies the policy. [`RaTlsServerVerifier`] and [`RaTlsClientVerifier`] do
+//! this inside a rustls handshake and cache accepted certificates, so a second connection to
+//! the same certificate costs one hash and a lookup.
+//!
+//! The wire format is specified in docs/ra-tls.md.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use thiserror::Error;
+
+use crate::bundle::EvidenceBundle;
+use crate::evidence::{ReportData, Sha256};
+use crate::policy::{Policy, RejectReason, Rejection, VerifiedEvidence};
+use crate::verify;
+
+/// Domain tag hashed before the SPKI: names the protocol and its version, so evidence made for
+/// this purpose can never be replayed for another.
+pub const REPORT_DATA_DOMAIN: &[u8] = b"chrysalis/ra-tls/v1\0";
+
+/// `id-pe-cmw` (RFC 9999): the X.509 extension that carries a conceptual message wrapper.
+pub const CMW_EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 35];
+
+/// Media type of the wrapped evidence bundle inside the CMW record.
+pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.chrysalis.evidence-bundle+der";
+
+/// CMW indicator bit for Evidence (RFC 9999).
+pub const CMW_INDICATOR_EVIDENCE: u64 = 4;
+
+/// Longest certificate lifetime a verifier accepts, and an issuer may ask for.
+pub const MAX_VALIDITY_SECS: u64 = 24 * 3600;
+
+/// The report_data that binds evidence to a TLS key: SHA-512(domain tag ‖ SPKI DER).
+pub fn report_data_for_spki(spki_der: &[u8]) -> ReportData {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
+    ctx.update(REPORT_DATA_DOMAIN);
+    ctx.update(spki_der);
+    ReportData::from_slice(ctx.finish().as_ref()).expect("SHA-512 is 64 bytes")
+}
+
+/// Errors of issuing a certificate or using a key.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RaTlsError {
+    /// Key generation or certificate encoding failed.
+    #[error("certificate issuance failed: {0}")]
+    Issue(String),
+    /// The bundle's evidence is not bound to this key: it would be rejected by every verifier.
+    #[error("evidence report_data {actual} does not bind this key (expected {expected})")]
+    NotBound {
+        /// What this key needs.
+        expected: Box<ReportData>,
+        /// What the evidence carries.
+        actual: Box<ReportData>,
+    },
+    /// The requested lifetime is zero or longer than [`MAX_VALIDITY_SECS`].
+    #[error("certificate lifetime of {0} s is outside 1..={MAX_VALIDITY_SECS} s")]
+    Lifetime(u64),
+}
+
+/// A P-256 key generated in this process, for TLS and for signing receipts. It has no export
+/// function: the private key exists only inside the confidential VM.
+pub struct AttestedKey {
+    rcgen: rcgen::KeyPair,
+    fixed: ring::signature::EcdsaKeyPair,
+    spki: Vec<u8>,
+}
+
+impl fmt::Debug for AttestedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AttestedKey(spki sha256 {})", Sha256::digest(&self.spki))
+    }
+}
+
+impl AttestedKey {
+    /// Generates a fresh key.
+    pub fn generate() -> Result<Self, RaTlsError> {
+        let rcgen = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| RaTlsError::Issue(e.to_string()))?;
+        let fixed = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            rcgen.serialized_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| RaTlsError::Issue(e.to_string()))?;
+        use rcgen::PublicKeyData as _;
+        let spki = rcgen.subject_public_key_info();
+        Ok(Self { rcgen, fixed, spki })
+    }
+
+    /// The SubjectPublicKeyInfo, DER.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki
+    }
+
+    /// SHA-256 of the SPKI (receipts name their signer by it).
+    pub fn spki_sha256(&self) -> Sha256 {
+        Sha256::digest(&self.spki)
+    }
+
+    /// What the TEE must sign for this key: see [`report_data_for_spki`].
+    pub fn report_data(&self) -> ReportData {
+        report_data_for_spki(&self.spki)
+    }
+
+    /// ECDSA P-256 SHA-256 signature, raw r‖s (64 bytes), as JWS ES256 wants it.
+    pub fn sign_es256(&self, msg: &[u8]) -> Result<Vec<u8>, RaTlsError> {
+        self.fixed
+            .sign(&ring::rand::SystemRandom::new(), msg)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| RaTlsError::Issue("ECDSA signing failed".into()))
+    }
+
+    /// A rustls certified key for `cert` (issued for this key) to serve with.
+    pub fn certified_key(
+        &self,
+        cert: CertificateDer<'static>,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, RaTlsError> {
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.rcgen.serialize_der()));
+        let signer = provider()
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| RaTlsError::Issue(e.to_string()))?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(
+            vec![cert],
+            signer,
+        )))
+    }
+}
+
+/// The crypto provider chrysalis uses for TLS (ring, TLS 1.3 only).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn cmw_record(bundle_der: &[u8]) -> String {
+    serde_json::json!([
+        BUNDLE_MEDIA_TYPE,
+        URL_SAFE_NO_PAD.encode(bundle_der),
+        CMW_INDICATOR_EVIDENCE
+    ])
+    .to_string()
+}
+
+/// Issues a self-signed certificate for `key` carrying `bundle`, valid from `not_before`
+/// (unix seconds) for `lifetime_secs` (at most 24 h).
+///
+/// Refuses a bundle whose report_data does not bind `key`: such a certificate could never
+/// verify, and issuing it would only hide the mistake.
+pub fn issue_certificate(
+    key: &AttestedKey,
+    bundle: &EvidenceBundle,
+    not_before: u64,
+    lifetime_secs: u64,
+) -> Result<CertificateDer<'static>, RaTlsError> {
+    if lifetime_secs == 0 || lifetime_secs > MAX_VALIDITY_SECS {
+        return Err(RaTlsError::Lifetime(lifetime_secs));
+    }
+    let actual = bundle_report_data(bundle).map_err(|e| RaTlsError::Issue(e.to_string()))?;
+    if actual != key.report_data() {
+        return Err(RaTlsError::NotBound {
+            expected: Box::new(key.report_data()),
+            actual: Box::new(actual),
+        });
+    }
+    let issue = |e: rcgen::Error| RaTlsError::Issue(e.to_string());
+    let mut params =
+        rcgen::CertificateParams::new(vec!["chrysalis.invalid".to_string()]).map_err(issue)?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "chrysalis attested node");
+    params.distinguished_name = dn;
+    params.not_before = time_at(not_before)?;
+    params.not_after = time_at(not_before + lifetime_secs)?;
+    let bundle_der = bundle
+        .to_der()
+        .map_err(|e| RaTlsError::Issue(e.to_string()))?;
+    // CMW ::= CHOICE { json UTF8String, cbor OCTET STRING }: the JSON form.
+    let value = der::Encode::to_der(&cmw_record(&bundle_der))
+        .map_err(|e| RaTlsError::Issue(e.to_string()))?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            CMW_EXTENSION_OID,
+            value,
+        ));
+    let cert = params.self_signed(&key.rcgen).map_err(issue)?;
+    Ok(cert.der().clone())
+}
+
+fn time_at(secs: u64) -> Result<time::OffsetDateTime, RaTlsError> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .ok_or_else(|| RaTlsError::Issue(format!("time {secs} out of range")))
+}
+
+/// The report_data inside a bundle's evidence (structure only, nothing verified).
+fn bundle_report_data(bundle: &EvidenceBundle) -> Result<ReportData, crate::EvidenceError> {
+    Ok(match bundle.platform {
+        crate::Platform::Tdx => crate::TdxQuote::parse(&bundle.evidence)?.report_data(),
+        crate::Platform::Snp => crate::SnpReport::parse(&bundle.evidence)?.report_data(),
+    })
+}
+
+/// A peer whose certificate verified and whose evidence a policy accepted, bound to the key
+/// the TLS handshake proved possession of. Only this crate constructs one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    evidence: VerifiedEvidence,
+    spki_der: Vec<u8>,
+    cert_sha256: Sha256,
+    not_after: u64,
+}
+
+impl VerifiedPeer {
+    /// The accepted evidence.
+    pub fn evidence(&self) -> &VerifiedEvidence {
+        &self.evidence
+    }
+
+    /// The peer's SubjectPublicKeyInfo (what receipts are verified with).
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// SHA-256 of the peer's SPKI.
+    pub fn spki_sha256(&self) -> Sha256 {
+        Sha256::digest(&self.spki_der)
+    }
+
+    /// SHA-256 of the certificate's DER.
+    pub fn cert_sha256(&self) -> Sha256 {
+        self.cert_sha256
+    }
+
+    /// The certificate's notAfter (unix seconds).
+    pub fn not_after(&self) -> u64 {
+        self.not_after
+    }
+
+    /// Until when this acceptance may be reused: the earlier of the certificate's expiry and
+    /// the evidence's collateral expiry.
+    pub fn valid_until(&self) -> u64 {
+        self.evidence
+            .verdict()
+            .valid_until
+            .map_or(self.not_after, |v| v.min(self.not_after))
+    }
+}
+
+fn cert_reason(msg: impl Into<String>) -> Rejection {
+    Rejection {
+        reasons: vec![RejectReason::Certificate(msg.into())],
+    }
+}
+
+/// Extracts the evidence bundle of an RA-TLS certificate (structure only).
+pub fn extract_bundle(cert_der: &[u8]) -> Result<EvidenceBundle, Rejection> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| cert_reason(format!("not an X.509 certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(cert_reason("trailing bytes after the certificate"));
+    }
+    bundle_of(&cert)
+}
+
+fn bundle_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<EvidenceBundle, Rejection> {
+    let oid = x509_parser::oid_registry::Oid::from(CMW_EXTENSION_OID).expect("valid OID");
+    let mut found = cert.extensions().iter().filter(|e| e.oid == oid);
+    let ext = found
+        .next()
+        .ok_or_else(|| cert_reason("no evidence extension (id-pe-cmw)"))?;
+    if found.next().is_some() {
+        return Err(cert_reason("more than one evidence extension"));
+    }
+    let json: String = der::Decode::from_der(ext.value).map_err(|e| {
+        cert_reason(format!(
+            "evidence extension is not a JSON CMW (UTF8String): {e}"
+        ))
+    })?;
+    let record: (String, String, Option<u64>) = serde_json::from_str(&json)
+        .map_err(|e| cert_reason(format!("evidence extension is not a CMW record: {e}")))?;
+    if record.0 != BUNDLE_MEDIA_TYPE {
+        return Err(cert_reason(format!(
+            "evidence of unknown type {:?}",
+            record.0
+        )));
+    }
+    let der = URL_SAFE_NO_PAD
+        .decode(record.1)
+        .map_err(|e| cert_reason(format!("evidence is not base64url: {e}")))?;
+    EvidenceBundle::from_der(&der).map_err(|e| cert_reason(e.to_string()))
+}
+
+/// Verifies an RA-TLS certificate at `now` (unix seconds) under `policy`.
+///
+/// Returns Ok only if: the certificate parses, is valid at `now`, lives at most 24 hours and
+/// verifies under its own key; its evidence verifies against the policy's roots (with
+/// `collateral` instead of carried TDX collateral when given); the evidence's report_data
+/// binds the certificate's key; and the policy accepts the verdict. The rejection lists every
+/// failed rule. It does NOT prove the peer holds the key: the TLS handshake does that.
+pub fn verify_certificate(
+    cert_der: &[u8],
+    policy: &Policy,
+    collateral: Option<&dcap_qvl::QuoteCollateralV3>,
+    now: u64,
+) -> Result<VerifiedPeer, Rejection> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| cert_reason(format!("not an X.509 certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(cert_reason("trailing bytes after the certificate"));
+    }
+    let mut reasons = Vec::new();
+    let nb = u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0);
+    let na = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    if now < nb {
+        reasons.push(RejectReason::Certificate(format!(
+            "not valid before {nb} (now {now})"
+        )));
+    }
+    if now > na {
+        reasons.push(RejectReason::Certificate(format!(
+            "expired at {na} (now {now})"
+        )));
+    }
+    if na.saturating_sub(nb) > MAX_VALIDITY_SECS {
+        reasons.push(RejectReason::Certificate(format!(
+            "lifetime {} s exceeds the {MAX_VALIDITY_SECS} s limit",
+            na.saturating_sub(nb)
+        )));
+    }
+    if let Err(e) = cert.verify_signature(None) {
+        reasons.push(RejectReason::Certificate(format!(
+            "self-signature does not verify: {e}"
+        )));
+    }
+    let spki_der = cert.public_key().raw.to_vec();
+    let bundle = match bundle_of(&cert) {
+        Ok(b) => b,
+        Err(mut r) => {
+            reasons.append(&mut r.reasons);
+            return Err(Rejection { reasons });
+        }
+    };
+    let accepted = match verify::verify(&bundle, &policy.trust_anchors(), collateral, now) {
+        Err(e) => {
+            reasons.push(RejectReason::Verification(e));
+            None
+        }
+        Ok(verdict) => {
+            let expected = report_data_for_spki(&spki_der);
+            if verdict.report_data != expected {
+                reasons.push(RejectReason::KeyBinding {
+                    expected: expected.to_hex(),
+                    actual: verdict.report_data.to_hex(),
+                });
+            }
+            match policy.evaluate(verdict) {
+                Ok(v) => Some(v),
+                Err(mut r) => {
+                    reasons.append(&mut r.reasons);
+                    None
+                }
+            }
+        }
+    };
+    match accepted {
+        Some(evidence) if reasons.is_empty() => Ok(VerifiedPeer {
+            evidence,
+            spki_der,
+            cert_sha256: Sha256::digest(cert_der),
+            not_after: na,
+        }),
+        _ => Err(Rejection { reasons }),
+    }
+}
+
+/// Accepted certificates by SHA-256, reused until they or their collateral expire, and the
+/// last rejection for callers that want the structured reason after a failed handshake.
+#[derive(Debug)]
+struct VerdictCache {
+    policy: Arc<Policy>,
+    collateral: Option<dcap_qvl::QuoteCollateralV3>,
+    accepted: Mutex<HashMap<Sha256, VerifiedPeer>>,
+    last_rejection: Mutex<Option<Rejection>>,
+}
+
+impl VerdictCache {
+    fn new(policy: Arc<Policy>) -> Self {
+        Self {
+            policy,
+            collateral: None,
+            accepted: Mutex::new(HashMap::new()),
+            last_rejection: Mutex::new(None),
+        }
+    }
+
+    fn check(&self, cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+        let now = now.as_secs();
+        let key = Sha256::digest(cert.as_ref());
+        {
+            let mut map = self.accepted.lock().expect("verdict cache poisoned");
+            match map.get(&key) {
+                Some(p) if now <= p.valid_until() => return Ok(()),
+                Some(_) => {
+                    map.remove(&key);
+                }
+                None => {}
+            }
+        }
+        match verify_certificate(cert.as_ref(), &self.policy, self.collateral.as_ref(), now) {
+            Ok(peer) => {
+                let mut map = self.accepted.lock().expect("verdict cache poisoned");
+                map.retain(|_, p| now <= p.valid_until());
+                map.insert(key, peer);
+                Ok(())
+            }
+            Err(rejection) => {
+                *self.last_rejection.lock().expect("verdict cache poisoned") =
+                    Some(rejection.clone());
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(rejection))),
+                ))
+            }
+        }
+    }
+
+    fn peer(&self, cert: &[u8]) -> Option<VerifiedPeer> {
+        self.accepted
+            .lock()
+            .expect("verdict cache poisoned")
+            .get(&Sha256::digest(cert))
+            .cloned()
+    }
+}
+
+fn verify_sig13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider().signature_verification_algorithms,
+    )
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider()
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
+/// A rustls server-certificate verifier that accepts exactly the RA-TLS certificates a policy
+/// accepts. The server name is ignored: a node's identity is its measurement, not a DNS name.
+#[derive(Debug)]
+pub struct RaTlsServerVerifier {
+    cache: VerdictCache,
+}
+
+impl RaTlsServerVerifier {
+    /// A verifier for `policy`.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self {
+            cache: VerdictCache::new(policy),
+        }
+    }
+
+    /// Uses this TDX collateral instead of what certificates carry (it must still verify).
+    pub fn with_collateral(mut self, collateral: dcap_qvl::QuoteCollateralV3) -> Self {
+        self.cache.collateral = Some(collateral);
+        self
+    }
+
+    /// The accepted peer behind a certificate this verifier accepted (e.g. the one a finished
+    /// handshake presented).
+    pub fn verified_peer(&self, cert_der: &[u8]) -> Option<VerifiedPeer> {
+        self.cache.peer(cert_der)
+    }
+
+    /// The reason of the most recent rejection.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.cache
+            .last_rejection
+            .lock()
+            .expect("verdict cache poisoned")
+            .clone()
+    }
+}
+
+impl ServerCertVerifier for RaTlsServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.cache
+            .check(end_entity, now)
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_sig13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// A rustls client-certificate verifier for mutual RA-TLS: a client must present an RA-TLS
+/// certificate that `policy` accepts.
+#[derive(Debug)]
+pub struct RaTlsClientVerifier {
+    cache: VerdictCache,
+}
+
+impl RaTlsClientVerifier {
+    /// A verifier for `policy`.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self {
+            cache: VerdictCache::new(policy),
+        }
+    }
+
+    /// The accepted peer behind a certificate this verifier accepted.
+    pub fn verified_peer(&self, cert_der: &[u8]) -> Option<VerifiedPeer> {
+        self.cache.peer(cert_der)
+    }
+
+    /// The reason of the most recent rejection.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.cache
+            .last_rejection
+            .lock()
+            .expect("verdict cache poisoned")
+            .clone()
+    }
+}
+
+impl ClientCertVerifier for RaTlsClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.cache
+            .check(end_entity, now)
+            .map(|()| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_sig13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// A TLS 1.3 client configuration that trusts exactly what `verifier` accepts.
+pub fn client_config(verifier: Arc<RaTlsServerVerifier>) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth()
+}
+
+/// A TLS 1.3 server configuration that serves whatever certificate `resolver` holds.
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> rustls::ServerConfig {
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::TdxPin;
+    use crate::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+    use crate::{Measurement, TcbStatus};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn sim_bundle(pki: &SimPki, report_data: ReportData, mr_td: Measurement) -> EvidenceBundle {
+        let m = td_measurements(
+            mr_td,
+            [
+                Measurement([1; 48]),
+                Measurement([2; 48]),
+                Measurement([3; 48]),
+                Measurement::ZERO,
+            ],
+        );
+        let quote = pki.quote(&SimTdReport::new(m, report_data));
+        EvidenceBundle::tdx(
+            quote,
+            Some(pki.collateral(NOW - 3600, 30 * 86_400).unwrap()),
+        )
+    }
+
+    fn sim_policy(pki: &SimPki, mr_td: Measurement) -> Policy {
+        let mut p = Policy::pinned(
+            vec![TdxPin {
+                name: Some("sim".into()),
+                mr_td,
+                rtmr0: None,
+                rtmr1: Some(Measurement([2; 48])),
+                rtmr2: None,
+                rtmr3: None,
+                mr_config_id: None,
+                mr_owner: None,
+                mr_owner_config: None,
+                td_attributes: None,
+                xfam: None,
+            }],
+            vec![],
+        );
+        p.trust
+            .dangerous_simulated_intel_roots
+            .push(pki.root_sha256());
+        p
+    }
+
+    #[test]
+    fn issue_then_verify_with_sim_evidence() {
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        let key = AttestedKey::generate().unwrap();
+        let mr_td = Measurement([7; 48]);
+        let cert = issue_certificate(
+            &key,
+            &sim_bundle(&pki, key.report_data(), mr_td),
+            NOW - 60,
+            3600,
+        )
+        .unwrap();
+        let peer = verify_certificate(&cert, &sim_policy(&pki, mr_td), None, NOW).unwrap();
+        assert_eq!(peer.evidence().matched_pin(), Some("sim"));
+        assert_eq!(peer.evidence().verdict().tcb_status, TcbStatus::UpToDate);
+        assert_eq!(peer.spki_der(), key.spki_der());
+        assert_eq!(
+            extract_bundle(&cert).unwrap().platform,
+            crate::Platform::Tdx
+        );
+    }
+
+    #[test]
+    fn rejections_name_their_reason() {
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        let key = AttestedKey::generate().unwrap();
+        let other = AttestedKey::generate().unwrap();
+        let mr_td = Measurement([7; 48]);
+        let good = issue_certificate(
+            &key,
+            &sim_bundle(&pki, key.report_data(), mr_td),
+            NOW - 60,
+            3600,
+        )
+        .unwrap();
+
+        let wrong_pin = sim_policy(&pki, Measurement([8; 48]));
+        let msg = verify_certificate(&good, &wrong_pin, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("measurement not pinned"), "{msg}");
+
+        let default = Policy::pinned(sim_policy(&pki, mr_td).tdx, vec![]);
+        let msg = verify_certificate(&good, &default, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("untrusted root"), "{msg}");
+
+        let msg = verify_certificate(&good, &sim_policy(&pki, mr_td), None, NOW + 7200)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("expired"), "{msg}");
+
+        // Evidence made for another key cannot be issued by the honest API; build one by hand.
+        let stolen = issue_certificate(
+            &other,
+            &sim_bundle(&pki, other.report_data(), mr_td),
+            NOW - 60,
+            3600,
+        )
+        .unwrap();
+        let bundle = extract_bundle(&stolen).unwrap();
+        let err = issue_certificate(&key, &bundle, NOW - 60, 3600).unwrap_err();
+        assert!(matches!(err, RaTlsError::NotBound { .. }), "{err}");
+    }
+
+    #[test]
+    fn lifetime_limit() {
+        let key = AttestedKey::generate().unwrap();
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        let b = sim_bundle(&pki, key.report_data(), Measurement::ZERO);
+        assert!(matches!(
+            issue_certificate(&key, &b, NOW, MAX_VALIDITY_SECS + 1),
+            Err(RaTlsError::Lifetime(_))
+        ));
+        assert!(matches!(
+            issue_certificate(&key, &b, NOW, 0),
+            Err(RaTlsError::Lifetime(_))
+        ));
+    }
+
+    #[test]
+    fn report_data_is_domain_separated() {
+        let spki = b"spki";
+        let plain = ring::digest::digest(&ring::digest::SHA512, spki);
+        assert_ne!(report_data_for_spki(spki).0.as_slice(), plain.as_ref());
+    }
+}

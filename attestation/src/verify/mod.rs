@@ -1,0 +1,324 @@
+//! Cryptographic verification of evidence into one structured [`Verdict`].
+//!
+//! A `Verdict` says what the evidence proves: which root it chains to, the TCB status the
+//! vendor's collateral assigns, the measurements, the debug flag and the report data. It does
+//! NOT say whether any of that is acceptable: [`crate::policy::Policy::evaluate`] decides, and
+//! only it produces the [`crate::VerifiedEvidence`] proof that downstream code requires.
+//!
+//! Trust anchors and time are arguments. The production Intel and AMD roots are built in;
+//! a simulated root is accepted only when the caller's anchors name its fingerprint.
+
+mod snp;
+mod tdx;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::bundle::EvidenceBundle;
+use crate::error::EvidenceError;
+use crate::evidence::{Measurements, Platform, ReportData, Sha256};
+
+pub use snp::{
+    AmdGeneration, AmdRoot, SnpCertificates, SnpSigner, SnpVerified, SnpVerifyError, verify_snp,
+};
+pub use tdx::{INTEL_SGX_ROOT_CA_SHA256, verify_tdx};
+
+/// The root certificate a piece of evidence chains to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TrustRoot {
+    /// Intel's SGX Root CA (the production root of TDX quotes).
+    IntelSgxRootCa,
+    /// A simulated Intel root (see [`crate::sim`]): accepted only by policies naming it.
+    SimulatedIntel {
+        /// SHA-256 of the root certificate's DER.
+        sha256: Sha256,
+    },
+    /// An AMD root key (ARK).
+    AmdArk {
+        /// Processor family of the ARK (Milan, Genoa, Turin) or "chain file".
+        product: String,
+        /// SHA-256 of the ARK certificate's DER.
+        sha256: Sha256,
+    },
+}
+
+impl std::fmt::Display for TrustRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustRoot::IntelSgxRootCa => f.write_str("Intel SGX Root CA"),
+            TrustRoot::SimulatedIntel { sha256 } => write!(f, "simulated Intel root {sha256}"),
+            TrustRoot::AmdArk { product, sha256 } => write!(f, "AMD ARK ({product}) {sha256}"),
+        }
+    }
+}
+
+/// TCB status as the vendor's collateral assigns it.
+///
+/// For TDX these are Intel's statuses. AMD publishes no TCB status: an SNP verdict is
+/// `UpToDate` when the report verifies under a VCEK issued for exactly the reported TCB;
+/// pin a minimum SNP TCB in the policy to refuse old firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TcbStatus {
+    /// The platform is patched.
+    UpToDate,
+    /// Patched, but software hardening (e.g. against a side channel) is needed.
+    SWHardeningNeeded,
+    /// Patched, but a platform configuration change is needed.
+    ConfigurationNeeded,
+    /// Both of the above.
+    ConfigurationAndSWHardeningNeeded,
+    /// A newer TCB exists; this platform is not at it.
+    OutOfDate,
+    /// Out of date and needing configuration.
+    OutOfDateConfigurationNeeded,
+    /// The TCB level was revoked.
+    Revoked,
+    /// TDX 1.5: launched out of date, current TCB patched; relaunch advised.
+    TDRelaunchAdvised,
+    /// As above, and configuration needed.
+    TDRelaunchAdvisedConfigurationNeeded,
+}
+
+impl TcbStatus {
+    /// Every status, for listing in messages.
+    pub const ALL: [TcbStatus; 9] = [
+        TcbStatus::UpToDate,
+        TcbStatus::SWHardeningNeeded,
+        TcbStatus::ConfigurationNeeded,
+        TcbStatus::ConfigurationAndSWHardeningNeeded,
+        TcbStatus::OutOfDate,
+        TcbStatus::OutOfDateConfigurationNeeded,
+        TcbStatus::Revoked,
+        TcbStatus::TDRelaunchAdvised,
+        TcbStatus::TDRelaunchAdvisedConfigurationNeeded,
+    ];
+
+    /// Intel's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcbStatus::UpToDate => "UpToDate",
+            TcbStatus::SWHardeningNeeded => "SWHardeningNeeded",
+            TcbStatus::ConfigurationNeeded => "ConfigurationNeeded",
+            TcbStatus::ConfigurationAndSWHardeningNeeded => "ConfigurationAndSWHardeningNeeded",
+            TcbStatus::OutOfDate => "OutOfDate",
+            TcbStatus::OutOfDateConfigurationNeeded => "OutOfDateConfigurationNeeded",
+            TcbStatus::Revoked => "Revoked",
+            TcbStatus::TDRelaunchAdvised => "TDRelaunchAdvised",
+            TcbStatus::TDRelaunchAdvisedConfigurationNeeded => {
+                "TDRelaunchAdvisedConfigurationNeeded"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TcbStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TcbStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TcbStatus::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = TcbStatus::ALL.iter().map(|t| t.as_str()).collect();
+                format!("unknown TCB status {s:?} (known: {})", known.join(", "))
+            })
+    }
+}
+
+/// What a piece of evidence cryptographically proves. Not a decision: see the module docs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The platform.
+    pub platform: Platform,
+    /// Evidence format version (TDX quote version, SNP report version).
+    pub evidence_version: u32,
+    /// The root the signature chain ends in.
+    pub root: TrustRoot,
+    /// TCB status from the vendor's collateral.
+    pub tcb_status: TcbStatus,
+    /// Security advisories that apply to this TCB level.
+    pub advisory_ids: Vec<String>,
+    /// The measured state.
+    pub measurements: Measurements,
+    /// True when the host can debug (read) the guest.
+    pub debug: bool,
+    /// The 64 bytes bound into the evidence.
+    pub report_data: ReportData,
+    /// When the first piece of collateral used expires (unix seconds), if it has a date.
+    pub valid_until: Option<u64>,
+}
+
+/// Which roots verification may end in. Built from a policy; the vendor roots are built in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustAnchors {
+    pub(crate) intel: bool,
+    pub(crate) amd: bool,
+    pub(crate) simulated_intel: Vec<Sha256>,
+}
+
+impl TrustAnchors {
+    /// Intel's and AMD's production roots, nothing else.
+    pub fn vendor() -> Self {
+        Self {
+            intel: true,
+            amd: true,
+            simulated_intel: Vec::new(),
+        }
+    }
+
+    /// No root at all: every verification fails (useful to build up explicitly).
+    pub fn none() -> Self {
+        Self {
+            intel: false,
+            amd: false,
+            simulated_intel: Vec::new(),
+        }
+    }
+
+    /// Also accept quotes from a simulated Intel PKI whose root certificate has this SHA-256.
+    /// Simulated evidence proves nothing about hardware: never use this in production.
+    pub fn dangerous_with_simulated_intel_root(mut self, root_sha256: Sha256) -> Self {
+        if !self.simulated_intel.contains(&root_sha256) {
+            self.simulated_intel.push(root_sha256);
+        }
+        self
+    }
+
+    /// Sets whether Intel's production root is trusted.
+    pub fn with_intel(mut self, on: bool) -> Self {
+        self.intel = on;
+        self
+    }
+
+    /// Sets whether AMD's production roots are trusted.
+    pub fn with_amd(mut self, on: bool) -> Self {
+        self.amd = on;
+        self
+    }
+}
+
+/// Why evidence failed verification.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The evidence could not be parsed.
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+    /// The chain ends in a root the anchors do not include.
+    #[error("{platform} evidence chains to an untrusted root: {root}")]
+    UntrustedRoot {
+        /// Platform of the evidence.
+        platform: Platform,
+        /// Description of the root (subject and SHA-256).
+        root: String,
+    },
+    /// The platform's roots are not among the anchors at all.
+    #[error("{0} evidence is not accepted: no {0} root is trusted")]
+    PlatformNotTrusted(Platform),
+    /// TDX evidence came without collateral and none was supplied.
+    #[error("TDX quote has no collateral (neither carried nor supplied by the verifier)")]
+    MissingCollateral,
+    /// SNP evidence came without a VCEK.
+    #[error("SNP report has no VCEK/VLEK certificate")]
+    MissingVcek,
+    /// The platform's TCB (CPUSVN, PCESVN, TEE TCB SVN) is below every level of the
+    /// collateral's TCB info: Intel no longer lists it, so no status can be assigned.
+    #[error(
+        "TCB not listed: the platform's TCB matches no level of Intel's TCB info \
+         (older than every listed level: out of date)"
+    )]
+    TcbNotListed,
+    /// The TDX quote or its collateral failed verification (dcap-qvl's reason).
+    #[error("TDX quote verification failed: {0}")]
+    Tdx(String),
+    /// The SNP report or its certificates failed verification.
+    #[error("SNP report verification failed: {0}")]
+    Snp(String),
+}
+
+/// Verifies a bundle against `anchors` at `now` (unix seconds).
+///
+/// `collateral` replaces the TDX collateral carried in the bundle when given (a verifier may
+/// prefer its own cached copy); carried or not, it must verify against the anchors.
+pub fn verify(
+    bundle: &EvidenceBundle,
+    anchors: &TrustAnchors,
+    collateral: Option<&dcap_qvl::QuoteCollateralV3>,
+    now: u64,
+) -> Result<Verdict, VerifyError> {
+    match bundle.platform {
+        Platform::Tdx => {
+            let collateral = collateral
+                .or(bundle.tdx_collateral.as_ref())
+                .ok_or(VerifyError::MissingCollateral)?;
+            verify_tdx(&bundle.evidence, collateral, anchors, now)
+        }
+        Platform::Snp => {
+            let vcek = bundle.snp_vcek.as_deref().ok_or(VerifyError::MissingVcek)?;
+            verify_snp_evidence(
+                &bundle.evidence,
+                vcek,
+                bundle.snp_chain.as_deref(),
+                anchors,
+                now,
+            )
+        }
+    }
+}
+
+/// Verifies an SNP report with its VCEK (and optional ASK/ARK chain) into a [`Verdict`].
+///
+/// Only AMD's own ARKs are anchors: a chain file whose ARK is not one of them is refused.
+/// AMD publishes no TCB status; see [`TcbStatus`].
+pub fn verify_snp_evidence(
+    report: &[u8],
+    vcek_der: &[u8],
+    chain: Option<&[u8]>,
+    anchors: &TrustAnchors,
+    now: u64,
+) -> Result<Verdict, VerifyError> {
+    if !anchors.amd {
+        return Err(VerifyError::PlatformNotTrusted(Platform::Snp));
+    }
+    let certs = SnpCertificates {
+        vcek_der: vcek_der.to_vec(),
+        chain: chain.map(<[u8]>::to_vec),
+    };
+    let v = verify_snp(report, &certs, now).map_err(|e| VerifyError::Snp(e.to_string()))?;
+    let root = match v.root {
+        AmdRoot::BuiltIn(generation) => {
+            let (_, ark) = x509_parser::pem::parse_x509_pem(generation.builtin_ark_pem())
+                .map_err(|e| VerifyError::Snp(format!("built-in ARK: {e}")))?;
+            TrustRoot::AmdArk {
+                product: generation.name().into(),
+                sha256: Sha256::digest(&ark.contents),
+            }
+        }
+        AmdRoot::ChainFile { ark_sha256 } => {
+            return Err(VerifyError::UntrustedRoot {
+                platform: Platform::Snp,
+                root: format!("ARK from the chain file (sha256 {ark_sha256}) is not an AMD root"),
+            });
+        }
+    };
+    let measurements = v.report.measurements();
+    Ok(Verdict {
+        platform: Platform::Snp,
+        evidence_version: v.report.version(),
+        root,
+        tcb_status: TcbStatus::UpToDate,
+        advisory_ids: Vec::new(),
+        debug: measurements.debug(),
+        report_data: v.report.report_data(),
+        measurements: Measurements::Snp(measurements),
+        valid_until: Some(v.valid_until),
+    })
+}

@@ -1,0 +1,149 @@
+//! TDX quote verification through dcap-qvl, against an explicit root and time.
+
+use dcap_qvl::QuoteCollateralV3;
+use dcap_qvl::verify::QuoteVerifier;
+
+use super::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
+use crate::evidence::{Measurements, Platform, Sha256, TdxQuote};
+
+/// SHA-256 of the DER of Intel's SGX Root CA (CN=Intel SGX Root CA, valid 2018-05-21 to
+/// 2049-12-31), the root of every production TDX quote. dcap-qvl embeds the certificate;
+/// this fingerprint recognises it at the end of a collateral chain.
+pub const INTEL_SGX_ROOT_CA_SHA256: Sha256 = Sha256(hex_literal(
+    b"44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3",
+));
+
+const fn hex_literal(s: &[u8; 64]) -> [u8; 32] {
+    const fn nib(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => panic!("not lowercase hex"),
+        }
+    }
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = (nib(s[2 * i]) << 4) | nib(s[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+/// The last certificate of a PEM chain: the root the chain claims.
+fn claimed_root(chain_pem: &str) -> Result<Vec<u8>, VerifyError> {
+    let mut last = None;
+    for item in x509_parser::pem::Pem::iter_from_buffer(chain_pem.as_bytes()) {
+        let pem =
+            item.map_err(|e| VerifyError::Tdx(format!("collateral issuer chain is not PEM: {e}")))?;
+        last = Some(pem.contents);
+    }
+    last.ok_or_else(|| VerifyError::Tdx("collateral issuer chain is empty".into()))
+}
+
+fn root_subject(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_else(|_| "unparseable certificate".into())
+}
+
+/// Parses an RFC 3339 UTC timestamp as Intel writes them ("2025-07-19T10:32:27Z").
+fn rfc3339(s: &str) -> Option<u64> {
+    let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(dt.unix_timestamp()).ok()
+}
+
+fn next_update(json: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let body = v
+        .get("tcbInfo")
+        .or_else(|| v.get("enclaveIdentity"))
+        .unwrap_or(&v);
+    rfc3339(body.get("nextUpdate")?.as_str()?)
+}
+
+/// Verifies a TDX quote with `collateral` at `now` (unix seconds).
+///
+/// Returns Ok only if the quote's signature chain (attestation key → QE report → PCK
+/// certificate → PCK CA → root), the collateral's signatures (TCB info, QE identity, CRLs →
+/// the same root) and their validity at `now` all verify, and the root is among `anchors`.
+/// It does NOT judge the TCB status, debug flag or measurements: that is the policy's job.
+pub fn verify_tdx(
+    quote: &[u8],
+    collateral: &QuoteCollateralV3,
+    anchors: &TrustAnchors,
+    now: u64,
+) -> Result<Verdict, VerifyError> {
+    let parsed = TdxQuote::parse(quote)?;
+    let root_der = claimed_root(&collateral.tcb_info_issuer_chain)?;
+    let root_sha = Sha256::digest(&root_der);
+    let (root, verifier) = if root_sha == INTEL_SGX_ROOT_CA_SHA256 {
+        if !anchors.intel {
+            return Err(VerifyError::PlatformNotTrusted(Platform::Tdx));
+        }
+        // dcap-qvl's own embedded copy, not the one the collateral carries.
+        (TrustRoot::IntelSgxRootCa, QuoteVerifier::new_prod())
+    } else if anchors.simulated_intel.contains(&root_sha) {
+        (
+            TrustRoot::SimulatedIntel { sha256: root_sha },
+            QuoteVerifier::new(root_der),
+        )
+    } else {
+        return Err(VerifyError::UntrustedRoot {
+            platform: Platform::Tdx,
+            root: format!("{} (sha256 {root_sha})", root_subject(&root_der)),
+        });
+    };
+    // Debug TDs are reported, not refused here: the policy refuses them by default and can
+    // name why.
+    let report = verifier
+        .allow_debug(true)
+        .verify(quote, collateral, now)
+        .map_err(|e| {
+            let msg = format!("{e:#}");
+            // dcap-qvl reports a platform below every TCB level only by this message; the
+            // recorded outdated quote's test keeps the match honest.
+            if msg.contains("No matching TCB level") {
+                VerifyError::TcbNotListed
+            } else {
+                VerifyError::Tdx(msg)
+            }
+        })?;
+    let tcb_status: dcap_qvl::TcbStatus =
+        serde_json::from_value(serde_json::Value::String(report.status.clone()))
+            .map_err(|_| VerifyError::Tdx(format!("unknown TCB status {:?}", report.status)))?;
+    let measurements = parsed.measurements();
+    let valid_until = [
+        next_update(&collateral.tcb_info),
+        next_update(&collateral.qe_identity),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    Ok(Verdict {
+        platform: Platform::Tdx,
+        evidence_version: u32::from(parsed.version()),
+        root,
+        tcb_status: map_status(tcb_status),
+        advisory_ids: report.advisory_ids,
+        debug: measurements.debug(),
+        report_data: parsed.report_data(),
+        measurements: Measurements::Tdx(measurements),
+        valid_until,
+    })
+}
+
+fn map_status(s: dcap_qvl::TcbStatus) -> TcbStatus {
+    use dcap_qvl::TcbStatus as D;
+    match s {
+        D::UpToDate => TcbStatus::UpToDate,
+        D::SWHardeningNeeded => TcbStatus::SWHardeningNeeded,
+        D::ConfigurationNeeded => TcbStatus::ConfigurationNeeded,
+        D::ConfigurationAndSWHardeningNeeded => TcbStatus::ConfigurationAndSWHardeningNeeded,
+        D::OutOfDate => TcbStatus::OutOfDate,
+        D::OutOfDateConfigurationNeeded => TcbStatus::OutOfDateConfigurationNeeded,
+        D::Revoked => TcbStatus::Revoked,
+        D::TDRelaunchAdvised => TcbStatus::TDRelaunchAdvised,
+        D::TDRelaunchAdvisedConfigurationNeeded => TcbStatus::TDRelaunchAdvisedConfigurationNeeded,
+    }
+}

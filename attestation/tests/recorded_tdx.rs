@@ -1,0 +1,114 @@
+//! TDX verification against real quotes and collateral recorded by dcap-qvl's authors.
+
+mod common;
+
+use chrysalis_attestation::policy::RejectReason;
+use chrysalis_attestation::{
+    EvidenceBundle, Policy, TcbStatus, TrustAnchors, TrustRoot, VerifyError, verify::verify_tdx,
+};
+use common::dcap_sample;
+
+const SAMPLE_NOW: u64 = 1_750_500_000;
+const TD15EX_NOW: u64 = 1_791_600_000;
+const OUTDATED_NOW: u64 = 1_771_500_000;
+
+#[test]
+fn sample_quote_is_up_to_date_under_the_intel_root() {
+    let (quote, collateral) = dcap_sample("tdx_quote");
+    let v = verify_tdx(&quote, &collateral, &TrustAnchors::vendor(), SAMPLE_NOW).unwrap();
+    assert_eq!(v.tcb_status, TcbStatus::UpToDate);
+    assert_eq!(v.root, TrustRoot::IntelSgxRootCa);
+    assert_eq!(v.evidence_version, 4);
+    assert!(!v.debug);
+    let ok = Policy::dangerous_unpinned()
+        .appraise(
+            &EvidenceBundle::tdx(quote, Some(collateral)),
+            None,
+            SAMPLE_NOW,
+        )
+        .unwrap();
+    assert_eq!(ok.verdict().tcb_status, TcbStatus::UpToDate);
+}
+
+#[test]
+fn v5_td15ex_quote_is_accepted() {
+    let (quote, collateral) = dcap_sample("tdx_quote_td15ex");
+    let ok = Policy::dangerous_unpinned()
+        .appraise(
+            &EvidenceBundle::tdx(quote, Some(collateral)),
+            None,
+            TD15EX_NOW,
+        )
+        .unwrap();
+    assert_eq!(ok.verdict().evidence_version, 5);
+}
+
+#[test]
+fn outdated_quote_is_rejected_naming_the_tcb() {
+    let (quote, collateral) = dcap_sample("tdx_quote_outdated");
+    let err = Policy::dangerous_unpinned()
+        .appraise(
+            &EvidenceBundle::tdx(quote, Some(collateral)),
+            None,
+            OUTDATED_NOW,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.reasons,
+        vec![RejectReason::Verification(VerifyError::TcbNotListed)],
+        "{err}"
+    );
+    assert!(err.to_string().contains("TCB not listed"), "{err}");
+}
+
+#[test]
+fn quote_after_next_update_is_rejected_as_expired() {
+    let (quote, collateral) = dcap_sample("tdx_quote");
+    let later = SAMPLE_NOW + 60 * 86_400;
+    let err = verify_tdx(&quote, &collateral, &TrustAnchors::vendor(), later).unwrap_err();
+    assert!(matches!(err, VerifyError::Tdx(_)), "{err:?}");
+    assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
+}
+
+#[test]
+fn intel_root_must_be_among_the_anchors() {
+    let (quote, collateral) = dcap_sample("tdx_quote");
+    let anchors = TrustAnchors::vendor().with_intel(false);
+    let err = verify_tdx(&quote, &collateral, &anchors, SAMPLE_NOW).unwrap_err();
+    assert!(matches!(err, VerifyError::PlatformNotTrusted(_)), "{err:?}");
+}
+
+/// Header (48) + TD report 1.0 body (584) are signed; the ECDSA signature follows the 4-byte
+/// auth-data length.
+#[test]
+fn every_byte_flip_in_signed_region_or_signature_is_rejected() {
+    let (quote, collateral) = dcap_sample("tdx_quote");
+    let anchors = TrustAnchors::vendor();
+    let signed = 48 + 584;
+    let sig = signed + 4..signed + 4 + 64;
+    for i in (0..signed).chain(sig) {
+        let mut q = quote.clone();
+        q[i] ^= 0x01;
+        assert!(
+            verify_tdx(&q, &collateral, &anchors, SAMPLE_NOW).is_err(),
+            "flip at {i} accepted"
+        );
+    }
+}
+
+#[test]
+fn any_byte_flip_anywhere_never_panics() {
+    let (quote, collateral) = dcap_sample("tdx_quote");
+    let anchors = TrustAnchors::vendor();
+    for i in 0..quote.len() {
+        let mut q = quote.clone();
+        q[i] ^= 0x80;
+        let _ = verify_tdx(&q, &collateral, &anchors, SAMPLE_NOW);
+    }
+    // The recorded quote carries 70 bytes of zero padding after its auth data (as quote
+    // buffers often do); cutting into the structure itself must fail.
+    let structure_end = 632 + 4 + u32::from_le_bytes(quote[632..636].try_into().unwrap()) as usize;
+    for len in [0, 1, 47, 48, 631, 632, 700, structure_end - 1] {
+        assert!(verify_tdx(&quote[..len], &collateral, &anchors, SAMPLE_NOW).is_err());
+    }
+}

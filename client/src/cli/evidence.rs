@@ -1,0 +1,177 @@
+//! `chrysalis evidence show|verify`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrysalis_attestation::{EvidenceBundle, Platform, Policy, SnpReport, TdxQuote};
+use chrysalis_client::report;
+use clap::{ArgGroup, Args, Subcommand};
+
+use super::Ctx;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EvidenceCommand {
+    /// Parse a quote or report and print every field (nothing is verified).
+    Show(ShowArgs),
+    /// Verify a quote or report: signature chain to a vendor root, TCB, debug, and the
+    /// measurements pinned by --policy. Exit 0 accepted, 1 rejected, 2 unusable input.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["tdx_quote", "snp_report"])))]
+pub(crate) struct ShowArgs {
+    /// A TDX quote (v4 or v5), raw binary or hex text.
+    #[arg(long, value_name = "FILE")]
+    tdx_quote: Option<PathBuf>,
+    /// An SEV-SNP attestation report, raw binary or hex text.
+    #[arg(long, value_name = "FILE")]
+    snp_report: Option<PathBuf>,
+    /// Print one JSON object with lowercase hex strings.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["tdx_quote", "snp_report"])))]
+pub(crate) struct VerifyArgs {
+    /// A TDX quote (v4 or v5), raw binary or hex text; needs --collateral.
+    #[arg(long, value_name = "FILE", requires = "collateral")]
+    tdx_quote: Option<PathBuf>,
+    /// Intel collateral for the quote (QuoteCollateralV3 JSON, as dcap-qvl and PCCS clients write it).
+    #[arg(long, value_name = "FILE", requires = "tdx_quote")]
+    collateral: Option<PathBuf>,
+    /// An SEV-SNP attestation report, raw binary or hex text; needs --vcek.
+    #[arg(long, value_name = "FILE", requires = "vcek")]
+    snp_report: Option<PathBuf>,
+    /// The VCEK (or VLEK) certificate that signed the report, DER or PEM.
+    #[arg(long, value_name = "FILE", requires = "snp_report")]
+    vcek: Option<PathBuf>,
+    /// ASK + ARK chain (PEM or DER); default: the AMD roots built in for Milan, Genoa, Turin.
+    #[arg(long, value_name = "FILE", requires = "snp_report")]
+    chain: Option<PathBuf>,
+    /// The time to verify at, in unix seconds (explicit so results are reproducible).
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    now: u64,
+    /// Client policy (TOML). Without it: vendor roots, TCB UpToDate, no debug, and NO
+    /// measurement pin — it proves genuine hardware, not which software runs there.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Print one JSON object (accepted, platform, tcb_status, advisory_ids, measurements, reasons).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(ctx: &Ctx, cmd: EvidenceCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        EvidenceCommand::Show(a) => show(ctx, a),
+        EvidenceCommand::Verify(a) => verify(ctx, a),
+    }
+}
+
+fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let (title, fields) = if let Some(p) = &a.tdx_quote {
+        let q = TdxQuote::parse(&ctx.read_evidence(p, "TDX quote")?)
+            .with_context(|| format!("{} is not a TDX quote", p.display()))?;
+        (
+            format!("TDX quote v{}", q.version()),
+            report::tdx_fields(&q),
+        )
+    } else {
+        let p = a.snp_report.as_ref().expect("clap requires one input");
+        let r = SnpReport::parse(&ctx.read_evidence(p, "SNP report")?)
+            .with_context(|| format!("{} is not an SEV-SNP report", p.display()))?;
+        (
+            format!("SEV-SNP report v{}", r.version()),
+            report::snp_fields(&r),
+        )
+    };
+    if a.json {
+        println!("{}", serde_json::Value::Object(fields));
+    } else {
+        println!("{title} (parsed, not verified)");
+        print!("{}", report::text_lines(&fields));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let policy = match &a.policy {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read policy {}", p.display()))?;
+            Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))?
+        }
+        None => Policy::dangerous_unpinned(),
+    };
+    let bundle = if let Some(q) = &a.tdx_quote {
+        let path = a.collateral.as_ref().expect("clap requires --collateral");
+        let collateral: dcap_qvl::QuoteCollateralV3 =
+            serde_json::from_slice(&read(path, "collateral")?).with_context(|| {
+                format!(
+                    "collateral {} is not QuoteCollateralV3 JSON",
+                    path.display()
+                )
+            })?;
+        EvidenceBundle::tdx(ctx.read_evidence(q, "TDX quote")?, Some(collateral))
+    } else {
+        let r = a.snp_report.as_ref().expect("clap requires one input");
+        let vcek = pem_or_der(read(
+            a.vcek.as_ref().expect("clap requires --vcek"),
+            "VCEK",
+        )?);
+        let chain = a
+            .chain
+            .as_ref()
+            .map(|c| read(c, "certificate chain"))
+            .transpose()?;
+        EvidenceBundle::snp(ctx.read_evidence(r, "SNP report")?, Some(vcek), chain)
+    };
+    let result = policy.appraise(&bundle, None, a.now);
+    let platform: Platform = bundle.platform;
+    if a.json {
+        println!("{}", report::verdict_json(platform, &result));
+    }
+    match &result {
+        Ok(v) => {
+            if !a.json {
+                let d = v.verdict();
+                println!("ACCEPTED {} evidence v{}", d.platform, d.evidence_version);
+                println!("root        {}", d.root);
+                println!("tcb_status  {}", d.tcb_status);
+                if !d.advisory_ids.is_empty() {
+                    println!("advisories  {}", d.advisory_ids.join(", "));
+                }
+                println!(
+                    "pin         {}",
+                    v.matched_pin().unwrap_or("(measurements not pinned)")
+                );
+                print!(
+                    "{}",
+                    report::text_lines(&report::measurement_fields(&d.measurements))
+                );
+                println!("report_data {}", d.report_data);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(r) => {
+            for m in r.messages() {
+                eprintln!("rejected: {m}");
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// A certificate file as DER: PEM input is converted, anything else passed through.
+fn pem_or_der(bytes: Vec<u8>) -> Vec<u8> {
+    match x509_parser::pem::parse_x509_pem(&bytes) {
+        Ok((_, pem)) if pem.label == "CERTIFICATE" => pem.contents,
+        _ => bytes,
+    }
+}
