@@ -16,12 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use chrysalis_attestation::Platform;
 use chrysalis_guest::config::Config;
 use chrysalis_guest::engine::python::PythonEngine;
-use chrysalis_guest::evidence::FixedEvidence;
+use chrysalis_guest::evidence::LocalSim;
 use chrysalis_guest::server::{self, AppState};
-use chrysalis_guest::tls::{CertStore, SelfSignedIssuer};
+use chrysalis_guest::tls::CertStore;
 use http_body_util::{BodyExt, Full};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -168,16 +167,22 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
     let cfg = Config::load(&cfg_path)?;
-    let certs = Arc::new(CertStore::generate(Box::new(SelfSignedIssuer))?);
-    certs.renew(&FixedEvidence::new(Platform::Tdx, vec![0; 16]), SystemTime::now(), Duration::from_secs(3600)).await?;
+    let certs = Arc::new(CertStore::generate()?);
+    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let sim = LocalSim::new(
+        chrysalis_attestation::sim::SimPki::from_seed(chrysalis_attestation::sim::DEFAULT_SEED),
+        chrysalis_attestation::sim::td_measurements(chrysalis_attestation::Measurement([7; 48]), [chrysalis_attestation::Measurement::ZERO; 4]),
+        now - 3600,
+    );
+    certs.renew(&sim, SystemTime::now(), Duration::from_secs(3600)).await?;
     let engine_cfg = cfg.engine.clone();
     let engine = tokio::task::spawn_blocking(move || PythonEngine::start(&engine_cfg, Duration::from_secs(600))).await??;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()?));
-    let state = AppState::new(cfg.server.clone(), cfg.model.clone(), Arc::new(engine), certs, "fixed");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
+    let state = AppState::new(cfg.server.clone(), cfg.model.clone(), Arc::new(engine), certs, "local-sim");
+    let listener = Arc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
     let addr = listener.local_addr()?.to_string();
     tokio::spawn(server::serve(state, acceptor, move || {
-        let l = &listener;
+        let l = listener.clone();
         async move { l.accept().await.map(|(s, _)| { let _ = s.set_nodelay(true); s }) }
     }));
     let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

@@ -11,7 +11,7 @@ use chrysalis_guest::evidence::EvidenceProvider;
 use chrysalis_guest::evidence::configfs::ConfigfsTsm;
 use chrysalis_guest::evidence::sim::{SimEndpoint, SimQuoteClient};
 use chrysalis_guest::server::{self, AppState};
-use chrysalis_guest::tls::{CertStore, SelfSignedIssuer};
+use chrysalis_guest::tls::CertStore;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -139,7 +139,7 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
         )),
         _ => bail!("unsupported evidence provider"),
     };
-    let certs = Arc::new(CertStore::generate(Box::new(SelfSignedIssuer))?);
+    let certs = Arc::new(CertStore::generate()?);
     let validity = Duration::from_secs(cfg.tls.validity_secs);
     let info = certs
         .renew(provider.as_ref(), SystemTime::now(), validity)
@@ -150,7 +150,7 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
 
     let engine_cfg = cfg.clone();
     let engine = tokio::task::spawn_blocking(move || start_engine(&engine_cfg)).await?;
-    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()?));
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
     let state = AppState::new(cfg.server.clone(), cfg.model.clone(), engine, certs, provider.name());
 
     match &cfg.server.listen {

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::api::{self, ApiError, Endpoint, Limits, Responder};
 use crate::config::{ModelConfig, ServerConfig};
 use crate::engine::{Chunk, Engine, EngineError, EngineEvent, Generation, Usage};
-use crate::receipt::{self, RECEIPT_HEADER, ReceiptBody, StreamHasher};
+use crate::receipt::{self, Exchange, RECEIPT_HEADER, StreamHasher};
 use crate::tls::CertStore;
 
 /// The response body type.
@@ -84,7 +84,7 @@ impl AppState {
     ) -> Arc<Self> {
         let nonce = Sha256::digest(
             &[
-                certs.spki_der(),
+                certs.key().spki_der(),
                 &SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes(),
             ]
             .concat(),
@@ -162,13 +162,22 @@ impl AppState {
         };
         let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let b = &info.bundle;
         json!({
             "evidence_provider": self.evidence_provider,
-            "bundle": info.bundle,
+            "bundle": {
+                "platform": b.platform,
+                "evidence": hex::encode(&b.evidence),
+                "tdx_collateral": b.tdx_collateral,
+                "snp_vcek": b.snp_vcek.as_deref().map(hex::encode),
+                "snp_chain": b.snp_chain.as_deref().map(hex::encode),
+                "der_base64": b.to_der().ok().map(|d| b64(&d)),
+            },
             "report_data": info.report_data,
             "measurements": measurements,
             "certificate": {
-                "der_base64": base64::engine::general_purpose::STANDARD.encode(&info.cert_der),
+                "der_base64": b64(&info.cert_der),
                 "sha256": info.cert_sha256,
                 "spki_sha256": info.spki_sha256,
                 "not_before": unix(info.not_before),
@@ -420,7 +429,7 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
                         let v = responder.complete(&text, &reason, &usage);
                         let bytes = serde_json::to_vec(&v).unwrap_or_default();
                         active.completed();
-                        let receipt = make_receipt(&state, &responder.id, request_sha256, Sha256::digest(&bytes), false, usage);
+                        let receipt = make_receipt(&state, request_sha256, Sha256::digest(&bytes), false, usage);
                         let mut r = full(StatusCode::OK, "application/json", bytes);
                         match receipt.and_then(|s| HeaderValue::from_str(&s).ok()) {
                             Some(h) => {
@@ -448,24 +457,21 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
     }
 }
 
-fn make_receipt(state: &AppState, id: &str, request_sha256: Sha256, response_sha256: Sha256, stream: bool, usage: Usage) -> Option<String> {
+fn make_receipt(state: &AppState, request_sha256: Sha256, response_sha256: Sha256, stream: bool, usage: Usage) -> Option<String> {
     let m = &state.metrics;
     m.served.fetch_add(1, Ordering::Relaxed);
     m.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
     m.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
-    let body = ReceiptBody {
-        version: 1,
-        request_id: id.to_owned(),
+    let ex = Exchange {
         request_sha256,
         response_sha256,
         stream,
-        model_id: state.model.id.clone(),
+        model_id: &state.model.id,
         model_root_hash: state.model.root_hash,
         usage,
         created: now_unix(),
-        spki_sha256: state.certs.spki_sha256(),
     };
-    match receipt::sign(&state.certs, &body) {
+    match receipt::issue(&state.certs, &ex) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(error = %e, "receipt signing failed");
@@ -595,13 +601,13 @@ async fn pump(
             }
             payloads.push(b"[DONE]".to_vec());
             for p in &payloads {
-                hasher.update(p);
+                hasher.data(p);
                 if tx.send(sse(p)).await.is_err() {
                     return;
                 }
             }
             active.completed();
-            let receipt = make_receipt(&state, &responder.id, request_sha256, hasher.finish(), true, usage);
+            let receipt = make_receipt(&state, request_sha256, hasher.finish(), true, usage);
             if te_trailers && let Some(h) = receipt.and_then(|s| HeaderValue::from_str(&s).ok()) {
                 let mut trailers = http::HeaderMap::new();
                 trailers.insert(RECEIPT_HEADER, h);
@@ -610,7 +616,7 @@ async fn pump(
             return;
         }
         for p in &payloads {
-            hasher.update(p);
+            hasher.data(p);
             if tx.send(sse(p)).await.is_err() {
                 return;
             }

@@ -1,94 +1,40 @@
-//! The attested TLS identity: a key generated in this process, certificates over fresh evidence,
-//! and hitless renewal.
+//! The attested TLS identity: a key generated in this process, RA-TLS certificates over fresh
+//! evidence, and hitless renewal.
 //!
-//! The private key is created here and never serialized outside process memory. Each certificate
-//! binds evidence whose report_data commits to the key's SubjectPublicKeyInfo, and lives at most
-//! 24 hours; [`CertStore::spawn_renewal`] replaces it with one over fresh evidence at a fraction of
-//! its lifetime. Handshakes read the current certificate through [`CertStore`]'s
-//! [`ResolvesServerCert`] implementation, so a swap affects only handshakes that start after it;
-//! established connections keep going.
+//! The private key ([`AttestedKey`]) is created here and has no export function. Each
+//! certificate ([`chrysalis_attestation::ratls::issue_certificate`]) carries evidence whose
+//! report_data commits to the key's SubjectPublicKeyInfo, and lives at most 24 hours;
+//! [`CertStore::spawn_renewal`] replaces it with one over fresh evidence at a fraction of its
+//! lifetime. Handshakes read the current certificate through [`CertStore`]'s
+//! [`ResolvesServerCert`] implementation, so a swap affects only handshakes that start after
+//! it; established connections keep going.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrysalis_attestation::bundle::EvidenceBundle;
+use chrysalis_attestation::ratls::{self, AttestedKey, MAX_VALIDITY_SECS, RaTlsError};
 use chrysalis_attestation::{ReportData, Sha256};
-use rcgen::{KeyPair, PublicKeyData, SigningKey as _};
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::Digest;
 use thiserror::Error;
 
-use crate::evidence::{EvidenceBundle, EvidenceError, EvidenceProvider};
+use crate::evidence::{EvidenceError, EvidenceProvider};
 
-/// Longest certificate lifetime the runtime accepts.
-pub const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-
-/// Domain tag of the key binding. Versioned so evidence made for one purpose never verifies for another.
-pub const KEY_BINDING_TAG: &[u8] = b"chrysalis ra-tls key binding v1\0";
-
-/// Errors of key generation and certificate issuance.
+/// Errors of certificate issuance.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// Key generation or certificate encoding failed.
+    /// Key generation, certificate issuance or key binding failed.
     #[error("certificate: {0}")]
-    Certificate(#[from] rcgen::Error),
-    /// rustls refused the key or the configuration.
-    #[error("rustls: {0}")]
-    Rustls(#[from] rustls::Error),
+    Certificate(#[from] RaTlsError),
     /// Evidence for the certificate could not be obtained.
     #[error("evidence: {0}")]
     Evidence(#[from] EvidenceError),
-    /// The requested validity is zero or over [`MAX_VALIDITY`].
+    /// The requested validity is zero or over 24 hours.
     #[error("certificate validity {0:?} must be between 1 s and 24 h")]
     Validity(Duration),
-    /// The receipt or other signature failed.
-    #[error("signing: {0}")]
-    Sign(String),
-}
-
-/// report_data for a TLS key: SHA-512(tag ‖ SPKI DER).
-pub fn report_data_for_spki(spki_der: &[u8]) -> ReportData {
-    let mut h = sha2::Sha512::new();
-    h.update(KEY_BINDING_TAG);
-    h.update(spki_der);
-    ReportData(h.finalize().into())
-}
-
-/// Turns a key and evidence into a certificate. One implementation per certificate format.
-pub trait CertIssuer: Send + Sync + 'static {
-    /// A self-signed certificate for `key`, valid from `not_before` for `validity`, carrying `bundle`.
-    fn issue(
-        &self,
-        key: &KeyPair,
-        bundle: &EvidenceBundle,
-        not_before: SystemTime,
-        validity: Duration,
-    ) -> Result<CertificateDer<'static>, TlsError>;
-}
-
-/// A plain self-signed certificate (subject `chrysalis-guest`, SAN `localhost`) that does not
-/// carry the evidence: clients fetch it from `/v1/attestation` and compare the SPKI binding.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SelfSignedIssuer;
-
-impl CertIssuer for SelfSignedIssuer {
-    fn issue(
-        &self,
-        key: &KeyPair,
-        _bundle: &EvidenceBundle,
-        not_before: SystemTime,
-        validity: Duration,
-    ) -> Result<CertificateDer<'static>, TlsError> {
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "chrysalis-guest");
-        params.not_before = not_before.into();
-        params.not_after = (not_before + validity).into();
-        Ok(params.self_signed(key)?.der().clone())
-    }
 }
 
 /// What a certificate was issued over: served by `/v1/attestation`.
@@ -117,50 +63,32 @@ struct Current {
 
 /// Holds the process's key and its current certificate; the rustls certificate resolver.
 pub struct CertStore {
-    key: KeyPair,
-    rustls_key: Arc<dyn rustls::sign::SigningKey>,
-    spki_der: Vec<u8>,
-    issuer: Box<dyn CertIssuer>,
+    key: AttestedKey,
     current: RwLock<Option<Current>>,
 }
 
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertStore")
-            .field("spki_sha256", &Sha256::digest(&self.spki_der))
-            .finish_non_exhaustive()
+        f.debug_struct("CertStore").field("key", &self.key).finish_non_exhaustive()
     }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl CertStore {
     /// Generates a fresh P-256 key in this process. No certificate yet: call [`Self::renew`].
-    pub fn generate(issuer: Box<dyn CertIssuer>) -> Result<Self, TlsError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let rustls_key = rustls::crypto::ring::sign::any_ecdsa_type(&pkcs8)?;
-        let spki_der = key.subject_public_key_info();
+    pub fn generate() -> Result<Self, TlsError> {
         Ok(Self {
-            key,
-            rustls_key,
-            spki_der,
-            issuer,
+            key: AttestedKey::generate()?,
             current: RwLock::new(None),
         })
     }
 
-    /// DER SubjectPublicKeyInfo of the key.
-    pub fn spki_der(&self) -> &[u8] {
-        &self.spki_der
-    }
-
-    /// SHA-256 of [`Self::spki_der`].
-    pub fn spki_sha256(&self) -> Sha256 {
-        Sha256::digest(&self.spki_der)
-    }
-
-    /// The report_data that evidence for this key must carry.
-    pub fn report_data(&self) -> ReportData {
-        report_data_for_spki(&self.spki_der)
+    /// The attested key (it signs receipts).
+    pub fn key(&self) -> &AttestedKey {
+        &self.key
     }
 
     /// The current certificate's details, if one was issued.
@@ -172,38 +100,32 @@ impl CertStore {
             .map(|c| c.info.clone())
     }
 
-    /// Signs `msg` with the attested key (ECDSA P-256 with SHA-256, ASN.1 DER signature).
-    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, TlsError> {
-        self.key.sign(msg).map_err(|e| TlsError::Sign(e.to_string()))
-    }
-
-    /// Obtains fresh evidence over this key and swaps in a new certificate valid from `now`.
-    /// On error the current certificate stays.
+    /// Obtains fresh evidence over this key and swaps in a new certificate valid from `now`
+    /// (backdated by a minute for clients whose clocks lag) for `validity`. On error the
+    /// current certificate stays.
     pub async fn renew(
         &self,
         provider: &dyn EvidenceProvider,
         now: SystemTime,
         validity: Duration,
     ) -> Result<Arc<CertInfo>, TlsError> {
-        if validity.is_zero() || validity > MAX_VALIDITY {
+        if validity.is_zero() || validity.as_secs() > MAX_VALIDITY_SECS {
             return Err(TlsError::Validity(validity));
         }
-        let report_data = self.report_data();
+        let report_data = self.key.report_data();
         let bundle = provider.evidence(report_data).await?;
-        // Backdate a minute so that a client whose clock is slightly behind accepts a fresh certificate.
-        let not_before = now - Duration::from_secs(60).min(validity / 2);
-        let not_after = not_before + validity;
-        let cert_der = self.issuer.issue(&self.key, &bundle, not_before, validity)?;
+        let not_before = unix(now).saturating_sub(60.min(validity.as_secs() / 2));
+        let cert_der = ratls::issue_certificate(&self.key, &bundle, not_before, validity.as_secs())?;
         let info = Arc::new(CertInfo {
             cert_sha256: Sha256::digest(&cert_der),
-            spki_sha256: self.spki_sha256(),
+            spki_sha256: self.key.spki_sha256(),
             cert_der: cert_der.clone(),
             report_data,
             bundle,
-            not_before,
-            not_after,
+            not_before: UNIX_EPOCH + Duration::from_secs(not_before),
+            not_after: UNIX_EPOCH + Duration::from_secs(not_before + validity.as_secs()),
         });
-        let certified = Arc::new(CertifiedKey::new(vec![cert_der], self.rustls_key.clone()));
+        let certified = self.key.certified_key(cert_der)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Current {
             certified,
             info: info.clone(),
@@ -211,8 +133,21 @@ impl CertStore {
         Ok(info)
     }
 
+    /// When the current certificate should be renewed: at `renew_fraction` of its lifetime
+    /// (now, if there is none).
+    pub fn renewal_due(&self, renew_fraction: f64) -> SystemTime {
+        match self.info() {
+            Some(info) => {
+                let life = info.not_after.duration_since(info.not_before).unwrap_or_default();
+                info.not_before + life.mul_f64(renew_fraction.clamp(0.05, 0.95))
+            }
+            None => UNIX_EPOCH,
+        }
+    }
+
     /// Renews in the background at `renew_fraction` of each certificate's lifetime (e.g. 2/3),
-    /// retrying failures every `retry` until the old certificate expires. Uses the system clock.
+    /// retrying failures every `retry` while the old certificate is still served. Uses the
+    /// system clock.
     pub fn spawn_renewal(
         self: Arc<Self>,
         provider: Arc<dyn EvidenceProvider>,
@@ -222,15 +157,8 @@ impl CertStore {
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                let wait = match self.info() {
-                    Some(info) => {
-                        let life = info.not_after.duration_since(info.not_before).unwrap_or_default();
-                        let due = info.not_before + life.mul_f64(renew_fraction.clamp(0.05, 0.95));
-                        due.duration_since(SystemTime::now()).unwrap_or_default()
-                    }
-                    None => Duration::ZERO,
-                };
-                tokio::time::sleep(wait).await;
+                let due = self.renewal_due(renew_fraction);
+                tokio::time::sleep(due.duration_since(SystemTime::now()).unwrap_or_default()).await;
                 match self.renew(provider.as_ref(), SystemTime::now(), validity).await {
                     Ok(info) => tracing::info!(cert = %info.cert_sha256, "certificate renewed with fresh evidence"),
                     Err(e) => {
@@ -242,16 +170,12 @@ impl CertStore {
         })
     }
 
-    /// A rustls server configuration (TLS 1.3 only, ALPN http/1.1) that resolves
+    /// The rustls server configuration (TLS 1.3 only, ALPN http/1.1) that resolves
     /// certificates through this store.
-    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
+        let mut cfg = ratls::server_config(self.clone());
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(cfg)
+        cfg
     }
 }
 
@@ -268,43 +192,72 @@ impl ResolvesServerCert for CertStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::FixedEvidence;
-    use chrysalis_attestation::Platform;
+    use crate::evidence::LocalSim;
+    use chrysalis_attestation::Measurement;
+    use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, td_measurements};
+
+    const T0: u64 = 1_800_000_000;
+
+    fn sim() -> LocalSim {
+        LocalSim::new(
+            SimPki::from_seed(DEFAULT_SEED),
+            td_measurements(Measurement([7; 48]), [Measurement::ZERO; 4]),
+            T0 - 3600,
+        )
+    }
 
     #[tokio::test]
     async fn evidence_is_requested_over_the_key_binding_and_renewal_swaps_the_certificate() {
-        let store = CertStore::generate(Box::new(SelfSignedIssuer)).unwrap();
-        let ev = FixedEvidence::new(Platform::Tdx, vec![1, 2, 3]);
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let store = CertStore::generate().unwrap();
+        let ev = sim();
+        let t0 = UNIX_EPOCH + Duration::from_secs(T0);
         let a = store.renew(&ev, t0, Duration::from_secs(3600)).await.unwrap();
         let b = store
             .renew(&ev, t0 + Duration::from_secs(2400), Duration::from_secs(3600))
             .await
             .unwrap();
-        assert_eq!(ev.asked(), vec![store.report_data(); 2]);
-        assert_eq!(store.report_data(), report_data_for_spki(store.spki_der()));
+        assert_eq!(ev.asked(), vec![store.key().report_data(); 2]);
         assert_ne!(a.cert_sha256, b.cert_sha256);
         assert_eq!(a.spki_sha256, b.spki_sha256);
         assert_eq!(store.info().unwrap().cert_sha256, b.cert_sha256);
         assert_eq!(b.not_after.duration_since(b.not_before).unwrap(), Duration::from_secs(3600));
+        // The certificate carries the evidence bundle (the RA-TLS extension).
+        let carried = ratls::extract_bundle(&b.cert_der).unwrap();
+        assert_eq!(carried, b.bundle);
+        // Renewal is due at 2/3 of the lifetime.
+        assert_eq!(store.renewal_due(2.0 / 3.0), b.not_before + Duration::from_secs(2400));
     }
 
     #[tokio::test]
     async fn validity_over_a_day_is_refused() {
-        let store = CertStore::generate(Box::new(SelfSignedIssuer)).unwrap();
-        let ev = FixedEvidence::new(Platform::Tdx, vec![1]);
+        let store = CertStore::generate().unwrap();
         let e = store
-            .renew(&ev, SystemTime::now(), Duration::from_secs(25 * 3600))
+            .renew(&sim(), SystemTime::now(), Duration::from_secs(25 * 3600))
             .await
             .unwrap_err();
         assert!(matches!(e, TlsError::Validity(_)), "{e}");
         assert!(store.info().is_none());
     }
 
-    #[test]
-    fn key_binding_depends_on_the_key() {
-        let a = CertStore::generate(Box::new(SelfSignedIssuer)).unwrap();
-        let b = CertStore::generate(Box::new(SelfSignedIssuer)).unwrap();
-        assert_ne!(a.report_data(), b.report_data());
+    #[tokio::test]
+    async fn evidence_for_another_key_is_refused() {
+        struct Wrong(LocalSim);
+        impl EvidenceProvider for Wrong {
+            fn evidence(
+                &self,
+                _rd: ReportData,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>> {
+                self.0.evidence(ReportData([1; 64]))
+            }
+            fn name(&self) -> &'static str {
+                "wrong"
+            }
+        }
+        let store = CertStore::generate().unwrap();
+        let e = store
+            .renew(&Wrong(sim()), UNIX_EPOCH + Duration::from_secs(T0), Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("does not bind this key"), "{e}");
     }
 }

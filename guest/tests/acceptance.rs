@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use chrysalis_attestation::Sha256;
-use chrysalis_guest::receipt::{self, RECEIPT_HEADER};
+use chrysalis_attestation::receipt::{ReceiptError, StreamHasher, verify};
+use chrysalis_guest::receipt::RECEIPT_HEADER;
 use common::*;
 use serde_json::{Value, json};
 
@@ -34,24 +35,47 @@ fn spki_of(cert: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (spki.raw.to_vec(), spki.subject_public_key.data.to_vec())
 }
 
-/// Verifies a compact receipt with the certificate's key; returns its body.
-fn verify_receipt(r: &str, point: &[u8]) -> Result<receipt::ReceiptBody, String> {
-    let (body, signed, sig) = receipt::decode(r)?;
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
-        .verify(&signed, &sig)
-        .map_err(|_| "bad signature".to_owned())?;
-    Ok(body)
+/// Re-encodes the receipt's payload with one usage number changed, keeping the signature.
+fn forged(r: &str) -> String {
+    let parts: Vec<&str> = r.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut body: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    body["usage"]["completion_tokens"] = json!(body["usage"]["completion_tokens"].as_u64().unwrap() + 1);
+    format!("{}.{}.{}", parts[0], b64.encode(serde_json::to_vec(&body).unwrap()), parts[2])
 }
 
-/// Flips one character of the receipt's body part (keeping valid base64) and expects rejection.
-fn tampered_fails(r: &str, point: &[u8]) {
-    let (body, _, _) = receipt::decode(r).unwrap();
-    let mut altered = body.clone();
-    altered.usage.completion_tokens += 1;
-    let json = serde_json::to_vec(&altered).unwrap();
-    let parts: Vec<&str> = r.split('.').collect();
-    let forged = format!("{}.{}.{}", parts[0], base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json), parts[2]);
-    assert_eq!(verify_receipt(&forged, point).unwrap_err(), "bad signature");
+/// A policy that pins the stand-in host's measurement and names the simulated root.
+fn sim_policy(mr_td: chrysalis_attestation::Measurement) -> chrysalis_attestation::policy::Policy {
+    let mut p = chrysalis_attestation::policy::Policy::pinned(
+        vec![chrysalis_attestation::policy::TdxPin {
+            name: Some("guest acceptance".into()),
+            mr_td,
+            rtmr0: None,
+            rtmr1: Some(chrysalis_attestation::Measurement([2; 48])),
+            rtmr2: None,
+            rtmr3: None,
+            mr_config_id: None,
+            mr_owner: None,
+            mr_owner_config: None,
+            td_attributes: None,
+            xfam: None,
+        }],
+        vec![],
+    );
+    p.trust.dangerous_simulated_intel_roots.push(sim_pki().root_sha256());
+    p
+}
+
+/// Connects with the attestation crate's RA-TLS verifier; returns the rejection, if any.
+async fn ratls_connect(addr: &str, policy: chrysalis_attestation::policy::Policy) -> Result<(), String> {
+    use chrysalis_attestation::ratls;
+    let verifier = std::sync::Arc::new(ratls::RaTlsServerVerifier::new(std::sync::Arc::new(policy)));
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(ratls::client_config(verifier.clone())));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    match tls.connect(rustls::pki_types::ServerName::try_from("chrysalis.invalid").unwrap(), tcp).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{e}: {}", verifier.last_rejection().map(|r| r.to_string()).unwrap_or_default())),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,12 +89,19 @@ async fn openai_api_validation_receipts_and_evidence_binding() {
     let att = c.call("GET", "/v1/attestation", b"", &[]).await.json();
     let cert = c.verifier.seen.lock().unwrap()[0].to_vec();
     assert_eq!(att["certificate"]["sha256"], Sha256::digest(&cert).to_hex());
-    let (spki, point) = spki_of(&cert);
-    let rd = chrysalis_guest::tls::report_data_for_spki(&spki);
+    let (spki, _point) = spki_of(&cert);
+    let rd = chrysalis_attestation::ratls::report_data_for_spki(&spki);
     assert_eq!(att["report_data"], rd.to_hex());
-    assert_eq!(att["bundle"]["evidence"], hex::encode(fake_quote(&rd)));
+    let quote = chrysalis_attestation::TdxQuote::parse(&hex::decode(att["bundle"]["evidence"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(quote.report_data(), rd);
+    assert_eq!(att["measurements"]["mr_td"], SIM_MR_TD.to_hex());
     assert_eq!(sim.asked.lock().unwrap().as_slice(), &[rd]);
     assert_eq!(att["certificate"]["spki_sha256"], Sha256::digest(&spki).to_hex());
+
+    // An RA-TLS client whose policy pins the sim measurement connects; a wrong pin fails with the reason.
+    ratls_connect(&guest.addr, sim_policy(SIM_MR_TD)).await.unwrap();
+    let e = ratls_connect(&guest.addr, sim_policy(chrysalis_attestation::Measurement([0x11; 48]))).await.unwrap_err();
+    assert!(e.to_lowercase().contains("mr_td") || e.to_lowercase().contains("measurement"), "{e}");
 
     let models = c.call("GET", "/v1/models", b"", &[]).await.json();
     assert_eq!(models["data"][0]["id"], MODEL);
@@ -88,17 +119,15 @@ async fn openai_api_validation_receipts_and_evidence_binding() {
     assert!((1..=24).contains(&ct));
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + ct);
     let rec = r.headers.get(RECEIPT_HEADER).expect("receipt header").to_str().unwrap().to_owned();
-    let rb = verify_receipt(&rec, &point).unwrap();
-    assert_eq!(rb.request_sha256, Sha256::digest(&req));
-    assert_eq!(rb.response_sha256, Sha256::digest(&r.body));
+    let rb = verify(&rec, &spki).unwrap();
+    rb.check_exchange(&req, Sha256::digest(&r.body)).unwrap();
     assert_eq!(rb.usage.completion_tokens, ct);
-    assert_eq!((rb.model_id.as_str(), rb.model_root_hash), (MODEL, Sha256([0xab; 32])));
-    assert_eq!(rb.spki_sha256, Sha256::digest(&spki));
+    assert_eq!((rb.model.as_str(), rb.model_root_hash.as_str()), (MODEL, "ab".repeat(32).as_str()));
     assert!(!rb.stream);
-    tampered_fails(&rec, &point);
+    assert_eq!(verify(&forged(&rec), &spki).unwrap_err(), ReceiptError::Signature);
     let mut altered = r.body.clone();
     altered[10] ^= 1;
-    assert_ne!(Sha256::digest(&altered), rb.response_sha256, "one altered response byte no longer matches");
+    assert!(matches!(rb.check_exchange(&req, Sha256::digest(&altered)), Err(ReceiptError::Mismatch { .. })));
 
     // Greedy is deterministic through the whole chain.
     let again = c.call("POST", "/v1/chat/completions", &req, &[]).await.json();
@@ -126,24 +155,18 @@ async fn openai_api_validation_receipts_and_evidence_binding() {
     assert_eq!(last["usage"]["completion_tokens"].as_u64().unwrap(), ct);
     assert!(events[..events.len() - 1].iter().all(|e| e["usage"].is_null()));
     let trailer = r.trailers.as_ref().and_then(|t| t.get(RECEIPT_HEADER)).expect("receipt trailer").to_str().unwrap().to_owned();
-    let rb = verify_receipt(&trailer, &point).unwrap();
-    let mut h = receipt::StreamHasher::default();
-    for p in &payloads {
-        h.update(p.as_bytes());
-    }
-    assert_eq!(rb.response_sha256, h.finish());
-    assert_eq!(rb.request_sha256, Sha256::digest(&sbytes));
+    let rb = verify(&trailer, &spki).unwrap();
+    let mut h = StreamHasher::new();
+    h.sse_text(&r.body);
+    rb.check_exchange(&sbytes, h.finish()).unwrap();
     assert!(rb.stream);
-    tampered_fails(&trailer, &point);
-    let mut h2 = receipt::StreamHasher::default();
-    for (i, p) in payloads.iter().enumerate() {
-        let mut b = p.as_bytes().to_vec();
-        if i == 1 {
-            b[0] ^= 1;
-        }
-        h2.update(&b);
-    }
-    assert_ne!(h2.finish(), rb.response_sha256);
+    assert_eq!(verify(&forged(&trailer), &spki).unwrap_err(), ReceiptError::Signature);
+    let mut altered = r.body.clone();
+    let at = altered.len() / 2;
+    altered[at] ^= 1;
+    let mut h2 = StreamHasher::new();
+    h2.sse_text(&altered);
+    assert!(matches!(rb.check_exchange(&sbytes, h2.finish()), Err(ReceiptError::Mismatch { .. })));
 
     // Without TE: trailers, no trailer (HTTP/1.1 forbids unasked trailers) but the stream is intact.
     let r = c.call("POST", "/v1/chat/completions", &serde_json::to_vec(&chat(8, true)).unwrap(), &[]).await;

@@ -76,11 +76,15 @@ impl ConfigfsTsm {
             if evidence.is_empty() {
                 return Err(EvidenceError::Empty);
             }
-            return Ok(EvidenceBundle {
-                platform,
-                evidence,
-                tdx_collateral: None,
-                snp_certs: if platform == Platform::Snp { aux } else { None },
+            return Ok(match platform {
+                Platform::Tdx => EvidenceBundle::tdx(evidence, None),
+                Platform::Snp => {
+                    let (vcek, chain) = match aux {
+                        Some(table) => snp_cert_table(&table)?,
+                        None => (None, None),
+                    };
+                    EvidenceBundle::snp(evidence, vcek, chain)
+                }
             });
         }
         Err(EvidenceError::Contended { attempts: MAX_ATTEMPTS })
@@ -114,6 +118,57 @@ impl ConfigfsTsm {
         // configfs takes the whole attribute in one write(2); std::fs::write issues exactly one.
         fs::write(&path, data).map_err(|e| io_err(&path, e))
     }
+}
+
+/// GUIDs of the SEV-SNP certificate table (GHCB specification, "SNP extended guest request").
+const GUID_VCEK: &str = "63da758d-e664-4564-adc5-f4b93be8accd";
+const GUID_VLEK: &str = "a8074bc2-a25a-483e-aae6-39c045a0b8a1";
+const GUID_ASK: &str = "4ab7b379-bbac-4fe4-a02f-05aef327c782";
+const GUID_ARK: &str = "c0b406a4-a803-4952-9743-3fb6014cd0ae";
+
+fn guid_string(b: &[u8]) -> String {
+    // The table stores GUIDs in their mixed-endian binary form.
+    format!(
+        "{:08x}-{:04x}-{:04x}-{}-{}",
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_le_bytes([b[4], b[5]]),
+        u16::from_le_bytes([b[6], b[7]]),
+        hex::encode(&b[8..10]),
+        hex::encode(&b[10..16])
+    )
+}
+
+/// Splits the SEV-SNP certificate table of an auxblob into (VCEK or VLEK, ASK ‖ ARK as DER).
+///
+/// Entries are (GUID, u32 offset, u32 length) little-endian, ended by an all-zero entry.
+pub fn snp_cert_table(table: &[u8]) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), EvidenceError> {
+    let bad = |why: String| EvidenceError::Malformed(format!("SEV-SNP certificate table: {why}"));
+    let (mut vcek, mut ask, mut ark) = (None, None, None);
+    let mut at = 0;
+    loop {
+        let e = table.get(at..at + 24).ok_or_else(|| bad(format!("entry at {at} runs past the end")))?;
+        if e.iter().all(|b| *b == 0) {
+            break;
+        }
+        let off = u32::from_le_bytes([e[16], e[17], e[18], e[19]]) as usize;
+        let len = u32::from_le_bytes([e[20], e[21], e[22], e[23]]) as usize;
+        let cert = table
+            .get(off..off.saturating_add(len))
+            .ok_or_else(|| bad(format!("certificate at {off}+{len} runs past the end")))?
+            .to_vec();
+        match guid_string(&e[..16]).as_str() {
+            GUID_VCEK | GUID_VLEK => vcek = Some(cert),
+            GUID_ASK => ask = Some(cert),
+            GUID_ARK => ark = Some(cert),
+            _ => {}
+        }
+        at += 24;
+    }
+    let chain = match (ask, ark) {
+        (Some(ask), Some(ark)) => Some([ask, ark].concat()),
+        _ => None,
+    };
+    Ok((vcek, chain))
 }
 
 fn io_err(path: &Path, source: io::Error) -> EvidenceError {
@@ -255,17 +310,53 @@ mod tests {
         assert_eq!(b.platform, Platform::Tdx);
         assert_eq!(&b.evidence[..5], b"QUOTE");
         assert_eq!(&b.evidence[5..], &rd.0[..]);
-        assert_eq!(b.snp_certs, None);
+        assert_eq!((b.snp_vcek, b.snp_chain), (None, None));
         assert_eq!(k.outblob_reads.load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn snp_exchange_carries_auxblob_certs() {
-        let k = FakeKernel::start("sev_guest", Some(b"CERTTABLE"), &[]);
+        let table = cert_table(&[(GUID_VCEK, b"VCEK-DER"), (GUID_ASK, b"ASK"), (GUID_ARK, b"ARK")]);
+        let k = FakeKernel::start("sev_guest", Some(&table), &[]);
         let p = ConfigfsTsm::new(k.root(), "chrysalis");
         let b = p.evidence_blocking(&ReportData([1; 64])).unwrap();
         assert_eq!(b.platform, Platform::Snp);
-        assert_eq!(b.snp_certs.as_deref(), Some(&b"CERTTABLE"[..]));
+        assert_eq!(b.snp_vcek.as_deref(), Some(&b"VCEK-DER"[..]));
+        assert_eq!(b.snp_chain.as_deref(), Some(&b"ASKARK"[..]));
+    }
+
+    fn guid_bytes(g: &str) -> Vec<u8> {
+        let h = hex::decode(g.replace('-', "")).unwrap();
+        let mut b = Vec::new();
+        b.extend(h[0..4].iter().rev());
+        b.extend(h[4..6].iter().rev());
+        b.extend(h[6..8].iter().rev());
+        b.extend(&h[8..16]);
+        b
+    }
+
+    fn cert_table(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let header = 24 * (entries.len() + 1);
+        let mut head = Vec::new();
+        let mut body = Vec::new();
+        for (g, c) in entries {
+            head.extend(guid_bytes(g));
+            head.extend(((header + body.len()) as u32).to_le_bytes());
+            head.extend((c.len() as u32).to_le_bytes());
+            body.extend_from_slice(c);
+        }
+        head.extend([0u8; 24]);
+        [head, body].concat()
+    }
+
+    #[test]
+    fn cert_table_parsing_finds_vlek_and_rejects_overruns() {
+        let t = cert_table(&[(GUID_VLEK, b"VLEK"), ("00000000-0000-0000-0000-000000000001", b"other")]);
+        assert_eq!(snp_cert_table(&t).unwrap(), (Some(b"VLEK".to_vec()), None));
+        let mut broken = t.clone();
+        broken[20] = 0xff; // first length far past the end
+        assert!(snp_cert_table(&broken).unwrap_err().to_string().contains("runs past the end"));
+        assert!(snp_cert_table(&t[..10]).is_err());
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! * [`configfs::ConfigfsTsm`]: the Linux configfs-tsm interface (TDX and SEV-SNP guests, Linux ≥ 6.7).
 //! * [`sim::SimQuoteClient`]: the host's simulated quote service (a second trust anchor, never a bypass:
 //!   clients accept its quotes only when their policy names the simulated root).
-//! * [`FixedEvidence`]: fixed bytes, for tests of the code around the seam.
+//! * [`LocalSim`]: signs simulated quotes in this process, for tests only (see its warning).
+//!
+//! Every provider returns the attestation crate's [`EvidenceBundle`]; the TLS layer puts it in
+//! the certificate (`chrysalis_attestation::ratls`).
 
 pub mod configfs;
 pub mod sim;
@@ -12,28 +15,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use chrysalis_attestation::{Platform, ReportData};
-use serde::Serialize;
+pub use chrysalis_attestation::bundle::EvidenceBundle;
+use chrysalis_attestation::sim::{SimPki, SimTdReport};
+use chrysalis_attestation::{ReportData, TdxMeasurements};
 use thiserror::Error;
-
-/// Evidence over one report_data, with what an offline verifier needs beside it.
-///
-/// Mirrors the attestation crate's RA-TLS bundle: the evidence bytes are the TDX quote or the
-/// SEV-SNP report exactly as the hardware (or the sim service) produced them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EvidenceBundle {
-    /// Which platform produced `evidence`.
-    pub platform: Platform,
-    /// The TDX quote or SEV-SNP report.
-    #[serde(with = "hex_bytes")]
-    pub evidence: Vec<u8>,
-    /// TDX collateral (QE identity, TCB info, CRLs), when the provider had it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tdx_collateral: Option<dcap_qvl::QuoteCollateralV3>,
-    /// SEV-SNP certificate table (VCEK/VLEK, ASK, ARK) from the auxblob, as the kernel returned it.
-    #[serde(skip_serializing_if = "Option::is_none", with = "opt_hex_bytes")]
-    pub snp_certs: Option<Vec<u8>>,
-}
 
 /// Why evidence could not be obtained.
 #[derive(Debug, Error)]
@@ -67,6 +52,9 @@ pub enum EvidenceError {
         /// What went wrong.
         reason: String,
     },
+    /// The evidence or its accompanying data does not decode.
+    #[error("{0}")]
+    Malformed(String),
     /// The host's sim quote service refused.
     #[error("sim quote service refused: {0}")]
     Refused(String),
@@ -86,63 +74,58 @@ pub trait EvidenceProvider: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// Returns the same evidence bytes for any report_data and records what it was asked.
+/// Signs simulated TDX quotes in this process with a [`SimPki`], over whatever report_data it is
+/// asked, with fixed measurements, and records what it was asked.
 ///
-/// For tests of the TLS lifecycle and server only: such evidence never verifies.
-#[derive(Debug)]
-pub struct FixedEvidence {
-    bundle: EvidenceBundle,
+/// For tests and benchmarks only: a guest that signs its own quotes proves nothing about what it
+/// runs (in a deployment the *host* plays the hardware and signs over what it launched). Clients
+/// accept these quotes only if their policy names the simulated root.
+pub struct LocalSim {
+    pki: SimPki,
+    measurements: TdxMeasurements,
+    collateral_from: u64,
     asked: Mutex<Vec<ReportData>>,
 }
 
-impl FixedEvidence {
-    /// A provider that answers with `evidence` labelled as `platform`.
-    pub fn new(platform: Platform, evidence: Vec<u8>) -> Self {
+impl std::fmt::Debug for LocalSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSim").finish_non_exhaustive()
+    }
+}
+
+impl LocalSim {
+    /// Quotes with `measurements`, carrying collateral valid for 30 days from `collateral_from`
+    /// (unix seconds).
+    pub fn new(pki: SimPki, measurements: TdxMeasurements, collateral_from: u64) -> Self {
         Self {
-            bundle: EvidenceBundle {
-                platform,
-                evidence,
-                tdx_collateral: None,
-                snp_certs: None,
-            },
+            pki,
+            measurements,
+            collateral_from,
             asked: Mutex::new(Vec::new()),
         }
     }
 
     /// Every report_data asked for so far, in order.
     pub fn asked(&self) -> Vec<ReportData> {
-        self.asked.lock().expect("poisoned").clone()
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
-impl EvidenceProvider for FixedEvidence {
+impl EvidenceProvider for LocalSim {
     fn evidence(
         &self,
         report_data: ReportData,
     ) -> Pin<Box<dyn Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>> {
-        self.asked.lock().expect("poisoned").push(report_data);
-        let b = self.bundle.clone();
-        Box::pin(async move { Ok(b) })
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).push(report_data);
+        let quote = self.pki.quote(&SimTdReport::new(self.measurements.clone(), report_data));
+        let collateral = self.pki.collateral(self.collateral_from, 30 * 86_400).map_err(|e| EvidenceError::Sim {
+            endpoint: "in-process".into(),
+            reason: e.to_string(),
+        });
+        Box::pin(async move { Ok(EvidenceBundle::tdx(quote, Some(collateral?))) })
     }
 
     fn name(&self) -> &'static str {
-        "fixed"
-    }
-}
-
-mod hex_bytes {
-    use serde::Serializer;
-    pub(super) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(b))
-    }
-}
-
-mod opt_hex_bytes {
-    use serde::Serializer;
-    pub(super) fn serialize<S: Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match b {
-            Some(b) => s.serialize_str(&hex::encode(b)),
-            None => s.serialize_none(),
-        }
+        "local-sim"
     }
 }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrysalis_attestation::hostcall::{self, Request, Response};
-use chrysalis_attestation::{Platform, ReportData};
+use chrysalis_attestation::ReportData;
+#[cfg(test)]
+use chrysalis_attestation::Platform;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{EvidenceBundle, EvidenceError, EvidenceProvider};
@@ -79,12 +81,7 @@ impl SimQuoteClient {
                 if quote.is_empty() {
                     return Err(EvidenceError::Empty);
                 }
-                Ok(EvidenceBundle {
-                    platform: Platform::Tdx,
-                    evidence: quote,
-                    tdx_collateral: collateral,
-                    snp_certs: None,
-                })
+                Ok(EvidenceBundle::tdx(quote, collateral))
             }
             Response::Error { message } => Err(EvidenceError::Refused(message)),
             other => Err(self.err(format!("unexpected answer {other:?}"))),

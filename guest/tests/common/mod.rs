@@ -61,19 +61,29 @@ pub fn venv() -> Option<Venv> {
     Some(Venv { root, site_packages, model })
 }
 
-/// What the stand-in sim service answers: "SIMQUOTE" ‖ report_data. It signs nothing (the host
-/// crate's service does); the guest does not verify its evidence, clients do.
-pub fn fake_quote(rd: &ReportData) -> Vec<u8> {
-    [b"SIMQUOTE".as_slice(), &rd.0].concat()
+/// MRTD of the stand-in host's "launched image".
+pub const SIM_MR_TD: chrysalis_attestation::Measurement = chrysalis_attestation::Measurement([0x5a; 48]);
+
+pub fn sim_pki() -> chrysalis_attestation::sim::SimPki {
+    chrysalis_attestation::sim::SimPki::from_seed(chrysalis_attestation::sim::DEFAULT_SEED)
 }
 
-/// A stand-in for the host's sim quote service on loopback TCP. Records every report_data asked for.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A stand-in for the host's sim quote service (issue 4) on loopback TCP: signs real-format TDX
+/// quotes with the simulated Intel PKI over the guest's report_data, with [`SIM_MR_TD`], and
+/// attaches collateral. Records every report_data asked for.
 pub struct SimService {
     pub addr: String,
     pub asked: Arc<Mutex<Vec<ReportData>>>,
 }
 
 pub async fn sim_service() -> SimService {
+    use chrysalis_attestation::Measurement;
+    use chrysalis_attestation::sim::{SimTdReport, td_measurements};
+    let pki = Arc::new(sim_pki());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let asked = Arc::new(Mutex::new(Vec::new()));
@@ -81,7 +91,7 @@ pub async fn sim_service() -> SimService {
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else { return };
-            let rec = rec.clone();
+            let (rec, pki) = (rec.clone(), pki.clone());
             tokio::spawn(async move {
                 let mut prefix = [0u8; 4];
                 s.read_exact(&mut prefix).await.unwrap();
@@ -90,7 +100,9 @@ pub async fn sim_service() -> SimService {
                 let resp = match hostcall::decode_body::<Request>(&body).unwrap() {
                     Request::SimQuote { report_data } => {
                         rec.lock().unwrap().push(report_data);
-                        Response::Quote { quote: fake_quote(&report_data), collateral: None }
+                        let m = td_measurements(SIM_MR_TD, [Measurement([1; 48]), Measurement([2; 48]), Measurement([3; 48]), Measurement::ZERO]);
+                        let quote = pki.quote(&SimTdReport::new(m, report_data));
+                        Response::Quote { quote, collateral: Some(pki.collateral(unix_now() - 3600, 30 * 86_400).unwrap()) }
                     }
                     _ => Response::Error { message: "unsupported".into() },
                 };

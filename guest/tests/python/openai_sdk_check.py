@@ -18,7 +18,10 @@ def main() -> int:
     p.add_argument("--ca", required=True)
     p.add_argument("--model", required=True)
     a = p.parse_args()
+    # Trust exactly this certificate. Its name is chrysalis.invalid (RA-TLS certificates name no
+    # host; clients pin the attested key instead), so the host name is not checked.
     ctx = ssl.create_default_context(cafile=a.ca)
+    ctx.check_hostname = False
     client = openai.OpenAI(base_url=a.base_url, api_key="unused", http_client=openai.DefaultHttpxClient(verify=ctx), max_retries=0)
     msgs = [{"role": "user", "content": "Say hello to the sea."}]
 
@@ -26,7 +29,7 @@ def main() -> int:
     assert a.model in ids, ids
 
     raw = client.chat.completions.with_raw_response.create(model=a.model, messages=msgs, max_tokens=16, temperature=0)
-    assert raw.headers.get("x-chrysalis-receipt", "").startswith("v1."), dict(raw.headers)
+    assert raw.headers.get("chrysalis-receipt", "").count(".") == 2, dict(raw.headers)
     r = raw.parse()
     text = r.choices[0].message.content
     assert text and r.usage.completion_tokens >= 1 and r.usage.prompt_tokens > 0, r
