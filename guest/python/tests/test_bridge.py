@@ -140,3 +140,14 @@ def test_stop_matcher(stops, deltas, expected, hit):
     if not found:
         out += m.flush()
     assert (out, found) == (expected, hit)
+
+
+def test_vllm_adapter_validates_options_without_importing_vllm():
+    from chrysalis_engines.vllm import create
+
+    with pytest.raises(ValueError, match="tensor_parallel"):
+        create({"model": "/m", "tensor_parallel": 2})
+    with pytest.raises(ValueError, match="model is required"):
+        create({})
+    a = create({"model": "/models/Qwen2.5-0.5B-Instruct/", "engine_args": {"max_model_len": 4096}})
+    assert a.models() == ["Qwen2.5-0.5B-Instruct"]

@@ -240,44 +240,32 @@ mod tests {
             let mut threads = Vec::new();
             // generation: bump when inblob changed since the last look (the kernel bumps on write).
             {
-                let (entry, stop, state) = (entry.clone(), stop.clone(), state.clone());
-                threads.push(thread::spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        let mut f = fs::OpenOptions::new().write(true).open(entry.join("generation")).unwrap();
-                        let value = {
-                            let mut s = state.lock().unwrap();
-                            let cur = fs::read(entry.join("inblob")).unwrap();
-                            if cur != s.last_inblob {
-                                s.last_inblob = cur;
-                                s.generation += 1;
-                            }
-                            s.generation
-                        };
-                        let _ = writeln!(f, "{value}");
+                let (entry, state) = (entry.clone(), state.clone());
+                threads.push(serve_fifo(entry.join("generation"), stop.clone(), move || {
+                    let mut s = state.lock().unwrap();
+                    let cur = fs::read(entry.join("inblob")).unwrap();
+                    if cur != s.last_inblob {
+                        s.last_inblob = cur;
+                        s.generation += 1;
                     }
+                    format!("{}\n", s.generation).into_bytes()
                 }));
             }
             // outblob: "QUOTE" ‖ inblob; on a racing read, another writer's data first.
             {
-                let (entry, stop, state, reads) = (entry.clone(), stop.clone(), state.clone(), outblob_reads.clone());
-                threads.push(thread::spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        let mut f = fs::OpenOptions::new().write(true).open(entry.join("outblob")).unwrap();
-                        let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
-                        let body = {
-                            let mut s = state.lock().unwrap();
-                            if race_on.contains(&n) {
-                                let other = vec![0xee; 64];
-                                fs::write(entry.join("inblob"), &other).unwrap();
-                                s.last_inblob = other;
-                                s.generation += 1;
-                            }
-                            let mut b = b"QUOTE".to_vec();
-                            b.extend_from_slice(&s.last_inblob);
-                            b
-                        };
-                        let _ = f.write_all(&body);
+                let (entry, state, reads) = (entry.clone(), state.clone(), outblob_reads.clone());
+                threads.push(serve_fifo(entry.join("outblob"), stop.clone(), move || {
+                    let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+                    let mut s = state.lock().unwrap();
+                    if race_on.contains(&n) {
+                        let other = vec![0xee; 64];
+                        fs::write(entry.join("inblob"), &other).unwrap();
+                        s.last_inblob = other;
+                        s.generation += 1;
                     }
+                    let mut b = b"QUOTE".to_vec();
+                    b.extend_from_slice(&s.last_inblob);
+                    b
                 }));
             }
             Self { dir, stop, threads, outblob_reads }
@@ -290,15 +278,31 @@ mod tests {
 
     impl Drop for FakeKernel {
         fn drop(&mut self) {
+            // The FIFO threads stay blocked in open(2) and die with the test process.
             self.stop.store(true, Ordering::SeqCst);
-            // Unblock the FIFO writers by opening each for reading once.
-            for f in ["generation", "outblob"] {
-                let _ = fs::read(self.dir.path().join("chrysalis").join(f));
-            }
-            for t in self.threads.drain(..) {
-                let _ = t.join();
-            }
+            self.threads.clear();
         }
+    }
+
+    /// Answers each read of the FIFO at `path` with `answer()`, computed when the reader opens it,
+    /// and waits until that reader has closed before serving the next (inotify), so that two
+    /// answers never run together.
+    fn serve_fifo(
+        path: PathBuf,
+        stop: Arc<AtomicBool>,
+        mut answer: impl FnMut() -> Vec<u8> + Send + 'static,
+    ) -> thread::JoinHandle<()> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let ino = Inotify::init(InitFlags::empty()).unwrap();
+        ino.add_watch(&path, AddWatchFlags::IN_CLOSE_NOWRITE).unwrap();
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut f) = fs::OpenOptions::new().write(true).open(&path) else { return };
+                let _ = f.write_all(&answer());
+                drop(f);
+                let _ = ino.read_events();
+            }
+        })
     }
 
     #[test]
