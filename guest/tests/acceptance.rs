@@ -208,7 +208,7 @@ async fn openai_api_validation_receipts_and_evidence_binding() {
 
     let h = c.call("GET", "/healthz", b"", &[]).await.json();
     assert_eq!(h["status"], "ok");
-    assert_eq!(h["served"], 6);
+    assert_eq!(h["served"], 5);
     assert_eq!(h["in_flight"], 0);
 }
 
