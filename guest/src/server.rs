@@ -786,7 +786,7 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], "w0 w1 w2");
         assert_eq!(v["usage"]["completion_tokens"], 3);
 
-        let (long, conn) = send(&addr, &chat(100_000, true)).await;
+        let (long, conn) = send(&addr, &chat(4000, true)).await;
         assert_eq!(long.status(), 200);
         let (busy, _c) = send(&addr, &chat(3, false)).await;
         assert_eq!(busy.status(), 429);
