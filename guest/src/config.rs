@@ -271,14 +271,18 @@ impl FromStr for Listen {
                 .map(|_| Listen::Tcp(a.to_owned()))
                 .map_err(|e| format!("{s:?}: {e}"))
         } else {
-            Err(format!("{s:?}: expected \"vsock:PORT\" or \"tcp:ADDR:PORT\""))
+            Err(format!(
+                "{s:?}: expected \"vsock:PORT\" or \"tcp:ADDR:PORT\""
+            ))
         }
     }
 }
 
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -307,7 +311,10 @@ impl Config {
         if s.max_concurrency == 0 {
             return Err(invalid("server.max_concurrency", "must be at least 1"));
         }
-        if s.max_tokens_cap == 0 || s.default_max_tokens == 0 || s.default_max_tokens > s.max_tokens_cap {
+        if s.max_tokens_cap == 0
+            || s.default_max_tokens == 0
+            || s.default_max_tokens > s.max_tokens_cap
+        {
             return Err(invalid(
                 "server.default_max_tokens",
                 "must be between 1 and server.max_tokens_cap",
@@ -326,7 +333,10 @@ impl Config {
             return Err(invalid("tls.validity_secs", "must be between 1 and 86400"));
         }
         if !(0.05..=0.95).contains(&self.tls.renew_fraction) {
-            return Err(invalid("tls.renew_fraction", "must be between 0.05 and 0.95"));
+            return Err(invalid(
+                "tls.renew_fraction",
+                "must be between 0.05 and 0.95",
+            ));
         }
         if self.model.id.is_empty() {
             return Err(invalid("model.id", "must not be empty"));
@@ -366,22 +376,35 @@ model_path = "/x.gguf"
         assert_eq!(c.server.max_body_bytes, 1 << 20);
         assert_eq!(c.engine.module(), "chrysalis_engines.llama_cpp");
         assert_eq!(c.evidence.provider, ProviderKind::ConfigfsTsm);
-        for key in ["max_body_bytes", "max_concurrency", "validity_secs", "configfs_root", "root_hash", "python_path"] {
+        for key in [
+            "max_body_bytes",
+            "max_concurrency",
+            "validity_secs",
+            "configfs_root",
+            "root_hash",
+            "python_path",
+        ] {
             assert!(HELP.contains(key), "HELP misses {key}");
         }
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let e = parse(&format!("{MIN}\n[server]\nmax_concurency = 3\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MIN}\n[server]\nmax_concurency = 3\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_concurency"), "{e}");
     }
 
     #[test]
     fn out_of_range_values_name_the_key() {
-        let e = parse(&format!("{MIN}\n[tls]\nvalidity_secs = 90000\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MIN}\n[tls]\nvalidity_secs = 90000\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tls.validity_secs"), "{e}");
-        let e = parse(&format!("{MIN}\n[server]\nlisten = \"udp:1\"\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MIN}\n[server]\nlisten = \"udp:1\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("udp:1"), "{e}");
     }
 }

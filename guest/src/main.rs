@@ -15,7 +15,11 @@ use chrysalis_guest::tls::CertStore;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "chrysalis-guest", version, about = "Attested OpenAI-compatible inference server (runs inside the CVM)")]
+#[command(
+    name = "chrysalis-guest",
+    version,
+    about = "Attested OpenAI-compatible inference server (runs inside the CVM)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -61,10 +65,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
-        Cmd::Serve { config, listen, evidence, ready_file } => {
+        Cmd::Serve {
+            config,
+            listen,
+            evidence,
+            ready_file,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();
@@ -88,17 +98,28 @@ fn apply_evidence_override(cfg: &mut Config, arg: &str) -> anyhow::Result<()> {
         cfg.evidence.provider = ProviderKind::ConfigfsTsm;
     } else if let Some(rest) = arg.strip_prefix("sim:") {
         cfg.evidence.provider = ProviderKind::Sim;
-        cfg.evidence.sim_endpoint = if rest == "vsock" { "vsock:2:4050".to_owned() } else { rest.to_owned() };
+        cfg.evidence.sim_endpoint = if rest == "vsock" {
+            "vsock:2:4050".to_owned()
+        } else {
+            rest.to_owned()
+        };
     } else {
-        bail!("--evidence {arg:?}: expected configfs-tsm, sim:vsock, sim:tcp:ADDR:PORT or sim:unix:PATH");
+        bail!(
+            "--evidence {arg:?}: expected configfs-tsm, sim:vsock, sim:tcp:ADDR:PORT or sim:unix:PATH"
+        );
     }
     Ok(())
 }
 
 fn sim_endpoint(s: &str) -> anyhow::Result<SimEndpoint> {
     if let Some(rest) = s.strip_prefix("vsock:") {
-        let (cid, port) = rest.split_once(':').context("sim endpoint vsock:CID:PORT")?;
-        Ok(SimEndpoint::Vsock(cid.parse().context("vsock CID")?, port.parse().context("vsock port")?))
+        let (cid, port) = rest
+            .split_once(':')
+            .context("sim endpoint vsock:CID:PORT")?;
+        Ok(SimEndpoint::Vsock(
+            cid.parse().context("vsock CID")?,
+            port.parse().context("vsock port")?,
+        ))
     } else if let Some(a) = s.strip_prefix("tcp:") {
         Ok(SimEndpoint::Tcp(a.to_owned()))
     } else if let Some(p) = s.strip_prefix("unix:") {
@@ -111,28 +132,42 @@ fn sim_endpoint(s: &str) -> anyhow::Result<SimEndpoint> {
 #[cfg(feature = "engine")]
 fn start_engine(cfg: &Config) -> Arc<dyn Engine> {
     use chrysalis_guest::engine::python::PythonEngine;
-    match PythonEngine::start(&cfg.engine, Duration::from_secs(cfg.server.request_timeout_secs.max(600))) {
+    match PythonEngine::start(
+        &cfg.engine,
+        Duration::from_secs(cfg.server.request_timeout_secs.max(600)),
+    ) {
         Ok(e) if e.models().contains(&cfg.model.id) => Arc::new(e),
         Ok(e) => {
-            let reason = format!("the adapter serves {:?}, not the configured model {:?}", e.models(), cfg.model.id);
+            let reason = format!(
+                "the adapter serves {:?}, not the configured model {:?}",
+                e.models(),
+                cfg.model.id
+            );
             tracing::error!("{reason}");
             Arc::new(FailedEngine { reason })
         }
         Err(e) => {
             tracing::error!(error = %e, "engine failed to start; serving errors until restarted");
-            Arc::new(FailedEngine { reason: e.to_string() })
+            Arc::new(FailedEngine {
+                reason: e.to_string(),
+            })
         }
     }
 }
 
 #[cfg(not(feature = "engine"))]
 fn start_engine(_cfg: &Config) -> Arc<dyn Engine> {
-    Arc::new(FailedEngine { reason: "built without the `engine` feature".into() })
+    Arc::new(FailedEngine {
+        reason: "built without the `engine` feature".into(),
+    })
 }
 
 async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let provider: Arc<dyn EvidenceProvider> = match cfg.evidence.provider {
-        ProviderKind::ConfigfsTsm => Arc::new(ConfigfsTsm::new(&cfg.evidence.configfs_root, &cfg.evidence.configfs_entry)),
+        ProviderKind::ConfigfsTsm => Arc::new(ConfigfsTsm::new(
+            &cfg.evidence.configfs_root,
+            &cfg.evidence.configfs_entry,
+        )),
         ProviderKind::Sim => Arc::new(SimQuoteClient::new(
             sim_endpoint(&cfg.evidence.sim_endpoint)?,
             Duration::from_secs(cfg.evidence.timeout_secs),
@@ -146,24 +181,46 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .context("first certificate")?;
     tracing::info!(provider = provider.name(), cert = %info.cert_sha256, spki = %info.spki_sha256, "certificate issued over fresh evidence");
-    certs.clone().spawn_renewal(provider.clone(), validity, cfg.tls.renew_fraction, Duration::from_secs(cfg.tls.retry_secs));
+    certs.clone().spawn_renewal(
+        provider.clone(),
+        validity,
+        cfg.tls.renew_fraction,
+        Duration::from_secs(cfg.tls.retry_secs),
+    );
 
     let engine_cfg = cfg.clone();
     let engine = tokio::task::spawn_blocking(move || start_engine(&engine_cfg)).await?;
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
-    let state = AppState::new(cfg.server.clone(), cfg.model.clone(), engine, certs, provider.name());
+    let state = AppState::new(
+        cfg.server.clone(),
+        cfg.model.clone(),
+        engine,
+        certs,
+        provider.name(),
+    );
 
     match &cfg.server.listen {
         Listen::Tcp(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding tcp:{addr}"))?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding tcp:{addr}"))?;
             let bound = l.local_addr()?;
             tracing::info!(%bound, "serving");
             announce(ready_file.as_deref(), &format!("tcp:{bound}"))?;
-            server::serve(state, tls, || async { l.accept().await.map(|(s, _)| { let _ = s.set_nodelay(true); s }) }).await?;
+            server::serve(state, tls, || async {
+                l.accept().await.map(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    s
+                })
+            })
+            .await?;
         }
         Listen::Vsock(port) => {
-            let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port))
-                .with_context(|| format!("binding vsock:{port}"))?;
+            let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                tokio_vsock::VMADDR_CID_ANY,
+                *port,
+            ))
+            .with_context(|| format!("binding vsock:{port}"))?;
             tracing::info!(port, "serving on vsock");
             announce(ready_file.as_deref(), &format!("vsock:{port}"))?;
             server::serve(state, tls, || async { l.accept().await.map(|(s, _)| s) }).await?;

@@ -5,8 +5,10 @@
 //! Non-stream responses carry the receipt in the [`RECEIPT_HEADER`] header, streams in an HTTP
 //! trailer of that name (when the request sent `TE: trailers`).
 
-pub use chrysalis_attestation::receipt::{RECEIPT_HEADER, RECEIPT_VERSION, ReceiptBody, ReceiptError, StreamHasher, Usage, verify};
 use chrysalis_attestation::Sha256;
+pub use chrysalis_attestation::receipt::{
+    RECEIPT_HEADER, RECEIPT_VERSION, ReceiptBody, ReceiptError, StreamHasher, Usage, verify,
+};
 
 use crate::tls::CertStore;
 
@@ -69,8 +71,12 @@ mod tests {
         let body = verify(&r, store.key().spki_der()).unwrap();
         assert_eq!(body.usage.total_tokens, 7);
         assert_eq!(body.model_root_hash, "07".repeat(32));
-        body.check_exchange(b"req", Sha256::digest(b"resp")).unwrap();
-        assert!(body.check_exchange(b"req", Sha256::digest(b"resp!")).is_err());
+        body.check_exchange(b"req", Sha256::digest(b"resp"))
+            .unwrap();
+        assert!(
+            body.check_exchange(b"req", Sha256::digest(b"resp!"))
+                .is_err()
+        );
         let other = CertStore::generate().unwrap();
         assert!(verify(&r, other.key().spki_der()).is_err());
     }

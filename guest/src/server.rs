@@ -69,7 +69,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("model", &self.model.id).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("model", &self.model.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,7 +87,11 @@ impl AppState {
         let nonce = Sha256::digest(
             &[
                 certs.key().spki_der(),
-                &SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes(),
+                &SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+                    .to_le_bytes(),
             ]
             .concat(),
         );
@@ -144,8 +150,16 @@ impl AppState {
         let h = self.health();
         let mut out = String::new();
         for k in [
-            "capacity", "in_flight", "served", "rejected_busy", "cancelled", "timeouts", "engine_errors", "stuck",
-            "prompt_tokens", "completion_tokens",
+            "capacity",
+            "in_flight",
+            "served",
+            "rejected_busy",
+            "cancelled",
+            "timeouts",
+            "engine_errors",
+            "stuck",
+            "prompt_tokens",
+            "completion_tokens",
         ] {
             out.push_str(&format!("chrysalis_guest_{k} {}\n", h[k]));
         }
@@ -157,10 +171,18 @@ impl AppState {
             return json!({"error": "no certificate yet"});
         };
         let measurements: Option<Measurements> = match info.bundle.platform {
-            Platform::Tdx => TdxQuote::parse(&info.bundle.evidence).ok().map(|q| Measurements::Tdx(q.measurements())),
-            Platform::Snp => SnpReport::parse(&info.bundle.evidence).ok().map(|r| Measurements::Snp(r.measurements())),
+            Platform::Tdx => TdxQuote::parse(&info.bundle.evidence)
+                .ok()
+                .map(|q| Measurements::Tdx(q.measurements())),
+            Platform::Snp => SnpReport::parse(&info.bundle.evidence)
+                .ok()
+                .map(|r| Measurements::Snp(r.measurements())),
         };
-        let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
         use base64::Engine as _;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let b = &info.bundle;
@@ -200,12 +222,17 @@ impl AppState {
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    full(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    full(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -213,11 +240,18 @@ fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 /// Routes one request. Never fails: every problem becomes an OpenAI-style error response.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let resp = match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => json_response(StatusCode::OK, &state.health()),
-        (Method::GET, "/metrics") => full(StatusCode::OK, "text/plain; version=0.0.4", state.prometheus()),
+        (Method::GET, "/metrics") => full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.prometheus(),
+        ),
         (Method::GET, "/v1/models") => {
             let data: Vec<Value> = std::iter::once(state.model.id.clone())
                 .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "chrysalis"}))
@@ -227,15 +261,26 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         (Method::GET, "/v1/attestation") => json_response(StatusCode::OK, &state.attestation()),
         (Method::POST, "/v1/chat/completions") => completion(state, req, Endpoint::Chat).await,
         (Method::POST, "/v1/completions") => completion(state, req, Endpoint::Completion).await,
-        (_, "/healthz" | "/metrics" | "/v1/models" | "/v1/attestation" | "/v1/chat/completions" | "/v1/completions") => {
-            error_response(&ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request_error",
-                "method_not_allowed",
-                format!("{} is not allowed on {path}", req.method()),
-            ))
-        }
-        _ => error_response(&ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", format!("no such endpoint: {path}"))),
+        (
+            _,
+            "/healthz"
+            | "/metrics"
+            | "/v1/models"
+            | "/v1/attestation"
+            | "/v1/chat/completions"
+            | "/v1/completions",
+        ) => error_response(&ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        )),
+        _ => error_response(&ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            format!("no such endpoint: {path}"),
+        )),
     };
     Ok(resp)
 }
@@ -244,7 +289,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
 /// that is still sending sees the answer rather than a reset.
 const DRAIN_LIMIT: usize = 64 << 20;
 
-async fn read_body(state: &AppState, body: Incoming, content_length: Option<u64>) -> Result<Bytes, ApiError> {
+async fn read_body(
+    state: &AppState,
+    body: Incoming,
+    content_length: Option<u64>,
+) -> Result<Bytes, ApiError> {
     let max = state.server.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -260,13 +309,27 @@ async fn read_body(state: &AppState, body: Incoming, content_length: Option<u64>
     }
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_body", format!("reading the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "bad_body",
+            format!("reading the request body: {e}"),
+        )),
     }
 }
 
 async fn drain(body: Incoming) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), Limited::new(body, DRAIN_LIMIT).collect()).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        Limited::new(body, DRAIN_LIMIT).collect(),
+    )
+    .await;
 }
 
 /// A generation and its slot. Dropped without [`Active::completed`], it counts as a client
@@ -287,7 +350,8 @@ impl Active {
             let permit = self.permit.take();
             let grace = Duration::from_secs(self.state.server.cancel_grace_secs);
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(grace, async { while g.next().await.is_some() {} }).await;
+                let _ =
+                    tokio::time::timeout(grace, async { while g.next().await.is_some() {} }).await;
                 drop(permit);
             });
         }
@@ -301,7 +365,9 @@ impl Active {
 
 impl Drop for Active {
     fn drop(&mut self) {
-        let Some(g) = self.generation.take() else { return };
+        let Some(g) = self.generation.take() else {
+            return;
+        };
         if !self.aborted {
             self.state.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
         }
@@ -311,7 +377,9 @@ impl Drop for Active {
         let fut = async move {
             if !g.finish(grace).await {
                 state.metrics.stuck.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("engine did not stop a cancelled generation within {grace:?}; releasing its slot");
+                tracing::error!(
+                    "engine did not stop a cancelled generation within {grace:?}; releasing its slot"
+                );
             }
             drop(permit);
         };
@@ -319,7 +387,9 @@ impl Drop for Active {
             Ok(h) => {
                 h.spawn(fut);
             }
-            Err(_) => tracing::error!("generation dropped outside the runtime; slot released at once"),
+            Err(_) => {
+                tracing::error!("generation dropped outside the runtime; slot released at once")
+            }
         }
     }
 }
@@ -341,7 +411,12 @@ async fn next_event(active: &mut Active, deadline: Instant) -> Next {
 
 fn engine_failure(state: &AppState, message: String) -> ApiError {
     state.metrics.engine_errors.fetch_add(1, Ordering::Relaxed);
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "engine_error", message)
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "engine_error",
+        message,
+    )
 }
 
 fn deadline_error(state: &AppState) -> ApiError {
@@ -349,21 +424,32 @@ fn deadline_error(state: &AppState) -> ApiError {
         StatusCode::GATEWAY_TIMEOUT,
         "server_error",
         "deadline_exceeded",
-        format!("the request exceeded its {}-second deadline", state.server.request_timeout_secs),
+        format!(
+            "the request exceeded its {}-second deadline",
+            state.server.request_timeout_secs
+        ),
     )
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
-async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+async fn completion(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<Body> {
     let deadline = Instant::now() + state.server.request_timeout();
-    let te_trailers = req
-        .headers()
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = req.headers().get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let content_length = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -374,7 +460,8 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
         Err(e) => {
             let mut r = error_response(&e);
             if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             return r;
         }
@@ -389,17 +476,31 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "server_busy",
-            format!("all {} generation slots are busy; retry later", state.server.max_concurrency),
+            format!(
+                "all {} generation slots are busy; retry later",
+                state.server.max_concurrency
+            ),
         ));
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(state.server.retry_after_secs));
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.server.retry_after_secs),
+        );
         return r;
     };
     let id = state.new_id(endpoint);
     parsed.generate.request_id = id.clone();
-    let generation = match state.engine.generate(parsed.generate, state.server.stream_buffer) {
+    let generation = match state
+        .engine
+        .generate(parsed.generate, state.server.stream_buffer)
+    {
         Ok(g) => g,
         Err(EngineError::Unavailable(m)) | Err(EngineError::Start(m)) => {
-            return error_response(&ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "engine_unavailable", format!("engine unavailable: {m}")));
+            return error_response(&ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "engine_unavailable",
+                format!("engine unavailable: {m}"),
+            ));
         }
         Err(EngineError::Generation(m)) => return error_response(&engine_failure(&state, m)),
     };
@@ -417,7 +518,15 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
     };
     let request_sha256 = Sha256::digest(&body);
     if parsed.stream {
-        stream_response(active, responder, request_sha256, parsed.include_usage, te_trailers, deadline).await
+        stream_response(
+            active,
+            responder,
+            request_sha256,
+            parsed.include_usage,
+            te_trailers,
+            deadline,
+        )
+        .await
     } else {
         let mut text = String::new();
         loop {
@@ -429,13 +538,26 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
                         let v = responder.complete(&text, &reason, &usage);
                         let bytes = serde_json::to_vec(&v).unwrap_or_default();
                         active.completed();
-                        let receipt = make_receipt(&state, request_sha256, Sha256::digest(&bytes), false, usage);
+                        let receipt = make_receipt(
+                            &state,
+                            request_sha256,
+                            Sha256::digest(&bytes),
+                            false,
+                            usage,
+                        );
                         let mut r = full(StatusCode::OK, "application/json", bytes);
                         match receipt.and_then(|s| HeaderValue::from_str(&s).ok()) {
                             Some(h) => {
                                 r.headers_mut().insert(RECEIPT_HEADER, h);
                             }
-                            None => return error_response(&ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "receipt_error", "could not sign the receipt")),
+                            None => {
+                                return error_response(&ApiError::new(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "server_error",
+                                    "receipt_error",
+                                    "could not sign the receipt",
+                                ));
+                            }
                         }
                         return r;
                     }
@@ -446,7 +568,10 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
                 }
                 Next::EngineDone => {
                     active.aborted = true;
-                    return error_response(&engine_failure(&state, "the engine ended the generation without a finish reason".into()));
+                    return error_response(&engine_failure(
+                        &state,
+                        "the engine ended the generation without a finish reason".into(),
+                    ));
                 }
                 Next::Deadline => {
                     active.next_deadline_error();
@@ -457,11 +582,19 @@ async fn completion(state: Arc<AppState>, req: Request<Incoming>, endpoint: Endp
     }
 }
 
-fn make_receipt(state: &AppState, request_sha256: Sha256, response_sha256: Sha256, stream: bool, usage: Usage) -> Option<String> {
+fn make_receipt(
+    state: &AppState,
+    request_sha256: Sha256,
+    response_sha256: Sha256,
+    stream: bool,
+    usage: Usage,
+) -> Option<String> {
     let m = &state.metrics;
     m.served.fetch_add(1, Ordering::Relaxed);
-    m.prompt_tokens.fetch_add(usage.prompt_tokens, Ordering::Relaxed);
-    m.completion_tokens.fetch_add(usage.completion_tokens, Ordering::Relaxed);
+    m.prompt_tokens
+        .fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+    m.completion_tokens
+        .fetch_add(usage.completion_tokens, Ordering::Relaxed);
     let ex = Exchange {
         request_sha256,
         response_sha256,
@@ -486,7 +619,10 @@ struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|f| f.map(Ok))
     }
 }
@@ -517,7 +653,10 @@ async fn stream_response(
         }
         Next::EngineDone => {
             active.aborted = true;
-            return error_response(&engine_failure(&state, "the engine ended the generation without output".into()));
+            return error_response(&engine_failure(
+                &state,
+                "the engine ended the generation without output".into(),
+            ));
         }
         Next::Deadline => {
             active.next_deadline_error();
@@ -525,10 +664,22 @@ async fn stream_response(
         }
     };
     let (tx, rx) = mpsc::channel::<Frame<Bytes>>(state.server.stream_buffer);
-    tokio::spawn(pump(active, responder.clone(), first, tx, request_sha256, include_usage, te_trailers, deadline));
+    tokio::spawn(pump(
+        active,
+        responder.clone(),
+        first,
+        tx,
+        request_sha256,
+        include_usage,
+        te_trailers,
+        deadline,
+    ));
     let mut r = Response::new(ChannelBody(rx).boxed());
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Ok(v) = HeaderValue::from_str(&responder.id) {
         h.insert("x-request-id", v);
@@ -568,19 +719,28 @@ async fn pump(
                     Next::Event(EngineEvent::Error(m)) => {
                         active.aborted = true;
                         let e = engine_failure(&state, m);
-                        let _ = tx.send(sse(&serde_json::to_vec(&e.body()).unwrap_or_default())).await;
+                        let _ = tx
+                            .send(sse(&serde_json::to_vec(&e.body()).unwrap_or_default()))
+                            .await;
                         return;
                     }
                     Next::EngineDone => {
                         active.aborted = true;
-                        let e = engine_failure(&state, "the engine ended the generation without a finish reason".into());
-                        let _ = tx.send(sse(&serde_json::to_vec(&e.body()).unwrap_or_default())).await;
+                        let e = engine_failure(
+                            &state,
+                            "the engine ended the generation without a finish reason".into(),
+                        );
+                        let _ = tx
+                            .send(sse(&serde_json::to_vec(&e.body()).unwrap_or_default()))
+                            .await;
                         return;
                     }
                     Next::Deadline => {
                         active.next_deadline_error();
                         let e = deadline_error(&state);
-                        let _ = tx.send(sse(&serde_json::to_vec(&e.body()).unwrap_or_default())).await;
+                        let _ = tx
+                            .send(sse(&serde_json::to_vec(&e.body()).unwrap_or_default()))
+                            .await;
                         return;
                     }
                 }
@@ -594,10 +754,14 @@ async fn pump(
         }
         let finished = c.finish_reason.clone();
         if let Some(reason) = &finished {
-            payloads.push(serde_json::to_vec(&responder.chunk("", Some(reason), false, include_usage)).unwrap_or_default());
+            payloads.push(
+                serde_json::to_vec(&responder.chunk("", Some(reason), false, include_usage))
+                    .unwrap_or_default(),
+            );
             let usage = c.usage.unwrap_or_default();
             if include_usage {
-                payloads.push(serde_json::to_vec(&responder.usage_chunk(&usage)).unwrap_or_default());
+                payloads
+                    .push(serde_json::to_vec(&responder.usage_chunk(&usage)).unwrap_or_default());
             }
             payloads.push(b"[DONE]".to_vec());
             for p in &payloads {
@@ -625,7 +789,11 @@ async fn pump(
 }
 
 /// Serves HTTPS on connections from `accept` until it fails.
-pub async fn serve<S, F, Fut>(state: Arc<AppState>, tls: tokio_rustls::TlsAcceptor, mut accept: F) -> std::io::Result<()>
+pub async fn serve<S, F, Fut>(
+    state: Arc<AppState>,
+    tls: tokio_rustls::TlsAcceptor,
+    mut accept: F,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut,
@@ -648,14 +816,15 @@ where
         let (state, tls) = (state.clone(), tls.clone());
         tokio::spawn(async move {
             let _conn_permit = conn_permit;
-            let tls_stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls_stream =
+                match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -709,10 +878,17 @@ mod tests {
             c: &rustls::pki_types::CertificateDer<'_>,
             d: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
         }
     }
 
@@ -724,7 +900,10 @@ mod tests {
             td_measurements(Measurement([7; 48]), [Measurement::ZERO; 4]),
             now.duration_since(UNIX_EPOCH).unwrap().as_secs() - 3600,
         );
-        certs.renew(&sim, now, Duration::from_secs(3600)).await.unwrap();
+        certs
+            .renew(&sim, now, Duration::from_secs(3600))
+            .await
+            .unwrap();
         let model: ModelConfig = toml::from_str("id = \"m\"\nroot_hash = \"0000000000000000000000000000000000000000000000000000000000000000\"").unwrap();
         let tls = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
         let state = AppState::new(server, model, Arc::new(engine), certs, "local-sim");
@@ -737,19 +916,30 @@ mod tests {
         (addr, state)
     }
 
-    async fn send(addr: &str, body: &str) -> (hyper::Response<Incoming>, tokio::task::JoinHandle<()>) {
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth();
+    async fn send(
+        addr: &str,
+        body: &str,
+    ) -> (hyper::Response<Incoming>, tokio::task::JoinHandle<()>) {
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
             .await
             .unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
         let conn = tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -761,7 +951,9 @@ mod tests {
     }
 
     fn chat(max_tokens: u32, stream: bool) -> String {
-        format!(r#"{{"model":"m","messages":[{{"role":"user","content":"a b c"}}],"max_tokens":{max_tokens},"stream":{stream}}}"#)
+        format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"a b c"}}],"max_tokens":{max_tokens},"stream":{stream}}}"#
+        )
     }
 
     async fn until(state: &AppState, what: impl Fn(&AppState) -> bool) {
@@ -777,7 +969,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slots_are_held_until_the_engine_stops_and_over_capacity_is_429() {
         let engine = ScriptedEngine::new("m", Duration::from_millis(5));
-        let (addr, state) = start(engine.clone(), ServerConfig { max_concurrency: 1, ..ServerConfig::default() }).await;
+        let (addr, state) = start(
+            engine.clone(),
+            ServerConfig {
+                max_concurrency: 1,
+                ..ServerConfig::default()
+            },
+        )
+        .await;
 
         let (r, _c) = send(&addr, &chat(3, false)).await;
         assert_eq!(r.status(), 200);
@@ -794,11 +993,15 @@ mod tests {
         // The client goes away mid-stream: cancelled, and the slot returns once the engine stopped.
         conn.abort();
         drop(long);
-        until(&state, |s| s.metrics().cancelled.load(Ordering::SeqCst) == 1 && s.in_flight() == 0).await;
+        until(&state, |s| {
+            s.metrics().cancelled.load(Ordering::SeqCst) == 1 && s.in_flight() == 0
+        })
+        .await;
         until(&state, |_| engine.cancelled_count() == 1).await;
         let (r, _c) = send(&addr, &chat(2, true)).await;
         assert_eq!(r.status(), 200);
-        let text = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let text =
+            String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         assert_eq!(state.metrics().served.load(Ordering::SeqCst), 2);
     }
@@ -806,10 +1009,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_deadline_stops_a_generation_with_504() {
         let engine = ScriptedEngine::new("m", Duration::from_millis(200));
-        let (addr, state) = start(engine, ServerConfig { request_timeout_secs: 1, ..ServerConfig::default() }).await;
+        let (addr, state) = start(
+            engine,
+            ServerConfig {
+                request_timeout_secs: 1,
+                ..ServerConfig::default()
+            },
+        )
+        .await;
         let (r, _c) = send(&addr, &chat(1000, false)).await;
         assert_eq!(r.status(), 504);
-        until(&state, |s| s.metrics().timeouts.load(Ordering::SeqCst) == 1 && s.in_flight() == 0).await;
+        until(&state, |s| {
+            s.metrics().timeouts.load(Ordering::SeqCst) == 1 && s.in_flight() == 0
+        })
+        .await;
         assert_eq!(state.metrics().cancelled.load(Ordering::SeqCst), 0);
     }
 }

@@ -69,12 +69,16 @@ pub struct CertStore {
 
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertStore").field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("CertStore")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl CertStore {
@@ -115,7 +119,8 @@ impl CertStore {
         let report_data = self.key.report_data();
         let bundle = provider.evidence(report_data).await?;
         let not_before = unix(now).saturating_sub(60.min(validity.as_secs() / 2));
-        let cert_der = ratls::issue_certificate(&self.key, &bundle, not_before, validity.as_secs())?;
+        let cert_der =
+            ratls::issue_certificate(&self.key, &bundle, not_before, validity.as_secs())?;
         let info = Arc::new(CertInfo {
             cert_sha256: Sha256::digest(&cert_der),
             spki_sha256: self.key.spki_sha256(),
@@ -138,7 +143,10 @@ impl CertStore {
     pub fn renewal_due(&self, renew_fraction: f64) -> SystemTime {
         match self.info() {
             Some(info) => {
-                let life = info.not_after.duration_since(info.not_before).unwrap_or_default();
+                let life = info
+                    .not_after
+                    .duration_since(info.not_before)
+                    .unwrap_or_default();
                 info.not_before + life.mul_f64(renew_fraction.clamp(0.05, 0.95))
             }
             None => UNIX_EPOCH,
@@ -159,8 +167,13 @@ impl CertStore {
             loop {
                 let due = self.renewal_due(renew_fraction);
                 tokio::time::sleep(due.duration_since(SystemTime::now()).unwrap_or_default()).await;
-                match self.renew(provider.as_ref(), SystemTime::now(), validity).await {
-                    Ok(info) => tracing::info!(cert = %info.cert_sha256, "certificate renewed with fresh evidence"),
+                match self
+                    .renew(provider.as_ref(), SystemTime::now(), validity)
+                    .await
+                {
+                    Ok(info) => {
+                        tracing::info!(cert = %info.cert_sha256, "certificate renewed with fresh evidence")
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "certificate renewal failed; retrying");
                         tokio::time::sleep(retry).await;
@@ -211,21 +224,34 @@ mod tests {
         let store = CertStore::generate().unwrap();
         let ev = sim();
         let t0 = UNIX_EPOCH + Duration::from_secs(T0);
-        let a = store.renew(&ev, t0, Duration::from_secs(3600)).await.unwrap();
+        let a = store
+            .renew(&ev, t0, Duration::from_secs(3600))
+            .await
+            .unwrap();
         let b = store
-            .renew(&ev, t0 + Duration::from_secs(2400), Duration::from_secs(3600))
+            .renew(
+                &ev,
+                t0 + Duration::from_secs(2400),
+                Duration::from_secs(3600),
+            )
             .await
             .unwrap();
         assert_eq!(ev.asked(), vec![store.key().report_data(); 2]);
         assert_ne!(a.cert_sha256, b.cert_sha256);
         assert_eq!(a.spki_sha256, b.spki_sha256);
         assert_eq!(store.info().unwrap().cert_sha256, b.cert_sha256);
-        assert_eq!(b.not_after.duration_since(b.not_before).unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            b.not_after.duration_since(b.not_before).unwrap(),
+            Duration::from_secs(3600)
+        );
         // The certificate carries the evidence bundle (the RA-TLS extension).
         let carried = ratls::extract_bundle(&b.cert_der).unwrap();
         assert_eq!(carried, b.bundle);
         // Renewal is due at 2/3 of the lifetime.
-        assert_eq!(store.renewal_due(2.0 / 3.0), b.not_before + Duration::from_secs(2400));
+        assert_eq!(
+            store.renewal_due(2.0 / 3.0),
+            b.not_before + Duration::from_secs(2400)
+        );
     }
 
     #[tokio::test]
@@ -246,7 +272,13 @@ mod tests {
             fn evidence(
                 &self,
                 _rd: ReportData,
-            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>> {
+            ) -> std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>>
+                        + Send
+                        + '_,
+                >,
+            > {
                 self.0.evidence(ReportData([1; 64]))
             }
             fn name(&self) -> &'static str {
@@ -255,7 +287,11 @@ mod tests {
         }
         let store = CertStore::generate().unwrap();
         let e = store
-            .renew(&Wrong(sim()), UNIX_EPOCH + Duration::from_secs(T0), Duration::from_secs(60))
+            .renew(
+                &Wrong(sim()),
+                UNIX_EPOCH + Duration::from_secs(T0),
+                Duration::from_secs(60),
+            )
             .await
             .unwrap_err();
         assert!(e.to_string().contains("does not bind this key"), "{e}");

@@ -25,7 +25,11 @@ pub struct ApiError {
 
 impl ApiError {
     /// A 400 about `param`.
-    pub fn invalid(param: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(
+        param: impl Into<String>,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -36,7 +40,12 @@ impl ApiError {
     }
 
     /// Any status without a param.
-    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             message: message.into(),
@@ -86,39 +95,90 @@ pub struct Limits {
 }
 
 const CHAT_FIELDS: &[&str] = &[
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stream",
-    "stream_options", "stop", "seed", "user",
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "user",
 ];
 const COMPLETION_FIELDS: &[&str] = &[
-    "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop",
-    "seed", "user",
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "user",
 ];
 const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
 
 /// Parses and validates a request body for `endpoint`.
 pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", format!("request body is not valid JSON: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
     })?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", "request body must be a JSON object"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_json",
+            "request body must be a JSON object",
+        ));
     };
     let allowed = match endpoint {
         Endpoint::Chat => CHAT_FIELDS,
         Endpoint::Completion => COMPLETION_FIELDS,
     };
     if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(k.as_str(), "unknown_field", format!("unknown field {k:?}: this server accepts only {}", allowed.join(", "))));
+        return Err(ApiError::invalid(
+            k.as_str(),
+            "unknown_field",
+            format!(
+                "unknown field {k:?}: this server accepts only {}",
+                allowed.join(", ")
+            ),
+        ));
     }
     let model = match obj.get("model") {
         Some(Value::String(m)) => m.clone(),
-        Some(_) => return Err(ApiError::invalid("model", "invalid_type", "model must be a string")),
-        None => return Err(ApiError::invalid("model", "missing_field", "model is required")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "model",
+                "invalid_type",
+                "model must be a string",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "model",
+                "missing_field",
+                "model is required",
+            ));
+        }
     };
     if model != limits.model_id {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,
-            message: format!("model {model:?} is not served here (this node serves {:?})", limits.model_id),
+            message: format!(
+                "model {model:?} is not served here (this node serves {:?})",
+                limits.model_id
+            ),
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: "model_not_found",
@@ -134,12 +194,21 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedR
     }
     let max_tokens = match max_tokens {
         None => limits.default_max_tokens,
-        Some(0) => return Err(ApiError::invalid("max_tokens", "invalid_value", "max_tokens must be at least 1")),
+        Some(0) => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                "invalid_value",
+                "max_tokens must be at least 1",
+            ));
+        }
         Some(m) if m > u64::from(limits.max_tokens_cap) => {
             return Err(ApiError::invalid(
                 "max_tokens",
                 "max_tokens_exceeded",
-                format!("max_tokens {m} exceeds this server's cap of {}", limits.max_tokens_cap),
+                format!(
+                    "max_tokens {m} exceeds this server's cap of {}",
+                    limits.max_tokens_cap
+                ),
             ));
         }
         Some(m) => m as u32,
@@ -147,34 +216,68 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedR
     let temperature = opt_f64(&obj, "temperature", 0.0, 2.0)?;
     let top_p = opt_f64(&obj, "top_p", 0.0, 1.0)?;
     if top_p == Some(0.0) {
-        return Err(ApiError::invalid("top_p", "invalid_value", "top_p must be greater than 0"));
+        return Err(ApiError::invalid(
+            "top_p",
+            "invalid_value",
+            "top_p must be greater than 0",
+        ));
     }
     if let Some(n) = opt_u64(&obj, "n")?
         && n != 1
     {
-        return Err(ApiError::invalid("n", "unsupported_value", format!("n = {n} is not supported: this server returns one choice")));
+        return Err(ApiError::invalid(
+            "n",
+            "unsupported_value",
+            format!("n = {n} is not supported: this server returns one choice"),
+        ));
     }
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::invalid("stream", "invalid_type", "stream must be a boolean")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stream",
+                "invalid_type",
+                "stream must be a boolean",
+            ));
+        }
     };
     let include_usage = match obj.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => {
             if !stream {
-                return Err(ApiError::invalid("stream_options", "invalid_value", "stream_options is only allowed when stream is true"));
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "invalid_value",
+                    "stream_options is only allowed when stream is true",
+                ));
             }
             if let Some(k) = o.keys().find(|k| k.as_str() != "include_usage") {
-                return Err(ApiError::invalid(format!("stream_options.{k}"), "unknown_field", format!("unknown field \"stream_options.{k}\"")));
+                return Err(ApiError::invalid(
+                    format!("stream_options.{k}"),
+                    "unknown_field",
+                    format!("unknown field \"stream_options.{k}\""),
+                ));
             }
             match o.get("include_usage") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(ApiError::invalid("stream_options.include_usage", "invalid_type", "include_usage must be a boolean")),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "stream_options.include_usage",
+                        "invalid_type",
+                        "include_usage must be a boolean",
+                    ));
+                }
             }
         }
-        Some(_) => return Err(ApiError::invalid("stream_options", "invalid_type", "stream_options must be an object")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "invalid_type",
+                "stream_options must be an object",
+            ));
+        }
     };
     let stop = match obj.get("stop") {
         None | Some(Value::Null) => Vec::new(),
@@ -183,19 +286,44 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedR
             .iter()
             .map(|v| v.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::invalid("stop", "invalid_type", "stop must be a string or an array of strings"))?,
-        Some(_) => return Err(ApiError::invalid("stop", "invalid_type", "stop must be a string or an array of strings")),
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "stop",
+                    "invalid_type",
+                    "stop must be a string or an array of strings",
+                )
+            })?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "invalid_type",
+                "stop must be a string or an array of strings",
+            ));
+        }
     };
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid("stop", "invalid_value", "stop takes at most 4 non-empty sequences"));
+        return Err(ApiError::invalid(
+            "stop",
+            "invalid_value",
+            "stop takes at most 4 non-empty sequences",
+        ));
     }
-    let seed = match obj.get("seed") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().ok_or_else(|| ApiError::invalid("seed", "invalid_type", "seed must be an integer"))?),
-    };
+    let seed =
+        match obj.get("seed") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                ApiError::invalid("seed", "invalid_type", "seed must be an integer")
+            })?),
+        };
     match obj.get("user") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
-        Some(_) => return Err(ApiError::invalid("user", "invalid_type", "user must be a string")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "user",
+                "invalid_type",
+                "user must be a string",
+            ));
+        }
     }
     Ok(ParsedRequest {
         endpoint,
@@ -218,29 +346,49 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedR
 fn opt_u64(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ApiError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(key, "invalid_type", format!("{key} must be a non-negative integer"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ApiError::invalid(
+                key,
+                "invalid_type",
+                format!("{key} must be a non-negative integer"),
+            )
+        }),
     }
 }
 
-fn opt_f64(obj: &Map<String, Value>, key: &'static str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
+fn opt_f64(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    lo: f64,
+    hi: f64,
+) -> Result<Option<f64>, ApiError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
             Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
-            _ => Err(ApiError::invalid(key, "invalid_value", format!("{key} must be a number between {lo} and {hi}"))),
+            _ => Err(ApiError::invalid(
+                key,
+                "invalid_value",
+                format!("{key} must be a number between {lo} and {hi}"),
+            )),
         },
     }
 }
 
 fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
     let Some(Value::Array(items)) = v else {
-        return Err(ApiError::invalid("messages", "invalid_type", "messages must be a non-empty array"));
+        return Err(ApiError::invalid(
+            "messages",
+            "invalid_type",
+            "messages must be a non-empty array",
+        ));
     };
     if items.is_empty() {
-        return Err(ApiError::invalid("messages", "invalid_value", "messages must be a non-empty array"));
+        return Err(ApiError::invalid(
+            "messages",
+            "invalid_value",
+            "messages must be a non-empty array",
+        ));
     }
     items
         .iter()
@@ -290,9 +438,19 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
 fn parse_prompt(v: Option<&Value>) -> Result<String, ApiError> {
     match v {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_owned()),
-        Some(Value::Array(_)) => Err(ApiError::invalid("prompt", "unsupported_value", "prompt arrays must hold exactly one string (batches are not supported)")),
-        _ => Err(ApiError::invalid("prompt", "invalid_type", "prompt must be a string")),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            Ok(a[0].as_str().unwrap_or_default().to_owned())
+        }
+        Some(Value::Array(_)) => Err(ApiError::invalid(
+            "prompt",
+            "unsupported_value",
+            "prompt arrays must hold exactly one string (batches are not supported)",
+        )),
+        _ => Err(ApiError::invalid(
+            "prompt",
+            "invalid_type",
+            "prompt must be a string",
+        )),
     }
 }
 
@@ -329,7 +487,13 @@ impl Responder {
     /// A stream chunk carrying `text` (and, at the end, the finish reason). `first` adds the
     /// assistant role to a chat delta. `with_usage_null` adds `"usage": null`, as OpenAI does when
     /// the client asked for a usage chunk.
-    pub fn chunk(&self, text: &str, finish_reason: Option<&str>, first: bool, with_usage_null: bool) -> Value {
+    pub fn chunk(
+        &self,
+        text: &str,
+        finish_reason: Option<&str>,
+        first: bool,
+        with_usage_null: bool,
+    ) -> Value {
         let mut v = match self.endpoint {
             Endpoint::Chat => {
                 let delta = match (first, finish_reason.is_some() && text.is_empty()) {
@@ -392,17 +556,30 @@ mod tests {
     #[test]
     fn rejections_name_what_was_wrong() {
         let e = chat("{not json").unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_json"));
-        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[]}"#).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
+        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[]}"#)
+            .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("tools"));
         assert!(e.message.contains("\"tools\""), "{}", e.message);
-        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":101}"#).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "max_tokens_exceeded"));
-        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":2}"#).unwrap_err();
+        let e =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":101}"#)
+                .unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "max_tokens_exceeded")
+        );
+        let e =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":2}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
-        let e = chat(r#"{"model":"other","messages":[{"role":"user","content":"hi"}]}"#).unwrap_err();
+        let e =
+            chat(r#"{"model":"other","messages":[{"role":"user","content":"hi"}]}"#).unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
-        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi","tool_calls":[]}]}"#).unwrap_err();
+        let e =
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"hi","tool_calls":[]}]}"#)
+                .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].tool_calls"));
         let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stream_options"));
@@ -414,11 +591,26 @@ mod tests {
     #[test]
     fn completion_prompt_forms() {
         let l = limits();
-        let p = parse(Endpoint::Completion, br#"{"model":"m","prompt":["once"]}"#, &l).unwrap();
+        let p = parse(
+            Endpoint::Completion,
+            br#"{"model":"m","prompt":["once"]}"#,
+            &l,
+        )
+        .unwrap();
         assert_eq!(p.generate.prompt.as_deref(), Some("once"));
-        let e = parse(Endpoint::Completion, br#"{"model":"m","prompt":["a","b"]}"#, &l).unwrap_err();
+        let e = parse(
+            Endpoint::Completion,
+            br#"{"model":"m","prompt":["a","b"]}"#,
+            &l,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("prompt"));
-        let e = parse(Endpoint::Completion, br#"{"model":"m","prompt":"a","messages":[]}"#, &l).unwrap_err();
+        let e = parse(
+            Endpoint::Completion,
+            br#"{"model":"m","prompt":"a","messages":[]}"#,
+            &l,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
     }
 }

@@ -51,31 +51,67 @@ impl Sink {
     fn deliver_blocking(&self, py: Python<'_>, ev: EngineEvent) -> u8 {
         match self.sender() {
             None => CLOSED,
-            Some(tx) => py.detach(move || if tx.blocking_send(ev).is_ok() { SENT } else { CLOSED }),
+            Some(tx) => py.detach(move || {
+                if tx.blocking_send(ev).is_ok() {
+                    SENT
+                } else {
+                    CLOSED
+                }
+            }),
         }
     }
 }
 
-fn chunk_event(text: String, finish_reason: Option<String>, prompt_tokens: Option<u64>, completion_tokens: Option<u64>) -> EngineEvent {
+fn chunk_event(
+    text: String,
+    finish_reason: Option<String>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+) -> EngineEvent {
     let usage = match (prompt_tokens, completion_tokens) {
         (Some(p), Some(c)) => Some(Usage::new(p, c)),
         _ => None,
     };
-    EngineEvent::Chunk(Chunk { text, finish_reason, usage })
+    EngineEvent::Chunk(Chunk {
+        text,
+        finish_reason,
+        usage,
+    })
 }
 
 #[pymethods]
 impl Sink {
     /// Delivers a chunk without blocking: 0 sent, 1 full, 2 closed.
     #[pyo3(signature = (text, finish_reason=None, prompt_tokens=None, completion_tokens=None))]
-    fn send(&self, text: String, finish_reason: Option<String>, prompt_tokens: Option<u64>, completion_tokens: Option<u64>) -> u8 {
-        self.try_deliver(chunk_event(text, finish_reason, prompt_tokens, completion_tokens))
+    fn send(
+        &self,
+        text: String,
+        finish_reason: Option<String>,
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+    ) -> u8 {
+        self.try_deliver(chunk_event(
+            text,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+        ))
     }
 
     /// Delivers a chunk, waiting for room with the GIL released (call from a worker thread).
     #[pyo3(signature = (text, finish_reason=None, prompt_tokens=None, completion_tokens=None))]
-    fn send_blocking(&self, py: Python<'_>, text: String, finish_reason: Option<String>, prompt_tokens: Option<u64>, completion_tokens: Option<u64>) -> u8 {
-        self.deliver_blocking(py, chunk_event(text, finish_reason, prompt_tokens, completion_tokens))
+    fn send_blocking(
+        &self,
+        py: Python<'_>,
+        text: String,
+        finish_reason: Option<String>,
+        prompt_tokens: Option<u64>,
+        completion_tokens: Option<u64>,
+    ) -> u8 {
+        self.deliver_blocking(
+            py,
+            chunk_event(text, finish_reason, prompt_tokens, completion_tokens),
+        )
     }
 
     /// Reports a failure without blocking: 0 sent, 1 full, 2 closed.
@@ -106,7 +142,9 @@ pub struct PythonEngine {
 
 impl std::fmt::Debug for PythonEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PythonEngine").field("models", &self.models).finish_non_exhaustive()
+        f.debug_struct("PythonEngine")
+            .field("models", &self.models)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,7 +163,8 @@ impl PythonEngine {
     /// Imports the adapter module of `cfg`, starts its event loop thread, and creates the adapter
     /// (`create(options)` then `await adapter.start()`), waiting at most `start_timeout`.
     pub fn start(cfg: &EngineConfig, start_timeout: Duration) -> Result<Self, EngineError> {
-        let options = serde_json::to_string(&cfg.options).map_err(|e| EngineError::Start(format!("engine.options: {e}")))?;
+        let options = serde_json::to_string(&cfg.options)
+            .map_err(|e| EngineError::Start(format!("engine.options: {e}")))?;
         let module = cfg.module();
         let (event_loop, drive, run_threadsafe, bridge) = Python::attach(|py| -> PyResult<_> {
             let sys_path = py.import("sys")?.getattr("path")?;
@@ -152,7 +191,9 @@ impl PythonEngine {
             .spawn(move || {
                 Python::attach(|py| {
                     let lp = thread_loop.bind(py);
-                    let _ = py.import("asyncio").and_then(|a| a.call_method1("set_event_loop", (lp,)));
+                    let _ = py
+                        .import("asyncio")
+                        .and_then(|a| a.call_method1("set_event_loop", (lp,)));
                     if let Err(e) = lp.call_method0("run_forever") {
                         tracing::error!(error = %describe(py, &e), "the engine event loop stopped");
                     }
@@ -169,9 +210,13 @@ impl PythonEngine {
                 let coro = f.call1(args)?;
                 let fut = run_threadsafe.bind(py).call1((coro, event_loop.bind(py)))?;
                 // concurrent.futures.Future.result waits with the GIL released.
-                Ok(fut.call_method1("result", (start_timeout.as_secs_f64(),))?.unbind())
+                Ok(fut
+                    .call_method1("result", (start_timeout.as_secs_f64(),))?
+                    .unbind())
             })
-            .map_err(|e| Python::attach(|py| EngineError::Start(format!("{module}: {}", describe(py, &e)))))
+            .map_err(|e| {
+                Python::attach(|py| EngineError::Start(format!("{module}: {}", describe(py, &e))))
+            })
         };
         let (m, o) = Python::attach(|py| -> PyResult<_> {
             Ok((
@@ -182,8 +227,10 @@ impl PythonEngine {
         .map_err(|e| EngineError::Start(e.to_string()))?;
         let adapter = run("create", vec![m, o])?;
         let models_obj = run("models", vec![Python::attach(|py| adapter.clone_ref(py))])?;
-        let models: Vec<String> = Python::attach(|py| models_obj.bind(py).extract())
-            .map_err(|e| EngineError::Start(format!("{module}: models() must return a list of str: {e}")))?;
+        let models: Vec<String> =
+            Python::attach(|py| models_obj.bind(py).extract()).map_err(|e| {
+                EngineError::Start(format!("{module}: models() must return a list of str: {e}"))
+            })?;
         Ok(Self {
             event_loop,
             adapter,
@@ -206,15 +253,27 @@ impl Engine for PythonEngine {
 
     fn generate(&self, req: GenerateRequest, buffer: usize) -> Result<Generation, EngineError> {
         if !self.alive.load(Ordering::SeqCst) {
-            return Err(EngineError::Unavailable("the engine event loop has stopped".into()));
+            return Err(EngineError::Unavailable(
+                "the engine event loop has stopped".into(),
+            ));
         }
-        let req_json = serde_json::to_string(&req).map_err(|e| EngineError::Generation(e.to_string()))?;
+        let req_json =
+            serde_json::to_string(&req).map_err(|e| EngineError::Generation(e.to_string()))?;
         let (tx, rx) = mpsc::channel(buffer);
-        let sink = Sink { tx: Mutex::new(Some(tx)) };
+        let sink = Sink {
+            tx: Mutex::new(Some(tx)),
+        };
         let fut = Python::attach(|py| -> PyResult<Py<PyAny>> {
             let sink = Py::new(py, sink)?;
-            let coro = self.drive.bind(py).call1((self.adapter.bind(py), req_json, sink))?;
-            Ok(self.run_threadsafe.bind(py).call1((coro, self.event_loop.bind(py)))?.unbind())
+            let coro = self
+                .drive
+                .bind(py)
+                .call1((self.adapter.bind(py), req_json, sink))?;
+            Ok(self
+                .run_threadsafe
+                .bind(py)
+                .call1((coro, self.event_loop.bind(py)))?
+                .unbind())
         })
         .map_err(|e| EngineError::Generation(Python::attach(|py| describe(py, &e))))?;
         Ok(Generation::new(

@@ -54,7 +54,10 @@ impl Engine for ScriptedEngine {
         let flag = cancelled.clone();
         let (delay, fail, stopped) = (self.delay, self.fail_with.clone(), self.stopped.clone());
         let prompt_tokens = match (&req.messages, &req.prompt) {
-            (Some(m), _) => m.iter().map(|m| m.content.split_whitespace().count() as u64 + 1).sum(),
+            (Some(m), _) => m
+                .iter()
+                .map(|m| m.content.split_whitespace().count() as u64 + 1)
+                .sum(),
             (None, Some(p)) => p.split_whitespace().count() as u64,
             (None, None) => 0,
         };
@@ -68,20 +71,44 @@ impl Engine for ScriptedEngine {
                     stopped.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
-                let piece = if n == 0 { format!("w{n}") } else { format!(" w{n}") };
+                let piece = if n == 0 {
+                    format!("w{n}")
+                } else {
+                    format!(" w{n}")
+                };
                 let candidate = format!("{text}{piece}");
-                if let Some(pos) = req.stop.iter().filter_map(|s| candidate.find(s.as_str())).min() {
+                if let Some(pos) = req
+                    .stop
+                    .iter()
+                    .filter_map(|s| candidate.find(s.as_str()))
+                    .min()
+                {
                     let cut = candidate[text.len()..pos.max(text.len())].to_owned();
                     n += 1;
                     finish = "stop";
-                    if !cut.is_empty() && tx.send(EngineEvent::Chunk(Chunk { text: cut, ..Chunk::default() })).await.is_err() {
+                    if !cut.is_empty()
+                        && tx
+                            .send(EngineEvent::Chunk(Chunk {
+                                text: cut,
+                                ..Chunk::default()
+                            }))
+                            .await
+                            .is_err()
+                    {
                         return;
                     }
                     break;
                 }
                 text = candidate;
                 n += 1;
-                if tx.send(EngineEvent::Chunk(Chunk { text: piece, ..Chunk::default() })).await.is_err() {
+                if tx
+                    .send(EngineEvent::Chunk(Chunk {
+                        text: piece,
+                        ..Chunk::default()
+                    }))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if let Some(msg) = &fail {
@@ -97,6 +124,9 @@ impl Engine for ScriptedEngine {
                 }))
                 .await;
         });
-        Ok(Generation::new(rx, Box::new(move || cancelled.store(true, Ordering::SeqCst))))
+        Ok(Generation::new(
+            rx,
+            Box::new(move || cancelled.store(true, Ordering::SeqCst)),
+        ))
     }
 }

@@ -45,7 +45,10 @@ impl ConfigfsTsm {
     }
 
     /// The blocking exchange; see the module documentation.
-    pub fn evidence_blocking(&self, report_data: &ReportData) -> Result<EvidenceBundle, EvidenceError> {
+    pub fn evidence_blocking(
+        &self,
+        report_data: &ReportData,
+    ) -> Result<EvidenceBundle, EvidenceError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match fs::create_dir(&self.entry) {
             Ok(()) => {}
@@ -58,7 +61,11 @@ impl ConfigfsTsm {
             self.write("inblob", report_data.as_bytes())?;
             let written = self.generation()?;
             if written != before.wrapping_add(1) {
-                tracing::debug!(before, written, "configfs-tsm: concurrent write before ours was read");
+                tracing::debug!(
+                    before,
+                    written,
+                    "configfs-tsm: concurrent write before ours was read"
+                );
                 continue;
             }
             let evidence = self.read("outblob")?;
@@ -70,7 +77,11 @@ impl ConfigfsTsm {
             };
             let after = self.generation()?;
             if after != written {
-                tracing::debug!(written, after, "configfs-tsm: entry rewritten while we read it");
+                tracing::debug!(
+                    written,
+                    after,
+                    "configfs-tsm: entry rewritten while we read it"
+                );
                 continue;
             }
             if evidence.is_empty() {
@@ -87,7 +98,9 @@ impl ConfigfsTsm {
                 }
             });
         }
-        Err(EvidenceError::Contended { attempts: MAX_ATTEMPTS })
+        Err(EvidenceError::Contended {
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     fn platform(&self) -> Result<Platform, EvidenceError> {
@@ -104,7 +117,10 @@ impl ConfigfsTsm {
         let path = self.entry.join("generation");
         let raw = self.read("generation")?;
         String::from_utf8_lossy(&raw).trim().parse().map_err(|e| {
-            io_err(&path, io::Error::new(io::ErrorKind::InvalidData, format!("not a number: {e}")))
+            io_err(
+                &path,
+                io::Error::new(io::ErrorKind::InvalidData, format!("not a number: {e}")),
+            )
         })
     }
 
@@ -138,15 +154,20 @@ fn guid_string(b: &[u8]) -> String {
     )
 }
 
+/// The VCEK (or VLEK) and the ASK ‖ ARK chain (DER) of an SNP certificate table.
+pub type SnpCerts = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Splits the SEV-SNP certificate table of an auxblob into (VCEK or VLEK, ASK ‖ ARK as DER).
 ///
 /// Entries are (GUID, u32 offset, u32 length) little-endian, ended by an all-zero entry.
-pub fn snp_cert_table(table: &[u8]) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), EvidenceError> {
+pub fn snp_cert_table(table: &[u8]) -> Result<SnpCerts, EvidenceError> {
     let bad = |why: String| EvidenceError::Malformed(format!("SEV-SNP certificate table: {why}"));
     let (mut vcek, mut ask, mut ark) = (None, None, None);
     let mut at = 0;
     loop {
-        let e = table.get(at..at + 24).ok_or_else(|| bad(format!("entry at {at} runs past the end")))?;
+        let e = table
+            .get(at..at + 24)
+            .ok_or_else(|| bad(format!("entry at {at} runs past the end")))?;
         if e.iter().all(|b| *b == 0) {
             break;
         }
@@ -182,8 +203,9 @@ impl EvidenceProvider for ConfigfsTsm {
     fn evidence(
         &self,
         report_data: ReportData,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>>
-    {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>,
+    > {
         let this = self.clone();
         let entry = self.entry.clone();
         Box::pin(async move {
@@ -241,15 +263,19 @@ mod tests {
             // generation: bump when inblob changed since the last look (the kernel bumps on write).
             {
                 let (entry, state) = (entry.clone(), state.clone());
-                threads.push(serve_fifo(entry.join("generation"), stop.clone(), move || {
-                    let mut s = state.lock().unwrap();
-                    let cur = fs::read(entry.join("inblob")).unwrap();
-                    if cur != s.last_inblob {
-                        s.last_inblob = cur;
-                        s.generation += 1;
-                    }
-                    format!("{}\n", s.generation).into_bytes()
-                }));
+                threads.push(serve_fifo(
+                    entry.join("generation"),
+                    stop.clone(),
+                    move || {
+                        let mut s = state.lock().unwrap();
+                        let cur = fs::read(entry.join("inblob")).unwrap();
+                        if cur != s.last_inblob {
+                            s.last_inblob = cur;
+                            s.generation += 1;
+                        }
+                        format!("{}\n", s.generation).into_bytes()
+                    },
+                ));
             }
             // outblob: "QUOTE" ‖ inblob; on a racing read, another writer's data first.
             {
@@ -268,7 +294,12 @@ mod tests {
                     b
                 }));
             }
-            Self { dir, stop, threads, outblob_reads }
+            Self {
+                dir,
+                stop,
+                threads,
+                outblob_reads,
+            }
         }
 
         fn root(&self) -> &Path {
@@ -294,10 +325,13 @@ mod tests {
     ) -> thread::JoinHandle<()> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let ino = Inotify::init(InitFlags::empty()).unwrap();
-        ino.add_watch(&path, AddWatchFlags::IN_CLOSE_NOWRITE).unwrap();
+        ino.add_watch(&path, AddWatchFlags::IN_CLOSE_NOWRITE)
+            .unwrap();
         thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let Ok(mut f) = fs::OpenOptions::new().write(true).open(&path) else { return };
+                let Ok(mut f) = fs::OpenOptions::new().write(true).open(&path) else {
+                    return;
+                };
                 let _ = f.write_all(&answer());
                 drop(f);
                 let _ = ino.read_events();
@@ -320,7 +354,11 @@ mod tests {
 
     #[test]
     fn snp_exchange_carries_auxblob_certs() {
-        let table = cert_table(&[(GUID_VCEK, b"VCEK-DER"), (GUID_ASK, b"ASK"), (GUID_ARK, b"ARK")]);
+        let table = cert_table(&[
+            (GUID_VCEK, b"VCEK-DER"),
+            (GUID_ASK, b"ASK"),
+            (GUID_ARK, b"ARK"),
+        ]);
         let k = FakeKernel::start("sev_guest", Some(&table), &[]);
         let p = ConfigfsTsm::new(k.root(), "chrysalis");
         let b = p.evidence_blocking(&ReportData([1; 64])).unwrap();
@@ -355,11 +393,19 @@ mod tests {
 
     #[test]
     fn cert_table_parsing_finds_vlek_and_rejects_overruns() {
-        let t = cert_table(&[(GUID_VLEK, b"VLEK"), ("00000000-0000-0000-0000-000000000001", b"other")]);
+        let t = cert_table(&[
+            (GUID_VLEK, b"VLEK"),
+            ("00000000-0000-0000-0000-000000000001", b"other"),
+        ]);
         assert_eq!(snp_cert_table(&t).unwrap(), (Some(b"VLEK".to_vec()), None));
         let mut broken = t.clone();
         broken[20] = 0xff; // first length far past the end
-        assert!(snp_cert_table(&broken).unwrap_err().to_string().contains("runs past the end"));
+        assert!(
+            snp_cert_table(&broken)
+                .unwrap_err()
+                .to_string()
+                .contains("runs past the end")
+        );
         assert!(snp_cert_table(&t[..10]).is_err());
     }
 
@@ -380,7 +426,15 @@ mod tests {
         let k = FakeKernel::start("tdx_guest", None, &ALL);
         let p = ConfigfsTsm::new(k.root(), "chrysalis");
         let err = p.evidence_blocking(&ReportData([3; 64])).unwrap_err();
-        assert!(matches!(err, EvidenceError::Contended { attempts: MAX_ATTEMPTS }), "{err}");
+        assert!(
+            matches!(
+                err,
+                EvidenceError::Contended {
+                    attempts: MAX_ATTEMPTS
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -389,7 +443,9 @@ mod tests {
         let entry = dir.path().join("e");
         fs::create_dir(&entry).unwrap();
         fs::write(entry.join("provider"), "arm_cca_guest\n").unwrap();
-        let err = ConfigfsTsm::new(dir.path(), "e").evidence_blocking(&ReportData([0; 64])).unwrap_err();
+        let err = ConfigfsTsm::new(dir.path(), "e")
+            .evidence_blocking(&ReportData([0; 64]))
+            .unwrap_err();
         assert!(err.to_string().contains("arm_cca_guest"), "{err}");
     }
 

@@ -116,12 +116,20 @@ impl EvidenceProvider for LocalSim {
         &self,
         report_data: ReportData,
     ) -> Pin<Box<dyn Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>> {
-        self.asked.lock().unwrap_or_else(|p| p.into_inner()).push(report_data);
-        let quote = self.pki.quote(&SimTdReport::new(self.measurements.clone(), report_data));
-        let collateral = self.pki.collateral(self.collateral_from, 30 * 86_400).map_err(|e| EvidenceError::Sim {
-            endpoint: "in-process".into(),
-            reason: e.to_string(),
-        });
+        self.asked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(report_data);
+        let quote = self
+            .pki
+            .quote(&SimTdReport::new(self.measurements.clone(), report_data));
+        let collateral = self
+            .pki
+            .collateral(self.collateral_from, 30 * 86_400)
+            .map_err(|e| EvidenceError::Sim {
+                endpoint: "in-process".into(),
+                reason: e.to_string(),
+            });
         Box::pin(async move { Ok(EvidenceBundle::tdx(quote, Some(collateral?))) })
     }
 

@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrysalis_attestation::hostcall::{self, Request, Response};
-use chrysalis_attestation::ReportData;
 #[cfg(test)]
 use chrysalis_attestation::Platform;
+use chrysalis_attestation::ReportData;
+use chrysalis_attestation::hostcall::{self, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{EvidenceBundle, EvidenceError, EvidenceProvider};
@@ -68,14 +68,23 @@ impl SimQuoteClient {
         mut s: S,
         report_data: ReportData,
     ) -> Result<EvidenceBundle, EvidenceError> {
-        let frame = hostcall::encode(&Request::SimQuote { report_data }).map_err(|e| self.err(e))?;
-        s.write_all(&frame).await.map_err(|e| self.err(format!("send: {e}")))?;
-        s.flush().await.map_err(|e| self.err(format!("send: {e}")))?;
+        let frame =
+            hostcall::encode(&Request::SimQuote { report_data }).map_err(|e| self.err(e))?;
+        s.write_all(&frame)
+            .await
+            .map_err(|e| self.err(format!("send: {e}")))?;
+        s.flush()
+            .await
+            .map_err(|e| self.err(format!("send: {e}")))?;
         let mut prefix = [0u8; 4];
-        s.read_exact(&mut prefix).await.map_err(|e| self.err(format!("receive: {e}")))?;
+        s.read_exact(&mut prefix)
+            .await
+            .map_err(|e| self.err(format!("receive: {e}")))?;
         let len = hostcall::body_len(prefix).map_err(|e| self.err(e))?;
         let mut body = vec![0u8; len];
-        s.read_exact(&mut body).await.map_err(|e| self.err(format!("receive: {e}")))?;
+        s.read_exact(&mut body)
+            .await
+            .map_err(|e| self.err(format!("receive: {e}")))?;
         match hostcall::decode_body::<Response>(&body).map_err(|e| self.err(e))? {
             Response::Quote { quote, collateral } => {
                 if quote.is_empty() {
@@ -116,8 +125,9 @@ impl EvidenceProvider for SimQuoteClient {
     fn evidence(
         &self,
         report_data: ReportData,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>>
-    {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>,
+    > {
         Box::pin(async move {
             tokio::time::timeout(self.timeout, self.exchange(report_data))
                 .await
@@ -148,7 +158,8 @@ where
             message: format!("unsupported request {other:?}"),
         },
     };
-    s.write_all(&hostcall::encode(&resp).map_err(std::io::Error::other)?).await?;
+    s.write_all(&hostcall::encode(&resp).map_err(std::io::Error::other)?)
+        .await?;
     s.shutdown().await
 }
 
@@ -187,8 +198,14 @@ mod tests {
     #[tokio::test]
     async fn unix_socket_and_unreachable_endpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let c = SimQuoteClient::new(SimEndpoint::Unix(dir.path().join("none.sock")), Duration::from_secs(2));
+        let c = SimQuoteClient::new(
+            SimEndpoint::Unix(dir.path().join("none.sock")),
+            Duration::from_secs(2),
+        );
         let e = c.evidence(ReportData([0; 64])).await.unwrap_err();
-        assert!(e.to_string().contains("none.sock") && e.to_string().contains("connect"), "{e}");
+        assert!(
+            e.to_string().contains("none.sock") && e.to_string().contains("connect"),
+            "{e}"
+        );
     }
 }

