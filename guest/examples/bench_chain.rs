@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Full};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-const PROMPT: &str = "Count from one to two hundred in words, separated by commas.";
+const PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
 
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -148,6 +148,14 @@ async fn chain_run(
     // The connection and TLS handshake are set up before the clock starts.
     let t0 = Instant::now();
     let resp = sender.send_request(req).await?;
+    if resp.status() != 200 {
+        let status = resp.status();
+        let text = resp.into_body().collect().await?.to_bytes();
+        bail!(
+            "chain request failed with {status}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
     let mut body = resp.into_body();
     let mut first = None;
     let mut tokens = 0;

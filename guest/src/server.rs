@@ -1,9 +1,9 @@
 //! The HTTPS server: listeners (vsock, TCP), TLS, routing, limits, generation lifecycle, metrics.
 //!
 //! Every generation holds one of `max_concurrency` slots from admission until the engine has
-//! really stopped working on it, not merely until the response ends: a client that disconnects
-//! cancels its generation, and the slot returns once the engine confirms (or after
-//! `cancel_grace_secs`). Over capacity a request is refused at once with 429 and Retry-After;
+//! finished it or really stopped working on it, not merely until the response ends: a client
+//! that disconnects cancels its generation, and the slot returns once the engine confirms (or
+//! after `cancel_grace_secs`). Over capacity a request is refused at once with 429 and Retry-After;
 //! nothing queues.
 
 use std::convert::Infallible;
@@ -343,16 +343,17 @@ struct Active {
 }
 
 impl Active {
-    /// The generation ended normally: release the slot once the engine confirms.
+    /// The generation ended normally: the engine reported its finish, so the slot is free at
+    /// once (a client sending its next request right after `[DONE]` must not see 429); the
+    /// engine's last bookkeeping is drained in the background.
     fn completed(mut self) {
         if let Some(mut g) = self.generation.take() {
             g.disarm();
-            let permit = self.permit.take();
+            drop(self.permit.take());
             let grace = Duration::from_secs(self.state.server.cancel_grace_secs);
             tokio::spawn(async move {
                 let _ =
                     tokio::time::timeout(grace, async { while g.next().await.is_some() {} }).await;
-                drop(permit);
             });
         }
     }
