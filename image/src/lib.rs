@@ -1,1 +1,48 @@
-//! Image builder.
+//! chrysalis-image: the reproducible guest image builder's library.
+//!
+//! An image is made from pinned inputs only, and two builds from the same lock give the same bytes:
+//!
+//! ```text
+//!  image/flavors/cpu.toml ──`cargo xtask image lock`──▶ image/locks/cpu.lock (every input by sha256)
+//!                                                           │
+//!                        downloads ─▶ Cache (content-addressed, verified on every use)
+//!                                                           │
+//!   build root (mmdebstrap of locked .debs) ─▶ Sandbox (bwrap: fixed paths, no network, clean env)
+//!        │ gcc/cmake/pip: llama-cpp-python wheel     │ cargo: chrysalis-guest (links libpython3.13)
+//!        ▼                                            ▼
+//!   rootfs Stage (locked .debs unpacked, no maintainer scripts) + venv + runtime + engine adapters
+//!        │ mkfs.erofs (fixed time, uid, uuid)  ─▶ veritysetup (salt from content) ─▶ verify_tree
+//!        ▼
+//!   rootfs.img, model.img (+ trees), guest.toml, vmlinuz, initramfs ─▶ kernel command line ─▶ Manifest
+//! ```
+//!
+//! The pipeline itself (steps, progress, timing) lives in `xtask`; this crate holds the parts with rules
+//! worth testing: lock parsing and validation ([`Lock`]), the flavor format ([`Flavor`]), the cache
+//! ([`Cache`]), unpacking .debs ([`Stage`]), rootfs additions and erofs options ([`rootfs`]), dm-verity
+//! ([`verity`]), model packs ([`modelpack`]), the command line ([`cmdline`]) and the manifest
+//! ([`Manifest`]). docs/image.md describes the image and its boot contract.
+
+#![forbid(unsafe_code)]
+
+pub mod apt;
+pub mod cache;
+pub mod cmdline;
+pub mod deb;
+pub mod digest;
+pub mod flavor;
+pub mod lock;
+pub mod manifest;
+pub mod modelpack;
+pub mod pip;
+pub mod rootfs;
+pub mod sandbox;
+pub mod verity;
+
+// The types most callers need, re-exported flat.
+pub use cache::{Cache, CacheError};
+pub use deb::{DebError, Stage};
+pub use digest::Sha256Digest;
+pub use flavor::{Flavor, FlavorError};
+pub use lock::{Lock, LockError};
+pub use manifest::{Manifest, ManifestError};
+pub use verity::{VerityError, VerityParams};
