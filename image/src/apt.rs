@@ -88,7 +88,8 @@ pub fn parse_deb822(text: &str) -> Vec<BTreeMap<String, String>> {
 }
 
 fn words(s: Option<&String>) -> Vec<String> {
-    s.map(|s| s.split_whitespace().map(str::to_owned).collect()).unwrap_or_default()
+    s.map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// Parses a `.sources` file.
@@ -112,14 +113,18 @@ pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
         let mut rest = line;
-        let Some((ty, r)) = rest.split_once(char::is_whitespace) else { continue };
+        let Some((ty, r)) = rest.split_once(char::is_whitespace) else {
+            continue;
+        };
         if ty != "deb" && ty != "deb-src" {
             continue;
         }
         rest = r.trim_start();
         let mut signed_by = None;
         if let Some(r) = rest.strip_prefix('[') {
-            let Some((opts, r)) = r.split_once(']') else { continue };
+            let Some((opts, r)) = r.split_once(']') else {
+                continue;
+            };
             for o in opts.split_whitespace() {
                 if let Some(v) = o.strip_prefix("signed-by=") {
                     signed_by = Some(v.to_owned());
@@ -128,7 +133,9 @@ pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
             rest = r.trim_start();
         }
         let mut it = rest.split_whitespace();
-        let (Some(uri), Some(suite)) = (it.next(), it.next()) else { continue };
+        let (Some(uri), Some(suite)) = (it.next(), it.next()) else {
+            continue;
+        };
         out.push(AptSource {
             types: vec![ty.into()],
             uris: vec![uri.into()],
@@ -142,7 +149,12 @@ pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
 
 /// Reads all of the machine's apt sources under `etc_apt` (normally `/etc/apt`), in apt's order.
 pub fn machine_sources(etc_apt: &Path) -> Result<Vec<AptSource>, AptError> {
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| AptError::Read { path: p.into(), source });
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| AptError::Read {
+            path: p.into(),
+            source,
+        })
+    };
     let mut out = Vec::new();
     let main = etc_apt.join("sources.list");
     if main.exists() {
@@ -164,11 +176,20 @@ pub fn machine_sources(etc_apt: &Path) -> Result<Vec<AptSource>, AptError> {
 }
 
 /// The first `deb` source that serves `suite`.
-pub fn source_for_suite<'a>(sources: &'a [AptSource], suite: &str) -> Result<&'a AptSource, AptError> {
+pub fn source_for_suite<'a>(
+    sources: &'a [AptSource],
+    suite: &str,
+) -> Result<&'a AptSource, AptError> {
     sources
         .iter()
-        .find(|s| s.types.iter().any(|t| t == "deb") && s.suites.iter().any(|x| x == suite) && !s.uris.is_empty())
-        .ok_or_else(|| AptError::NoSource { suite: suite.into() })
+        .find(|s| {
+            s.types.iter().any(|t| t == "deb")
+                && s.suites.iter().any(|x| x == suite)
+                && !s.uris.is_empty()
+        })
+        .ok_or_else(|| AptError::NoSource {
+            suite: suite.into(),
+        })
 }
 
 /// A deb822 sources stanza for a private apt configuration: that source's first URI and keyring, only
@@ -221,7 +242,10 @@ mod tests {
             "Types: deb\nURIs: http://a.example/debian\nSuites: trixie\nComponents: main non-free\n\
              Signed-By: /usr/share/keyrings/k.gpg\n"
         );
-        assert!(matches!(source_for_suite(&s, "sid"), Err(AptError::NoSource { .. })));
+        assert!(matches!(
+            source_for_suite(&s, "sid"),
+            Err(AptError::NoSource { .. })
+        ));
 
         let p = parse_deb822("Package: a\nDescription: x\n more\n\nPackage: b\n");
         assert_eq!(p[0]["Description"], "x\nmore");
@@ -246,7 +270,10 @@ mod tests {
                    Inst zlib1g (1:1.3.dfsg+really1.3.1-1+b1 Debian:13.4/stable [amd64])\nConf libc6 (2.41)\n";
         assert_eq!(
             parse_simulated_installs(out).unwrap(),
-            [("libc6".into(), "2.41-12+deb13u4".into()), ("zlib1g".into(), "1:1.3.dfsg+really1.3.1-1+b1".into())]
+            [
+                ("libc6".into(), "2.41-12+deb13u4".into()),
+                ("zlib1g".into(), "1:1.3.dfsg+really1.3.1-1+b1".into())
+            ]
         );
     }
 }

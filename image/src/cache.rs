@@ -67,7 +67,10 @@ pub struct Cache {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io { path: path.to_owned(), source }
+    move |source| CacheError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl Cache {
@@ -116,9 +119,15 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CacheError::Io { path, source: e }),
         };
-        let actual = Sha256Digest::of_reader(io::BufReader::with_capacity(1 << 20, file)).map_err(io_err(&path))?;
+        let actual = Sha256Digest::of_reader(io::BufReader::with_capacity(1 << 20, file))
+            .map_err(io_err(&path))?;
         if actual != *digest {
-            return Err(CacheError::HashMismatch { name: name.to_owned(), path, expected: *digest, actual });
+            return Err(CacheError::HashMismatch {
+                name: name.to_owned(),
+                path,
+                expected: *digest,
+                actual,
+            });
         }
         Ok(Some(path))
     }
@@ -141,16 +150,28 @@ impl Cache {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(CacheError::Source { name: name.to_owned(), source }),
+                Err(source) => {
+                    return Err(CacheError::Source {
+                        name: name.to_owned(),
+                        source,
+                    });
+                }
             };
             writer.write_all(&buf[..n]).map_err(io_err(&tmp_dir))?;
         }
         let (actual, len, buffered) = writer.finish();
-        let tmp = buffered.into_inner().map_err(|e| CacheError::Io { path: tmp_dir.clone(), source: e.into_error() })?;
+        let tmp = buffered.into_inner().map_err(|e| CacheError::Io {
+            path: tmp_dir.clone(),
+            source: e.into_error(),
+        })?;
         if let Some(expected) = size
             && expected != len
         {
-            return Err(CacheError::SizeMismatch { name: name.to_owned(), expected, actual: len });
+            return Err(CacheError::SizeMismatch {
+                name: name.to_owned(),
+                expected,
+                actual: len,
+            });
         }
         if actual != *digest {
             return Err(CacheError::HashMismatch {
@@ -164,22 +185,38 @@ impl Cache {
         let parent = dest.parent().expect("blob path has a parent");
         fs::create_dir_all(parent).map_err(io_err(parent))?;
         tmp.as_file().sync_all().map_err(io_err(&dest))?;
-        tmp.persist(&dest).map_err(|e| CacheError::Io { path: dest.clone(), source: e.error })?;
+        tmp.persist(&dest).map_err(|e| CacheError::Io {
+            path: dest.clone(),
+            source: e.error,
+        })?;
         Ok(dest)
     }
 
     /// Copies the local file `src` into the cache, verifying it has `digest`.
-    pub fn insert_file(&self, name: &str, digest: &Sha256Digest, src: &Path) -> Result<PathBuf, CacheError> {
+    pub fn insert_file(
+        &self,
+        name: &str,
+        digest: &Sha256Digest,
+        src: &Path,
+    ) -> Result<PathBuf, CacheError> {
         let f = File::open(src).map_err(io_err(src))?;
         self.insert(name, digest, None, f)
     }
 
     /// Makes the verified blob `digest` appear at `dest` under its real file name (hard link, else copy).
     /// Tools such as pip and apt want file names, not digests.
-    pub fn link_to(&self, name: &str, digest: &Sha256Digest, dest: &Path) -> Result<(), CacheError> {
+    pub fn link_to(
+        &self,
+        name: &str,
+        digest: &Sha256Digest,
+        dest: &Path,
+    ) -> Result<(), CacheError> {
         let src = self.get(name, digest)?.ok_or_else(|| CacheError::Io {
             path: self.blob_path(digest),
-            source: io::Error::new(io::ErrorKind::NotFound, format!("{name} is not in the cache")),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{name} is not in the cache"),
+            ),
         })?;
         let _ = fs::remove_file(dest);
         if fs::hard_link(&src, dest).is_err() {
@@ -209,13 +246,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let want = Sha256Digest::of_bytes(b"right");
-        let err = cache.insert("thing.deb", &want, None, &b"wrong"[..]).unwrap_err();
+        let err = cache
+            .insert("thing.deb", &want, None, &b"wrong"[..])
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("thing.deb"), "{msg}");
         assert!(msg.contains(&want.to_string()), "{msg}");
-        assert!(msg.contains(&Sha256Digest::of_bytes(b"wrong").to_string()), "{msg}");
+        assert!(
+            msg.contains(&Sha256Digest::of_bytes(b"wrong").to_string()),
+            "{msg}"
+        );
         assert_eq!(cache.get("thing.deb", &want).unwrap(), None);
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "temp file removed");
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "temp file removed"
+        );
     }
 
     #[test]
@@ -225,7 +271,11 @@ mod tests {
         let d = Sha256Digest::of_bytes(b"abc");
         assert!(matches!(
             cache.insert("x", &d, Some(4), &b"abc"[..]),
-            Err(CacheError::SizeMismatch { expected: 4, actual: 3, .. })
+            Err(CacheError::SizeMismatch {
+                expected: 4,
+                actual: 3,
+                ..
+            })
         ));
     }
 
@@ -234,10 +284,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = Sha256Digest::of_bytes(b"original");
-        let path = cache.insert("model.gguf", &d, None, &b"original"[..]).unwrap();
+        let path = cache
+            .insert("model.gguf", &d, None, &b"original"[..])
+            .unwrap();
         fs::write(&path, b"0riginal").unwrap();
         match cache.get("model.gguf", &d) {
-            Err(CacheError::HashMismatch { name, path: p, expected, actual }) => {
+            Err(CacheError::HashMismatch {
+                name,
+                path: p,
+                expected,
+                actual,
+            }) => {
                 assert_eq!(name, "model.gguf");
                 assert_eq!(p, path);
                 assert_eq!(expected, d);
@@ -246,7 +303,10 @@ mod tests {
             other => panic!("expected a mismatch, got {other:?}"),
         }
         let dest = dir.path().join("out");
-        assert!(cache.link_to("model.gguf", &d, &dest).is_err(), "never hands out bad bytes");
+        assert!(
+            cache.link_to("model.gguf", &d, &dest).is_err(),
+            "never hands out bad bytes"
+        );
     }
 
     #[test]
@@ -271,6 +331,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let d = Sha256Digest::of_bytes(b"");
-        assert!(matches!(cache.insert("x", &d, None, Broken), Err(CacheError::Source { .. })));
+        assert!(matches!(
+            cache.insert("x", &d, None, Broken),
+            Err(CacheError::Source { .. })
+        ));
     }
 }

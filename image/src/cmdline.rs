@@ -24,8 +24,15 @@ pub const MODEL_BLOCKS: &str = "chrysalis.model_blocks";
 /// SHA-256 of the guest configuration file (`guest.toml`, served on the `config` disk).
 pub const CONFIG_SHA256: &str = "chrysalis.config_sha256";
 /// The keys the builder writes; a flavor may not set them itself.
-pub const RESERVED_KEYS: [&str; 7] =
-    [ROOTFS_VERITY, ROOTFS_SALT, ROOTFS_BLOCKS, MODEL_VERITY, MODEL_SALT, MODEL_BLOCKS, CONFIG_SHA256];
+pub const RESERVED_KEYS: [&str; 7] = [
+    ROOTFS_VERITY,
+    ROOTFS_SALT,
+    ROOTFS_BLOCKS,
+    MODEL_VERITY,
+    MODEL_SALT,
+    MODEL_BLOCKS,
+    CONFIG_SHA256,
+];
 
 /// A command line that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +72,11 @@ pub struct VerityArgs {
 
 impl From<&crate::verity::VerityParams> for VerityArgs {
     fn from(p: &crate::verity::VerityParams) -> Self {
-        Self { root_hash: p.root_hash, salt: p.salt.clone(), data_blocks: p.data_blocks }
+        Self {
+            root_hash: p.root_hash,
+            salt: p.salt.clone(),
+            data_blocks: p.data_blocks,
+        }
     }
 }
 
@@ -87,10 +98,16 @@ fn salt_arg(s: &str) -> &str {
 /// Joins `base` and the measured keys into one command line (single spaces, measured keys last).
 pub fn build(base: &[String], m: &MeasuredArgs) -> Result<String, CmdlineError> {
     for a in base {
-        if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"') {
+        if a.is_empty()
+            || a.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+        {
             return Err(CmdlineError::BadArgument(a.clone()));
         }
-        if let Some(k) = RESERVED_KEYS.iter().find(|k| a.split('=').next() == Some(**k)) {
+        if let Some(k) = RESERVED_KEYS
+            .iter()
+            .find(|k| a.split('=').next() == Some(**k))
+        {
             return Err(CmdlineError::Duplicate((*k).into()));
         }
     }
@@ -124,25 +141,39 @@ pub fn parse(cmdline: &str) -> Result<MeasuredArgs, CmdlineError> {
     let get = |key: &'static str| found.get(key).copied().ok_or(CmdlineError::Missing(key));
     let digest = |key: &'static str| -> Result<Sha256Digest, CmdlineError> {
         let v = get(key)?;
-        v.parse().map_err(|_| CmdlineError::BadValue { key, value: v.into(), want: "64 lowercase hex characters" })
+        v.parse().map_err(|_| CmdlineError::BadValue {
+            key,
+            value: v.into(),
+            want: "64 lowercase hex characters",
+        })
     };
     let salt = |key: &'static str| -> Result<String, CmdlineError> {
         let v = get(key)?;
         if v == "-" {
             return Ok(String::new());
         }
-        if v.is_empty() || v.len() % 2 != 0 || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(CmdlineError::BadValue { key, value: v.into(), want: "lowercase hex or -" });
+        if v.is_empty()
+            || v.len() % 2 != 0
+            || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(CmdlineError::BadValue {
+                key,
+                value: v.into(),
+                want: "lowercase hex or -",
+            });
         }
         Ok(v.into())
     };
     let blocks = |key: &'static str| -> Result<u64, CmdlineError> {
         let v = get(key)?;
-        v.parse().ok().filter(|n| *n > 0).ok_or(CmdlineError::BadValue {
-            key,
-            value: v.into(),
-            want: "a positive decimal number",
-        })
+        v.parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(CmdlineError::BadValue {
+                key,
+                value: v.into(),
+                want: "a positive decimal number",
+            })
     };
     Ok(MeasuredArgs {
         rootfs: VerityArgs {
@@ -165,8 +196,16 @@ mod tests {
 
     fn args() -> MeasuredArgs {
         MeasuredArgs {
-            rootfs: VerityArgs { root_hash: Sha256Digest::of_bytes(b"r"), salt: "a1b2".into(), data_blocks: 1234 },
-            model: VerityArgs { root_hash: Sha256Digest::of_bytes(b"m"), salt: String::new(), data_blocks: 7 },
+            rootfs: VerityArgs {
+                root_hash: Sha256Digest::of_bytes(b"r"),
+                salt: "a1b2".into(),
+                data_blocks: 1234,
+            },
+            model: VerityArgs {
+                root_hash: Sha256Digest::of_bytes(b"m"),
+                salt: String::new(),
+                data_blocks: 7,
+            },
             config_sha256: Sha256Digest::of_bytes(b"c"),
         }
     }
@@ -174,9 +213,18 @@ mod tests {
     #[test]
     fn builds_and_parses_back() {
         let line = build(&["console=ttyS0".into(), "panic=-1".into()], &args()).unwrap();
-        assert!(line.starts_with("console=ttyS0 panic=-1 chrysalis.rootfs_verity="), "{line}");
-        assert!(line.contains(" chrysalis.rootfs_salt=a1b2 chrysalis.rootfs_blocks=1234 "), "{line}");
-        assert!(line.contains(" chrysalis.model_salt=- chrysalis.model_blocks=7 "), "{line}");
+        assert!(
+            line.starts_with("console=ttyS0 panic=-1 chrysalis.rootfs_verity="),
+            "{line}"
+        );
+        assert!(
+            line.contains(" chrysalis.rootfs_salt=a1b2 chrysalis.rootfs_blocks=1234 "),
+            "{line}"
+        );
+        assert!(
+            line.contains(" chrysalis.model_salt=- chrysalis.model_blocks=7 "),
+            "{line}"
+        );
         assert_eq!(parse(&line).unwrap(), args());
     }
 
@@ -184,19 +232,49 @@ mod tests {
     fn refuses_duplicates_missing_keys_and_bad_values() {
         let line = build(&[], &args()).unwrap();
         let dup = format!("{line} {ROOTFS_VERITY}={}", Sha256Digest::of_bytes(b"x"));
-        assert_eq!(parse(&dup), Err(CmdlineError::Duplicate(ROOTFS_VERITY.into())));
-        assert_eq!(parse("console=ttyS0"), Err(CmdlineError::Missing(ROOTFS_VERITY)));
+        assert_eq!(
+            parse(&dup),
+            Err(CmdlineError::Duplicate(ROOTFS_VERITY.into()))
+        );
+        assert_eq!(
+            parse("console=ttyS0"),
+            Err(CmdlineError::Missing(ROOTFS_VERITY))
+        );
         let bad = line.replace(&args().model.root_hash.to_string(), "abc");
-        assert!(matches!(parse(&bad), Err(CmdlineError::BadValue { key: MODEL_VERITY, .. })));
+        assert!(matches!(
+            parse(&bad),
+            Err(CmdlineError::BadValue {
+                key: MODEL_VERITY,
+                ..
+            })
+        ));
         let bad = line.replace("rootfs_blocks=1234", "rootfs_blocks=0");
-        assert!(matches!(parse(&bad), Err(CmdlineError::BadValue { key: ROOTFS_BLOCKS, .. })));
+        assert!(matches!(
+            parse(&bad),
+            Err(CmdlineError::BadValue {
+                key: ROOTFS_BLOCKS,
+                ..
+            })
+        ));
         let bad = line.replace("rootfs_salt=a1b2", "rootfs_salt=A1");
-        assert!(matches!(parse(&bad), Err(CmdlineError::BadValue { key: ROOTFS_SALT, .. })));
+        assert!(matches!(
+            parse(&bad),
+            Err(CmdlineError::BadValue {
+                key: ROOTFS_SALT,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn refuses_base_arguments_that_would_break_the_line() {
-        assert!(matches!(build(&["a b".into()], &args()), Err(CmdlineError::BadArgument(_))));
-        assert!(matches!(build(&[format!("{CONFIG_SHA256}=00")], &args()), Err(CmdlineError::Duplicate(_))));
+        assert!(matches!(
+            build(&["a b".into()], &args()),
+            Err(CmdlineError::BadArgument(_))
+        ));
+        assert!(matches!(
+            build(&[format!("{CONFIG_SHA256}=00")], &args()),
+            Err(CmdlineError::Duplicate(_))
+        ));
     }
 }

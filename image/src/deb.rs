@@ -88,19 +88,27 @@ pub struct Stage {
     owners: BTreeMap<String, String>,
 }
 
+/// A path that is absolute or climbs out of the root with `..`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path {0:?} is absolute or leaves the root")]
+pub struct OutsideRoot(pub String);
+
 /// Normalises a data.tar path: strips `./`, rejects absolute paths and `..`, applies merged-/usr.
 /// Returns `None` for the archive's root entry.
-pub fn canonical_path(raw: &str) -> Result<Option<String>, ()> {
+pub fn canonical_path(raw: &str) -> Result<Option<String>, OutsideRoot> {
     let trimmed = raw.trim_start_matches("./").trim_end_matches('/');
     if trimmed.is_empty() || trimmed == "." {
         return Ok(None);
     }
     if trimmed.starts_with('/') {
-        return Err(());
+        return Err(OutsideRoot(raw.into()));
     }
-    let parts: Vec<&str> = trimmed.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
-    if parts.iter().any(|c| *c == "..") || parts.is_empty() {
-        return Err(());
+    let parts: Vec<&str> = trimmed
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if parts.contains(&"..") || parts.is_empty() {
+        return Err(OutsideRoot(raw.into()));
     }
     let joined = parts.join("/");
     if parts.len() > 1 && MERGED_USR_ALIASES.contains(&parts[0]) {
@@ -115,12 +123,21 @@ pub fn with_data_tar<T>(
     deb: &Path,
     f: impl FnOnce(&mut dyn Read) -> Result<T, DebError>,
 ) -> Result<T, DebError> {
-    let file = File::open(deb).map_err(|source| DebError::Io { package: package.into(), path: deb.into(), source })?;
+    let file = File::open(deb).map_err(|source| DebError::Io {
+        package: package.into(),
+        path: deb.into(),
+        source,
+    })?;
     let mut archive = ar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
     while let Some(entry) = archive.next_entry() {
-        let entry = entry.map_err(|e| DebError::Format { package: package.into(), reason: e.to_string() })?;
+        let entry = entry.map_err(|e| DebError::Format {
+            package: package.into(),
+            reason: e.to_string(),
+        })?;
         let id = String::from_utf8_lossy(entry.header().identifier()).into_owned();
-        let Some(suffix) = id.strip_prefix("data.tar") else { continue };
+        let Some(suffix) = id.strip_prefix("data.tar") else {
+            continue;
+        };
         return match suffix {
             ".xz" => f(&mut liblzma::read::XzDecoder::new(entry)),
             ".gz" => f(&mut flate2::read::GzDecoder::new(entry)),
@@ -134,7 +151,10 @@ pub fn with_data_tar<T>(
             }),
         };
     }
-    Err(DebError::Format { package: package.into(), reason: "no data.tar member".into() })
+    Err(DebError::Format {
+        package: package.into(),
+        reason: "no data.tar member".into(),
+    })
 }
 
 fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
@@ -155,7 +175,11 @@ impl Stage {
             fs::create_dir_all(root)?;
         }
         fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
-        Ok(Self { root: root.to_owned(), drop_paths: drop_paths.to_vec(), owners: BTreeMap::new() })
+        Ok(Self {
+            root: root.to_owned(),
+            drop_paths: drop_paths.to_vec(),
+            owners: BTreeMap::new(),
+        })
     }
 
     /// The stage's root directory.
@@ -185,8 +209,11 @@ impl Stage {
                         second: package.into(),
                     });
                 }
-                Err(_) => make_dir(&cur, 0o755)
-                    .map_err(|source| DebError::Io { package: package.into(), path: cur.clone(), source })?,
+                Err(_) => make_dir(&cur, 0o755).map_err(|source| DebError::Io {
+                    package: package.into(),
+                    path: cur.clone(),
+                    source,
+                })?,
             }
         }
         Ok(())
@@ -206,23 +233,40 @@ impl Stage {
     }
 
     /// Unpacks a plain tar stream (a package's data.tar) into the stage.
-    pub fn unpack_tar(&mut self, package: &str, reader: &mut dyn Read) -> Result<UnpackStats, DebError> {
+    pub fn unpack_tar(
+        &mut self,
+        package: &str,
+        reader: &mut dyn Read,
+    ) -> Result<UnpackStats, DebError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             let package = package.to_owned();
-            move |source| DebError::Io { package, path, source }
+            move |source| DebError::Io {
+                package,
+                path,
+                source,
+            }
         };
         let mut stats = UnpackStats::default();
         let mut archive = tar::Archive::new(reader);
         let entries = archive.entries().map_err(io_err(&self.root))?;
         for entry in entries {
             let mut entry = entry.map_err(io_err(&self.root))?;
-            let raw = String::from_utf8(entry.path_bytes().into_owned())
-                .map_err(|e| DebError::UnsafePath { package: package.into(), path: format!("{:?}", e.as_bytes()) })?;
+            let raw = String::from_utf8(entry.path_bytes().into_owned()).map_err(|e| {
+                DebError::UnsafePath {
+                    package: package.into(),
+                    path: format!("{:?}", e.as_bytes()),
+                }
+            })?;
             let rel = match canonical_path(&raw) {
                 Ok(Some(rel)) => rel,
                 Ok(None) => continue,
-                Err(()) => return Err(DebError::UnsafePath { package: package.into(), path: raw }),
+                Err(_) => {
+                    return Err(DebError::UnsafePath {
+                        package: package.into(),
+                        path: raw,
+                    });
+                }
             };
             if self.is_dropped(&rel) {
                 stats.dropped += 1;
@@ -234,7 +278,10 @@ impl Stage {
             let existing = fs::symlink_metadata(&abs).ok();
             let conflict = |owners: &BTreeMap<String, String>| DebError::Conflict {
                 path: rel.clone(),
-                first: owners.get(&rel).cloned().unwrap_or_else(|| "(the stage)".into()),
+                first: owners
+                    .get(&rel)
+                    .cloned()
+                    .unwrap_or_else(|| "(the stage)".into()),
                 second: package.into(),
             };
             match kind {
@@ -266,10 +313,15 @@ impl Stage {
                         continue;
                     }
                     self.ensure_parents(package, &rel)?;
-                    let mut f = OpenOptions::new().write(true).create_new(true).open(&abs).map_err(io_err(&abs))?;
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&abs)
+                        .map_err(io_err(&abs))?;
                     io::Write::write_all(&mut f, &data).map_err(io_err(&abs))?;
                     drop(f);
-                    fs::set_permissions(&abs, fs::Permissions::from_mode(mode)).map_err(io_err(&abs))?;
+                    fs::set_permissions(&abs, fs::Permissions::from_mode(mode))
+                        .map_err(io_err(&abs))?;
                     stats.files += 1;
                     stats.bytes += data.len() as u64;
                     self.owners.insert(rel, package.into());
@@ -278,10 +330,14 @@ impl Stage {
                     let target = entry
                         .link_name()
                         .map_err(io_err(&abs))?
-                        .ok_or_else(|| DebError::UnsafePath { package: package.into(), path: raw.clone() })?
+                        .ok_or_else(|| DebError::UnsafePath {
+                            package: package.into(),
+                            path: raw.clone(),
+                        })?
                         .into_owned();
                     if let Some(m) = existing {
-                        let same = m.file_type().is_symlink() && fs::read_link(&abs).ok().as_deref() == Some(&target);
+                        let same = m.file_type().is_symlink()
+                            && fs::read_link(&abs).ok().as_deref() == Some(&target);
                         if !same {
                             return Err(conflict(&self.owners));
                         }
@@ -296,10 +352,18 @@ impl Stage {
                         .link_name()
                         .map_err(io_err(&abs))?
                         .and_then(|t| t.to_str().map(str::to_owned))
-                        .ok_or_else(|| DebError::UnsafePath { package: package.into(), path: raw.clone() })?;
+                        .ok_or_else(|| DebError::UnsafePath {
+                            package: package.into(),
+                            path: raw.clone(),
+                        })?;
                     let target_rel = match canonical_path(&target_raw) {
                         Ok(Some(t)) => t,
-                        _ => return Err(DebError::UnsafePath { package: package.into(), path: target_raw }),
+                        _ => {
+                            return Err(DebError::UnsafePath {
+                                package: package.into(),
+                                path: target_raw,
+                            });
+                        }
                     };
                     if existing.is_some() {
                         return Err(conflict(&self.owners));
@@ -339,20 +403,75 @@ impl Stage {
         const ME: &str = "chrysalis-image";
         let rel = match canonical_path(rel) {
             Ok(Some(r)) => r,
-            _ => return Err(DebError::UnsafePath { package: ME.into(), path: rel.into() }),
+            _ => {
+                return Err(DebError::UnsafePath {
+                    package: ME.into(),
+                    path: rel.into(),
+                });
+            }
         };
         let abs = self.root.join(&rel);
         if fs::symlink_metadata(&abs).is_ok() {
             return Err(DebError::Conflict {
                 path: rel.clone(),
-                first: self.owners.get(&rel).cloned().unwrap_or_else(|| "(the stage)".into()),
+                first: self
+                    .owners
+                    .get(&rel)
+                    .cloned()
+                    .unwrap_or_else(|| "(the stage)".into()),
                 second: ME.into(),
             });
         }
         self.ensure_parents(ME, &rel)?;
-        let err = |source| DebError::Io { package: ME.into(), path: abs.clone(), source };
+        let err = |source| DebError::Io {
+            package: ME.into(),
+            path: abs.clone(),
+            source,
+        };
         fs::write(&abs, contents).map_err(err)?;
         fs::set_permissions(&abs, fs::Permissions::from_mode(mode)).map_err(err)?;
+        self.owners.insert(rel, ME.into());
+        Ok(())
+    }
+
+    /// Adds the symlink `rel -> target` (target relative to the link's directory); refuses a dangling
+    /// target or an existing path.
+    pub fn add_symlink(&mut self, rel: &str, target: &str) -> Result<(), DebError> {
+        const ME: &str = "chrysalis-image";
+        let rel = match canonical_path(rel) {
+            Ok(Some(r)) => r,
+            _ => {
+                return Err(DebError::UnsafePath {
+                    package: ME.into(),
+                    path: rel.into(),
+                });
+            }
+        };
+        let abs = self.root.join(&rel);
+        let dir = abs.parent().expect("a canonical path has a parent");
+        if !dir.join(target).exists() || target.starts_with('/') {
+            return Err(DebError::UnsafePath {
+                package: ME.into(),
+                path: format!("{rel} -> {target} (no such target)"),
+            });
+        }
+        if fs::symlink_metadata(&abs).is_ok() {
+            return Err(DebError::Conflict {
+                path: rel.clone(),
+                first: self
+                    .owners
+                    .get(&rel)
+                    .cloned()
+                    .unwrap_or_else(|| "(the stage)".into()),
+                second: ME.into(),
+            });
+        }
+        self.ensure_parents(ME, &rel)?;
+        symlink(target, &abs).map_err(|source| DebError::Io {
+            package: ME.into(),
+            path: abs.clone(),
+            source,
+        })?;
         self.owners.insert(rel, ME.into());
         Ok(())
     }
@@ -362,14 +481,22 @@ impl Stage {
         const ME: &str = "chrysalis-image";
         let rel = match canonical_path(rel) {
             Ok(Some(r)) => r,
-            _ => return Err(DebError::UnsafePath { package: ME.into(), path: rel.into() }),
+            _ => {
+                return Err(DebError::UnsafePath {
+                    package: ME.into(),
+                    path: rel.into(),
+                });
+            }
         };
         self.ensure_parents(ME, &format!("{rel}/x"))
     }
 
     /// Paths under `prefix` (canonical, relative) that packages wrote, sorted.
     pub fn paths_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.owners.range(prefix.to_owned()..).map(|(k, _)| k.as_str()).take_while(move |k| k.starts_with(prefix))
+        self.owners
+            .range(prefix.to_owned()..)
+            .map(|(k, _)| k.as_str())
+            .take_while(move |k| k.starts_with(prefix))
     }
 }
 
@@ -410,7 +537,11 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         {
             let mut ar = ar::Builder::new(&mut out);
-            for (name, body) in [("debian-binary", &b"2.0\n"[..]), ("control.tar.gz", &[][..]), ("data.tar.xz", &xz[..])] {
+            for (name, body) in [
+                ("debian-binary", &b"2.0\n"[..]),
+                ("control.tar.gz", &[][..]),
+                ("data.tar.xz", &xz[..]),
+            ] {
                 let h = ar::Header::new(name.as_bytes().to_vec(), body.len() as u64);
                 ar.append(&h, body).unwrap();
             }
@@ -423,8 +554,16 @@ pub(crate) mod tests {
     #[test]
     fn canonical_paths_apply_merged_usr_and_refuse_escapes() {
         assert_eq!(canonical_path("./").unwrap(), None);
-        assert_eq!(canonical_path("./usr/bin/python3").unwrap().unwrap(), "usr/bin/python3");
-        assert_eq!(canonical_path("./lib/x86_64-linux-gnu/libc.so.6").unwrap().unwrap(), "usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(
+            canonical_path("./usr/bin/python3").unwrap().unwrap(),
+            "usr/bin/python3"
+        );
+        assert_eq!(
+            canonical_path("./lib/x86_64-linux-gnu/libc.so.6")
+                .unwrap()
+                .unwrap(),
+            "usr/lib/x86_64-linux-gnu/libc.so.6"
+        );
         assert_eq!(canonical_path("./sbin/").unwrap().unwrap(), "sbin");
         assert!(canonical_path("/etc/passwd").is_err());
         assert!(canonical_path("./usr/../../etc").is_err());
@@ -452,20 +591,49 @@ pub(crate) mod tests {
         )
         .unwrap();
         let root = dir.path().join("root");
-        let mut stage = Stage::new(&root, &["usr/share/man/".into(), "usr/share/doc/".into()]).unwrap();
+        let mut stage =
+            Stage::new(&root, &["usr/share/man/".into(), "usr/share/doc/".into()]).unwrap();
         let stats = stage.unpack("p", &deb).unwrap();
         assert_eq!(stats.dropped, 2);
-        let mode = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+        let mode = |p: &str| {
+            fs::symlink_metadata(root.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
         assert_eq!(mode("usr/bin/tool"), 0o4755);
-        assert_eq!(fs::read_to_string(root.join("usr/bin/old")).unwrap(), "old layout");
-        assert!(!root.join("bin").exists(), "old-layout directories are not created");
-        assert_eq!(fs::read_link(root.join("usr/bin/link")).unwrap(), Path::new("tool"));
-        assert_eq!(fs::read_to_string(root.join("usr/bin/hard")).unwrap(), "#!bin");
-        assert_eq!(fs::read_to_string(root.join("usr/share/doc/p/copyright")).unwrap(), "GPL");
-        assert_eq!(mode("usr/share/doc/p"), 0o755, "parents of kept files get 0755, not the umask");
+        assert_eq!(
+            fs::read_to_string(root.join("usr/bin/old")).unwrap(),
+            "old layout"
+        );
+        assert!(
+            !root.join("bin").exists(),
+            "old-layout directories are not created"
+        );
+        assert_eq!(
+            fs::read_link(root.join("usr/bin/link")).unwrap(),
+            Path::new("tool")
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("usr/bin/hard")).unwrap(),
+            "#!bin"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("usr/share/doc/p/copyright")).unwrap(),
+            "GPL"
+        );
+        assert_eq!(
+            mode("usr/share/doc/p"),
+            0o755,
+            "parents of kept files get 0755, not the umask"
+        );
         assert!(!root.join("usr/share/man/man1/tool.1").exists());
         stage.finish_merged_usr().unwrap();
-        assert_eq!(fs::read_link(root.join("bin")).unwrap(), Path::new("usr/bin"));
+        assert_eq!(
+            fs::read_link(root.join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
     }
 
     #[test]
@@ -478,8 +646,15 @@ pub(crate) mod tests {
         stage.unpack_tar("pkg-a", &mut &a[..]).unwrap();
         stage.unpack_tar("pkg-same", &mut &same[..]).unwrap();
         match stage.unpack_tar("pkg-b", &mut &other[..]) {
-            Err(DebError::Conflict { path, first, second }) => {
-                assert_eq!((path.as_str(), first.as_str(), second.as_str()), ("etc/x", "pkg-a", "pkg-b"));
+            Err(DebError::Conflict {
+                path,
+                first,
+                second,
+            }) => {
+                assert_eq!(
+                    (path.as_str(), first.as_str(), second.as_str()),
+                    ("etc/x", "pkg-a", "pkg-b")
+                );
             }
             other => panic!("expected a conflict, got {other:?}"),
         }
@@ -490,14 +665,20 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut stage = Stage::new(&dir.path().join("r"), &[]).unwrap();
         let fifo = tar_of(&[("./dev/f", tar::EntryType::Fifo, 0o644, "")]);
-        assert!(matches!(stage.unpack_tar("p", &mut &fifo[..]), Err(DebError::Unsupported { .. })));
+        assert!(matches!(
+            stage.unpack_tar("p", &mut &fifo[..]),
+            Err(DebError::Unsupported { .. })
+        ));
         let mut raw = tar_of(&[("./aa/evil", F, 0o644, "x")]);
         // Rewrite the name in place to "../evil" (the tar crate will not write such a name itself).
         raw[..8].copy_from_slice(b"../evil\0");
         let mut h = tar::Header::from_byte_slice(&raw[..512]).clone();
         h.set_cksum();
         raw[..512].copy_from_slice(h.as_bytes());
-        assert!(matches!(stage.unpack_tar("p", &mut &raw[..]), Err(DebError::UnsafePath { .. })));
+        assert!(matches!(
+            stage.unpack_tar("p", &mut &raw[..]),
+            Err(DebError::UnsafePath { .. })
+        ));
     }
 
     #[test]
@@ -507,11 +688,18 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         {
             let mut ar = ar::Builder::new(&mut out);
-            ar.append(&ar::Header::new(b"debian-binary".to_vec(), 4), &b"2.0\n"[..]).unwrap();
+            ar.append(
+                &ar::Header::new(b"debian-binary".to_vec(), 4),
+                &b"2.0\n"[..],
+            )
+            .unwrap();
         }
         fs::write(&deb, out).unwrap();
         let mut stage = Stage::new(&dir.path().join("r"), &[]).unwrap();
-        assert!(matches!(stage.unpack("bad", &deb), Err(DebError::Format { .. })));
+        assert!(matches!(
+            stage.unpack("bad", &deb),
+            Err(DebError::Format { .. })
+        ));
     }
 
     #[test]
@@ -520,8 +708,29 @@ pub(crate) mod tests {
         let mut stage = Stage::new(&dir.path().join("r"), &[]).unwrap();
         let a = tar_of(&[("./etc/passwd", F, 0o644, "pkg")]);
         stage.unpack_tar("base-passwd", &mut &a[..]).unwrap();
-        assert!(matches!(stage.add_file("etc/passwd", b"x", 0o644), Err(DebError::Conflict { .. })));
-        stage.add_file("etc/chrysalis/guest.toml", b"x = 1\n", 0o644).unwrap();
-        assert_eq!(stage.paths_under("etc/").collect::<Vec<_>>(), ["etc/chrysalis/guest.toml", "etc/passwd"]);
+        assert!(matches!(
+            stage.add_file("etc/passwd", b"x", 0o644),
+            Err(DebError::Conflict { .. })
+        ));
+        stage
+            .add_file("etc/chrysalis/guest.toml", b"x = 1\n", 0o644)
+            .unwrap();
+        stage
+            .add_symlink("etc/chrysalis/current.toml", "guest.toml")
+            .unwrap();
+        assert!(stage.add_symlink("etc/dangling", "nowhere").is_err());
+        assert!(
+            stage
+                .add_symlink("etc/passwd", "chrysalis/guest.toml")
+                .is_err()
+        );
+        assert_eq!(
+            stage.paths_under("etc/").collect::<Vec<_>>(),
+            [
+                "etc/chrysalis/current.toml",
+                "etc/chrysalis/guest.toml",
+                "etc/passwd"
+            ]
+        );
     }
 }

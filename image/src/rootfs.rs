@@ -64,21 +64,32 @@ pub fn ca_bundle(dir: &Path) -> std::io::Result<Vec<u8>> {
 pub fn copy_tree(stage: &mut Stage, src: &Path, dest: &str) -> Result<u64, DebError> {
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| DebError::Io { package: "chrysalis-image".into(), path, source }
+        move |source| DebError::Io {
+            package: "chrysalis-image".into(),
+            path,
+            source,
+        }
     };
     stage.add_dir(dest)?;
     let mut n = 0;
-    let walk = walkdir::WalkDir::new(src).min_depth(1).sort_by_file_name().into_iter().filter_entry(|e| {
-        let name = e.file_name().to_string_lossy();
-        name != "__pycache__" && !name.ends_with(".pyc")
-    });
+    let walk = walkdir::WalkDir::new(src)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            let name = e.file_name().to_string_lossy();
+            name != "__pycache__" && !name.ends_with(".pyc")
+        });
     for entry in walk {
         let entry = entry.map_err(|e| DebError::Io {
             package: "chrysalis-image".into(),
             path: src.to_owned(),
             source: std::io::Error::other(e),
         })?;
-        let rel = entry.path().strip_prefix(src).expect("walk stays under src");
+        let rel = entry
+            .path()
+            .strip_prefix(src)
+            .expect("walk stays under src");
         let rel = rel.to_str().ok_or_else(|| DebError::UnsafePath {
             package: "chrysalis-image".into(),
             path: rel.display().to_string(),
@@ -97,7 +108,11 @@ pub fn copy_tree(stage: &mut Stage, src: &Path, dest: &str) -> Result<u64, DebEr
                 path: entry.path().to_owned(),
                 source: std::io::Error::other(e),
             })?;
-            let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
             let bytes = fs::read(entry.path()).map_err(io(entry.path()))?;
             stage.add_file(&target, &bytes, mode)?;
             n += 1;
@@ -113,13 +128,26 @@ pub fn erofs_uuid(label: &str) -> String {
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// `mkfs.erofs` arguments for a deterministic image of `source` (paths as the sandbox sees them):
 /// 4 KiB blocks, every timestamp `epoch`, owner root, no extended attributes, fixed UUID, optional
 /// compression (`lz4hc,12`; empty for none, as for model files that are mmapped).
-pub fn mkfs_erofs_args(image: &str, source: &str, compression: &str, epoch: u64, label: &str) -> Vec<String> {
+pub fn mkfs_erofs_args(
+    image: &str,
+    source: &str,
+    compression: &str,
+    epoch: u64,
+    label: &str,
+) -> Vec<String> {
     let mut a = vec![
         "-b4096".to_owned(),
         "-x-1".to_owned(),
@@ -146,12 +174,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("r");
         let mut stage = Stage::new(&root, &[]).unwrap();
-        stage.add_file("usr/share/ca-certificates/mozilla/B.crt", b"B", 0o644).unwrap();
-        stage.add_file("usr/share/ca-certificates/mozilla/A.crt", b"A\n", 0o644).unwrap();
-        stage.add_file("usr/share/ca-certificates/mozilla/readme", b"no", 0o644).unwrap();
+        stage
+            .add_file("usr/share/ca-certificates/mozilla/B.crt", b"B", 0o644)
+            .unwrap();
+        stage
+            .add_file("usr/share/ca-certificates/mozilla/A.crt", b"A\n", 0o644)
+            .unwrap();
+        stage
+            .add_file("usr/share/ca-certificates/mozilla/readme", b"no", 0o644)
+            .unwrap();
         add_system_files(&mut stage).unwrap();
-        assert_eq!(fs::read(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap(), b"A\nB\n");
-        assert!(fs::read_to_string(root.join("etc/passwd")).unwrap().starts_with("root:x:0:0"));
+        assert_eq!(
+            fs::read(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap(),
+            b"A\nB\n"
+        );
+        assert!(
+            fs::read_to_string(root.join("etc/passwd"))
+                .unwrap()
+                .starts_with("root:x:0:0")
+        );
         for d in MOUNT_POINTS {
             assert!(root.join(d).is_dir(), "{d}");
         }
@@ -163,13 +204,27 @@ mod tests {
         let src = dir.path().join("src");
         fs::create_dir_all(src.join("pkg/__pycache__")).unwrap();
         fs::write(src.join("pkg/__init__.py"), b"x = 1\n").unwrap();
-        fs::write(src.join("pkg/__pycache__/__init__.cpython-313.pyc"), b"junk").unwrap();
+        fs::write(
+            src.join("pkg/__pycache__/__init__.cpython-313.pyc"),
+            b"junk",
+        )
+        .unwrap();
         fs::write(src.join("pkg/tool.py"), b"#!/usr/bin/python3\n").unwrap();
-        fs::set_permissions(src.join("pkg/__init__.py"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(
+            src.join("pkg/__init__.py"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         fs::set_permissions(src.join("pkg/tool.py"), fs::Permissions::from_mode(0o700)).unwrap();
         let mut stage = Stage::new(&dir.path().join("r"), &[]).unwrap();
         assert_eq!(copy_tree(&mut stage, &src, "opt/x").unwrap(), 2);
-        let mode = |p: &str| fs::metadata(stage.root().join(p)).unwrap().permissions().mode() & 0o7777;
+        let mode = |p: &str| {
+            fs::metadata(stage.root().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
         assert_eq!(mode("opt/x/pkg/__init__.py"), 0o644);
         assert_eq!(mode("opt/x/pkg/tool.py"), 0o755);
         assert_eq!(mode("opt/x/pkg"), 0o755);
@@ -178,13 +233,23 @@ mod tests {
 
     #[test]
     fn erofs_options_are_fixed() {
-        let a = mkfs_erofs_args("/out/rootfs.erofs", "/stage", "lz4hc,12", 1767225600, "cpu rootfs");
+        let a = mkfs_erofs_args(
+            "/out/rootfs.erofs",
+            "/stage",
+            "lz4hc,12",
+            1767225600,
+            "cpu rootfs",
+        );
         assert!(a.contains(&"-T1767225600".to_owned()));
         assert!(a.contains(&"--all-root".to_owned()));
         assert!(a.contains(&"-zlz4hc,12".to_owned()));
         assert_eq!(a[a.len() - 2..], ["/out/rootfs.erofs", "/stage"]);
         assert_eq!(erofs_uuid("cpu rootfs"), erofs_uuid("cpu rootfs"));
         assert_ne!(erofs_uuid("cpu rootfs"), erofs_uuid("cpu model"));
-        assert!(!mkfs_erofs_args("i", "s", "", 0, "m").iter().any(|x| x.starts_with("-z")));
+        assert!(
+            !mkfs_erofs_args("i", "s", "", 0, "m")
+                .iter()
+                .any(|x| x.starts_with("-z"))
+        );
     }
 }

@@ -41,7 +41,14 @@ impl Sandbox {
             ("LC_ALL".into(), "C.UTF-8".into()),
             ("TZ".into(), "UTC".into()),
         ]);
-        Self { root: root.to_owned(), root_writable: false, binds: Vec::new(), env, network: false, cwd: "/".into() }
+        Self {
+            root: root.to_owned(),
+            root_writable: false,
+            binds: Vec::new(),
+            env,
+            network: false,
+            cwd: "/".into(),
+        }
     }
 
     /// Mounts the root read-write (for a staged rootfs that a tool inside must write to).
@@ -52,13 +59,21 @@ impl Sandbox {
 
     /// Binds `host` read-only at `guest`.
     pub fn ro(mut self, host: &Path, guest: &str) -> Self {
-        self.binds.push(Bind { host: host.to_owned(), guest: guest.into(), writable: false });
+        self.binds.push(Bind {
+            host: host.to_owned(),
+            guest: guest.into(),
+            writable: false,
+        });
         self
     }
 
     /// Binds `host` read-write at `guest`.
     pub fn rw(mut self, host: &Path, guest: &str) -> Self {
-        self.binds.push(Bind { host: host.to_owned(), guest: guest.into(), writable: true });
+        self.binds.push(Bind {
+            host: host.to_owned(),
+            guest: guest.into(),
+            writable: true,
+        });
         self
     }
 
@@ -93,11 +108,30 @@ impl Sandbox {
         if !self.network {
             a.push("--unshare-net".into());
         }
-        let root_flag = if self.root_writable { "--bind" } else { "--ro-bind" };
-        a.extend([root_flag.into(), self.root.display().to_string(), "/".into()]);
-        a.extend(["--dev".into(), "/dev".into(), "--proc".into(), "/proc".into(), "--tmpfs".into(), "/tmp".into()]);
+        let root_flag = if self.root_writable {
+            "--bind"
+        } else {
+            "--ro-bind"
+        };
+        a.extend([
+            root_flag.into(),
+            self.root.display().to_string(),
+            "/".into(),
+        ]);
+        a.extend([
+            "--dev".into(),
+            "/dev".into(),
+            "--proc".into(),
+            "/proc".into(),
+            "--tmpfs".into(),
+            "/tmp".into(),
+        ]);
         if self.network {
-            a.extend(["--ro-bind-try".into(), "/etc/resolv.conf".into(), "/etc/resolv.conf".into()]);
+            a.extend([
+                "--ro-bind-try".into(),
+                "/etc/resolv.conf".into(),
+                "/etc/resolv.conf".into(),
+            ]);
         }
         for b in &self.binds {
             let flag = if b.writable { "--bind" } else { "--ro-bind" };

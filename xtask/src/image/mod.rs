@@ -3,8 +3,8 @@
 //! The rules (lock format, cache, unpacking, verity, manifest) live in chrysalis-image; this module is the
 //! pipeline: host tools, downloads, the build root, the steps in order, progress and timing.
 
-mod buildroot;
 mod build;
+mod buildroot;
 mod fetch;
 mod lock;
 mod reproduce;
@@ -94,12 +94,17 @@ pub(crate) fn repo_root() -> PathBuf {
     if let Some(r) = std::env::var_os("CHRYSALIS_REPO") {
         return PathBuf::from(r);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the repository").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the repository")
+        .to_owned()
 }
 
 /// The download and build cache: `$CHRYSALIS_CACHE`, default `<repo>/.cache`.
 pub(crate) fn open_cache() -> Result<Cache> {
-    let root = std::env::var_os("CHRYSALIS_CACHE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"));
+    let root = std::env::var_os("CHRYSALIS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache"));
     Cache::open(&root).with_context(|| format!("cannot open the cache at {}", root.display()))
 }
 
@@ -108,7 +113,9 @@ pub(crate) fn load_flavor(name: &str) -> Result<(Flavor, Sha256Digest)> {
     if !chrysalis_image::lock::is_simple_name(name) {
         bail!("flavor name {name:?}: use lowercase letters, digits and '-'");
     }
-    let path = repo_root().join("image/flavors").join(format!("{name}.toml"));
+    let path = repo_root()
+        .join("image/flavors")
+        .join(format!("{name}.toml"));
     Ok(Flavor::load(&path)?)
 }
 
@@ -121,11 +128,19 @@ pub(crate) fn lock_rel_path(flavor: &str) -> String {
 pub(crate) fn load_lock(flavor: &Flavor, flavor_sha: &Sha256Digest) -> Result<(Lock, String)> {
     let rel = lock_rel_path(&flavor.name);
     let path = repo_root().join(&rel);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {rel}; create it with `cargo xtask image lock --flavor {}`", flavor.name))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {rel}; create it with `cargo xtask image lock --flavor {}`",
+            flavor.name
+        )
+    })?;
     let lock = Lock::parse(&text).with_context(|| format!("{rel} is not a valid lock"))?;
     if lock.flavor != flavor.name {
-        bail!("{rel} is the lock of flavor {:?}, not {:?}", lock.flavor, flavor.name);
+        bail!(
+            "{rel} is the lock of flavor {:?}, not {:?}",
+            lock.flavor,
+            flavor.name
+        );
     }
     if lock.flavor_sha256 != *flavor_sha {
         bail!(
@@ -145,8 +160,14 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().context("path has no directory")?;
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    // Temporary files are created 0600; artifacts and locks are read by others (the host agent, git).
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     std::io::Write::write_all(&mut tmp, contents)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -37,9 +37,18 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
     let cache = open_cache()?;
     let flavor = &a.flavor.flavor;
     let base_a = cache.dir("reproduce")?.join(format!("{flavor}-a"));
-    let base_b = std::env::temp_dir().join(format!("chrysalis-reproduce-{}", std::process::id())).join("a/much/longer/path/b");
+    let base_b = std::env::temp_dir()
+        .join(format!("chrysalis-reproduce-{}", std::process::id()))
+        .join("a/much/longer/path/b");
     let runs = [
-        Run { label: "A", out: base_a.join("out"), work: base_a.join("work"), umask: "022", tz: "UTC", lang: "C.UTF-8" },
+        Run {
+            label: "A",
+            out: base_a.join("out"),
+            work: base_a.join("work"),
+            umask: "022",
+            tz: "UTC",
+            lang: "C.UTF-8",
+        },
         Run {
             label: "B",
             out: base_b.join("output dir"),
@@ -86,7 +95,10 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         if status.success() {
             ui.say(format!("    build {} finished in {took:.1} s", r.label));
         } else {
-            ui.say(format!("    build {} FAILED after {took:.1} s ({status}); comparing what it wrote", r.label));
+            ui.say(format!(
+                "    build {} FAILED after {took:.1} s ({status}); comparing what it wrote",
+                r.label
+            ));
             failures.push(r.label);
         }
     }
@@ -101,10 +113,20 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
             (true, true) => {
                 let (da, db) = (Sha256Digest::of_file(&pa)?, Sha256Digest::of_file(&pb)?);
                 if da == db {
-                    vec![f.clone(), size(fs::metadata(&pa)?.len()), "identical".into(), da.to_string()]
+                    vec![
+                        f.clone(),
+                        size(fs::metadata(&pa)?.len()),
+                        "identical".into(),
+                        da.to_string(),
+                    ]
                 } else {
                     differ.push(f.clone());
-                    vec![f.clone(), size(fs::metadata(&pa)?.len()), "DIFFERENT".into(), format!("{da} / {db}")]
+                    vec![
+                        f.clone(),
+                        size(fs::metadata(&pa)?.len()),
+                        "DIFFERENT".into(),
+                        format!("{da} / {db}"),
+                    ]
                 }
             }
             (true, false) => {
@@ -118,16 +140,24 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         };
         rows.push(row);
     }
-    ui.say(format!("\n{}", table(&["file", "size", "result", "sha256"], &rows)));
+    ui.say(format!(
+        "\n{}",
+        table(&["file", "size", "result", "sha256"], &rows)
+    ));
     for f in &differ {
         let (pa, pb) = (a_out.join(f), b_out.join(f));
         if pa.is_file() && pb.is_file() {
-            ui.say(format!("--- {f}: how A and B differ\n{}", explain(&pa, &pb)?));
+            ui.say(format!(
+                "--- {f}: how A and B differ\n{}",
+                explain(&pa, &pb)?
+            ));
         }
     }
     if !a.keep {
         let _ = fs::remove_dir_all(&base_a);
-        let _ = fs::remove_dir_all(std::env::temp_dir().join(format!("chrysalis-reproduce-{}", std::process::id())));
+        let _ = fs::remove_dir_all(
+            std::env::temp_dir().join(format!("chrysalis-reproduce-{}", std::process::id())),
+        );
     } else {
         ui.say(format!("kept: {} and {}", a_out.display(), b_out.display()));
     }
@@ -135,7 +165,11 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         bail!("not reproducible: {} differ", differ.join(", "));
     }
     if !failures.is_empty() {
-        bail!("the {} files both builds wrote are identical, but build(s) {} failed (see above)", files.len(), failures.join(", "));
+        bail!(
+            "the {} files both builds wrote are identical, but build(s) {} failed (see above)",
+            files.len(),
+            failures.join(", ")
+        );
     }
     if files.is_empty() {
         bail!("the builds wrote nothing to compare");
@@ -178,7 +212,11 @@ fn walkdir_files(dir: &Path) -> Result<Vec<String>> {
 /// diffoscope's text report when installed (its first 200 lines), else a byte-range summary.
 fn explain(a: &Path, b: &Path) -> Result<String> {
     if have("diffoscope") {
-        let out = Command::new("diffoscope").args(["--text", "-", "--max-report-size", "200000"]).arg(a).arg(b).output()?;
+        let out = Command::new("diffoscope")
+            .args(["--text", "-", "--max-report-size", "200000"])
+            .arg(a)
+            .arg(b)
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         return Ok(text.lines().take(200).collect::<Vec<_>>().join("\n"));
     }
@@ -212,7 +250,11 @@ pub(crate) fn byte_summary(a: &Path, b: &Path) -> Result<String> {
             break;
         }
     }
-    let shown: Vec<String> = ranges.iter().take(10).map(|(s, l)| format!("0x{s:x}+{l}")).collect();
+    let shown: Vec<String> = ranges
+        .iter()
+        .take(10)
+        .map(|(s, l)| format!("0x{s:x}+{l}"))
+        .collect();
     Ok(format!(
         "sizes {la} / {lb}; {differing} differing bytes in the first {off} in {} ranges (diffoscope is not installed); first: {}",
         ranges.len(),
@@ -248,7 +290,10 @@ mod tests {
         fs::write(&a, &da).unwrap();
         fs::write(&b, &db).unwrap();
         let s = byte_summary(&a, &b).unwrap();
-        assert!(s.starts_with("sizes 100001 / 100000; 3 differing bytes"), "{s}");
+        assert!(
+            s.starts_with("sizes 100001 / 100000; 3 differing bytes"),
+            "{s}"
+        );
         assert!(s.contains("0xa+2, 0x11170+1"), "{s}");
     }
 }

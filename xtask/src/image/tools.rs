@@ -19,8 +19,12 @@ use anyhow::{Result, bail};
 use super::Ui;
 
 /// (command, package).
-const TOOLS: [(&str, &str); 4] =
-    [("mmdebstrap", "mmdebstrap"), ("apt-ftparchive", "apt-utils"), ("bwrap", "bubblewrap"), ("apt-get", "apt")];
+const TOOLS: [(&str, &str); 4] = [
+    ("mmdebstrap", "mmdebstrap"),
+    ("apt-ftparchive", "apt-utils"),
+    ("bwrap", "bubblewrap"),
+    ("apt-get", "apt"),
+];
 
 /// Whether `cmd` is on PATH.
 pub(crate) fn have(cmd: &str) -> bool {
@@ -31,7 +35,11 @@ pub(crate) fn have(cmd: &str) -> bool {
 
 /// Installs missing host tools (as root on Debian), or says exactly what to install.
 pub(crate) fn ensure(ui: &Ui) -> Result<()> {
-    let missing: Vec<&str> = TOOLS.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -46,7 +54,10 @@ pub(crate) fn ensure(ui: &Ui) -> Result<()> {
     }
     let step = ui.step(&format!("Installing host tools: {}", missing.join(" ")));
     // A fresh machine may never have fetched its package lists.
-    let _ = Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive").status();
+    let _ = Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
     let status = Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)

@@ -27,7 +27,10 @@ pub(crate) struct Step {
 
 impl Ui {
     pub(crate) fn new() -> Self {
-        Self { multi: MultiProgress::new(), start: Instant::now() }
+        Self {
+            multi: MultiProgress::new(),
+            start: Instant::now(),
+        }
     }
 
     /// Prints a line above any bars.
@@ -44,18 +47,28 @@ impl Ui {
     pub(crate) fn step(&self, name: &str) -> Step {
         self.say(format!("==> {name}"));
         let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(ProgressStyle::with_template("    {spinner} {msg} [{elapsed}]").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("    {spinner} {msg} [{elapsed}]")
+                .expect("valid template"),
+        );
         bar.set_message(name.to_owned());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Step { bar, name: name.into(), start: Instant::now(), ui: self.clone() }
+        Step {
+            bar,
+            name: name.into(),
+            start: Instant::now(),
+            ui: self.clone(),
+        }
     }
 
     /// A byte progress bar (downloads).
     pub(crate) fn bytes_bar(&self, total: u64, msg: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new(total));
         bar.set_style(
-            ProgressStyle::with_template("    {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "    {msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template"),
         );
         bar.set_message(msg.to_owned());
         bar
@@ -70,7 +83,8 @@ impl Ui {
 impl Step {
     /// Updates the spinner's text.
     pub(crate) fn detail(&self, msg: impl AsRef<str>) {
-        self.bar.set_message(format!("{}: {}", self.name, msg.as_ref()));
+        self.bar
+            .set_message(format!("{}: {}", self.name, msg.as_ref()));
     }
 
     /// Finishes the step, printing its duration and an optional note.
@@ -79,7 +93,10 @@ impl Step {
         self.bar.finish_and_clear();
         let note = note.as_ref();
         let sep = if note.is_empty() { "" } else { ": " };
-        self.ui.say(format!("    done in {:.1} s{sep}{note}", took.as_secs_f64()));
+        self.ui.say(format!(
+            "    done in {:.1} s{sep}{note}",
+            took.as_secs_f64()
+        ));
         took
     }
 }
@@ -101,7 +118,11 @@ pub(crate) fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<()>
         .status()
         .with_context(|| format!("cannot start {what} ({:?})", cmd.get_program()))?;
     if !status.success() {
-        bail!("{what} failed ({status}); log {}:\n{}", log.display(), tail(log, 40));
+        bail!(
+            "{what} failed ({status}); log {}:\n{}",
+            log.display(),
+            tail(log, 40)
+        );
     }
     Ok(())
 }
@@ -120,7 +141,12 @@ pub(crate) fn run_capture(mut cmd: Command, log: &Path, what: &str) -> Result<St
         std::io::Write::write_all(&mut f, stdout.as_bytes())?;
     }
     if !out.status.success() {
-        bail!("{what} failed ({}); log {}:\n{}", out.status, log.display(), tail(log, 40));
+        bail!(
+            "{what} failed ({}); log {}:\n{}",
+            out.status,
+            log.display(),
+            tail(log, 40)
+        );
     }
     Ok(stdout)
 }
@@ -129,7 +155,11 @@ fn open_log(log: &Path) -> Result<File> {
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d)?;
     }
-    OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("cannot open log {}", log.display()))
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open log {}", log.display()))
 }
 
 fn tail(log: &Path, n: usize) -> String {
@@ -161,7 +191,16 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(&mut out, header.to_vec());
-    line(&mut out, widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect());
+    line(
+        &mut out,
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    );
     for r in rows {
         line(&mut out, r.iter().map(String::as_str).collect());
     }
