@@ -348,10 +348,24 @@ engine = "llama_cpp"
 
     #[test]
     fn links_must_be_relative() {
-        let ok = SAMPLE.replace("compression = \"lz4hc,12\"", "compression = \"lz4hc,12\"\nlinks = { \"usr/lib/a.so.1\" = \"nvidia/a.so.1.2\" }");
-        assert_eq!(Flavor::parse(&ok).unwrap().rootfs.links["usr/lib/a.so.1"], "nvidia/a.so.1.2");
-        let bad = SAMPLE.replace("compression = \"lz4hc,12\"", "compression = \"lz4hc,12\"\nlinks = { \"usr/lib/a.so.1\" = \"/etc/shadow\" }");
-        assert!(Flavor::parse(&bad).unwrap_err().to_string().contains("rootfs.links"));
+        let ok = SAMPLE.replace(
+            "compression = \"lz4hc,12\"",
+            "compression = \"lz4hc,12\"\nlinks = { \"usr/lib/a.so.1\" = \"nvidia/a.so.1.2\" }",
+        );
+        assert_eq!(
+            Flavor::parse(&ok).unwrap().rootfs.links["usr/lib/a.so.1"],
+            "nvidia/a.so.1.2"
+        );
+        let bad = SAMPLE.replace(
+            "compression = \"lz4hc,12\"",
+            "compression = \"lz4hc,12\"\nlinks = { \"usr/lib/a.so.1\" = \"/etc/shadow\" }",
+        );
+        assert!(
+            Flavor::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("rootfs.links")
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub struct Artifacts {
     pub model: Artifact,
     /// The guest configuration file whose SHA-256 is on the command line.
     pub guest_config: Artifact,
-    /// The config disk (serial `config`): the configuration zero-padded to whole 512-byte sectors.
+    /// The config disk (serial `config`): the configuration zero-padded to a multiple of 4096 bytes.
     pub config_disk: Artifact,
 }
 
@@ -366,11 +366,11 @@ mod tests {
             kernel_cmdline,
             artifacts: Artifacts {
                 kernel: art("vmlinuz", 5, 1),
-                initramfs: art("initramfs.cpio.zst", 6, 1),
+                initramfs: art("initramfs.cpio.gz", 6, 1),
                 rootfs: art("rootfs.img", 7, 100 * 4096 + 8192),
                 model: art("model.img", 8, 10 * 4096 + 4096),
                 guest_config: config,
-                config_disk: art("config.img", 9, 512),
+                config_disk: art("config.img", 9, 4096),
             },
             verity: Verity { rootfs, model },
             model: ModelInfo {

@@ -16,7 +16,11 @@ fn every_flavor_file_is_valid() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let (f, _) = Flavor::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(Some(f.name.as_str()), path.file_stem().and_then(|s| s.to_str()), "name = file stem");
+            assert_eq!(
+                Some(f.name.as_str()),
+                path.file_stem().and_then(|s| s.to_str()),
+                "name = file stem"
+            );
             n += 1;
         }
     }
@@ -28,19 +32,31 @@ fn every_flavor_file_is_valid() {
 #[test]
 fn the_cpu_lock_is_valid_and_current() {
     let (flavor, digest) = Flavor::load(&dir().join("flavors/cpu.toml")).unwrap();
-    let text = std::fs::read_to_string(dir().join("locks/cpu.lock")).expect("image/locks/cpu.lock is committed");
+    let text = std::fs::read_to_string(dir().join("locks/cpu.lock"))
+        .expect("image/locks/cpu.lock is committed");
     let lock = Lock::parse(&text).unwrap();
     assert_eq!(lock.flavor, "cpu");
     assert_eq!(
         lock.flavor_sha256, digest,
         "image/locks/cpu.lock is stale: run `cargo xtask image lock --flavor cpu`"
     );
-    assert!(lock.kernel.release.starts_with(&format!("{}.", flavor.kernel.series)));
+    assert!(
+        lock.kernel
+            .release
+            .starts_with(&format!("{}.", flavor.kernel.series))
+    );
     for p in &flavor.rootfs.packages {
-        assert!(lock.debs_in(DebSet::Rootfs).any(|d| &d.name == p), "{p} is not in the rootfs set");
+        assert!(
+            lock.debs_in(DebSet::Rootfs).any(|d| &d.name == p),
+            "{p} is not in the rootfs set"
+        );
     }
     for spec in &flavor.python.source_builds {
-        assert!(lock.built_wheel(&spec.name).is_some(), "{} has no built_wheel pin", spec.name);
+        assert!(
+            lock.built_wheel(&spec.name).is_some(),
+            "{} has no built_wheel pin",
+            spec.name
+        );
     }
     // Rendering what was parsed gives the same bytes: the file is exactly what `image lock` writes.
     assert_eq!(lock.render().unwrap(), text);

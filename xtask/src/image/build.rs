@@ -485,12 +485,26 @@ fn rust_toolchain() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
-/// Compiles `chrysalis-guest` inside the build root (trixie's gcc and libpython3.13), with the host's
-/// Rust toolchain mounted read-only at /opt/rust and crates fetched beforehand (the build is offline).
-fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
-    let step = ctx
-        .ui
-        .step("Compiling chrysalis-guest in the build root (links trixie's libpython3.13)");
+/// A binary of the workspace compiled inside the build root.
+pub(crate) struct CargoBin<'a> {
+    /// Package (`-p`).
+    pub(crate) package: &'a str,
+    /// Binary (`--bin`).
+    pub(crate) bin: &'a str,
+    /// Further cargo arguments (`--target x86_64-unknown-linux-musl`, `--no-default-features`).
+    pub(crate) args: &'a [&'a str],
+    /// Directory of the output under the target directory (`release`, `x86_64-unknown-linux-musl/release`).
+    pub(crate) out_dir: &'a str,
+}
+
+/// Compiles a workspace binary inside the build root (trixie's gcc as linker, its libpython3.13 for
+/// pyo3), with the host's Rust toolchain mounted read-only at /opt/rust and crates fetched beforehand
+/// (the build itself is offline). Returns the binary and the toolchain versions.
+fn cargo_build_in_root(
+    ctx: &Ctx<'_>,
+    what: &CargoBin<'_>,
+    fresh: bool,
+) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
     let sysroot = rust_toolchain()?;
     let rustc = sysroot.join("bin/rustc");
     let cargo = sysroot.join("bin/cargo");
@@ -505,8 +519,7 @@ fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, 
     );
 
     let cargo_home = ctx.cache.dir("cargo-home")?;
-    let log = log_path(&ctx.work, "guest");
-    step.detail("cargo fetch");
+    let log = log_path(&ctx.work, what.bin);
     let mut fetch = Command::new(&cargo);
     fetch
         .args(["fetch", "--locked"])
@@ -544,23 +557,39 @@ fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, 
         .env("RUSTC", "/opt/rust/bin/rustc")
         .env("PYO3_PYTHON", "/usr/bin/python3.13")
         .env("RUSTFLAGS", "--remap-path-prefix=/src=/chrysalis --remap-path-prefix=/cargo/registry/src=/cargo-registry");
-    step.detail(format!("cargo build --release (log {})", log.display()));
+    let mut argv = vec![
+        "cargo",
+        "build",
+        "--release",
+        "--locked",
+        "--offline",
+        "-p",
+        what.package,
+        "--bin",
+        what.bin,
+    ];
+    argv.extend_from_slice(what.args);
     run_logged(
-        sb.command(&[
-            "cargo",
-            "build",
-            "--release",
-            "--locked",
-            "--offline",
-            "-p",
-            "chrysalis-guest",
-            "--bin",
-            "chrysalis-guest",
-        ]),
+        sb.command(&argv),
         &log,
-        "cargo build chrysalis-guest",
+        &format!("cargo build {}", what.bin),
     )?;
-    let bin = fs::read(target.join("release/chrysalis-guest"))?;
+    let bin = fs::read(target.join(what.out_dir).join(what.bin))?;
+    Ok((bin, versions))
+}
+
+/// The guest runtime: it embeds CPython, so it links trixie's libpython3.13 from the build root.
+fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
+    let step = ctx
+        .ui
+        .step("Compiling chrysalis-guest in the build root (links trixie's libpython3.13)");
+    let what = CargoBin {
+        package: "chrysalis-guest",
+        bin: "chrysalis-guest",
+        args: &[],
+        out_dir: "release",
+    };
+    let (bin, versions) = cargo_build_in_root(ctx, &what, fresh)?;
     step.done(format!(
         "{} ({}), sha256 {}",
         size(bin.len() as u64),
@@ -792,7 +821,7 @@ fn config_step(
     );
     write_atomic(&ctx.out.join("guest.toml"), text.as_bytes())?;
     let mut disk = text.into_bytes();
-    disk.resize(disk.len().next_multiple_of(512), 0);
+    disk.resize(disk.len().next_multiple_of(4096), 0);
     write_atomic(&ctx.out.join("config.img"), &disk)?;
     let a = Artifact::describe(&ctx.out, "guest.toml")?;
     step.done(format!("sha256 {}", a.sha256));
@@ -929,11 +958,29 @@ fn rootfs_step(
     Ok((a, v))
 }
 
-/// TODO(initramfs): call `chrysalis_image::initramfs` (the boot helper's module: static musl
-/// chrysalis-init + exactly the modules it loads + modules.dep, newc cpio, pinned compression) with
-/// `modules` (= <kernel tree>/usr/lib/modules/<release>) and write `out/initramfs.cpio.zst`, returning
-/// `Artifact::describe(&ctx.out, "initramfs.cpio.zst")`. Until that module is merged the build stops here,
-/// after every other artifact has been written, and writes no manifest.
+/// TODO(initramfs): integrate the boot helper's `chrysalis_image::initramfs` (not in this branch). Once it
+/// is merged, this function becomes:
+///
+/// ```ignore
+/// let step = ctx.ui.step("Building the initramfs (chrysalis-init + modules)");
+/// let init = CargoBin {
+///     package: "chrysalis-guest",
+///     bin: "chrysalis-init",
+///     args: &["--no-default-features", "--target", "x86_64-unknown-linux-musl"],
+///     out_dir: "x86_64-unknown-linux-musl/release",
+/// };
+/// let (init, _) = cargo_build_in_root(ctx, &init, fresh)?;          // pass `fresh` through
+/// let init_path = ctx.work.join("chrysalis-init");
+/// fs::write(&init_path, init)?;
+/// let bytes = chrysalis_image::initramfs::build_initramfs(
+///     &init_path, modules, chrysalis_image::initramfs::GUEST_MODULES, ctx.epoch)?;
+/// write_atomic(&ctx.out.join("initramfs.cpio.gz"), &bytes)?;
+/// let a = Artifact::describe(&ctx.out, "initramfs.cpio.gz")?;
+/// step.done(format!("{}, sha256 {}", size(a.size), a.sha256));
+/// Ok(a)
+/// ```
+///
+/// Until then the build stops here, after every other artifact has been written, and writes no manifest.
 fn initramfs_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Artifact> {
     bail!(
         "TODO(initramfs): chrysalis_image::initramfs (guest init + modules, issue 5) is not in this branch yet, so \
