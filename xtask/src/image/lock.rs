@@ -183,8 +183,12 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
     tools::ensure(&ui)?;
     let (flavor, flavor_sha) = load_flavor(flavor_name)?;
     let cache = open_cache()?;
-    let tmp = cache.temp_dir()?;
-    let work = tmp.path().to_owned();
+    // A fixed scratch directory, cleared here and kept afterwards: its logs explain a failed resolution.
+    let work = cache.dir("work")?.join(format!("lock-{}", flavor.name));
+    if work.exists() {
+        fs::remove_dir_all(&work)?;
+    }
+    fs::create_dir_all(&work)?;
     let log = log_path(&work, "lock");
     let rel = lock_rel_path(&flavor.name);
 
