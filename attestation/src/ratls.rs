@@ -623,13 +623,18 @@ impl ClientCertVerifier for RaTlsClientVerifier {
 }
 
 /// A TLS 1.3 client configuration that trusts exactly what `verifier` accepts.
+///
+/// Session resumption is off: a resumed session presents no certificate, so the verifier would
+/// not run and an expired certificate or collateral would go unnoticed.
 pub fn client_config(verifier: Arc<RaTlsServerVerifier>) -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(provider())
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth()
+        .with_no_client_auth();
+    c.resumption = rustls::client::Resumption::disabled();
+    c
 }
 
 /// A TLS 1.3 server configuration that serves whatever certificate `resolver` holds.

@@ -28,20 +28,23 @@
 
 pub mod apt;
 pub mod cache;
-pub mod cmdline;
 pub mod deb;
 pub mod digest;
 pub mod firmware;
 pub mod flavor;
 pub mod initramfs;
 pub mod lock;
-pub mod manifest;
 pub mod modelpack;
 pub mod pip;
 pub mod rootfs;
 pub mod sandbox;
 pub mod verity;
 pub mod vm;
+
+/// The kernel command line format (shared with the guest init): see `chrysalis_attestation::bootargs`.
+pub use chrysalis_attestation::bootargs as cmdline;
+/// manifest.json (shared with hosts and clients): see `chrysalis_attestation::manifest`.
+pub use chrysalis_attestation::manifest;
 
 // The types most callers need, re-exported flat.
 pub use cache::{Cache, CacheError};

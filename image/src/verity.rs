@@ -16,7 +16,6 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Sha256Digest;
@@ -69,27 +68,7 @@ pub enum VerityError {
     },
 }
 
-/// Everything needed to open a verity device over an image; recorded in manifests and model pack JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerityParams {
-    /// dm-verity hash format (always 1: salt hashed before each block).
-    pub hash_type: u32,
-    /// Hash algorithm (`sha256`).
-    pub hash_algorithm: String,
-    /// Data block size in bytes.
-    pub data_block_size: u32,
-    /// Hash block size in bytes.
-    pub hash_block_size: u32,
-    /// Number of data blocks.
-    pub data_blocks: u64,
-    /// Byte offset of the hash tree in the file (`data_blocks * data_block_size`).
-    pub hash_offset: u64,
-    /// Salt, lowercase hex.
-    pub salt: String,
-    /// Root hash: what goes on the kernel command line.
-    pub root_hash: Sha256Digest,
-}
+pub use chrysalis_attestation::manifest::VerityParams;
 
 fn derive(label: &str, data: &Sha256Digest) -> [u8; 32] {
     let mut h = Sha256::new();

@@ -11,12 +11,33 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmdline;
-use crate::digest::Sha256Digest;
-use crate::verity::VerityParams;
+use crate::bootargs as cmdline;
+use crate::evidence::Sha256 as Sha256Digest;
 
 /// The manifest format this code reads and writes.
 pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Everything needed to open a verity device over an image; recorded in manifests and model pack JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerityParams {
+    /// dm-verity hash format (always 1: salt hashed before each block).
+    pub hash_type: u32,
+    /// Hash algorithm (`sha256`).
+    pub hash_algorithm: String,
+    /// Data block size in bytes.
+    pub data_block_size: u32,
+    /// Hash block size in bytes.
+    pub hash_block_size: u32,
+    /// Number of data blocks.
+    pub data_blocks: u64,
+    /// Byte offset of the hash tree in the file (`data_blocks * data_block_size`).
+    pub hash_offset: u64,
+    /// Salt, lowercase hex.
+    pub salt: String,
+    /// Root hash: what goes on the kernel command line.
+    pub root_hash: Sha256Digest,
+}
 
 /// A manifest that cannot be used, or artifacts that do not match it.
 #[derive(Debug, thiserror::Error)]
@@ -222,10 +243,10 @@ pub struct Manifest {
     pub firmware: BTreeMap<String, Artifact>,
     /// Tool versions that shaped the bytes (rustc, mkfs.erofs, veritysetup, gcc, python, …).
     pub builders: BTreeMap<String, String>,
-    /// Expected launch measurements per platform and VM shape, filled by the measurement step (issue 6);
-    /// its schema belongs to chrysalis-attestation.
+    /// Expected launch measurements per platform and VM shape, computed from the artifacts by
+    /// [`crate::measure`] when the image is built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_measurements: Option<serde_json::Value>,
+    pub expected_measurements: Option<ExpectedMeasurements>,
 }
 
 impl Manifest {
@@ -313,7 +334,7 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmdline::MeasuredArgs;
+    use crate::bootargs::MeasuredArgs;
 
     fn art(file: &str, n: u8, size: u64) -> Artifact {
         Artifact {
@@ -444,5 +465,101 @@ mod tests {
             err.contains("vmlinuz") && err.contains("expected 6 bytes"),
             "{err}"
         );
+    }
+}
+
+/// A VM shape: what, besides the artifacts, a launch measurement depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmShape {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// The registers a TDX guest booted from this image reports, for one VM shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TdxExpected {
+    /// The VM shape.
+    pub shape: VmShape,
+    /// Which firmware artifact (key of [`Manifest::firmware`]) was measured.
+    pub firmware: String,
+    /// MRTD of that firmware.
+    pub mr_td: crate::Measurement,
+    /// RTMR0, when a value captured on real hardware for this shape is pinned (it depends on the
+    /// VMM's ACPI tables); `None` means RTMR0 is not pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmr0: Option<crate::Measurement>,
+    /// RTMR1: the kernel, as TDVF measures a direct boot.
+    pub rtmr1: crate::Measurement,
+    /// RTMR2: the command line and initrd.
+    pub rtmr2: crate::Measurement,
+    /// RTMR3: zero (nothing extends it).
+    pub rtmr3: crate::Measurement,
+}
+
+/// The launch digest an SEV-SNP guest booted from this image reports, for one VM shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpExpected {
+    /// The VM shape.
+    pub shape: VmShape,
+    /// The vCPU model (its CPUID signature is part of the VMSAs), e.g. `EPYC-v4`.
+    pub vcpu_type: String,
+    /// SEV_FEATURES of the VMSAs.
+    pub guest_features: u64,
+    /// Which firmware artifact (key of [`Manifest::firmware`]) was measured.
+    pub firmware: String,
+    /// The launch measurement.
+    pub measurement: crate::Measurement,
+}
+
+/// Expected measurements per platform and VM shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedMeasurements {
+    /// TDX, one entry per shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tdx: Vec<TdxExpected>,
+    /// SEV-SNP, one entry per shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snp: Vec<SnpExpected>,
+}
+
+impl Manifest {
+    /// Policy pins for every TDX shape of this image, labelled with the image and shape.
+    pub fn tdx_pins(&self) -> Vec<crate::policy::TdxPin> {
+        let e = self.expected_measurements.iter().flat_map(|e| e.tdx.iter());
+        e.map(|t| {
+            let mut pin = crate::policy::TdxPin::new(t.mr_td);
+            pin.name = Some(format!(
+                "chrysalis {} {}, {} vCPU, {} MiB (tdx)",
+                self.flavor, self.version, t.shape.vcpus, t.shape.memory_mib
+            ));
+            pin.rtmr0 = t.rtmr0;
+            pin.rtmr1 = Some(t.rtmr1);
+            pin.rtmr2 = Some(t.rtmr2);
+            pin.rtmr3 = Some(t.rtmr3);
+            pin
+        })
+        .collect()
+    }
+
+    /// Policy pins for every SNP shape of this image.
+    pub fn snp_pins(&self) -> Vec<crate::policy::SnpPin> {
+        let e = self.expected_measurements.iter().flat_map(|e| e.snp.iter());
+        e.map(|s| crate::policy::SnpPin {
+            name: Some(format!(
+                "chrysalis {} {}, {} vCPU {}, {} MiB (snp)",
+                self.flavor, self.version, s.shape.vcpus, s.vcpu_type, s.shape.memory_mib
+            )),
+            measurement: s.measurement,
+            host_data: None,
+            policy: None,
+            vmpl: None,
+        })
+        .collect()
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::digest::Sha256Digest;
+use crate::evidence::Sha256 as Sha256Digest;
 
 /// dm-verity root hash of the rootfs image (64 lowercase hex characters).
 pub const ROOTFS_VERITY: &str = "chrysalis.rootfs_verity";
@@ -59,7 +59,7 @@ pub enum CmdlineError {
     BadArgument(String),
 }
 
-/// What the guest needs to open one dm-verity device (see [`crate::verity`] for the layout).
+/// What the guest needs to open one dm-verity device (the layout is in docs/image.md, "Boot").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerityArgs {
     /// Root hash of the tree.
@@ -70,8 +70,8 @@ pub struct VerityArgs {
     pub data_blocks: u64,
 }
 
-impl From<&crate::verity::VerityParams> for VerityArgs {
-    fn from(p: &crate::verity::VerityParams) -> Self {
+impl From<&crate::manifest::VerityParams> for VerityArgs {
+    fn from(p: &crate::manifest::VerityParams) -> Self {
         Self {
             root_hash: p.root_hash,
             salt: p.salt.clone(),
