@@ -70,18 +70,6 @@ fn no_resumption_client(mut cfg: ClientConfig) -> Arc<ClientConfig> {
     Arc::new(cfg)
 }
 
-#[derive(Debug)]
-struct Fixed(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::server::ResolvesServerCert for Fixed {
-    fn resolve(
-        &self,
-        _: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
-    }
-}
-
 struct RaTls {
     server: Arc<ServerConfig>,
     policy: Arc<Policy>,
@@ -109,9 +97,9 @@ impl RaTls {
             ),
         );
         let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 6 * 3600).expect("issue");
-        let server = no_resumption_server(ratls::server_config(Arc::new(Fixed(
-            key.certified_key(cert).expect("certified key"),
-        ))));
+        let server = no_resumption_server(ratls::server_config(Arc::new(
+            rustls::sign::SingleCertAndKey::from(key.certified_key(cert).expect("certified key")),
+        )));
         let pin = TdxPin {
             name: Some("bench".into()),
             mr_td: MR_TD,
