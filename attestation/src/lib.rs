@@ -5,22 +5,65 @@
 //! passed in, so recorded evidence stays verifiable years later and tests are deterministic.
 //!
 //! ```text
-//!   evidence bytes ──parse──▶ TdxQuote / SnpReport          (evidence)
-//!         │
-//!         └──verify(bundle, anchors, now)──▶ Verdict          (verify: dcap-qvl, sev)
-//!                                               │
-//!                      Policy::evaluate(verdict)─▶ VerifiedEvidence   (policy; proof type)
+//!  guest (inside the CVM)                          client
+//!  ──────────────────────                          ──────
+//!  AttestedKey::generate()                         Policy::from_toml(..)
+//!    └ report_data() ─▶ TEE (configfs-tsm, sim)      │
+//!          EvidenceBundle ◀─┘                        ▼
+//!  ratls::issue_certificate ──── TLS 1.3 ───▶ RaTlsServerVerifier (rustls)
+//!                                              └ ratls::verify_certificate
+//!                                                  ├ verify::verify(bundle, anchors, now) ─▶ Verdict
+//!                                                  │      (dcap-qvl for TDX, sev for SNP)
+//!                                                  ├ key binding: report_data == H(tag ‖ SPKI)
+//!                                                  └ Policy::evaluate(verdict) ─▶ VerifiedEvidence
+//!  receipt::sign(key, body) ───── response ──▶ receipt::verify(jws, peer.spki_der())
 //! ```
 //!
-//! * [`evidence`]: platforms, 48/64-byte register newtypes, parsed quotes and reports.
-//! * [`verify`]: cryptographic verification into one structured [`Verdict`].
-//! * [`policy`]: what a client accepts (TOML), and the only way to obtain a
-//!   [`VerifiedEvidence`], the proof type that releases keys, requests and prompts.
-//! * [`ratls`]: certificates that carry evidence bound to their own key, and rustls verifiers.
-//! * [`receipt`]: usage receipts signed with the attested key, and their verification.
+//! ## Modules
+//! * [`evidence`]: platforms, 48/64-byte register newtypes, parsed TDX quotes and SNP reports.
+//! * [`bundle`]: evidence plus the collateral or certificates an offline verifier needs (DER).
+//! * [`verify`]: cryptographic verification into one structured [`Verdict`]; no judgement.
+//! * [`policy`]: what a client accepts (TOML), and the only constructor of
+//!   [`VerifiedEvidence`], the proof type that code releasing prompts or keys requires.
+//! * [`ratls`]: certificates carrying evidence bound to their own key (RFC 9999 `id-pe-cmw`),
+//!   rustls server and client verifiers with a verdict cache. Wire format: docs/ra-tls.md.
+//! * [`receipt`]: usage receipts (JWS ES256) signed with the attested key. Format: docs/receipts.md.
+//! * [`hostcall`]: the guest→host service protocol (sim quotes, collateral), framed once here.
 //! * [`sim`]: a deterministic simulated Intel PKI that signs real-format TDX quotes. It is a
-//!   second trust anchor that a policy must name, never a bypass.
-//! * [`measure`]: precomputation of TDX and SNP measurements, and TCG event-log replay.
+//!   second trust anchor that a policy must name (`dangerous_simulated_intel_roots`), never a
+//!   bypass: sim quotes go through the same dcap-qvl path as hardware quotes.
+//! * [`measure`]: expected TDX and SNP measurements from the artifacts, and CCEL replay.
+//!
+//! ## Defaults are strict
+//! A [`Policy`] trusts vendor roots only, accepts TCB status `UpToDate` only, refuses debug
+//! guests and accepts no measurement unless a pinned set matches. Everything that weakens this
+//! is spelled `dangerous_…`.
+//!
+//! ## Example: an attested certificate, end to end, with the simulated TEE
+//! ```
+//! use chrysalis_attestation::policy::TdxPin;
+//! use chrysalis_attestation::ratls::{self, AttestedKey};
+//! use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+//! use chrysalis_attestation::{EvidenceBundle, Measurement, Policy};
+//!
+//! let now = 1_800_000_000;
+//! // Inside the guest: a key, and evidence over its binding (here from the simulated TEE).
+//! let key = AttestedKey::generate()?;
+//! let pki = SimPki::from_seed(DEFAULT_SEED);
+//! let m = td_measurements(Measurement([1; 48]), [Measurement::ZERO; 4]);
+//! let quote = pki.quote(&SimTdReport::new(m, key.report_data()));
+//! let bundle = EvidenceBundle::tdx(quote, Some(pki.collateral(now - 60, 86_400)?));
+//! let cert = ratls::issue_certificate(&key, &bundle, now - 60, 3600)?;
+//!
+//! // At the client: a policy that pins the measurement and names the simulated root.
+//! let mut policy = Policy::pinned(vec![TdxPin::new(Measurement([1; 48]))], vec![]);
+//! let peer = ratls::verify_certificate(&cert, &policy, None, now);
+//! assert!(peer.unwrap_err().to_string().contains("untrusted root"));
+//! policy.trust.dangerous_simulated_intel_roots.push(pki.root_sha256());
+//! let peer = ratls::verify_certificate(&cert, &policy, None, now)?;
+//! assert_eq!(peer.spki_der(), key.spki_der());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod bundle;

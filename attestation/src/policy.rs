@@ -175,6 +175,25 @@ pub struct TdxPin {
     pub xfam: Option<Flags64>,
 }
 
+impl TdxPin {
+    /// A pin of `mr_td` alone; set the other registers to pin them too.
+    pub fn new(mr_td: Measurement) -> Self {
+        Self {
+            name: None,
+            mr_td,
+            rtmr0: None,
+            rtmr1: None,
+            rtmr2: None,
+            rtmr3: None,
+            mr_config_id: None,
+            mr_owner: None,
+            mr_owner_config: None,
+            td_attributes: None,
+            xfam: None,
+        }
+    }
+}
+
 /// A pinned set of SNP fields. `measurement` is required.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -244,3 +244,46 @@ fn sim_quote_verifies_only_under_a_policy_naming_the_sim_root() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("measurement not pinned"));
 }
+
+/// The recorded TDX boot: its CCEL replays to the RTMRs of the quote of the same boot.
+#[test]
+fn eventlog_replay_matches_the_quote_of_the_same_boot() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testvectors/tdx-ccel");
+    if !dir.join("ccel_data.dat").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but {} is missing",
+            dir.display()
+        );
+        eprintln!(
+            "skipping: {} not present (../shared beside the checkout)",
+            dir.display()
+        );
+        return;
+    }
+    let replay = chrysalis(&[
+        "eventlog",
+        "replay",
+        "--ccel",
+        dir.join("ccel_data.dat").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let show = chrysalis(&[
+        "evidence",
+        "show",
+        "--tdx-quote",
+        dir.join("cos-113-tdx-quote.dat").to_str().unwrap(),
+        "--json",
+    ]);
+    let (r, q) = (stdout_json(&replay), stdout_json(&show));
+    for k in ["rtmr0", "rtmr1", "rtmr2", "rtmr3"] {
+        assert_eq!(r[k], q[k], "{k}");
+    }
+    assert!(r["events"].as_array().unwrap().len() > 10);
+}

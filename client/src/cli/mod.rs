@@ -1,7 +1,9 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod eventlog;
 mod evidence;
 mod sim;
+mod verify;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -24,9 +26,15 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Connect to a node, verify its RA-TLS evidence against a policy, and explain the verdict.
+    /// Exit 0 accepted, 1 rejected, 2 unreachable or bad arguments.
+    Verify(verify::VerifyArgs),
     /// Show or verify TDX quotes and SEV-SNP reports.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// Replay TDX event logs (CCEL) into RTMR values.
+    #[command(subcommand)]
+    Eventlog(eventlog::EventlogCommand),
     /// The simulated TEE: make quotes signed by the deterministic simulated Intel PKI.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -39,6 +47,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Evidence(c) => evidence::run(&ctx, c),
         Command::Sim(c) => sim::run(&ctx, c),
+        Command::Eventlog(c) => eventlog::run(&ctx, c),
+        Command::Verify(a) => runtime()?.block_on(verify::run(&ctx, a)),
     }
 }
 
@@ -65,4 +75,11 @@ impl Ctx {
         }
         Ok(bytes)
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
