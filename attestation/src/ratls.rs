@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -150,8 +150,12 @@ impl AttestedKey {
 
 /// The crypto provider chrysalis uses for TLS (ring, TLS 1.3 only).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    PROVIDER.clone()
 }
+
+/// Built once: the verifiers consult it on every handshake, and building one allocates.
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
 fn cmw_record(bundle_der: &[u8]) -> String {
     serde_json::json!([
@@ -465,12 +469,12 @@ fn verify_sig13(
         message,
         cert,
         dss,
-        &provider().signature_verification_algorithms,
+        &PROVIDER.signature_verification_algorithms,
     )
 }
 
 fn schemes() -> Vec<SignatureScheme> {
-    provider()
+    PROVIDER
         .signature_verification_algorithms
         .supported_schemes()
 }
