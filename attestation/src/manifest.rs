@@ -418,11 +418,39 @@ mod tests {
     }
 
     #[test]
-    fn measurements_slot_is_kept() {
+    fn expected_measurements_round_trip_and_become_pins() {
+        use crate::Measurement;
         let mut m = sample();
-        m.expected_measurements = Some(serde_json::json!({"tdx": {"mr_td": "00"}}));
+        let shape = VmShape {
+            vcpus: 2,
+            memory_mib: 4096,
+        };
+        m.expected_measurements = Some(ExpectedMeasurements {
+            tdx: vec![TdxExpected {
+                shape: shape.clone(),
+                firmware: "tdx".into(),
+                mr_td: Measurement([1; 48]),
+                rtmr0: None,
+                rtmr1: Measurement([2; 48]),
+                rtmr2: Measurement([3; 48]),
+                rtmr3: Measurement::ZERO,
+            }],
+            snp: vec![SnpExpected {
+                shape,
+                vcpu_type: "EPYC-v4".into(),
+                guest_features: 1,
+                firmware: "snp".into(),
+                measurement: Measurement([4; 48]),
+            }],
+        });
         let back = Manifest::from_json(&m.to_json()).unwrap();
         assert_eq!(back.expected_measurements, m.expected_measurements);
+        let tdx = back.tdx_pins();
+        assert_eq!(tdx.len(), 1);
+        assert_eq!(tdx[0].rtmr2, Some(Measurement([3; 48])));
+        assert_eq!(tdx[0].rtmr0, None);
+        assert!(tdx[0].name.as_deref().unwrap().contains("2 vCPU"));
+        assert_eq!(back.snp_pins()[0].measurement, Measurement([4; 48]));
     }
 
     #[test]
