@@ -1,2 +1,112 @@
-//! Host agent.
-fn main() {}
+//! `chrysalis-host`: the host agent binary (`run`, `run --dry-run`, `check`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrysalis_host::agent::{self, AgentOptions};
+use chrysalis_host::{HostConfig, QuoteSigner};
+use clap::{Parser, Subcommand};
+
+/// The chrysalis host agent: launches the confidential VM, relays ciphertext to it, serves its
+/// guest→host requests. It never holds a key.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the agent until SIGTERM or SIGINT.
+    Run {
+        /// The agent's configuration (see host.example.toml).
+        #[arg(long, short, default_value = "/etc/chrysalis/host.toml")]
+        config: PathBuf,
+        /// Print the exact vhost-device-vsock and QEMU command lines and exit.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Validate a configuration and its image manifest, then exit.
+    Check {
+        /// The agent's configuration.
+        #[arg(long, short, default_value = "/etc/chrysalis/host.toml")]
+        config: PathBuf,
+    },
+}
+
+/// The sim quote signer for this agent, when the sim profile asks for one.
+///
+/// Not wired yet: it needs the simulated PKI (`attestation::sim`) and the TDX measurement
+/// calculators (`attestation::measure`) applied to the artifacts in the launch plan. Until then the
+/// agent refuses to start with `services.sim_quote` enabled rather than serve fake quotes.
+fn sim_quote_signer(_cfg: &HostConfig) -> anyhow::Result<Option<Arc<dyn QuoteSigner>>> {
+    Ok(None)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Cmd::Check { config } => {
+            let cfg = HostConfig::load(&config)?;
+            let (manifest, plan) = agent::plan_from_config(&cfg)?;
+            println!(
+                "{}: ok (platform {})",
+                config.display(),
+                cfg.vm.platform.as_str()
+            );
+            if let Some(m) = manifest {
+                println!("manifest {} sha256 {}", m.path.display(), m.digest);
+            }
+            if plan.is_none() {
+                println!("vm.launch = false: the agent will not launch a VM");
+            }
+            Ok(())
+        }
+        Cmd::Run { config, dry_run } => {
+            let cfg = HostConfig::load(&config)?;
+            if dry_run {
+                let (_, plan) = agent::plan_from_config(&cfg)?;
+                let plan =
+                    plan.context("vm.launch is false: there is no VM command line to print")?;
+                print!("{}", plan.dry_run_text());
+                return Ok(());
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let opts = AgentOptions {
+                    quote_signer: sim_quote_signer(&cfg)?,
+                    ..AgentOptions::default()
+                };
+                agent::run(cfg, opts, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,31 +1,48 @@
-//! Developer tasks: `cargo xtask <command>`, run from the project root.
+//! Developer tasks, run from the repository root as `cargo xtask <command>`.
+//!
+//! One small dispatcher; each task lives in its own module.
+#![forbid(unsafe_code)]
+
+mod firmware;
+mod vm;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-mod vm;
-
-#[derive(Parser)]
-#[command(about = "chrysalis developer tasks")]
+/// chrysalis developer tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
+    /// Confidential-VM firmware (OVMF for SEV-SNP, TDVF for TDX) built from pinned sources.
+    #[command(subcommand)]
+    Firmware(firmware::FirmwareCommand),
     /// Boot images under QEMU.
     #[command(subcommand)]
     Vm(VmCommand),
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum VmCommand {
     /// Boot a kernel + initramfs (+ disks) on q35 under TCG, console on stdout.
     Run(vm::RunArgs),
 }
 
+/// The repository root (the parent of this crate's directory).
+fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Firmware(cmd) => firmware::run(cmd),
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
     }
 }

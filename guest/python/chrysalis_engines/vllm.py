@@ -1,0 +1,119 @@
+"""vLLM adapter: GPU serving with vLLM's asynchronous engine (``AsyncLLM``, v1 engine API).
+
+Options (``[engine.options]``):
+
+* ``model`` (required): the model directory (inside the measured model pack).
+* ``model_id``: the id served (default: the directory name).
+* ``engine_args``: a table passed to ``vllm.engine.arg_utils.AsyncEngineArgs`` as keyword
+  arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len``, ``dtype``,
+  ``enforce_eager``, …). ``model`` is set from the option above; the engine never downloads:
+  ``HF_HUB_OFFLINE=1`` is set before vLLM is imported.
+
+Chat requests are rendered with the tokenizer's chat template
+(``apply_chat_template(..., add_generation_prompt=True)``) and sent as token ids, so usage counts
+exactly what the model saw. Outputs are requested as deltas (``RequestOutputKind.DELTA``).
+Cancelling the consuming task closes vLLM's ``generate`` iterator, which aborts the request in
+the engine; ``cancel`` aborts it explicitly as well.
+
+Run the conformance suite on a GPU host with one command (see docs/engines.md):
+
+    python -m chrysalis_engines.conformance --adapter vllm --option model=/models/Qwen2.5-0.5B-Instruct
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import AsyncIterator
+
+from .contract import Adapter, Chunk, GenerateRequest
+
+KNOWN_OPTIONS = {"model", "model_id", "engine_args"}
+
+
+class VllmAdapter(Adapter):
+    def __init__(self, options: dict):
+        unknown = sorted(set(options) - KNOWN_OPTIONS)
+        if unknown:
+            raise ValueError(f"vllm: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_OPTIONS))}")
+        if "model" not in options:
+            raise ValueError("vllm: option model is required")
+        self.model = str(options["model"])
+        self.model_id = str(options.get("model_id") or os.path.basename(self.model.rstrip("/")))
+        self.engine_args = dict(options.get("engine_args") or {})
+        if "model" in self.engine_args:
+            raise ValueError("vllm: set the model with the `model` option, not engine_args.model")
+        self.engine = None
+        self.tokenizer = None
+
+    async def start(self) -> None:
+        # The model comes from the measured model pack; never from a hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(model=self.model, **self.engine_args)
+        self.engine = AsyncLLM.from_engine_args(args)
+        tokenizer = self.engine.get_tokenizer()
+        # Older releases made get_tokenizer a coroutine.
+        if inspect.isawaitable(tokenizer):
+            tokenizer = await tokenizer
+        self.tokenizer = tokenizer
+
+    def models(self) -> list[str]:
+        return [self.model_id]
+
+    def _prompt_ids(self, req: GenerateRequest) -> list[int]:
+        if req.messages is not None:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": m.role, "content": m.content} for m in req.messages],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            # The template writes any special tokens itself.
+            return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+        return list(self.tokenizer.encode(req.prompt or "", add_special_tokens=True))
+
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt_ids = self._prompt_ids(req)
+        params = SamplingParams(
+            max_tokens=req.max_tokens,
+            temperature=1.0 if req.temperature is None else float(req.temperature),
+            top_p=1.0 if req.top_p is None else float(req.top_p),
+            stop=list(req.stop) or None,
+            seed=req.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        completion_tokens = 0
+        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params, req.request_id):
+            o = out.outputs[0]
+            completion_tokens += len(o.token_ids)
+            if out.finished:
+                if o.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"vllm: request ended with finish_reason {o.finish_reason!r}")
+                yield Chunk(
+                    text=o.text,
+                    finish_reason=o.finish_reason,
+                    prompt_tokens=len(out.prompt_token_ids or prompt_ids),
+                    completion_tokens=completion_tokens,
+                )
+                return
+            if o.text:
+                yield Chunk(text=o.text)
+        raise RuntimeError("vllm: the engine ended the request without finishing it")
+
+    async def cancel(self, request_id: str) -> None:
+        if self.engine is not None:
+            await self.engine.abort(request_id)
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+
+
+def create(options: dict) -> VllmAdapter:
+    return VllmAdapter(options)

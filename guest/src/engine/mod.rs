@@ -1,0 +1,194 @@
+//! The engine seam: what the server asks of a token generator.
+//!
+//! An [`Engine`] turns a [`GenerateRequest`] into a [`Generation`]: a bounded stream of
+//! [`EngineEvent`]s that ends when the engine has stopped working on the request (the channel
+//! closes). The last chunk of a successful generation carries the finish reason and usage.
+//! Cancelling asks the engine to stop; the stream still ends only once it has, so whoever holds a
+//! concurrency slot can keep it until the engine's resources are really free.
+//!
+//! * [`python::PythonEngine`] (feature `engine`): a Python adapter embedded with pyo3.
+//! * [`scripted::ScriptedEngine`]: an in-memory engine with scripted output, for tests.
+//! * [`FailedEngine`]: stands in when the adapter failed to start, so the server stays up and
+//!   reports why.
+
+#[cfg(feature = "engine")]
+pub mod python;
+pub mod scripted;
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Errors of the engine seam.
+#[derive(Debug, Error, Clone)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The adapter could not be loaded or started (the message is the Python exception).
+    #[error("engine failed to start: {0}")]
+    Start(String),
+    /// The engine is not running (failed at start, or its event loop died).
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// The engine refused or failed this request (a Python exception: type and message).
+    #[error("{0}")]
+    Generation(String),
+}
+
+/// One chat message as the adapter sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`.
+    pub role: String,
+    /// Text content.
+    pub content: String,
+}
+
+/// A validated request, as handed to the adapter (serialized to JSON for Python).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GenerateRequest {
+    /// Unique id of this request (also the response id).
+    pub request_id: String,
+    /// Model id.
+    pub model: String,
+    /// Chat messages (chat completions), or None.
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Raw prompt (completions), or None.
+    pub prompt: Option<String>,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Sampling temperature; 0 is greedy. None: the adapter's default.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Stop sequences: generation ends before the first occurrence, which is not returned.
+    pub stop: Vec<String>,
+    /// Sampling seed.
+    pub seed: Option<i64>,
+}
+
+/// Token usage of a finished generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Usage {
+    /// Tokens of the prompt (after the chat template).
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+    /// Their sum.
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Usage with the total filled in.
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// A piece of output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// New text (may be empty on the final chunk).
+    pub text: String,
+    /// Set on the final chunk: `stop` or `length`.
+    pub finish_reason: Option<String>,
+    /// Set on the final chunk.
+    pub usage: Option<Usage>,
+}
+
+/// What a generation yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// Output.
+    Chunk(Chunk),
+    /// The engine failed; nothing follows.
+    Error(String),
+}
+
+/// A running generation. Dropping it without [`Generation::cancel`] also cancels it.
+pub struct Generation {
+    rx: mpsc::Receiver<EngineEvent>,
+    cancel: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation").finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    /// Wraps a channel and the way to cancel what feeds it.
+    pub fn new(rx: mpsc::Receiver<EngineEvent>, cancel: Box<dyn FnOnce() + Send>) -> Self {
+        Self {
+            rx,
+            cancel: Some(cancel),
+        }
+    }
+
+    /// The next event; None once the engine has stopped working on this request.
+    pub async fn next(&mut self) -> Option<EngineEvent> {
+        self.rx.recv().await
+    }
+
+    /// Asks the engine to stop. Idempotent. Keep calling [`Self::next`] (or [`Self::finish`]) to
+    /// learn when it has.
+    pub fn cancel(&mut self) {
+        if let Some(c) = self.cancel.take() {
+            c();
+        }
+    }
+
+    /// Marks the generation complete so that dropping it does not cancel.
+    pub fn disarm(&mut self) {
+        self.cancel = None;
+    }
+
+    /// Cancels and waits until the engine has stopped, at most `grace`. True when it stopped in time.
+    pub async fn finish(mut self, grace: std::time::Duration) -> bool {
+        self.cancel();
+        tokio::time::timeout(grace, async { while self.rx.recv().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// A token generator.
+pub trait Engine: Send + Sync + 'static {
+    /// Model ids the engine serves.
+    fn models(&self) -> Vec<String>;
+    /// Starts a generation whose events are buffered at most `buffer` deep.
+    fn generate(&self, req: GenerateRequest, buffer: usize) -> Result<Generation, EngineError>;
+    /// Why the engine cannot serve, if it cannot.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The engine of a server whose adapter failed to start: every request fails with the reason.
+#[derive(Debug, Clone)]
+pub struct FailedEngine {
+    /// Why.
+    pub reason: String,
+}
+
+impl Engine for FailedEngine {
+    fn models(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn generate(&self, _req: GenerateRequest, _buffer: usize) -> Result<Generation, EngineError> {
+        Err(EngineError::Unavailable(self.reason.clone()))
+    }
+    fn unavailable(&self) -> Option<String> {
+        Some(self.reason.clone())
+    }
+}

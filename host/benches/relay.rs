@@ -1,0 +1,490 @@
+//! Relay benchmark: throughput (one stream) and request/response latency (many concurrent
+//! connections) through the chrysalis relay, against a direct connection to the guest and against
+//! socat doing the same relay, all in one run.
+//!
+//! The "guest" is the test kit's fake hybrid-vsock guest (an echo server behind the
+//! `CONNECT`/`OK` protocol on a Unix socket), running on its own thread and runtime:
+//! * direct: the client connects to the Unix socket and does the handshake itself;
+//! * relay: the client connects to the relay's TCP port; the relay does the handshake;
+//! * socat: `socat TCP-LISTEN:… UNIX-CONNECT:…`; the client does the handshake through it.
+//!
+//! Run: `cargo bench -p chrysalis-host --bench relay`. Environment knobs:
+//! `CHRYSALIS_BENCH_QUICK=1` (128 MiB, fewer rounds: the CI smoke run), `CHRYSALIS_BENCH_MIB`
+//! (stream size), `CHRYSALIS_BENCH_RUNS` (repetitions; medians are reported),
+//! `CHRYSALIS_BENCH_CONNS` and `CHRYSALIS_BENCH_ROUNDS` (latency test shape),
+//! `CHRYSALIS_BENCH_JSON` (also write the figures as JSON to this path).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrysalis_host::metrics::Metrics;
+use chrysalis_host::relay::{CopyMode, Relay, RelayConfig};
+use chrysalis_host::testkit::{FakeHybridGuest, echo, hybrid_handshake};
+use chrysalis_host::transport::HybridVsockTransport;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+const PORT: u32 = 8443;
+const REQUEST: usize = 512;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Route {
+    Direct,
+    DirectTcp,
+    Relay,
+    RelayUserspace,
+    Socat,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Direct => "direct (Unix socket)",
+            Route::DirectTcp => "direct (TCP, no relay)",
+            Route::Relay => "chrysalis relay (auto: copy/splice)",
+            Route::RelayUserspace => "chrysalis relay (user-space copy)",
+            Route::Socat => "socat relay",
+        }
+    }
+}
+
+/// Where each path is reached.
+struct Targets {
+    uds: PathBuf,
+    direct_tcp: SocketAddr,
+    relay: SocketAddr,
+    relay_userspace: SocketAddr,
+    socat: Option<SocketAddr>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+async fn open(t: &Targets, p: Route) -> Box<dyn Io> {
+    match p {
+        Route::Direct => {
+            let mut s = UnixStream::connect(&t.uds)
+                .await
+                .expect("connect guest socket");
+            hybrid_handshake(&mut s, PORT).await.expect("handshake");
+            Box::new(s)
+        }
+        Route::DirectTcp => {
+            let s = TcpStream::connect(t.direct_tcp)
+                .await
+                .expect("connect TCP echo");
+            s.set_nodelay(true).unwrap();
+            Box::new(s)
+        }
+        Route::Relay | Route::RelayUserspace => {
+            let addr = if p == Route::Relay {
+                t.relay
+            } else {
+                t.relay_userspace
+            };
+            let s = TcpStream::connect(addr).await.expect("connect relay");
+            s.set_nodelay(true).unwrap();
+            Box::new(s)
+        }
+        Route::Socat => {
+            let mut s = TcpStream::connect(t.socat.expect("socat running"))
+                .await
+                .expect("connect socat");
+            s.set_nodelay(true).unwrap();
+            // socat forwards bytes blindly: the handshake goes through it.
+            s.write_all(format!("CONNECT {PORT}\n").as_bytes())
+                .await
+                .unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).await.unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            assert!(
+                line.starts_with(b"OK "),
+                "socat handshake: {:?}",
+                String::from_utf8_lossy(&line)
+            );
+            Box::new(s)
+        }
+    }
+}
+
+/// Sends `total` bytes and reads the echo back concurrently; returns MB/s of payload (one direction).
+async fn throughput(t: &Targets, p: Route, total: usize) -> f64 {
+    let s = open(t, p).await;
+    let (mut r, mut w) = tokio::io::split(s);
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        let buf = vec![0x5au8; 1 << 20];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(buf.len());
+            w.write_all(&buf[..n]).await.unwrap();
+            left -= n;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0usize;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    writer.await.unwrap();
+    assert_eq!(got, total, "{}: short echo", p.name());
+    total as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// `conns` connections each doing `rounds` request/response pairs at once; returns (p50, p99) µs.
+async fn latency(t: &Targets, p: Route, conns: usize, rounds: usize) -> (f64, f64) {
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        streams.push(open(t, p).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(conns));
+    let mut tasks = Vec::new();
+    for mut s in streams {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = vec![0x42u8; REQUEST];
+            let mut resp = vec![0u8; REQUEST];
+            let mut samples = Vec::with_capacity(rounds);
+            barrier.wait().await;
+            for _ in 0..rounds {
+                let t0 = Instant::now();
+                s.write_all(&req).await.unwrap();
+                s.read_exact(&mut resp).await.unwrap();
+                samples.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+            samples
+        }));
+    }
+    let mut all = Vec::with_capacity(conns * rounds);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pct = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    (pct(0.50), pct(0.99))
+}
+
+/// CPU seconds (user + system) this process has used: client, relay and fake guest together. The
+/// difference between two routes is what the extra hop costs, independent of other load on the box.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs `f` on a dedicated thread with its own runtime, as if it were another process.
+fn spawn_runtime<F, Fut>(name: &str, workers: usize, f: F) -> std::sync::mpsc::Receiver<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let rt = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            };
+            rt.block_on(async move {
+                let fut = f();
+                ready_tx.send(()).unwrap();
+                fut.await;
+            });
+        })
+        .unwrap();
+    ready_rx
+}
+
+fn start_socat(uds: &Path) -> Option<(Child, SocketAddr)> {
+    // Reserve a port, release it, and let socat bind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("socat")
+        .arg(format!(
+            "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay"
+        ))
+        .arg(format!("UNIX-CONNECT:{}", uds.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if start.elapsed() > Duration::from_secs(5) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some((child, addr))
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("relay benchmark: run with `cargo bench -p chrysalis-host --bench relay`");
+        return;
+    }
+    let quick = std::env::var_os("CHRYSALIS_BENCH_QUICK").is_some();
+    let mib = env_usize("CHRYSALIS_BENCH_MIB", if quick { 128 } else { 1024 });
+    let runs = env_usize("CHRYSALIS_BENCH_RUNS", if quick { 1 } else { 3 });
+    let conns = env_usize("CHRYSALIS_BENCH_CONNS", 256);
+    let rounds = env_usize("CHRYSALIS_BENCH_ROUNDS", if quick { 20 } else { 200 });
+    let single_rounds = if quick { 2_000 } else { 20_000 };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    // The relay's runtime: worker threads as in the agent (one per core), or CHRYSALIS_BENCH_RELAY_THREADS.
+    let relay_threads = env_usize("CHRYSALIS_BENCH_RELAY_THREADS", cores);
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+
+    // The fake guest: its own thread and runtime.
+    let guest_uds = uds.clone();
+    let (tcp_tx, tcp_rx) = std::sync::mpsc::channel();
+    spawn_runtime("guest", 1, move || async move {
+        let _g = FakeHybridGuest::bind(&guest_uds, &[PORT]).unwrap();
+        // The same echo service on plain TCP: the "no relay at all" baseline.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        tcp_tx.send(l.local_addr().unwrap()).unwrap();
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(echo(s));
+        }
+    })
+    .recv()
+    .unwrap();
+    let direct_tcp = tcp_rx.recv().unwrap();
+
+    // The relays (splice and user-space copy): one runtime, as in the agent.
+    let relay_uds = uds.clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    spawn_runtime("relay", relay_threads, move || async move {
+        let mut addrs = Vec::new();
+        for mode in [CopyMode::Auto, CopyMode::Userspace] {
+            let relay = Arc::new(Relay::new(
+                RelayConfig {
+                    guest_port: PORT,
+                    copy_mode: mode,
+                    max_connections: 4096,
+                    ..RelayConfig::default()
+                },
+                Arc::new(HybridVsockTransport::new(&relay_uds)),
+                Arc::new(Metrics::default()),
+            ));
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(l.local_addr().unwrap());
+            tokio::spawn(relay.serve(l, std::future::pending()));
+        }
+        addr_tx.send(addrs).unwrap();
+        std::future::pending::<()>().await;
+    })
+    .recv()
+    .unwrap();
+    let addrs = addr_rx.recv().unwrap();
+
+    let socat = start_socat(&uds);
+    if socat.is_none() {
+        eprintln!(
+            "socat not found or did not start: socat rows skipped (apt-get install -y socat)"
+        );
+    }
+    let targets = Targets {
+        uds,
+        direct_tcp,
+        relay: addrs[0],
+        relay_userspace: addrs[1],
+        socat: socat.as_ref().map(|s| s.1),
+    };
+
+    let mut paths = vec![
+        Route::Direct,
+        Route::DirectTcp,
+        Route::Relay,
+        Route::RelayUserspace,
+    ];
+    if targets.socat.is_some() {
+        paths.push(Route::Socat);
+    }
+
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!("relay benchmark: {cores} cores, {cpu}; relay runtime with {relay_threads} thread(s)");
+    println!(
+        "throughput: one stream, {mib} MiB echoed; latency: request/response pairs of {REQUEST} B, \
+         1 connection x {single_rounds} and {conns} concurrent connections x {rounds}; medians of {runs} run(s)"
+    );
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("load average before: {}\n", load());
+
+    struct Row {
+        mb_s: f64,
+        one: (f64, f64),
+        many: (f64, f64),
+        cpu_gib: f64,
+        cpu_req: f64,
+    }
+    let mut rows = Vec::new();
+    for &p in &paths {
+        let (mut t, mut one50, mut one99, mut p50, mut p99, mut cg, mut cr) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            let c0 = cpu_seconds();
+            t.push(client.block_on(throughput(&targets, p, mib << 20)));
+            let c1 = cpu_seconds();
+            let (a, b) = client.block_on(latency(&targets, p, conns, rounds));
+            let c2 = cpu_seconds();
+            let (e, f) = client.block_on(latency(&targets, p, 1, single_rounds));
+            p50.push(a);
+            p99.push(b);
+            one50.push(e);
+            one99.push(f);
+            cg.push((c1 - c0) * 1024.0 / mib as f64);
+            cr.push((c2 - c1) * 1e6 / (conns * rounds) as f64);
+        }
+        rows.push(Row {
+            mb_s: median(t),
+            one: (median(one50), median(one99)),
+            many: (median(p50), median(p99)),
+            cpu_gib: median(cg),
+            cpu_req: median(cr),
+        });
+    }
+
+    println!(
+        "{:<34} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "path", "MB/s", "1c p50", "1c p99", "256c p50", "256c p99", "CPU s/GiB", "CPU µs/req"
+    );
+    for (p, r) in paths.iter().zip(&rows) {
+        // socat runs in its own processes: its CPU time is not in this process's count.
+        let (g, q) = if *p == Route::Socat {
+            (f64::NAN, f64::NAN)
+        } else {
+            (r.cpu_gib, r.cpu_req)
+        };
+        println!(
+            "{:<34} {:>8.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.2} {:>10.1}",
+            p.name(),
+            r.mb_s,
+            r.one.0,
+            r.one.1,
+            r.many.0,
+            r.many.1,
+            g,
+            q
+        );
+    }
+    println!("(latencies in µs; 1c = one connection, 256c = {conns} concurrent connections)");
+    let idx = |p: Route| paths.iter().position(|x| *x == p);
+    let row = |p: Route| &rows[idx(p).unwrap()];
+    let (direct, tcp, relay) = (row(Route::Direct), row(Route::DirectTcp), row(Route::Relay));
+    println!();
+    println!(
+        "relay / direct throughput:        {:.2} vs Unix socket, {:.2} vs TCP  (goal ≥ 0.90)",
+        relay.mb_s / direct.mb_s,
+        relay.mb_s / tcp.mb_s
+    );
+    println!(
+        "relay added p99, 1 connection:    {:.0} µs vs Unix socket, {:.0} µs vs TCP  (goal ≤ 100 µs)",
+        relay.one.1 - direct.one.1,
+        relay.one.1 - tcp.one.1
+    );
+    println!(
+        "relay added p99, {conns} connections: {:.0} µs vs Unix socket, {:.0} µs vs TCP",
+        relay.many.1 - direct.many.1,
+        relay.many.1 - tcp.many.1
+    );
+    println!(
+        "relay hop CPU cost (vs TCP):      {:.2} s/GiB echoed, {:.1} µs/request",
+        relay.cpu_gib - tcp.cpu_gib,
+        relay.cpu_req - tcp.cpu_req
+    );
+    let mut json = serde_json::json!({
+        "cores": cores, "cpu": cpu, "mib": mib, "runs": runs, "conns": conns, "rounds": rounds,
+        "single_rounds": single_rounds,
+        "paths": paths.iter().zip(&rows).map(|(p, r)| serde_json::json!({
+            "path": p.name(), "mb_per_s": r.mb_s,
+            "one_conn_p50_us": r.one.0, "one_conn_p99_us": r.one.1,
+            "many_conn_p50_us": r.many.0, "many_conn_p99_us": r.many.1,
+            "cpu_s_per_gib": if *p == Route::Socat { None } else { Some(r.cpu_gib) },
+            "cpu_us_per_request": if *p == Route::Socat { None } else { Some(r.cpu_req) },
+        })).collect::<Vec<_>>(),
+        "relay_over_direct_unix_throughput": relay.mb_s / direct.mb_s,
+        "relay_over_direct_tcp_throughput": relay.mb_s / tcp.mb_s,
+        "relay_added_p99_one_conn_us": relay.one.1 - direct.one.1,
+    });
+    if let Some(i) = idx(Route::Socat) {
+        let socat = &rows[i];
+        println!(
+            "relay / socat throughput:         {:.2}  (goal ≥ 1.5)",
+            relay.mb_s / socat.mb_s
+        );
+        println!(
+            "socat added p99, 1 connection:    {:.0} µs vs Unix socket",
+            socat.one.1 - direct.one.1
+        );
+        json["relay_over_socat_throughput"] = serde_json::json!(relay.mb_s / socat.mb_s);
+    }
+    println!("load average after: {}", load());
+    if let Some(path) = std::env::var_os("CHRYSALIS_BENCH_JSON") {
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    }
+    if let Some((mut child, _)) = socat {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -1,0 +1,298 @@
+//! The agent: wires config, transport, relay, guest services, admin endpoint and supervisor together
+//! and runs them until shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::{self, AdminState, ImageInfo};
+use crate::collateral::{CollateralCache, CollateralError, PccsClient, refresh_loop};
+use crate::config::{HostConfig, TransportKind};
+use crate::launch::{self, LaunchError, LaunchPlan};
+use crate::manifest::{LoadedManifest, ManifestError};
+use crate::metrics::Metrics;
+use crate::relay::{Observer, Relay};
+use crate::services::{self, QuoteSigner, Service, ServiceLimits};
+use crate::supervisor::{Supervisor, VmStatus};
+use crate::transport::{
+    HybridVsockTransport, TcpTransport, Transport, TransportError, VsockTransport,
+};
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The image manifest could not be read.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The VM's command lines could not be built.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// A program the profile needs is not installed.
+    #[error("{key}: {program} not found (not an executable path, nor in PATH)")]
+    MissingProgram {
+        /// The config key naming it.
+        key: &'static str,
+        /// The program.
+        program: PathBuf,
+    },
+    /// A listening socket could not be bound.
+    #[error("{key}: binding {addr}")]
+    Bind {
+        /// The config key.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A guest service port could not be bound.
+    #[error("binding a guest service port")]
+    Transport(#[from] TransportError),
+    /// Collateral could not be loaded or the PCCS client set up.
+    #[error(transparent)]
+    Collateral(#[from] CollateralError),
+    /// The sim quote service is enabled but nothing can sign quotes.
+    #[error("services.sim_quote: enabled, but no sim quote signer was provided to the agent")]
+    NoQuoteSigner,
+    /// The state directory or a file in it could not be written.
+    #[error("writing {path}")]
+    State {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the embedding binary or test provides beyond host.toml.
+#[derive(Default)]
+pub struct AgentOptions {
+    /// Signs sim quotes (required when the sim quote service is enabled).
+    pub quote_signer: Option<Arc<dyn QuoteSigner>>,
+    /// Sees every byte the relay forwards (tests only; forces the user-space copy path).
+    pub relay_observer: Option<Arc<dyn Observer>>,
+    /// Counters to use (a test may keep a handle); fresh ones when absent.
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("quote_signer", &self.quote_signer.is_some())
+            .field("relay_observer", &self.relay_observer.is_some())
+            .finish()
+    }
+}
+
+/// The transport host.toml asks for.
+pub fn build_transport(cfg: &HostConfig) -> Arc<dyn Transport> {
+    match cfg.transport_kind() {
+        TransportKind::Vsock => Arc::new(VsockTransport::new(cfg.vm.guest_cid)),
+        TransportKind::Hybrid => Arc::new(HybridVsockTransport::new(cfg.uds_path())),
+        TransportKind::Tcp => Arc::new(TcpTransport::new(
+            cfg.transport
+                .tcp_host
+                .expect("validated: tcp_host is set for the tcp transport"),
+            cfg.transport.tcp_port_offset,
+        )),
+    }
+}
+
+/// Reads the manifest and builds the launch plan, as `run` and `--dry-run` do.
+pub fn plan_from_config(
+    cfg: &HostConfig,
+) -> Result<(Option<LoadedManifest>, Option<LaunchPlan>), AgentError> {
+    let manifest = match &cfg.image {
+        Some(image) => Some(LoadedManifest::load(&image.manifest)?),
+        None => None,
+    };
+    let plan = match (&manifest, cfg.vm.launch) {
+        (Some(m), true) => Some(launch::plan(cfg, m, launch::kvm_usable)?),
+        _ => None,
+    };
+    Ok((manifest, plan))
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, contents: &str) -> Result<(), AgentError> {
+    let err = |source| AgentError::State {
+        path: path.into(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// A future that completes once `rx` sees `true`.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Runs the agent until `shutdown` completes, then stops the VM and every listener.
+///
+/// It writes the bound public relay and admin addresses to `<state_dir>/relay.addr` and
+/// `<state_dir>/admin.addr` (useful when host.toml asks for port 0).
+pub async fn run(
+    cfg: HostConfig,
+    opts: AgentOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let metrics = opts.metrics.clone().unwrap_or_default();
+    let state_dir = cfg.vm.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| AgentError::State {
+        path: state_dir.clone(),
+        source,
+    })?;
+
+    let (manifest, plan) = plan_from_config(&cfg)?;
+    if let Some(plan) = &plan {
+        if launch::find_program(&plan.qemu.program).is_none() {
+            return Err(AgentError::MissingProgram {
+                key: "qemu.binary",
+                program: plan.qemu.program.clone(),
+            });
+        }
+        if let Some(v) = &plan.vhost_vsock
+            && launch::find_program(&v.program).is_none()
+        {
+            return Err(AgentError::MissingProgram {
+                key: "sim.vhost_device_vsock",
+                program: v.program.clone(),
+            });
+        }
+    }
+    let transport = build_transport(&cfg);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    // Guest→host services first: the guest may ask for a quote as soon as it boots.
+    if cfg.sim_quote_enabled() {
+        let signer = opts.quote_signer.clone().ok_or(AgentError::NoQuoteSigner)?;
+        let listener = transport.listen(cfg.services.sim_quote.port).await?;
+        tasks.spawn(services::serve(
+            listener,
+            Service::SimQuote(signer),
+            ServiceLimits::default(),
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let col = &cfg.services.collateral;
+    if col.enabled {
+        let cache = Arc::new(match &col.file {
+            Some(file) => CollateralCache::from_file(file)?,
+            None => CollateralCache::new(),
+        });
+        if let Some(url) = &col.pccs_url {
+            let fmspc = col
+                .fmspc
+                .as_deref()
+                .expect("validated: fmspc is set with pccs_url");
+            let client = PccsClient::new(url, fmspc, col.pck_ca, col.pccs_ca_file.as_deref())?;
+            tasks.spawn(refresh_loop(
+                client,
+                cache.clone(),
+                Duration::from_secs(col.refresh_margin_secs),
+                metrics.clone(),
+                SystemTime::now,
+                stopped(stop_rx.clone()),
+            ));
+        }
+        let listener = transport.listen(col.port).await?;
+        tasks.spawn(services::serve(
+            listener,
+            Service::Collateral(cache),
+            ServiceLimits::default(),
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ));
+    }
+
+    let relay_listener = TcpListener::bind(cfg.relay.listen)
+        .await
+        .map_err(|source| AgentError::Bind {
+            key: "relay.listen",
+            addr: cfg.relay.listen,
+            source,
+        })?;
+    let relay_addr = relay_listener.local_addr().ok();
+    let mut relay = Relay::new(cfg.relay.relay_config(), transport.clone(), metrics.clone());
+    if let Some(o) = opts.relay_observer.clone() {
+        relay = relay.with_observer(o);
+    }
+    let relay = Arc::new(relay);
+    tasks.spawn(
+        relay
+            .clone()
+            .serve(relay_listener, stopped(stop_rx.clone())),
+    );
+    if let Some(a) = relay_addr {
+        write_atomic(&state_dir.join("relay.addr"), &format!("{a}\n"))?;
+        tracing::info!(listen = %a, guest_port = cfg.relay.guest_port, transport = transport.kind(), "relay listening");
+    }
+
+    let (vm_status, supervisor) = match plan.clone() {
+        Some(plan) => {
+            let probe = cfg
+                .supervisor
+                .ready_probe
+                .then(|| (transport.clone(), cfg.relay.guest_port));
+            let s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe);
+            (s.status(), Some(s))
+        }
+        None => (watch::channel(VmStatus::external()).1, None),
+    };
+
+    if cfg.admin.enabled {
+        let listener = TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|source| AgentError::Bind {
+                key: "admin.listen",
+                addr: cfg.admin.listen,
+                source,
+            })?;
+        if let Ok(a) = listener.local_addr() {
+            write_atomic(&state_dir.join("admin.addr"), &format!("{a}\n"))?;
+            tracing::info!(listen = %a, "admin endpoint listening");
+        }
+        let state = AdminState {
+            metrics: metrics.clone(),
+            started,
+            vm: vm_status,
+            platform: cfg.vm.platform.as_str(),
+            image: manifest.as_ref().map(|m| ImageInfo {
+                manifest: m.path.display().to_string(),
+                manifest_digest: m.digest.clone(),
+                expected_measurements: m.manifest.measurements.clone(),
+            }),
+            relay: Some(relay.clone()),
+            relay_listen: relay_addr,
+        };
+        tasks.spawn(admin::serve(listener, state, stopped(stop_rx.clone())));
+    }
+
+    let supervisor_task = supervisor.map(|s| tokio::spawn(s.run(stopped(stop_rx.clone()))));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    if let Some(t) = supervisor_task {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "supervisor"),
+            Err(e) => tracing::error!(error = %e, "supervisor task"),
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! # chrysalis-host
+//!
+//! The host agent a GPU owner runs next to a chrysalis confidential VM. It is untrusted by design:
+//! it never holds a key and never sees plaintext. It launches and supervises the VM, relays
+//! ciphertext between the public network and the guest's RA-TLS port, and answers the guest's
+//! requests for (simulated) quotes and collateral.
+//!
+//! ```text
+//!  client ──TCP──▶ relay ──Transport::connect(8443)──▶ guest RA-TLS server      (ciphertext only)
+//!  guest ──vsock 2:4050 / 2:4051──▶ Transport::listen ──▶ services (sim quote, collateral)
+//!  supervisor ──▶ vhost-device-vsock (sim) + QEMU (tdx | snp | sim), restarts with backoff
+//!  admin (127.0.0.1) ──▶ /metrics (Prometheus), /status (JSON)
+//! ```
+//!
+//! * [`config`]: `host.toml`, strict parsing and validation that names the offending key.
+//! * [`manifest`]: the fields of the image's manifest.json the launcher needs.
+//! * [`transport`]: the [`Transport`] trait and its AF_VSOCK, hybrid vsock and TCP implementations.
+//! * [`relay`]: the TCP → guest relay (splice, half-close, idle timeout, connection cap, counters).
+//! * [`launch`]: exact QEMU and vhost-device-vsock command lines per platform profile.
+//! * [`supervisor`]: starts, restarts (exponential backoff) and stops the VM without orphans.
+//! * [`services`]: guest→host services over the `hostcall` framing, behind the [`QuoteSigner`] seam.
+//! * [`collateral`]: TDX collateral from a file or a PCCS, refreshed before `nextUpdate`.
+//! * [`metrics`] and [`admin`]: counters, `/metrics` and `/status`.
+//! * [`agent`]: wires everything for `chrysalis-host run`.
+//! * [`testkit`]: a fake hybrid-vsock guest for tests and benchmarks.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod agent;
+pub mod collateral;
+pub mod config;
+pub mod launch;
+pub mod manifest;
+pub mod metrics;
+pub mod relay;
+pub mod services;
+pub mod supervisor;
+pub mod testkit;
+pub mod transport;
+
+pub use agent::{AgentError, AgentOptions};
+pub use config::{ConfigError, HostConfig, PlatformProfile};
+pub use launch::{CommandLine, LaunchError, LaunchPlan};
+pub use metrics::Metrics;
+pub use relay::{CopyMode, Direction, Observer, Relay, RelayConfig, RelayError};
+pub use services::{QuoteSigner, SimQuote};
+pub use supervisor::{Supervisor, VmState, VmStatus};
+pub use transport::{
+    GuestListener, GuestStream, HybridVsockTransport, TcpTransport, Transport, TransportError,
+    VsockTransport,
+};

@@ -1,0 +1,347 @@
+//! Guest→host services on host-side vsock ports: the sim quote service and the collateral service.
+//!
+//! Wire format: `chrysalis_attestation::hostcall` (a 4-byte big-endian length, then JSON; one request
+//! and one response per connection). The host is untrusted, so nothing here is a security check:
+//! quotes and collateral are verified by whoever uses them. What this module guarantees is that a
+//! misbehaving guest connection cannot hurt the agent: frames over `MAX_MESSAGE` are refused before
+//! anything is allocated, a slow sender is cut off by a deadline, and concurrent requests are capped.
+//!
+//! The sim quote signer sits behind the [`QuoteSigner`] seam: the agent's binary wires the simulated
+//! PKI (`attestation::sim`) with the measurements of the artifacts it launched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrysalis_attestation::ReportData;
+use chrysalis_attestation::hostcall::{self, Request, Response};
+use dcap_qvl::QuoteCollateralV3;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::collateral::CollateralCache;
+use crate::metrics::{Metrics, inc};
+use crate::transport::{GuestListener, GuestStream};
+
+/// A signed simulated quote and, optionally, collateral that verifies it.
+#[derive(Clone, Debug)]
+pub struct SimQuote {
+    /// The TDX-format quote.
+    pub quote: Vec<u8>,
+    /// Collateral for it (the sim PKI's TCB info, QE identity and CRLs), if the signer provides it.
+    pub collateral: Option<QuoteCollateralV3>,
+}
+
+/// Signs simulated quotes: the host playing the TDX hardware in the `sim` profile.
+///
+/// Implementations quote over `report_data` with the measurements of what the host launched; they
+/// run on a blocking thread, so they may be slow.
+pub trait QuoteSigner: Send + Sync {
+    /// A quote binding `report_data`.
+    fn quote(
+        &self,
+        report_data: &ReportData,
+    ) -> Result<SimQuote, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Errors of serving one guest connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// Reading the request or writing the response failed.
+    #[error("socket")]
+    Io(#[from] std::io::Error),
+    /// The request frame was oversized or malformed.
+    #[error("bad request: {0}")]
+    Frame(#[from] hostcall::HostcallError),
+    /// The guest did not send a whole request before the deadline.
+    #[error("request not received within {0:?}")]
+    Deadline(Duration),
+}
+
+/// Limits for a service port.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceLimits {
+    /// Connections served at once; more wait.
+    pub max_concurrent: usize,
+    /// Time allowed to receive a request.
+    pub request_deadline: Duration,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 16,
+            request_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which service a port runs.
+#[derive(Clone)]
+pub enum Service {
+    /// The sim quote service.
+    SimQuote(Arc<dyn QuoteSigner>),
+    /// The collateral service.
+    Collateral(Arc<CollateralCache>),
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Service {
+    fn name(&self) -> &'static str {
+        match self {
+            Service::SimQuote(_) => "sim_quote",
+            Service::Collateral(_) => "collateral",
+        }
+    }
+
+    fn counters<'m>(
+        &self,
+        m: &'m Metrics,
+    ) -> (
+        &'m std::sync::atomic::AtomicU64,
+        &'m std::sync::atomic::AtomicU64,
+    ) {
+        match self {
+            Service::SimQuote(_) => (&m.service_requests.quote, &m.service_errors.quote),
+            Service::Collateral(_) => {
+                (&m.service_requests.collateral, &m.service_errors.collateral)
+            }
+        }
+    }
+
+    /// Answers one request. Never fails: problems become [`Response::Error`] with a message.
+    pub async fn answer(&self, request: Request) -> Response {
+        let error = |message: String| Response::Error { message };
+        match (self, request) {
+            (Service::SimQuote(signer), Request::SimQuote { report_data }) => {
+                let signer = signer.clone();
+                match tokio::task::spawn_blocking(move || signer.quote(&report_data)).await {
+                    Ok(Ok(q)) => Response::Quote {
+                        quote: q.quote,
+                        collateral: q.collateral,
+                    },
+                    Ok(Err(e)) => error(format!("sim quote signer failed: {e}")),
+                    Err(e) => error(format!("sim quote signer panicked: {e}")),
+                }
+            }
+            (Service::Collateral(cache), Request::Collateral) => match cache.current() {
+                Some(c) => Response::Collateral {
+                    collateral: (*c).clone(),
+                },
+                None => error("no collateral available yet".into()),
+            },
+            (s, other) => error(format!(
+                "this port serves {} requests, not {other:?}",
+                s.name()
+            )),
+        }
+    }
+
+    /// Reads one request from `stream`, answers it, and closes.
+    async fn serve_connection(
+        &self,
+        mut stream: GuestStream,
+        limits: ServiceLimits,
+    ) -> Result<Response, ServiceError> {
+        let read = async {
+            let mut prefix = [0u8; 4];
+            stream.read_exact(&mut prefix).await?;
+            let len = hostcall::body_len(prefix)?;
+            let mut body = vec![0u8; len];
+            stream.read_exact(&mut body).await?;
+            Ok::<_, ServiceError>(body)
+        };
+        let response = match tokio::time::timeout(limits.request_deadline, read).await {
+            Err(_) => return Err(ServiceError::Deadline(limits.request_deadline)),
+            Ok(Err(ServiceError::Frame(e))) => {
+                // Tell the guest why before closing; it is its own bug.
+                let r = Response::Error {
+                    message: format!("bad request: {e}"),
+                };
+                write_response(&mut stream, &r).await?;
+                return Err(ServiceError::Frame(e));
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(body)) => match hostcall::decode_body::<Request>(&body) {
+                Ok(req) => self.answer(req).await,
+                Err(e) => Response::Error {
+                    message: format!("bad request: {e}"),
+                },
+            },
+        };
+        write_response(&mut stream, &response).await?;
+        Ok(response)
+    }
+}
+
+async fn write_response(stream: &mut GuestStream, response: &Response) -> Result<(), ServiceError> {
+    let frame = hostcall::encode(response).or_else(|e| {
+        hostcall::encode(&Response::Error {
+            message: format!("response could not be encoded: {e}"),
+        })
+    })?;
+    stream.write_all(&frame).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: GuestListener,
+    service: Service,
+    limits: ServiceLimits,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    tracing::info!(
+        service = service.name(),
+        on = listener.describe(),
+        "guest service listening"
+    );
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            s = listener.accept() => s,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(service = service.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let service = service.clone();
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let (ok, err) = service.counters(&metrics);
+            match service.serve_connection(stream, limits).await {
+                Ok(Response::Error { message }) => {
+                    inc(err);
+                    tracing::warn!(service = service.name(), %message, "request answered with an error");
+                }
+                Ok(_) => inc(ok),
+                Err(e) => {
+                    inc(err);
+                    tracing::warn!(service = service.name(), error = %e, "request failed");
+                }
+            }
+        });
+    }
+    tasks.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{HybridVsockTransport, Transport};
+    use tokio::net::UnixStream;
+
+    struct FixedSigner;
+    impl QuoteSigner for FixedSigner {
+        fn quote(
+            &self,
+            rd: &ReportData,
+        ) -> Result<SimQuote, Box<dyn std::error::Error + Send + Sync>> {
+            if rd.0[0] == 0xee {
+                return Err("refusing this one".into());
+            }
+            Ok(SimQuote {
+                quote: rd.0.to_vec(),
+                collateral: None,
+            })
+        }
+    }
+
+    async fn roundtrip(path: &std::path::Path, frame: &[u8]) -> Response {
+        let mut s = UnixStream::connect(path).await.unwrap();
+        s.write_all(frame).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        hostcall::decode(&out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sim_quote_port_answers_quotes_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = HybridVsockTransport::new(dir.path().join("v.sock"));
+        let l = t.listen(hostcall::SIM_QUOTE_PORT).await.unwrap();
+        let path = t.listener_path(hostcall::SIM_QUOTE_PORT);
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            l,
+            Service::SimQuote(Arc::new(FixedSigner)),
+            ServiceLimits {
+                max_concurrent: 2,
+                request_deadline: Duration::from_millis(300),
+            },
+            metrics.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+
+        let req = hostcall::encode(&Request::SimQuote {
+            report_data: ReportData([7; 64]),
+        })
+        .unwrap();
+        match roundtrip(&path, &req).await {
+            Response::Quote { quote, collateral } => {
+                assert_eq!(quote, vec![7; 64]);
+                assert!(collateral.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let req = hostcall::encode(&Request::SimQuote {
+            report_data: ReportData([0xee; 64]),
+        })
+        .unwrap();
+        assert!(
+            matches!(roundtrip(&path, &req).await, Response::Error { message } if message.contains("refusing"))
+        );
+        // The wrong kind of request for this port.
+        let req = hostcall::encode(&Request::Collateral).unwrap();
+        assert!(
+            matches!(roundtrip(&path, &req).await, Response::Error { message } if message.contains("sim_quote"))
+        );
+        // An oversized frame is refused before its body is read.
+        let huge = ((hostcall::MAX_MESSAGE + 1) as u32).to_be_bytes();
+        assert!(
+            matches!(roundtrip(&path, &huge).await, Response::Error { message } if message.contains("exceeds"))
+        );
+        // Malformed JSON.
+        let mut junk = 3u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(b"{x}");
+        assert!(matches!(
+            roundtrip(&path, &junk).await,
+            Response::Error { .. }
+        ));
+        // A stalled sender is cut off at the deadline: the connection closes with no answer.
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(&[0, 0]).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert!(out.is_empty());
+
+        assert_eq!(crate::metrics::get(&metrics.service_requests.quote), 1);
+        assert_eq!(crate::metrics::get(&metrics.service_errors.quote), 5);
+        tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,328 @@
+//! Relay acceptance tests over hybrid vsock: a fake guest speaks the `CONNECT`/`OK` protocol on a
+//! Unix socket and echoes; clients talk to the relay's public TCP port on loopback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrysalis_host::metrics::Metrics;
+use chrysalis_host::relay::{CopyMode, Direction, Observer, Relay, RelayConfig};
+use chrysalis_host::testkit::FakeHybridGuest;
+use chrysalis_host::transport::HybridVsockTransport;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const GUEST_PORT: u32 = 8443;
+/// Guards against a hang, never a speed assertion: every operation here finishes in well under it.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+struct Setup {
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    relay: Arc<Relay>,
+    _guest: FakeHybridGuest,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Setup {
+    async fn new(config: RelayConfig, observer: Option<Arc<dyn Observer>>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let guest = FakeHybridGuest::bind(&uds, &[GUEST_PORT]).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut relay = Relay::new(
+            config,
+            Arc::new(HybridVsockTransport::new(&uds)),
+            metrics.clone(),
+        );
+        if let Some(o) = observer {
+            relay = relay.with_observer(o);
+        }
+        let relay = Arc::new(relay);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(relay.clone().serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            metrics,
+            relay,
+            _guest: guest,
+            _dir: dir,
+            stop: Some(tx),
+            server,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        (&mut self.server).await.unwrap();
+    }
+}
+
+fn config(mode: CopyMode) -> RelayConfig {
+    // A generous guest connect timeout: CI machines are slow and shared; this is not a timing test.
+    RelayConfig {
+        copy_mode: mode,
+        guest_port: GUEST_PORT,
+        connect_timeout: HANG_GUARD,
+        ..RelayConfig::default()
+    }
+}
+
+fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Sends `total` seeded random bytes and checks that exactly the same bytes come back.
+async fn echo_stream(stream: TcpStream, seed: u64, total: usize, chunk: usize) {
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut buf = vec![0u8; chunk];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk);
+            rng.fill_bytes(&mut buf[..n]);
+            w.write_all(&buf[..n]).await.unwrap();
+            left -= n;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut expect = vec![0u8; chunk];
+    let mut got = vec![0u8; chunk];
+    let mut seen = 0usize;
+    while seen < total {
+        let n = (total - seen).min(chunk);
+        r.read_exact(&mut got[..n]).await.unwrap();
+        rng.fill_bytes(&mut expect[..n]);
+        assert!(
+            got[..n] == expect[..n],
+            "echoed bytes differ in the chunk at offset {seen}"
+        );
+        seen += n;
+    }
+    // The guest closes its side after our end of stream: the relay must propagate that.
+    assert_eq!(
+        r.read(&mut got[..1]).await.unwrap(),
+        0,
+        "expected end of stream after {total} bytes"
+    );
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_round_trips_byte_exact() {
+    let s = Setup::new(config(CopyMode::Auto), None).await;
+    const GIB: usize = 1 << 30;
+    let client = TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::timeout(HANG_GUARD, echo_stream(client, 1, GIB, 1 << 20))
+        .await
+        .expect("1 GiB echo hung");
+    // Counters settle when the connection task ends.
+    tokio::time::timeout(HANG_GUARD, async {
+        while get(&s.metrics.relay_active) != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&s.metrics.relay_bytes_to_guest), GIB as u64);
+    assert_eq!(get(&s.metrics.relay_bytes_from_guest), GIB as u64);
+    assert_eq!(get(&s.metrics.relay_total), 1);
+    assert_eq!(get(&s.metrics.relay_errors), 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_connections_each_round_trip() {
+    for mode in [CopyMode::Auto, CopyMode::Splice] {
+        let s = Setup::new(config(mode), None).await;
+        const CONNS: usize = 256;
+        const EACH: usize = 4 << 20;
+        let mut tasks = Vec::new();
+        for i in 0..CONNS {
+            let addr = s.addr;
+            tasks.push(tokio::spawn(async move {
+                let c = TcpStream::connect(addr).await.unwrap();
+                echo_stream(c, 1000 + i as u64, EACH, 256 * 1024).await;
+            }));
+        }
+        tokio::time::timeout(HANG_GUARD, async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+            while get(&s.metrics.relay_active) != 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("concurrent echo hung");
+        assert_eq!(get(&s.metrics.relay_total), CONNS as u64, "{mode:?}");
+        assert_eq!(
+            get(&s.metrics.relay_bytes_to_guest),
+            (CONNS * EACH) as u64,
+            "{mode:?}"
+        );
+        assert_eq!(
+            get(&s.metrics.relay_bytes_from_guest),
+            (CONNS * EACH) as u64,
+            "{mode:?}"
+        );
+        assert_eq!(get(&s.metrics.relay_rejected), 0, "{mode:?}");
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn half_close_lets_the_client_read_the_rest() {
+    for mode in [CopyMode::Auto, CopyMode::Splice, CopyMode::Userspace] {
+        let s = Setup::new(config(mode), None).await;
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        c.write_all(&msg).await.unwrap();
+        // Our write side is done; the read side must stay open for the answer.
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(HANG_GUARD, c.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg, "{mode:?}");
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_refusing_guest_closes_the_client_and_is_counted() {
+    let cfg = RelayConfig {
+        guest_port: 9999,
+        ..config(CopyMode::Auto)
+    };
+    let s = Setup::new(cfg, None).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(HANG_GUARD, c.read(&mut buf))
+        .await
+        .expect("client left hanging");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "expected the relay to close the connection, got {n:?}"
+    );
+    tokio::time::timeout(HANG_GUARD, async {
+        while get(&s.metrics.relay_guest_connect_failures) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&s.metrics.relay_errors), 1);
+    assert_eq!(get(&s.metrics.relay_bytes_to_guest), 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_cap_connections_are_closed_at_once_and_counted() {
+    let cfg = RelayConfig {
+        max_connections: 2,
+        ..config(CopyMode::Auto)
+    };
+    let s = Setup::new(cfg, None).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        // A round trip proves the connection occupies a slot.
+        c.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.unwrap();
+        held.push(c);
+    }
+    let mut extra = TcpStream::connect(s.addr).await.unwrap();
+    let mut b = [0u8; 4];
+    let n = tokio::time::timeout(HANG_GUARD, extra.read(&mut b))
+        .await
+        .expect("over-cap connection left open");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(get(&s.metrics.relay_rejected), 1);
+    assert_eq!(s.relay.connections().len(), 2);
+    // A freed slot is usable again.
+    drop(held.pop());
+    tokio::time::timeout(HANG_GUARD, async {
+        while get(&s.metrics.relay_active) != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let mut again = TcpStream::connect(s.addr).await.unwrap();
+    again.write_all(b"pong").await.unwrap();
+    again.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"pong");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_counted() {
+    let cfg = RelayConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..config(CopyMode::Auto)
+    };
+    let s = Setup::new(cfg, None).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await.unwrap();
+    // Now silent: the relay must close it.
+    let n = tokio::time::timeout(HANG_GUARD, c.read(&mut b))
+        .await
+        .expect("idle connection never closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    tokio::time::timeout(HANG_GUARD, async {
+        while get(&s.metrics.relay_idle_timeouts) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    s.stop().await;
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(Direction, Vec<u8>)>>);
+
+impl Observer for Recorder {
+    fn observe(&self, _conn: u64, direction: Direction, bytes: &[u8]) {
+        self.0.lock().unwrap().push((direction, bytes.to_vec()));
+    }
+}
+
+#[tokio::test]
+async fn an_observer_sees_every_forwarded_byte() {
+    let rec = Arc::new(Recorder::default());
+    let s = Setup::new(config(CopyMode::Splice), Some(rec.clone())).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let msg: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    c.write_all(&msg).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, msg);
+    s.stop().await;
+    let seen = rec.0.lock().unwrap();
+    let collect = |d: Direction| {
+        seen.iter()
+            .filter(|(x, _)| *x == d)
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect::<Vec<u8>>()
+    };
+    assert_eq!(collect(Direction::ToGuest), msg);
+    assert_eq!(collect(Direction::FromGuest), msg);
+}

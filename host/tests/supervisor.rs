@@ -1,0 +1,348 @@
+//! Supervisor tests with test doubles in place of QEMU and vhost-device-vsock: restart with backoff
+//! and the restart metric, boot failures leading to `failed`, and a clean stop on SIGTERM with no
+//! orphaned processes.
+//!
+//! The doubles are small `/bin/sh` scripts (and, for the vhost-user socket vhost-device-vsock
+//! creates, Debian's /usr/bin/python3, which the workspace needs anyway for the engine bridge).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrysalis_host::config::{PlatformProfile, SupervisorConfig};
+use chrysalis_host::launch::{CommandLine, LaunchPlan};
+use chrysalis_host::metrics::Metrics;
+use chrysalis_host::supervisor::{Supervisor, VmState};
+
+/// Guards against a hang; never a speed assertion.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn plan(dir: &Path, qemu_script: &str) -> LaunchPlan {
+    LaunchPlan {
+        platform: PlatformProfile::Sim,
+        vhost_vsock: None,
+        vhost_user_socket: None,
+        hybrid_socket: None,
+        qemu: CommandLine {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), qemu_script.into()],
+        },
+        serial_log: dir.join("serial.log"),
+        qemu_log: dir.join("qemu.log"),
+        vhost_vsock_log: None,
+    }
+}
+
+fn policy(max_restarts: u32, stable_after_secs: u64) -> SupervisorConfig {
+    SupervisorConfig {
+        max_restarts,
+        backoff_initial_ms: 20,
+        backoff_max_ms: 200,
+        stable_after_secs,
+        stop_timeout_secs: 5,
+        ready_probe: false,
+    }
+}
+
+/// Whether `pid` is a live process (zombies count as gone: they run nothing).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("X");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+fn read_pids(path: &Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < HANG_GUARD, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_qemu_is_restarted_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("echo $$ >> {}; exec sleep 600", pids.display());
+    let metrics = Arc::new(Metrics::default());
+    // stable_after 0: every run counts as a successful boot, so a kill is a plain crash.
+    let sup = Supervisor::new(
+        plan(dir.path(), &script),
+        policy(3, 0),
+        metrics.clone(),
+        None,
+    );
+    let status = sup.status();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sup.run(async move {
+        let _ = rx.await;
+    }));
+
+    wait_until("the first QEMU", || {
+        read_pids(&pids).len() == 1 && status.borrow().state == VmState::Running
+    })
+    .await;
+    let first = read_pids(&pids)[0];
+    assert_eq!(status.borrow().qemu_pid, Some(first));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    wait_until("the restarted QEMU", || {
+        read_pids(&pids).len() == 2 && status.borrow().state == VmState::Running
+    })
+    .await;
+    assert_eq!(metrics.vm_restarts.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.vm_boot_failures.load(Ordering::Relaxed), 0);
+    let st = status.borrow().clone();
+    assert_eq!(st.restarts, 1);
+    assert!(
+        st.last_exit.as_deref().unwrap_or("").contains("SIGKILL"),
+        "{:?}",
+        st.last_exit
+    );
+
+    tx.send(()).unwrap();
+    tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.borrow().state, VmState::Stopped);
+    for pid in read_pids(&pids) {
+        assert!(!alive(pid), "QEMU double {pid} still runs after stop");
+    }
+}
+
+#[tokio::test]
+async fn a_vm_that_never_boots_is_reported_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    // Exits at once, like QEMU rejecting its arguments or a guest powering off on a dm-verity error.
+    let sup = Supervisor::new(
+        plan(dir.path(), "exit 3"),
+        policy(2, 3600),
+        metrics.clone(),
+        None,
+    );
+    let status = sup.status();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sup.run(async move {
+        let _ = rx.await;
+    }));
+    wait_until("the failed state", || {
+        status.borrow().state == VmState::Failed
+    })
+    .await;
+    let st = status.borrow().clone();
+    assert_eq!(st.consecutive_failures, 3);
+    assert_eq!(st.restarts, 2);
+    assert!(
+        st.last_exit
+            .as_deref()
+            .unwrap_or("")
+            .contains("exit status 3"),
+        "{:?}",
+        st.last_exit
+    );
+    assert_eq!(metrics.vm_boot_failures.load(Ordering::Relaxed), 3);
+    assert_eq!(metrics.vm_restarts.load(Ordering::Relaxed), 2);
+    tx.send(()).unwrap();
+    tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// The agent binary, its state directory and the pid files its doubles write.
+struct AgentRun {
+    child: std::process::Child,
+    state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn write_exec(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn start_agent() -> AgentRun {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("state");
+    std::fs::write(
+        d.join("manifest.json"),
+        r#"{"artifacts": {"kernel": {"path": "vmlinuz"}, "initrd": {"path": "initrd"}, "rootfs": {"path": "rootfs"}},
+            "cmdline": "console=ttyS0"}"#,
+    )
+    .unwrap();
+    // QEMU double: forks a grandchild into its process group, as QEMU's helpers would, and records both.
+    write_exec(
+        &d.join("fake-qemu"),
+        &format!(
+            "#!/bin/sh\nsleep 600 &\necho $! >> {0}/pids\necho $$ >> {0}/qemu.pids\nwait\n",
+            d.display()
+        ),
+    );
+    // vhost-device-vsock double: creates the vhost-user socket named in --vm and waits.
+    write_exec(
+        &d.join("fake-vhost"),
+        &format!(
+            "#!/usr/bin/python3\nimport os, socket, sys, time\n\
+             opts = dict(kv.split('=', 1) for kv in sys.argv[2].split(','))\n\
+             s = socket.socket(socket.AF_UNIX); s.bind(opts['socket']); s.listen()\n\
+             open('{0}/pids', 'a').write(f'{{os.getpid()}}\\n')\n\
+             time.sleep(600)\n",
+            d.display()
+        ),
+    );
+    std::fs::write(
+        d.join("host.toml"),
+        format!(
+            "[image]\nmanifest = \"manifest.json\"\n\
+             [vm]\nplatform = \"sim\"\nvcpus = 1\nmemory_mib = 512\nstate_dir = \"state\"\n\
+             [qemu]\nbinary = \"{0}/fake-qemu\"\n\
+             [sim]\naccel = \"tcg\"\nvhost_device_vsock = \"{0}/fake-vhost\"\n\
+             [relay]\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [services.sim_quote]\nenabled = false\n\
+             [supervisor]\nbackoff_initial_ms = 50\nstable_after_secs = 0\nready_probe = false\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_chrysalis-host"))
+        .args(["run", "--config"])
+        .arg(d.join("host.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    AgentRun {
+        child,
+        state,
+        _dir: dir,
+    }
+}
+
+/// A plain HTTP/1.0 GET against the admin endpoint.
+fn admin_get(state: &Path, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(state.join("admin.addr")).ok()?;
+    let mut s = std::net::TcpStream::connect(addr.trim()).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+fn metric(state: &Path, name: &str) -> Option<u64> {
+    let text = admin_get(state, "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn vm_state(state: &Path) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&admin_get(state, "/status")?).ok()?;
+    v["vm"]["state"].as_str().map(str::to_string)
+}
+
+#[tokio::test]
+async fn agent_restarts_a_killed_vm_and_stops_cleanly_on_sigterm() {
+    let mut run = start_agent();
+    let parent = run.state.parent().unwrap().to_path_buf();
+    let state = run.state.clone();
+    wait_until("the VM to run", || {
+        vm_state(&state).as_deref() == Some("running")
+            && read_pids(&parent.join("qemu.pids")).len() == 1
+    })
+    .await;
+    // A slow machine may already have restarted a run whose start timed out; count from here.
+    let before = metric(&state, "chrysalis_vm_restarts_total").expect("restart metric");
+    let runs_before = read_pids(&parent.join("qemu.pids")).len();
+
+    let qemu = *read_pids(&parent.join("qemu.pids")).last().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the restart", || {
+        metric(&state, "chrysalis_vm_restarts_total") == Some(before + 1)
+            && vm_state(&state).as_deref() == Some("running")
+            && read_pids(&parent.join("qemu.pids")).len() == runs_before + 1
+    })
+    .await;
+
+    let mut all: Vec<u32> = read_pids(&parent.join("pids"));
+    all.extend(read_pids(&parent.join("qemu.pids")));
+    // Per run: the QEMU double, its grandchild and the vhost double; at least the two runs above.
+    assert!(all.len() >= 6, "{all:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = run.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "agent did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "agent exited with {status}");
+    // No process the agent started, directly or through its children, survives it.
+    let left: Vec<u32> = all.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "orphaned processes still run: {left:?}");
+    // And it left no child of its own behind: /proc lists no process whose parent it was.
+    let agent = run.child.id();
+    let children: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|n| {
+            std::fs::read_to_string(format!("/proc/{n}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1))
+                        .map(|pp| pp == agent.to_string())
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        children.is_empty(),
+        "children of the agent remain: {children:?}"
+    );
+}
