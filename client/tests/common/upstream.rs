@@ -323,8 +323,8 @@ async fn handle(s: Arc<Shared>, id: Arc<Identity>, req: Request<Incoming>) -> Re
                 let mut bytes = resp.to_string().into_bytes();
                 let jws = sign(&id.key, &body, Sha256::digest(&bytes), false, usage);
                 if s.opts.receipts == Receipts::Tampered {
-                    let i = bytes.iter().position(|b| *b == b'k').unwrap();
-                    bytes[i] = b'K';
+                    let i = bytes.windows(4).position(|w| w == b"tok0").unwrap();
+                    bytes[i + 2] = b'K';
                 }
                 let mut r = json_response(200, &Value::Null);
                 *r.body_mut() = Either::Left(Full::new(Bytes::from(bytes)));
