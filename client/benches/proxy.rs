@@ -13,7 +13,7 @@
 //! `CHRYSALIS_BENCH_MODEL=ID`. `CHRYSALIS_BENCH_QUICK=1` runs fewer rounds;
 //! `CHRYSALIS_BENCH_JSON=FILE` also writes the figures as JSON. Figures are medians over rounds.
 
-#[allow(dead_code, unused_imports, unreachable_pub)]
+#[allow(unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -28,8 +28,7 @@ fn stream_usage(body: &[u8]) -> Value {
         .filter_map(|l| l.strip_prefix("data: "))
         .filter(|p| *p != "[DONE]")
         .map(|p| serde_json::from_str::<Value>(p).unwrap())
-        .filter(|v| v["usage"].is_object())
-        .last()
+        .rfind(|v| v["usage"].is_object())
         .map(|v| v["usage"].clone())
         .unwrap_or(Value::Null)
 }

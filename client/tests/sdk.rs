@@ -75,7 +75,7 @@ async fn the_raw_hyper_client_carries_the_verified_peer() {
     let peer = resp.extensions().get::<VerifiedPeer>().unwrap().clone();
     assert_eq!(peer.cert_sha256(), up.cert_sha256());
     assert_eq!(peer.spki_sha256(), up.spki_sha256());
-    assert_eq!(peer.evidence().verdict().measurements.debug(), false);
+    assert!(!peer.evidence().verdict().measurements.debug());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains(MODEL));
 }
