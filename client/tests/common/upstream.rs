@@ -222,6 +222,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, s: Arc<Shared>) {
             continue;
         };
         s.tcp_accepts.fetch_add(1, Ordering::SeqCst);
+        // As the guest does: small SSE chunks must not wait for delayed ACKs.
+        let _ = tcp.set_nodelay(true);
         let s = s.clone();
         tokio::spawn(async move {
             let id = s.identity.lock().unwrap().clone();
