@@ -274,7 +274,8 @@ fn same(a: &Event, b: &Event) -> bool {
 }
 
 /// Aligns predicted and logged events of one register (LCS on type and digest); between two
-/// matches, events of the same type are paired as differing, the rest are missing/unexpected.
+/// matches, events of the same type are paired as differing, the rest are missing/unexpected;
+/// finally a missing and an unexpected event of the same type anywhere are paired as differing.
 fn align(register: Register, exp: &[&Event], act: &[&Event]) -> Vec<EventComparison> {
     let (n, m) = (exp.len(), act.len());
     // lcs[i][j]: LCS length of exp[i..] and act[j..].
@@ -346,6 +347,25 @@ fn align(register: Register, exp: &[&Event], act: &[&Event]) -> Vec<EventCompari
         }
     }
     flush(&mut out, &mut gap_e, &mut gap_a);
+    // A predicted event that is missing and a logged one of the same type that was not
+    // expected, in different gaps (the firmware logged in another order): one event differs.
+    let mut k = 0;
+    while k < out.len() {
+        if out[k].status == EventStatus::Missing {
+            let ty = out[k].expected.as_ref().map(|e| e.event_type);
+            if let Some(u) = out.iter().position(|c| {
+                c.status == EventStatus::Unexpected && c.actual.as_ref().map(|a| a.event_type) == ty
+            }) {
+                let missing = out.remove(k);
+                let u = if u > k { u - 1 } else { u };
+                out[u].status = EventStatus::Differs;
+                out[u].source = missing.source;
+                out[u].expected = missing.expected;
+                continue;
+            }
+        }
+        k += 1;
+    }
     out
 }
 

@@ -196,7 +196,7 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
         },
     )?;
     let kd = ctx.lock.kernel_deb();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: MANIFEST_FORMAT,
         flavor: ctx.flavor.name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -233,6 +233,7 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
     };
     manifest.validate()?;
     manifest.verify_artifacts(&out)?;
+    manifest.expected_measurements = expected_measurements(&manifest, &out)?;
     write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
     step.done("");
     if !opts.keep_work {
@@ -990,4 +991,31 @@ fn initramfs_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Artifact> {
         modules.display(),
         ctx.lock.kernel.release
     )
+}
+
+/// Expected measurements for the documented default VM shapes
+/// (`chrysalis_attestation::measure::image`) of every platform whose firmware the manifest
+/// lists, computed from the artifacts in `out` (checked against the manifest first). With no
+/// firmware listed nothing can be computed, and the field stays absent.
+fn expected_measurements(
+    manifest: &Manifest,
+    out: &Path,
+) -> Result<Option<chrysalis_attestation::manifest::ExpectedMeasurements>> {
+    use chrysalis_attestation::measure::image::{
+        self as measure, FIRMWARE_SNP, FIRMWARE_TDX, default_snp_shapes, default_tdx_shapes,
+    };
+    let has = |role| manifest.firmware.contains_key(role);
+    if !has(FIRMWARE_TDX) && !has(FIRMWARE_SNP) {
+        eprintln!(
+            "note: the manifest lists no firmware (firmware.tdx / firmware.snp), so no expected \
+             measurements were written; see docs/measurements.md"
+        );
+        return Ok(None);
+    }
+    let tdx = if has(FIRMWARE_TDX) { default_tdx_shapes() } else { vec![] };
+    let snp = if has(FIRMWARE_SNP) { default_snp_shapes() } else { vec![] };
+    let mut read = |a: &chrysalis_attestation::manifest::Artifact| fs::read(out.join(&a.file));
+    let e = measure::expected_measurements(manifest, &tdx, &snp, &mut read)
+        .context("computing the expected measurements")?;
+    Ok(Some(e))
 }
