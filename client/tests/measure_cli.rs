@@ -587,6 +587,9 @@ fn explain_names_the_differing_events_of_a_recorded_boot() {
     // ...GRUB's commands were not expected in a direct boot, and the command line and initrd
     // events the direct boot would have logged are missing.
     assert!(by("unexpected", "EV_IPL").len() > 10);
+    let grub = by("unexpected", "EV_EFI_BOOT_SERVICES_APPLICATION");
+    assert_eq!(grub.len(), 1, "{grub:#?}");
+    assert!(grub[0]["source"].as_str().unwrap().contains("not a direct kernel boot"));
     let missing = by("missing", "EV_EVENT_TAG");
     let sources: Vec<&str> = missing
         .iter()

@@ -179,6 +179,16 @@ pub fn event_source(e: &Event) -> &'static str {
     }
 }
 
+/// Where a logged event that no prediction accounts for comes from.
+fn unexpected_source(e: &Event) -> &'static str {
+    match (e.register, e.event_type) {
+        (Register::Rtmr1, EventType::EV_EFI_BOOT_SERVICES_APPLICATION) => {
+            "an extra EFI application (shim, GRUB, a UEFI shell): not a direct kernel boot"
+        }
+        _ => event_source(e),
+    }
+}
+
 /// Compares a quote's registers and its boot's event log with an expectation.
 ///
 /// `expected.events` must hold the predicted events of RTMR1 and RTMR2 (as
@@ -301,7 +311,10 @@ fn align(register: Register, exp: &[&Event], act: &[&Event]) -> Vec<EventCompari
                 used[k] = true;
                 ge[k].clone()
             });
-            let source = event_source(expected.as_ref().unwrap_or(a));
+            let source = match &expected {
+                Some(e) => event_source(e),
+                None => unexpected_source(a),
+            };
             out.push(EventComparison {
                 register,
                 status: if expected.is_some() {
