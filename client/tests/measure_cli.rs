@@ -589,7 +589,12 @@ fn explain_names_the_differing_events_of_a_recorded_boot() {
     assert!(by("unexpected", "EV_IPL").len() > 10);
     let grub = by("unexpected", "EV_EFI_BOOT_SERVICES_APPLICATION");
     assert_eq!(grub.len(), 1, "{grub:#?}");
-    assert!(grub[0]["source"].as_str().unwrap().contains("not a direct kernel boot"));
+    assert!(
+        grub[0]["source"]
+            .as_str()
+            .unwrap()
+            .contains("not a direct kernel boot")
+    );
     let missing = by("missing", "EV_EVENT_TAG");
     let sources: Vec<&str> = missing
         .iter()

@@ -141,24 +141,8 @@ pub enum ImageMeasureError {
         source: Box<dyn StdError + Send + Sync>,
     },
     /// An artifact's bytes are not those the manifest names.
-    #[error(
-        "{role} artifact {file}: the manifest says {expected_size} bytes sha256 {expected}, \
-         the bytes read are {actual_size} bytes sha256 {actual}"
-    )]
-    ArtifactMismatch {
-        /// Its role in the manifest.
-        role: String,
-        /// Its file name.
-        file: String,
-        /// Size in the manifest.
-        expected_size: u64,
-        /// SHA-256 in the manifest.
-        expected: Sha256,
-        /// Size read.
-        actual_size: u64,
-        /// SHA-256 of the bytes read.
-        actual: Sha256,
-    },
+    #[error("{0}")]
+    ArtifactMismatch(Box<ArtifactMismatch>),
     /// The manifest lists no firmware for the platform, so nothing can be computed for it.
     #[error(
         "the manifest lists no {platform} firmware (firmware.{role}); build it with \
@@ -178,6 +162,27 @@ pub enum ImageMeasureError {
     Snp(#[from] SnpMeasureError),
 }
 
+/// An artifact whose bytes differ from its manifest entry.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{role} artifact {file}: the manifest says {expected_size} bytes sha256 {expected}, \
+     the bytes read are {actual_size} bytes sha256 {actual}"
+)]
+pub struct ArtifactMismatch {
+    /// Its role in the manifest (`kernel`, `initramfs`, `firmware tdx`, ...).
+    pub role: String,
+    /// Its file name.
+    pub file: String,
+    /// Size in the manifest.
+    pub expected_size: u64,
+    /// SHA-256 in the manifest.
+    pub expected: Sha256,
+    /// Size read.
+    pub actual_size: u64,
+    /// SHA-256 of the bytes read.
+    pub actual: Sha256,
+}
+
 /// Reads one artifact and checks its size and SHA-256 against the manifest entry.
 ///
 /// Returns the bytes only if both match; `role` names the artifact in errors.
@@ -195,14 +200,16 @@ pub fn read_verified(
         })?;
     let actual = Sha256::of_bytes(&bytes);
     if bytes.len() as u64 != artifact.size || actual != artifact.sha256 {
-        return Err(ImageMeasureError::ArtifactMismatch {
-            role: role.into(),
-            file: artifact.file.clone(),
-            expected_size: artifact.size,
-            expected: artifact.sha256,
-            actual_size: bytes.len() as u64,
-            actual,
-        });
+        return Err(ImageMeasureError::ArtifactMismatch(Box::new(
+            ArtifactMismatch {
+                role: role.into(),
+                file: artifact.file.clone(),
+                expected_size: artifact.size,
+                expected: artifact.sha256,
+                actual_size: bytes.len() as u64,
+                actual,
+            },
+        )));
     }
     Ok(bytes)
 }
@@ -483,8 +490,8 @@ mod tests {
         let want = m.artifacts.initramfs.sha256;
         let got = Sha256::of_bytes(&files["initramfs.cpio.gz"]);
         assert!(
-            matches!(&err, ImageMeasureError::ArtifactMismatch { role, file, expected, actual, .. }
-                if role == "initramfs" && file == "initramfs.cpio.gz" && *expected == want && *actual == got),
+            matches!(&err, ImageMeasureError::ArtifactMismatch(m)
+                if m.role == "initramfs" && m.file == "initramfs.cpio.gz" && m.expected == want && m.actual == got),
             "{err:?}"
         );
         let msg = err.to_string();

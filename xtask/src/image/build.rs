@@ -1012,8 +1012,16 @@ fn expected_measurements(
         );
         return Ok(None);
     }
-    let tdx = if has(FIRMWARE_TDX) { default_tdx_shapes() } else { vec![] };
-    let snp = if has(FIRMWARE_SNP) { default_snp_shapes() } else { vec![] };
+    let tdx = if has(FIRMWARE_TDX) {
+        default_tdx_shapes()
+    } else {
+        vec![]
+    };
+    let snp = if has(FIRMWARE_SNP) {
+        default_snp_shapes()
+    } else {
+        vec![]
+    };
     let mut read = |a: &chrysalis_attestation::manifest::Artifact| fs::read(out.join(&a.file));
     let e = measure::expected_measurements(manifest, &tdx, &snp, &mut read)
         .context("computing the expected measurements")?;
