@@ -2,8 +2,8 @@
 //! model pack behind dm-verity and a config pinned by sha256 (the contract of docs/image.md, "Boot").
 //!
 //! Two groups of cases:
-//! - the *built image* (`cargo xtask image build --flavor cpu` writes it to out/cpu; another directory
-//!   with `CHRYSALIS_IMAGE_DIR`): it boots until the init hands over to
+//! - the *built image* (`cargo xtask image build --flavor cpu` writes it to out/cpu, `image reproduce`
+//!   to `<cache>/reproduce/cpu-a/out`; another directory with `CHRYSALIS_IMAGE_DIR`): it boots until the init hands over to
 //!   `/usr/bin/chrysalis-guest serve`, and with one flipped byte in rootfs.img dm-verity stops the boot
 //!   and the runtime never starts;
 //! - a *fixture rootfs* holding a test program as /usr/bin/chrysalis-guest
@@ -69,13 +69,27 @@ fn on_path(tool: &str) -> bool {
 const HOW_TO_BUILD: &str = "build one with `cargo xtask image build --flavor cpu` (writes out/cpu; see docs/image.md), \
      or set CHRYSALIS_IMAGE_DIR to a directory holding a manifest.json";
 
-/// The directory of the built image to test: `CHRYSALIS_IMAGE_DIR`, else out/cpu of the workspace,
-/// when it holds a manifest.json.
-fn image_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("CHRYSALIS_IMAGE_DIR")
+/// The image cache: `CHRYSALIS_CACHE`, else `<repo>/.cache` (as `cargo xtask image` uses it).
+fn cache_root() -> PathBuf {
+    std::env::var_os("CHRYSALIS_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("out/cpu"));
-    dir.join("manifest.json").is_file().then_some(dir)
+        .unwrap_or_else(|| workspace().join(".cache"))
+}
+
+/// The directory of the built image to test: `CHRYSALIS_IMAGE_DIR` if set; else out/cpu of the
+/// workspace (`cargo xtask image build --flavor cpu`) or the first build of
+/// `cargo xtask image reproduce --flavor cpu` in the cache, whichever holds a manifest.json.
+fn image_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CHRYSALIS_IMAGE_DIR") {
+        let dir = PathBuf::from(dir);
+        return dir.join("manifest.json").is_file().then_some(dir);
+    }
+    [
+        workspace().join("out/cpu"),
+        cache_root().join("reproduce/cpu-a/out"),
+    ]
+    .into_iter()
+    .find(|d| d.join("manifest.json").is_file())
 }
 
 /// The built image, its artifacts checked against its manifest.
@@ -113,9 +127,7 @@ fn kernel_deb() -> Result<PathBuf, String> {
         std::fs::read_to_string(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
     let lock = Lock::parse(&text).map_err(|e| format!("{}: {e}", lock_path.display()))?;
     let deb = lock.kernel_deb();
-    let root = std::env::var_os("CHRYSALIS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache"));
+    let root = cache_root();
     let cache = Cache::open(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     match cache.get(&deb.name, &deb.sha256) {
         Ok(Some(p)) => Ok(p),
@@ -183,8 +195,9 @@ fn image_for_test() -> Option<&'static (PathBuf, Manifest)> {
     let image = built_image();
     if image.is_none() {
         skip(Some(format!(
-            "no built image in {}; {HOW_TO_BUILD}",
-            std::env::var("CHRYSALIS_IMAGE_DIR").unwrap_or_else(|_| "out/cpu".into())
+            "no built image (looked in {}); {HOW_TO_BUILD}",
+            std::env::var("CHRYSALIS_IMAGE_DIR")
+                .unwrap_or_else(|_| "out/cpu and <cache>/reproduce/cpu-a/out".into())
         )));
     }
     image
