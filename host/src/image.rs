@@ -35,7 +35,7 @@ pub enum ImageError {
         path: PathBuf,
         /// What is wrong with it.
         #[source]
-        source: ManifestError,
+        source: Box<ManifestError>,
     },
     /// An artifact is missing, unreadable, or differs from the manifest (the source names the file,
     /// the expected and the found size and SHA-256).
@@ -45,7 +45,7 @@ pub enum ImageError {
         dir: PathBuf,
         /// The mismatch or I/O error.
         #[source]
-        source: ManifestError,
+        source: Box<ManifestError>,
     },
 }
 
@@ -72,7 +72,7 @@ impl LoadedImage {
         })?;
         let manifest = Manifest::from_json(&text).map_err(|source| ImageError::Manifest {
             path: path.into(),
-            source,
+            source: Box::new(source),
         })?;
         let dir = path
             .parent()
@@ -98,7 +98,7 @@ impl LoadedImage {
             .verify_artifacts(&self.dir)
             .map_err(|source| ImageError::Artifact {
                 dir: self.dir.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -118,19 +118,19 @@ impl LoadedImage {
         let path = self.path_of(artifact);
         let bytes = std::fs::read(&path).map_err(|source| ImageError::Artifact {
             dir: self.dir.clone(),
-            source: ManifestError::Io { path, source },
+            source: Box::new(ManifestError::Io { path, source }),
         })?;
         let found = Sha256::digest(&bytes);
         if found != artifact.sha256 || bytes.len() as u64 != artifact.size {
             return Err(ImageError::Artifact {
                 dir: self.dir.clone(),
-                source: ManifestError::ArtifactMismatch {
+                source: Box::new(ManifestError::ArtifactMismatch {
                     file: artifact.file.clone(),
                     expected_size: artifact.size,
                     expected: artifact.sha256,
                     actual_size: bytes.len() as u64,
                     actual: found,
-                },
+                }),
             });
         }
         Ok(bytes)
