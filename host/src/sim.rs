@@ -92,8 +92,9 @@ pub struct SimMeasurements {
     pub matches_manifest: Option<bool>,
 }
 
-/// Computes what a TD booted from `image` with `shape` reports, with `firmware` as its TDVF.
-/// `firmware_label` says where it came from (for /status).
+/// Computes what a TD booted from `image` with `shape` reports, with `firmware` as its TDVF; the
+/// flag says whether RTMR0 came from the manifest's pin for `shape` (else it is zero). Reads the
+/// kernel and initramfs and fails if their bytes differ from the manifest.
 pub fn tdx_measurements(
     image: &LoadedImage,
     firmware: &[u8],
