@@ -326,7 +326,20 @@ pub async fn run(
                 .supervisor
                 .ready_probe
                 .then(|| (transport.clone(), cfg.relay.guest_port));
-            let s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe);
+            let mut s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe);
+            if let Some(image) = manifest.clone() {
+                s = s.with_restart_check(Arc::new(move || {
+                    image.verify_artifacts().map_err(|e| {
+                        let mut msg = e.to_string();
+                        let mut cur = std::error::Error::source(&e);
+                        while let Some(c) = cur {
+                            msg = format!("{msg}: {c}");
+                            cur = c.source();
+                        }
+                        msg
+                    })
+                }));
+            }
             (s.status(), Some(s))
         }
         None => (watch::channel(VmStatus::external()).1, None),

@@ -175,6 +175,44 @@ async fn a_vm_that_never_boots_is_reported_failed() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_restart_is_refused_when_the_restart_check_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("echo $$ >> {}; exit 1", pids.display());
+    let metrics = Arc::new(Metrics::default());
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = calls.clone();
+    let sup = Supervisor::new(plan(dir.path(), &script), policy(2, 3600), metrics, None)
+        .with_restart_check(Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err("artifact rootfs.img changed".into())
+        }));
+    let status = sup.status();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sup.run(async move {
+        let _ = rx.await;
+    }));
+    wait_until("the failed state", || {
+        status.borrow().state == VmState::Failed
+    })
+    .await;
+    // QEMU ran once (the first start is the caller's to check); both restarts were refused.
+    assert_eq!(read_pids(&pids).len(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let last = status.borrow().last_exit.clone().unwrap_or_default();
+    assert!(
+        last.contains("not restarted: artifact rootfs.img changed"),
+        "{last}"
+    );
+    tx.send(()).unwrap();
+    tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// The agent binary, its state directory and the pid files its doubles write.
 struct AgentRun {
     child: std::process::Child,
