@@ -166,6 +166,34 @@ impl Sha256 {
         use sha2::Digest;
         Self(sha2::Sha256::digest(data).into())
     }
+
+    /// SHA-256 of `data` (the name the image builder uses).
+    pub fn of_bytes(data: &[u8]) -> Self {
+        Self::digest(data)
+    }
+
+    /// Wraps raw digest bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// SHA-256 of everything `reader` yields.
+    pub fn of_reader(mut reader: impl std::io::Read) -> std::io::Result<Self> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match reader.read(&mut buf)? {
+                0 => return Ok(Self(h.finalize().into())),
+                n => h.update(&buf[..n]),
+            }
+        }
+    }
+
+    /// SHA-256 of a file's contents.
+    pub fn of_file(path: &std::path::Path) -> std::io::Result<Self> {
+        Self::of_reader(std::fs::File::open(path)?)
+    }
 }
 
 /// The TDX registers that a quote reports and a policy may pin.

@@ -33,6 +33,8 @@
 //!   second trust anchor that a policy must name (`dangerous_simulated_intel_roots`), never a
 //!   bypass: sim quotes go through the same dcap-qvl path as hardware quotes.
 //! * [`measure`]: expected TDX and SNP measurements from the artifacts, and CCEL replay.
+//! * [`manifest`]: the image's manifest.json (artifacts, verity, command line, expected
+//!   measurements), read by hosts and clients; [`bootargs`]: the measured kernel command line.
 //!
 //! ## Defaults are strict
 //! A [`Policy`] trusts vendor roots only, accepts TCB status `UpToDate` only, refuses debug
@@ -66,10 +68,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bootargs;
 pub mod bundle;
 pub mod error;
 pub mod evidence;
 pub mod hostcall;
+pub mod manifest;
 pub mod measure;
 pub mod policy;
 pub mod ratls;

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -150,8 +150,12 @@ impl AttestedKey {
 
 /// The crypto provider chrysalis uses for TLS (ring, TLS 1.3 only).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    PROVIDER.clone()
 }
+
+/// Built once: the verifiers consult it on every handshake, and building one allocates.
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
 fn cmw_record(bundle_der: &[u8]) -> String {
     serde_json::json!([
@@ -465,12 +469,12 @@ fn verify_sig13(
         message,
         cert,
         dss,
-        &provider().signature_verification_algorithms,
+        &PROVIDER.signature_verification_algorithms,
     )
 }
 
 fn schemes() -> Vec<SignatureScheme> {
-    provider()
+    PROVIDER
         .signature_verification_algorithms
         .supported_schemes()
 }
@@ -623,13 +627,18 @@ impl ClientCertVerifier for RaTlsClientVerifier {
 }
 
 /// A TLS 1.3 client configuration that trusts exactly what `verifier` accepts.
+///
+/// Session resumption is off: a resumed session presents no certificate, so the verifier would
+/// not run and an expired certificate or collateral would go unnoticed.
 pub fn client_config(verifier: Arc<RaTlsServerVerifier>) -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(provider())
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth()
+        .with_no_client_auth();
+    c.resumption = rustls::client::Resumption::disabled();
+    c
 }
 
 /// A TLS 1.3 server configuration that serves whatever certificate `resolver` holds.

@@ -16,7 +16,7 @@ pub fn registry_package_dir(name: &str) -> PathBuf {
     let meta = META.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
-            .args(["metadata", "--format-version", "1", "--offline"])
+            .args(["metadata", "--format-version", "1", "--locked"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .expect("run cargo metadata");

@@ -393,7 +393,7 @@ fn intact_image_boots_to_the_runtime() {
     );
     let line = &boot.first(MARKER).unwrap().text;
     let expected = format!(
-        "{MARKER} pid=1 args=[\"--config\", \"/run/chrysalis/guest.toml\"] config={CONFIG:?} \
+        "{MARKER} pid=1 args=[\"serve\", \"--config\", \"/run/chrysalis/guest.toml\"] config={CONFIG:?} \
          models=[\"fixture-model.bin\"] model_bytes={MODEL_BYTES} root_ro=true tmp_rw=true"
     );
     assert!(

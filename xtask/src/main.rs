@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod firmware;
+mod image;
+mod model;
 mod vm;
 
 use std::path::PathBuf;
@@ -11,15 +13,21 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 /// chrysalis developer tasks.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "cargo xtask", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
+    /// Reproducible guest image: lock inputs, build, rebuild and compare.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Model packs (erofs + dm-verity) for the guest.
+    #[command(subcommand)]
+    Model(model::ModelCmd),
     /// Confidential-VM firmware (OVMF for SEV-SNP, TDVF for TDX) built from pinned sources.
     #[command(subcommand)]
     Firmware(firmware::FirmwareCommand),
@@ -28,7 +36,7 @@ enum Command {
     Vm(VmCommand),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum VmCommand {
     /// Boot a kernel + initramfs (+ disks) on q35 under TCG, console on stdout.
     Run(vm::RunArgs),
@@ -42,6 +50,8 @@ fn repo_root() -> PathBuf {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Image(c) => image::run(c),
+        Command::Model(c) => model::run(c),
         Command::Firmware(cmd) => firmware::run(cmd),
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
     }

@@ -53,13 +53,32 @@ fn rfc3339(s: &str) -> Option<u64> {
     u64::try_from(dt.unix_timestamp()).ok()
 }
 
+/// The `nextUpdate` of a TCB info or QE identity body, bare or wrapped as Intel's PCS serves it
+/// (`{"tcbInfo": {...}}`, `{"enclaveIdentity": {...}}`).
+///
+/// Deserializes into a struct that names only that field: serde skips the rest without building
+/// it, where a `serde_json::Value` of the whole body cost about 5% of a first-contact verify.
 fn next_update(json: &str) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    let body = v
-        .get("tcbInfo")
-        .or_else(|| v.get("enclaveIdentity"))
-        .unwrap_or(&v);
-    rfc3339(body.get("nextUpdate")?.as_str()?)
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "nextUpdate")]
+        next_update: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        #[serde(rename = "tcbInfo")]
+        tcb_info: Option<Body>,
+        #[serde(rename = "enclaveIdentity")]
+        enclave_identity: Option<Body>,
+        #[serde(rename = "nextUpdate")]
+        next_update: Option<String>,
+    }
+    let outer: Outer = serde_json::from_str(json).ok()?;
+    let next = match outer.tcb_info.or(outer.enclave_identity) {
+        Some(body) => body.next_update,
+        None => outer.next_update,
+    };
+    rfc3339(&next?)
 }
 
 /// Verifies a TDX quote with `collateral` at `now` (unix seconds).
@@ -145,5 +164,56 @@ fn map_status(s: dcap_qvl::TcbStatus) -> TcbStatus {
         D::Revoked => TcbStatus::Revoked,
         D::TDRelaunchAdvised => TcbStatus::TDRelaunchAdvised,
         D::TDRelaunchAdvisedConfigurationNeeded => TcbStatus::TDRelaunchAdvisedConfigurationNeeded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_update_of_bare_and_wrapped_bodies() {
+        let at = Some(1_750_550_400); // 2025-06-22T00:00:00Z
+        assert_eq!(
+            next_update(r#"{"version":3,"nextUpdate":"2025-06-22T00:00:00Z","x":[1,{"y":2}]}"#),
+            at
+        );
+        assert_eq!(
+            next_update(r#"{"tcbInfo":{"nextUpdate":"2025-06-22T00:00:00Z"},"signature":"ab"}"#),
+            at
+        );
+        assert_eq!(
+            next_update(r#"{"enclaveIdentity":{"nextUpdate":"2025-06-22T00:00:00Z"}}"#),
+            at
+        );
+        // A wrapper without the field does not fall back to a stray outer one.
+        assert_eq!(
+            next_update(r#"{"tcbInfo":{},"nextUpdate":"2025-06-22T00:00:00Z"}"#),
+            None
+        );
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"nextUpdate":7}"#,
+            r#"{"nextUpdate":"yesterday"}"#,
+            r#"{"nextUpdate":"1969-12-31T23:59:59Z"}"#,
+        ] {
+            assert_eq!(next_update(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn verdict_is_valid_until_the_earliest_next_update() {
+        let pki = crate::sim::SimPki::from_seed(crate::sim::DEFAULT_SEED);
+        let issued = 1_750_000_000;
+        let collateral = pki.collateral(issued, 86_400).unwrap();
+        let quote = pki.quote(&crate::sim::SimTdReport::new(
+            crate::sim::td_measurements(crate::Measurement::ZERO, [crate::Measurement::ZERO; 4]),
+            crate::ReportData::ZERO,
+        ));
+        let anchors = TrustAnchors::none().dangerous_with_simulated_intel_root(pki.root_sha256());
+        let v = verify_tdx(&quote, &collateral, &anchors, issued + 60).unwrap();
+        assert_eq!(v.valid_until, Some(issued + 86_400));
     }
 }

@@ -91,12 +91,13 @@ pub(crate) async fn run(_ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         inner: verifier.clone(),
         cert: Mutex::new(None),
     });
-    let config = rustls::ClientConfig::builder_with_provider(ratls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(ratls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .dangerous()
         .with_custom_certificate_verifier(capture.clone())
         .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
     let connector = AttestedConnector::with_tls_config(verifier, config);
     let result = connector.connect(&addr).await;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

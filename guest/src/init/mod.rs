@@ -132,7 +132,7 @@ pub(crate) fn run() -> anyhow::Result<Infallible> {
     switch_root()?;
     log(&format!("starting {RUNTIME} (uptime {})", uptime()));
     let err = std::process::Command::new(RUNTIME)
-        .args(["--config", CONFIG_PATH])
+        .args(["serve", "--config", CONFIG_PATH])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .env("HOME", "/root")

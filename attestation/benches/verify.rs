@@ -1,0 +1,123 @@
+//! Benchmarks evidence verification at first contact (nothing cached): the recorded dcap-qvl
+//! TDX sample quote with its collateral, a simulated TDX quote, and the recorded SEV-SNP Milan
+//! report with its VCEK and chain. Goal: TDX verify ≤ 1 ms.
+//!
+//! `cargo bench -p chrysalis-attestation --bench verify`; `CHRYSALIS_BENCH_QUICK=1` for a short run.
+
+mod support;
+
+#[path = "../src/testutil.rs"]
+mod testutil;
+
+use std::hint::black_box;
+
+use chrysalis_attestation::evidence::decode_binary_or_hex;
+use chrysalis_attestation::sim::{self, SimPki, SimTdReport};
+use chrysalis_attestation::verify::{TrustAnchors, verify};
+use chrysalis_attestation::{EvidenceBundle, Measurement, ReportData, TcbStatus};
+use support::{Op, Paired};
+
+/// The recorded dcap-qvl sample collateral is current at this time.
+const NOW: u64 = 1_750_500_000;
+
+struct Inputs {
+    tdx_recorded: EvidenceBundle,
+    tdx_sim: EvidenceBundle,
+    snp_recorded: EvidenceBundle,
+    anchors: TrustAnchors,
+}
+
+fn inputs() -> Inputs {
+    let quote = testutil::registry_file("dcap-qvl", "sample/tdx_quote");
+    let collateral: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(&testutil::registry_file(
+        "dcap-qvl",
+        "sample/tdx_quote_collateral.json",
+    ))
+    .expect("collateral JSON");
+    let pki = SimPki::from_seed(sim::DEFAULT_SEED);
+    let sim_quote = pki.quote(&SimTdReport::new(
+        sim::td_measurements(Measurement([0x42; 48]), [Measurement::ZERO; 4]),
+        ReportData([7; 64]),
+    ));
+    let (report, _) = decode_binary_or_hex(&testutil::registry_file(
+        "sev",
+        "tests/certs_data/report_milan.hex",
+    ));
+    let inputs = Inputs {
+        tdx_recorded: EvidenceBundle::tdx(quote, Some(collateral)),
+        tdx_sim: EvidenceBundle::tdx(
+            sim_quote,
+            Some(
+                pki.collateral(NOW - 3600, 30 * 86_400)
+                    .expect("sim collateral"),
+            ),
+        ),
+        snp_recorded: EvidenceBundle::snp(
+            report,
+            Some(testutil::registry_file(
+                "sev",
+                "tests/certs_data/vcek_milan.der",
+            )),
+            Some(testutil::registry_file(
+                "sev",
+                "tests/certs_data/cert_chain_milan",
+            )),
+        ),
+        anchors: TrustAnchors::vendor().dangerous_with_simulated_intel_root(pki.root_sha256()),
+    };
+    // A benchmark of a failing path would measure nothing useful.
+    for b in [&inputs.tdx_recorded, &inputs.tdx_sim, &inputs.snp_recorded] {
+        let v = verify(b, &inputs.anchors, None, NOW).expect("benchmark input verifies");
+        assert_eq!(v.tcb_status, TcbStatus::UpToDate);
+    }
+    inputs
+}
+
+fn main() {
+    let mut c = support::criterion();
+    let inp = inputs();
+    let cases = [
+        ("tdx_recorded", &inp.tdx_recorded),
+        ("tdx_sim", &inp.tdx_sim),
+        ("snp_recorded", &inp.snp_recorded),
+    ];
+    {
+        let mut g = c.benchmark_group("verify_first_contact");
+        for (name, bundle) in cases {
+            g.bench_function(name, |b| {
+                b.iter(|| verify(black_box(bundle), &inp.anchors, None, NOW).expect("verifies"))
+            });
+        }
+        g.finish();
+    }
+    c.final_summary();
+
+    let mut ops: Vec<Op<'_>> = cases
+        .iter()
+        .map(|&(_, bundle)| {
+            Op::new(|| {
+                black_box(verify(black_box(bundle), &inp.anchors, None, NOW).expect("verifies"));
+            })
+        })
+        .collect();
+    let (rounds, per_round) = support::summary_rounds();
+    let p = Paired::run(&mut ops, rounds, per_round);
+    let tdx = p.cpu(0);
+    println!(
+        "summary: verify first contact, median of {rounds} interleaved rounds x {per_round}, \
+         thread CPU time (wall): TDX recorded {} ({}) [goal <= 1 ms: {}], TDX sim {} ({}), \
+         SNP recorded {} ({}); machine: {}",
+        support::fmt(tdx),
+        support::fmt(p.wall(0)),
+        if tdx.as_secs_f64() <= 1e-3 {
+            "met"
+        } else {
+            "MISSED"
+        },
+        support::fmt(p.cpu(1)),
+        support::fmt(p.wall(1)),
+        support::fmt(p.cpu(2)),
+        support::fmt(p.wall(2)),
+        support::machine(),
+    );
+}

