@@ -406,7 +406,12 @@ async fn stream_and_hang_up(proxy: &ProxyProcess, needle: &str) {
             .await
             .expect("the stream stalled")
             .unwrap();
-        assert_ne!(n, 0, "closed before {needle:?}: {}", String::from_utf8_lossy(&got));
+        assert_ne!(
+            n,
+            0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
 }
