@@ -2,9 +2,10 @@
 //!
 //! * streaming tokens/s and time to first token (TTFT) through `chrysalis proxy` (plain HTTP on
 //!   loopback, then RA-TLS) vs the Rust SDK talking RA-TLS directly;
-//! * requests/s with pooled connections vs a new verified connection per request (verdict
-//!   cached per certificate), and vs a new connection with a cold verdict cache (full evidence
-//!   verification every time).
+//! * requests/s through `chrysalis proxy` with pooled upstream connections vs a proxy whose
+//!   client makes a new verified connection per request (verdict cached per certificate);
+//! * the same for the Rust SDK directly, and vs a new connection with a cold verdict cache
+//!   (full evidence verification every time).
 //!
 //! `cargo bench -p chrysalis-client --bench proxy`. The upstream is one of:
 //! * by default, the tests' fake attested node (sim evidence, signed receipts, tokens as fast
@@ -150,6 +151,23 @@ async fn small_request(c: &Client, req: &ChatRequest) {
     c.chat_completion(req).await.unwrap();
 }
 
+/// A non-stream request through a proxy, over the caller's keep-alive connection.
+async fn small_via_proxy(c: &common::PlainClient, url: &str, req: &ChatRequest) {
+    let (status, _, body) = common::post_json(c, url, &serde_json::to_value(req).unwrap()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// Serves a proxy in front of `client` on a free loopback port; its chat completions URL.
+async fn spawn_proxy(client: Client) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(Proxy::new(client).serve(listener, std::future::pending()));
+    url
+}
+
 struct Row {
     what: &'static str,
     unit: &'static str,
@@ -188,19 +206,16 @@ fn main() {
             .upstream(&t.upstream)
             .build()
             .unwrap();
-        let proxy = Proxy::new(
+        let client = |pooling: bool| {
             Client::builder()
                 .policy(t.policy.clone())
                 .upstream(&t.upstream)
+                .pooling(pooling)
                 .build()
-                .unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/v1/chat/completions",
-            listener.local_addr().unwrap()
-        );
-        tokio::spawn(proxy.serve(listener, std::future::pending()));
+                .unwrap()
+        };
+        let url = spawn_proxy(client(true)).await;
+        let url_unpooled = spawn_proxy(client(false)).await;
         let plain = common::plain_client();
 
         // Warm both paths (connections, verdict cache), then alternate rounds.
@@ -217,15 +232,22 @@ fn main() {
         }
 
         let pooled = direct.clone();
-        let unpooled = Client::builder()
-            .policy(t.policy.clone())
-            .upstream(&t.upstream)
-            .pooling(false)
-            .build()
-            .unwrap();
+        let unpooled = client(false);
         small_request(&unpooled, &small).await;
+        small_via_proxy(&plain, &url_unpooled, &small).await;
         let (mut rps_pooled, mut rps_unpooled, mut rps_cold) = (vec![], vec![], vec![]);
+        let (mut rps_proxy, mut rps_proxy_unpooled) = (vec![], vec![]);
         for _ in 0..rounds {
+            let t0 = Instant::now();
+            for _ in 0..requests {
+                small_via_proxy(&plain, &url, &small).await;
+            }
+            rps_proxy.push(requests as f64 / t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            for _ in 0..requests {
+                small_via_proxy(&plain, &url_unpooled, &small).await;
+            }
+            rps_proxy_unpooled.push(requests as f64 / t0.elapsed().as_secs_f64());
             let t0 = Instant::now();
             for _ in 0..requests {
                 small_request(&pooled, &small).await;
@@ -263,6 +285,13 @@ fn main() {
                 value: median(p_ttft),
                 baseline_what: "Rust SDK, RA-TLS direct",
                 baseline: median(d_ttft),
+            },
+            Row {
+                what: "requests/s through chrysalis proxy, pooled",
+                unit: "req/s",
+                value: median(rps_proxy),
+                baseline_what: "proxy, new verified connection per request",
+                baseline: median(rps_proxy_unpooled),
             },
             Row {
                 what: "requests/s, pooled verified connections",
@@ -318,16 +347,25 @@ fn main() {
         rows[1].value - rows[1].baseline,
     );
     println!(
-        "summary: requests/s, one caller in sequence ({}), median of {rounds} interleaved \
-         rounds x {requests}: pooled verified connections {:.1}, new connection per request \
-         with the verdict cached {:.1} (pooled {:.2}x), new connection and full evidence \
-         verification per request {:.1} (pooled {:.2}x); machine: {m}",
+        "summary: requests/s through chrysalis proxy, one caller in sequence ({}), median of \
+         {rounds} interleaved rounds x {requests}: pooled upstream connections {:.1}, new \
+         verified connection per request (verdict cached) {:.1}, pooled {:.2}x; machine: {m}",
         t.kind,
         rows[2].value,
         rows[2].baseline,
         rows[2].value / rows[2].baseline,
+    );
+    println!(
+        "summary: requests/s, Rust SDK direct, one caller in sequence ({}), median of {rounds} \
+         interleaved rounds x {requests}: pooled verified connections {:.1}, new connection per \
+         request with the verdict cached {:.1} (pooled {:.2}x), new connection and full \
+         evidence verification per request {:.1} (pooled {:.2}x); machine: {m}",
+        t.kind,
+        rows[3].value,
         rows[3].baseline,
         rows[3].value / rows[3].baseline,
+        rows[4].baseline,
+        rows[4].value / rows[4].baseline,
     );
     if let Ok(path) = std::env::var("CHRYSALIS_BENCH_JSON") {
         let v: Vec<_> = rows
