@@ -2,6 +2,9 @@
 
 mod eventlog;
 mod evidence;
+mod explain;
+mod measure;
+mod policy;
 mod proxy;
 mod receipts;
 mod sim;
@@ -46,6 +49,16 @@ enum Command {
     /// The simulated TEE: make quotes signed by the deterministic simulated Intel PKI.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Recompute the measurements a VM booted from an image's manifest reports.
+    /// Exit 0 computed, 1 the manifest records other values, 2 bad input.
+    Measure(measure::MeasureArgs),
+    /// Client policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Explain a TDX quote against an image: registers expected vs actual and, through the
+    /// event log, which event differs and which artifact or setting it comes from.
+    /// Exit 0 match, 1 differs, 2 bad input.
+    Explain(explain::ExplainArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -56,6 +69,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence(c) => evidence::run(&ctx, c),
         Command::Sim(c) => sim::run(&ctx, c),
         Command::Eventlog(c) => eventlog::run(&ctx, c),
+        Command::Measure(a) => measure::run(&ctx, a),
+        Command::Policy(c) => policy::run(&ctx, c),
+        Command::Explain(a) => explain::run(&ctx, a),
         Command::Verify(a) => runtime()?.block_on(verify::run(&ctx, a)),
         Command::Receipts(c) => receipts::run(&ctx, c),
         Command::Proxy(a) => {

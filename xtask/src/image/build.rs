@@ -247,14 +247,15 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
     let step = ui.step("Computing the expected measurements");
     let mut manifest = manifest;
     let expected = expected_measurements(&manifest, &out)?;
-    let (tdx, snp) = (expected.tdx.len(), expected.snp.len());
-    manifest.expected_measurements = (tdx + snp > 0).then_some(expected);
+    let (tdx, snp) = expected
+        .as_ref()
+        .map_or((0, 0), |e| (e.tdx.len(), e.snp.len()));
+    manifest.expected_measurements = expected;
     write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
     step.done(if tdx + snp > 0 {
         format!("{tdx} TDX and {snp} SEV-SNP VM shapes")
     } else {
-        "none yet (the calculator is not wired in; manifest.json has no expected_measurements)"
-            .into()
+        "none: the manifest lists no firmware".into()
     });
     if !opts.keep_work {
         let _ = fs::remove_dir_all(&work);
@@ -1146,7 +1147,35 @@ impl fw::Progress for FirmwareProgress<'_> {
 /// computed from `manifest` (kernel, initramfs, command line, firmware) and the artifacts in `out_dir`.
 /// The calculator lives in chrysalis_attestation (another engineer adds it); call it here. Until then this
 /// returns the empty default and the manifest carries no `expected_measurements`.
-fn expected_measurements(manifest: &Manifest, out_dir: &Path) -> Result<ExpectedMeasurements> {
-    let _ = (manifest, out_dir);
-    Ok(ExpectedMeasurements::default())
+
+/// Expected measurements for the documented default VM shapes
+/// (`chrysalis_attestation::measure::image`) of every platform whose firmware the manifest
+/// lists, computed from the artifacts in `out` (checked against the manifest first). With no
+/// firmware listed nothing can be computed, and the field stays absent.
+fn expected_measurements(manifest: &Manifest, out: &Path) -> Result<Option<ExpectedMeasurements>> {
+    use chrysalis_attestation::measure::image::{
+        self as measure, FIRMWARE_SNP, FIRMWARE_TDX, default_snp_shapes, default_tdx_shapes,
+    };
+    let has = |role| manifest.firmware.contains_key(role);
+    if !has(FIRMWARE_TDX) && !has(FIRMWARE_SNP) {
+        eprintln!(
+            "note: the manifest lists no firmware (firmware.tdx / firmware.snp), so no expected \
+             measurements were written; see docs/measurements.md"
+        );
+        return Ok(None);
+    }
+    let tdx = if has(FIRMWARE_TDX) {
+        default_tdx_shapes()
+    } else {
+        vec![]
+    };
+    let snp = if has(FIRMWARE_SNP) {
+        default_snp_shapes()
+    } else {
+        vec![]
+    };
+    let mut read = |a: &chrysalis_attestation::manifest::Artifact| fs::read(out.join(&a.file));
+    let e = measure::expected_measurements(manifest, &tdx, &snp, &mut read)
+        .context("computing the expected measurements")?;
+    Ok(Some(e))
 }
