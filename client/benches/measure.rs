@@ -11,7 +11,6 @@
 #[path = "../tests/support/image.rs"]
 mod image;
 #[path = "../../attestation/src/testutil.rs"]
-#[allow(dead_code)]
 mod testutil;
 
 use std::process::Command;
