@@ -2,16 +2,24 @@
 //! once, while the body (or, for a stream, each SSE `data` payload) is hashed; when the body
 //! ends, the receipt (header or trailer) is verified with the connection's attested key and the
 //! outcome is recorded (ledger, the caller's [`ReceiptSlot`], a warning when it failed).
+//!
+//! A caller that stops reading a stream once it has `data: [DONE]` (the official `openai` SDKs
+//! close the response there) has the whole completion; only the receipt trailer was still on
+//! its way. Such a body, dropped, reads the rest of the upstream's response in the background
+//! (bounded in time and size) so that the receipt is still verified and recorded. A stream
+//! dropped before `[DONE]` is a cancellation: the upstream connection is dropped at once, which
+//! stops the generation, and the record says it was abandoned.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chrysalis_attestation::receipt::{self, RECEIPT_HEADER, ReceiptBody, StreamHasher};
 use chrysalis_attestation::{Sha256, VerifiedPeer};
 use http::HeaderMap;
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use sha2::Digest as _;
 
@@ -69,9 +77,15 @@ pub(crate) struct Exchange {
     pub(crate) peer: VerifiedPeer,
 }
 
+/// How long a stream whose caller left after `[DONE]` is read further for its receipt.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many bytes such a stream may still send (after `[DONE]` only the trailer is expected).
+const DRAIN_LIMIT: usize = 64 << 10;
+
 enum Hashing {
     Body(sha2::Sha256),
-    Sse(LineSplitter, StreamHasher),
+    /// Line splitter, payload hasher, and whether a `[DONE]` payload has passed.
+    Sse(LineSplitter, StreamHasher, bool),
 }
 
 struct Meter {
@@ -94,10 +108,11 @@ impl Drop for InFlight {
 /// A response body from an attested upstream. Frames pass through unchanged; for a completed
 /// chat or text completion the receipt is verified when the body ends.
 pub struct MeteredBody {
-    inner: Incoming,
+    /// None only once a drop has handed it to the background drain.
+    inner: Option<Incoming>,
     meter: Option<Box<Meter>>,
     slot: ReceiptSlot,
-    _in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
 }
 
 impl std::fmt::Debug for MeteredBody {
@@ -126,7 +141,7 @@ impl MeteredBody {
             Box::new(Meter {
                 ex,
                 hashing: if sse {
-                    Hashing::Sse(LineSplitter::default(), StreamHasher::new())
+                    Hashing::Sse(LineSplitter::default(), StreamHasher::new(), false)
                 } else {
                     Hashing::Body(sha2::Sha256::new())
                 },
@@ -138,13 +153,14 @@ impl MeteredBody {
                 slot: slot.clone(),
             })
         });
+        let end = inner.is_end_stream();
         let mut body = Self {
-            inner,
+            inner: Some(inner),
             meter,
             slot,
-            _in_flight: in_flight,
+            in_flight,
         };
-        if body.inner.is_end_stream() {
+        if end {
             body.finish(None, None);
         }
         body
@@ -166,11 +182,58 @@ impl Meter {
     fn feed(&mut self, data: &[u8]) {
         match &mut self.hashing {
             Hashing::Body(h) => h.update(data),
-            Hashing::Sse(lines, h) => lines.push(data, |line| {
+            Hashing::Sse(lines, h, done) => lines.push(data, |line| {
                 if let Some(p) = data_payload(line) {
                     h.data(p);
+                    *done |= p == b"[DONE]";
                 }
             }),
+        }
+    }
+
+    /// True once a stream's `[DONE]` has passed: the caller has the whole completion.
+    fn done(&self) -> bool {
+        matches!(self.hashing, Hashing::Sse(_, _, true))
+    }
+
+    /// Reads what is left of a stream whose caller has gone after `[DONE]`, then finishes.
+    async fn drain(mut self: Box<Self>, mut inner: Incoming) {
+        let mut left = DRAIN_LIMIT;
+        let outcome = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            loop {
+                match inner.frame().await {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(format!("incomplete: the upstream failed: {e}")),
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            left = left.checked_sub(data.len()).ok_or_else(|| {
+                                format!(
+                                    "incomplete: the upstream sent over {DRAIN_LIMIT} bytes \
+                                     after [DONE] to a caller that had left"
+                                )
+                            })?;
+                            self.feed(&data);
+                        }
+                        Err(frame) => {
+                            if let Ok(t) = frame.into_trailers() {
+                                return Ok(Some(t));
+                            }
+                        }
+                    },
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(trailers)) => self.finish(trailers.as_ref(), None),
+            Ok(Err(failure)) => self.finish(None, Some(failure)),
+            Err(_) => self.finish(
+                None,
+                Some(format!(
+                    "incomplete: the receipt did not arrive within {} s after [DONE]",
+                    DRAIN_TIMEOUT.as_secs()
+                )),
+            ),
         }
     }
 
@@ -190,13 +253,13 @@ impl Meter {
         let jws = header_receipt.or(trailer_receipt);
         let response_hash = match hashing {
             Hashing::Body(h) => Ok(Sha256(h.finalize().into())),
-            Hashing::Sse(lines, _) if lines.overflowed() => {
+            Hashing::Sse(lines, ..) if lines.overflowed() => {
                 Err("a stream line exceeded the client's line limit".to_owned())
             }
-            Hashing::Sse(lines, _) if !lines.rest().is_empty() => {
+            Hashing::Sse(lines, ..) if !lines.rest().is_empty() => {
                 Err("the stream ended inside an unterminated line".to_owned())
             }
-            Hashing::Sse(_, h) => Ok(h.finish()),
+            Hashing::Sse(_, h, _) => Ok(h.finish()),
         };
         let checked: Result<ReceiptBody, String> = match (failure, &jws) {
             (Some(f), _) => Err(f),
@@ -282,7 +345,10 @@ impl Body for MeteredBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(&mut *inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     if let Some(m) = this.meter.as_mut() {
@@ -290,7 +356,7 @@ impl Body for MeteredBody {
                     }
                     // A body of known length ends with its last byte; its reader may never poll
                     // again, so the receipt is checked now.
-                    if this.inner.is_end_stream() {
+                    if inner.is_end_stream() {
                         this.finish(None, None);
                     }
                 } else if let Some(t) = frame.trailers_ref() {
@@ -310,17 +376,34 @@ impl Body for MeteredBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
 impl Drop for MeteredBody {
     fn drop(&mut self) {
-        self.finish(
+        let Some(m) = self.meter.take() else {
+            return;
+        };
+        if m.done()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+            && let Some(inner) = self.inner.take()
+        {
+            // Still counted in flight on its upstream until the drain ends.
+            let in_flight = self.in_flight.take();
+            rt.spawn(async move {
+                m.drain(inner).await;
+                drop(in_flight);
+            });
+            return;
+        }
+        m.finish(
             None,
             Some("incomplete: the response was abandoned before it ended".into()),
         );

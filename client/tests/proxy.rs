@@ -382,6 +382,68 @@ async fn streams_pass_through_chunk_by_chunk() {
     assert!(proxy.ledger(1)[0].verified);
 }
 
+/// Sends a streaming chat request over a raw connection, reads until `needle` has arrived,
+/// then closes the connection, as the `openai` SDK does after `[DONE]`.
+async fn stream_and_hang_up(proxy: &ProxyProcess, needle: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = chat("x", 4, true).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            proxy.addr,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf))
+            .await
+            .expect("the stream stalled")
+            .unwrap();
+        assert_ne!(
+            n,
+            0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_caller_leaving_after_done_still_gets_the_receipt_recorded() {
+    // The receipt trailer comes after [DONE], when the caller has already closed.
+    let mut o = Options::new(PINNED);
+    o.trailer_delay = Duration::from_millis(300);
+    let up = FakeUpstream::start(o);
+    let proxy = ProxyProcess::start(&[up.addr], &policy(&up));
+    stream_and_hang_up(&proxy, "data: [DONE]").await;
+    let ledger = proxy.ledger(1);
+    assert!(ledger[0].verified, "{ledger:?}\n{}", proxy.log());
+    assert_eq!(ledger[0].usage.unwrap().completion_tokens, 4);
+
+    // Leaving before [DONE] is a cancellation: recorded as abandoned, unverified.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let mut o = Options::new(PINNED);
+    o.gate = Some(gate.clone());
+    let up = FakeUpstream::start(o);
+    let proxy = ProxyProcess::start(&[up.addr], &policy(&up));
+    stream_and_hang_up(&proxy, "tok0").await;
+    let ledger = proxy.ledger(1);
+    assert!(!ledger[0].verified);
+    assert!(
+        ledger[0].reason.as_deref().unwrap().contains("abandoned"),
+        "{ledger:?}"
+    );
+    gate.notify_one();
+}
+
 #[tokio::test]
 async fn guards_host_size_and_paths() {
     let up = FakeUpstream::start(Options::new(PINNED));

@@ -330,5 +330,37 @@ async fn main() -> anyhow::Result<()> {
         "  TTFT ms    direct {df:8.2}   chain {cf:8.2}   added {:+.2} ms   (goal ≤ 2 ms)",
         cf - df
     );
+    let runs = d_all.len();
+    for fig in [
+        serde_json::json!({
+            "name": "full chain tokens/s (RA-TLS + hyper + pyo3 + llama_cpp adapter)",
+            "unit": "tokens/s", "value": ct,
+            "baseline": "llama-cpp-python called directly", "baseline_value": dt,
+            "ratio": ct / dt, "goal": ">= 0.97x", "met": ct / dt >= 0.97, "runs": runs,
+        }),
+        serde_json::json!({
+            "name": "full chain time to first token", "unit": "ms", "value": cf,
+            "baseline": "llama-cpp-python called directly", "baseline_value": df,
+            "ratio": cf / df, "goal": "<= 2 ms added", "met": cf - df <= 2.0, "runs": runs,
+            "note": format!("{:+.2} ms added", cf - df),
+        }),
+    ] {
+        record(&fig)?;
+    }
+    Ok(())
+}
+
+/// Appends one figure as a JSON line to `CHRYSALIS_BENCH_FIGURES` (set by `cargo xtask bench`;
+/// schema in xtask/src/bench.rs).
+fn record(figure: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") else {
+        return Ok(());
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{figure}")?;
     Ok(())
 }

@@ -480,6 +480,36 @@ fn main() {
         json["relay_over_socat_throughput"] = serde_json::json!(relay.mb_s / socat.mb_s);
     }
     println!("load average after: {}", load());
+    let fig = |v: serde_json::Value| record(&v);
+    fig(serde_json::json!({
+        "name": "relay throughput, 1 connection", "unit": "MB/s", "value": relay.mb_s,
+        "baseline": "direct Unix socket to the guest", "baseline_value": direct.mb_s,
+        "ratio": relay.mb_s / direct.mb_s, "goal": ">= 0.90x",
+        "met": relay.mb_s / direct.mb_s >= 0.90, "runs": runs,
+    }));
+    if let Some(i) = idx(Route::Socat) {
+        let socat = &rows[i];
+        fig(serde_json::json!({
+            "name": "relay throughput vs socat, 1 connection", "unit": "MB/s", "value": relay.mb_s,
+            "baseline": "socat TCP-LISTEN -> UNIX-CONNECT", "baseline_value": socat.mb_s,
+            "ratio": relay.mb_s / socat.mb_s, "goal": ">= 1.5x",
+            "met": relay.mb_s / socat.mb_s >= 1.5, "runs": runs,
+        }));
+    }
+    for (label, r, d, goal) in [
+        ("p50, 1 connection", relay.one.0, direct.one.0, None),
+        ("p99, 1 connection", relay.one.1, direct.one.1, Some(100.0)),
+        ("p50, 256 connections", relay.many.0, direct.many.0, None),
+        ("p99, 256 connections", relay.many.1, direct.many.1, None),
+    ] {
+        fig(serde_json::json!({
+            "name": format!("relay request latency {label}"), "unit": "µs", "value": r,
+            "baseline": "direct Unix socket to the guest", "baseline_value": d,
+            "ratio": r / d, "goal": goal.map(|g: f64| format!("<= {g} µs added")),
+            "met": goal.map(|g| r - d <= g), "runs": runs,
+            "note": format!("{} µs added", (r - d).round()),
+        }));
+    }
     if let Some(path) = std::env::var_os("CHRYSALIS_BENCH_JSON") {
         std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     }
@@ -487,4 +517,19 @@ fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Appends one figure as a JSON line to `CHRYSALIS_BENCH_FIGURES` (set by `cargo xtask bench`;
+/// schema in xtask/src/bench.rs).
+fn record(figure: &serde_json::Value) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") else {
+        return;
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(f, "{figure}").unwrap();
 }

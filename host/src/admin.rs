@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::relay::{ConnectionInfo, Relay};
+use crate::sim::SimMeasurements;
 use crate::supervisor::VmStatus;
 
 /// What /status says about the image.
@@ -50,6 +51,8 @@ pub struct AdminState {
     pub relay: Option<Arc<Relay>>,
     /// The relay's public address.
     pub relay_listen: Option<SocketAddr>,
+    /// What the sim quote service quotes (sim profile).
+    pub sim_quote: Option<SimMeasurements>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -74,6 +77,7 @@ struct Status<'a> {
     platform: &'a str,
     vm: VmStatus,
     image: Option<&'a ImageInfo>,
+    sim_quote: Option<&'a SimMeasurements>,
     relay: RelayStatus,
 }
 
@@ -95,6 +99,7 @@ impl AdminState {
             platform: self.platform,
             vm: self.vm.borrow().clone(),
             image: self.image.as_ref(),
+            sim_quote: self.sim_quote.as_ref(),
             relay,
         };
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -203,6 +208,7 @@ mod tests {
             }),
             relay: None,
             relay_listen: None,
+            sim_quote: None,
         };
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use chrysalis_attestation::manifest::VmShape;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -13,11 +14,12 @@ use tokio::task::JoinSet;
 use crate::admin::{self, AdminState, ImageInfo};
 use crate::collateral::{CollateralCache, CollateralError, PccsClient, refresh_loop};
 use crate::config::{HostConfig, TransportKind};
+use crate::image::{ImageError, LoadedImage};
 use crate::launch::{self, LaunchError, LaunchPlan};
-use crate::manifest::{LoadedManifest, ManifestError};
 use crate::metrics::Metrics;
 use crate::relay::{Observer, Relay};
 use crate::services::{self, QuoteSigner, Service, ServiceLimits};
+use crate::sim::{SimSignerError, SimTdxSigner};
 use crate::supervisor::{Supervisor, VmStatus};
 use crate::transport::{
     HybridVsockTransport, TcpTransport, Transport, TransportError, VsockTransport,
@@ -27,9 +29,9 @@ use crate::transport::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AgentError {
-    /// The image manifest could not be read.
+    /// The image manifest could not be read, or an artifact differs from it.
     #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    Image(#[from] ImageError),
     /// The VM's command lines could not be built.
     #[error(transparent)]
     Launch(#[from] LaunchError),
@@ -58,9 +60,15 @@ pub enum AgentError {
     /// Collateral could not be loaded or the PCCS client set up.
     #[error(transparent)]
     Collateral(#[from] CollateralError),
-    /// The sim quote service is enabled but nothing can sign quotes.
-    #[error("services.sim_quote: enabled, but no sim quote signer was provided to the agent")]
+    /// The sim quote service is enabled but nothing can sign quotes (no image to measure and no
+    /// signer passed in).
+    #[error(
+        "services.sim_quote: enabled, but there is no image manifest to measure ([image] manifest) and no signer was passed to the agent"
+    )]
     NoQuoteSigner,
+    /// The sim quote signer could not be built from the image.
+    #[error(transparent)]
+    SimSigner(#[from] SimSignerError),
     /// The state directory or a file in it could not be written.
     #[error("writing {path}")]
     State {
@@ -75,8 +83,10 @@ pub enum AgentError {
 /// What the embedding binary or test provides beyond host.toml.
 #[derive(Default)]
 pub struct AgentOptions {
-    /// Signs sim quotes (required when the sim quote service is enabled).
+    /// Signs sim quotes instead of the [`SimTdxSigner`] the agent builds from the image (tests).
     pub quote_signer: Option<Arc<dyn QuoteSigner>>,
+    /// The clock for simulated collateral (default `SystemTime::now`).
+    pub clock: Option<fn() -> SystemTime>,
     /// Sees every byte the relay forwards (tests only; forces the user-space copy path).
     pub relay_observer: Option<Arc<dyn Observer>>,
     /// Counters to use (a test may keep a handle); fresh ones when absent.
@@ -106,12 +116,14 @@ pub fn build_transport(cfg: &HostConfig) -> Arc<dyn Transport> {
     }
 }
 
-/// Reads the manifest and builds the launch plan, as `run` and `--dry-run` do.
+/// Reads the manifest and builds the launch plan, as `run`, `check` and `--dry-run` do. Does not
+/// read the artifacts: `run` and `check` call [`LoadedImage::verify_artifacts`] next, `--dry-run`
+/// only prints.
 pub fn plan_from_config(
     cfg: &HostConfig,
-) -> Result<(Option<LoadedManifest>, Option<LaunchPlan>), AgentError> {
+) -> Result<(Option<LoadedImage>, Option<LaunchPlan>), AgentError> {
     let manifest = match &cfg.image {
-        Some(image) => Some(LoadedManifest::load(&image.manifest)?),
+        Some(image) => Some(LoadedImage::load(&image.manifest)?),
         None => None,
     };
     let plan = match (&manifest, cfg.vm.launch) {
@@ -137,6 +149,27 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// Reissues the simulated collateral at half its validity, so the guest never holds expired
+/// collateral.
+async fn sim_collateral_loop(
+    signer: Arc<SimTdxSigner>,
+    cache: Arc<CollateralCache>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let period = signer.collateral_validity() / 2;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        match signer.collateral() {
+            Ok(c) => cache.set(c),
+            Err(e) => tracing::error!(error = %e, "reissuing simulated collateral"),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` completes, then stops the VM and every listener.
 ///
 /// It writes the bound public relay and admin addresses to `<state_dir>/relay.addr` and
@@ -155,6 +188,14 @@ pub async fn run(
     })?;
 
     let (manifest, plan) = plan_from_config(&cfg)?;
+    if let Some(m) = &manifest {
+        // Every artifact, before anything starts: a stale or half-copied image is an error that
+        // names the file and both digests, not a guest that clients reject.
+        let m = m.clone();
+        tokio::task::spawn_blocking(move || m.verify_artifacts())
+            .await
+            .expect("artifact check does not panic")?;
+    }
     if let Some(plan) = &plan {
         if launch::find_program(&plan.qemu.program).is_none() {
             return Err(AgentError::MissingProgram {
@@ -176,8 +217,36 @@ pub async fn run(
     let mut tasks = JoinSet::new();
 
     // Guest→host services first: the guest may ask for a quote as soon as it boots.
+    let clock = opts.clock.unwrap_or(SystemTime::now);
+    let mut sim_signer: Option<Arc<SimTdxSigner>> = None;
     if cfg.sim_quote_enabled() {
-        let signer = opts.quote_signer.clone().ok_or(AgentError::NoQuoteSigner)?;
+        let signer: Arc<dyn QuoteSigner> = match (&opts.quote_signer, &manifest) {
+            (Some(s), _) => s.clone(),
+            (None, Some(image)) => {
+                let sq = &cfg.services.sim_quote;
+                let seed = SimTdxSigner::seed_bytes(sq.seed_hex.as_deref())?;
+                let shape = VmShape {
+                    vcpus: cfg.vm.vcpus,
+                    memory_mib: cfg.vm.memory_mib,
+                };
+                let (image, fw) = (image.clone(), sq.tdx_firmware.clone());
+                let validity = Duration::from_secs(sq.collateral_validity_secs);
+                let s = tokio::task::spawn_blocking(move || {
+                    SimTdxSigner::new(&image, &shape, &seed, fw.as_deref(), validity, clock)
+                })
+                .await
+                .expect("measuring does not panic")?;
+                let st = s.status();
+                tracing::info!(
+                    mr_td = %st.mr_td, rtmr0 = %st.rtmr[0], rtmr1 = %st.rtmr[1], rtmr2 = %st.rtmr[2],
+                    sim_root_sha256 = %st.sim_root_sha256, "sim quote service: measurements of the launched artifacts"
+                );
+                let s = Arc::new(s);
+                sim_signer = Some(s.clone());
+                s
+            }
+            (None, None) => return Err(AgentError::NoQuoteSigner),
+        };
         let listener = transport.listen(cfg.services.sim_quote.port).await?;
         tasks.spawn(services::serve(
             listener,
@@ -193,6 +262,16 @@ pub async fn run(
             Some(file) => CollateralCache::from_file(file)?,
             None => CollateralCache::new(),
         });
+        if col.file.is_none() && col.pccs_url.is_none() {
+            // Validated: only the sim profile gets here; it serves its own PKI's collateral.
+            let s = sim_signer.clone().ok_or(AgentError::NoQuoteSigner)?;
+            cache.set(s.collateral().map_err(SimSignerError::from)?);
+            tasks.spawn(sim_collateral_loop(
+                s,
+                cache.clone(),
+                stopped(stop_rx.clone()),
+            ));
+        }
         if let Some(url) = &col.pccs_url {
             let fmspc = col
                 .fmspc
@@ -247,7 +326,20 @@ pub async fn run(
                 .supervisor
                 .ready_probe
                 .then(|| (transport.clone(), cfg.relay.guest_port));
-            let s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe);
+            let mut s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe);
+            if let Some(image) = manifest.clone() {
+                s = s.with_restart_check(Arc::new(move || {
+                    image.verify_artifacts().map_err(|e| {
+                        let mut msg = e.to_string();
+                        let mut cur = std::error::Error::source(&e);
+                        while let Some(c) = cur {
+                            msg = format!("{msg}: {c}");
+                            cur = c.source();
+                        }
+                        msg
+                    })
+                }));
+            }
             (s.status(), Some(s))
         }
         None => (watch::channel(VmStatus::external()).1, None),
@@ -272,9 +364,14 @@ pub async fn run(
             platform: cfg.vm.platform.as_str(),
             image: manifest.as_ref().map(|m| ImageInfo {
                 manifest: m.path.display().to_string(),
-                manifest_digest: m.digest.clone(),
-                expected_measurements: m.manifest.measurements.clone(),
+                manifest_digest: m.digest.to_string(),
+                expected_measurements: m
+                    .manifest
+                    .expected_measurements
+                    .as_ref()
+                    .and_then(|e| serde_json::to_value(e).ok()),
             }),
+            sim_quote: sim_signer.as_ref().map(|s| s.status().clone()),
             relay: Some(relay.clone()),
             relay_listen: relay_addr,
         };

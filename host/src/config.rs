@@ -485,8 +485,20 @@ pub struct SimQuoteConfig {
     #[serde(default = "default_sim_quote_port")]
     pub port: u32,
     /// The simulated PKI's seed, 64 hex digits; the same seed gives the same sim root a client pins.
+    /// Default: `chrysalis_attestation::sim::DEFAULT_SEED`.
     #[serde(default)]
     pub seed_hex: Option<String>,
+    /// A TDVF image to compute MRTD from when the manifest lists no `tdx` firmware.
+    #[serde(default)]
+    pub tdx_firmware: Option<PathBuf>,
+    /// Seconds the simulated collateral (in each quote response and on the collateral port) stays
+    /// valid after it is issued; it is reissued before then.
+    #[serde(default = "default_sim_collateral_validity")]
+    pub collateral_validity_secs: u64,
+}
+
+fn default_sim_collateral_validity() -> u64 {
+    3600
 }
 
 impl Default for SimQuoteConfig {
@@ -495,6 +507,8 @@ impl Default for SimQuoteConfig {
             enabled: None,
             port: default_sim_quote_port(),
             seed_hex: None,
+            tdx_firmware: None,
+            collateral_validity_secs: default_sim_collateral_validity(),
         }
     }
 }
@@ -513,7 +527,8 @@ pub struct CollateralConfig {
     /// The host-side vsock port.
     #[serde(default = "default_collateral_port")]
     pub port: u32,
-    /// Serve collateral from this JSON file (dcap-qvl's `QuoteCollateralV3` layout).
+    /// Serve collateral from this JSON file (dcap-qvl's `QuoteCollateralV3` layout). With neither
+    /// this nor `pccs_url`, the sim profile serves the simulated PKI's collateral.
     #[serde(default)]
     pub file: Option<PathBuf>,
     /// Fetch collateral from this PCCS or PCS base URL (e.g. `https://pccs.example:8081`); no network
@@ -716,6 +731,7 @@ impl HostConfig {
             &mut self.transport.uds_path,
             &mut self.services.collateral.file,
             &mut self.services.collateral.pccs_ca_file,
+            &mut self.services.sim_quote.tdx_firmware,
         ]
         .into_iter()
         .flatten()
@@ -903,14 +919,21 @@ impl HostConfig {
                     "must be 64 hex digits (32 bytes)",
                 ));
             }
+            if self.services.sim_quote.collateral_validity_secs < 120 {
+                return Err(invalid(
+                    "services.sim_quote.collateral_validity_secs",
+                    "must be at least 120 (it is reissued at half its validity)",
+                ));
+            }
         }
         let col = &self.services.collateral;
         if col.enabled {
             match (&col.file, &col.pccs_url) {
+                (None, None) if self.sim_quote_enabled() => {}
                 (None, None) => {
                     return Err(invalid(
                         "services.collateral",
-                        "enabled, but neither file nor pccs_url is set",
+                        "enabled, but neither file nor pccs_url is set (only the sim profile has collateral of its own)",
                     ));
                 }
                 (Some(_), Some(_)) => {
@@ -1069,9 +1092,20 @@ mod tests {
             key_of(with("[transport]\nkind = \"vsock\"\n").unwrap_err()),
             "transport.kind"
         );
+        // Without a source, only the sim profile (serving its own PKI's collateral) may enable it.
+        assert!(with("[services.collateral]\nenabled = true\n").is_ok());
         assert_eq!(
-            key_of(with("[services.collateral]\nenabled = true\n").unwrap_err()),
+            key_of(
+                with(
+                    "[services.sim_quote]\nenabled = false\n[services.collateral]\nenabled = true\n"
+                )
+                .unwrap_err()
+            ),
             "services.collateral"
+        );
+        assert_eq!(
+            key_of(with("[services.sim_quote]\ncollateral_validity_secs = 10\n").unwrap_err()),
+            "services.sim_quote.collateral_validity_secs"
         );
         assert_eq!(
             key_of(

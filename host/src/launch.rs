@@ -4,8 +4,9 @@
 //! so `--dry-run` prints exactly what `run` executes and golden tests pin it.
 //!
 //! Common to every profile: direct kernel boot (`-kernel`, `-initrd`, `-append` with the manifest's
-//! measured command line), the rootfs and model images attached read-only as virtio-blk disks in
-//! that order (serials `rootfs`, `model`), the guest serial console appended to
+//! measured command line), the rootfs, model and config disks attached read-only as virtio-blk
+//! disks in that order (serials `rootfs`, `model`, `config`: the guest init finds them by serial,
+//! docs/image.md "Disks"), the guest serial console appended to
 //! `<state_dir>/<name>-serial.log`, `-no-reboot` so that a guest that powers off or panics ends
 //! QEMU (the supervisor then sees the failure), and no default devices.
 //!
@@ -24,7 +25,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::config::{HostConfig, PlatformProfile, QgsAddress, SimAccel};
-use crate::manifest::LoadedManifest;
+use crate::image::{FIRMWARE_SNP, FIRMWARE_TDX, LoadedImage};
 
 /// Errors of building a launch plan.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub enum LaunchError {
     },
     /// The profile needs firmware and neither host.toml nor the manifest names one.
     #[error(
-        "qemu.firmware: the {0} profile needs firmware (TDVF for tdx, AmdSev OVMF for snp) and the manifest has none"
+        "qemu.firmware: the {0} profile needs firmware (TDVF for tdx, AmdSev OVMF for snp) and the manifest's firmware map has no \"{0}\" entry"
     )]
     NoFirmware(&'static str),
     /// The config does not describe a VM to launch (`vm.launch = false`).
@@ -157,11 +158,11 @@ fn vm_opt_path(what: &'static str, p: &Path) -> Result<String, LaunchError> {
     Ok(s.to_string())
 }
 
-/// Builds the command lines for `cfg` and `manifest`. `kvm_usable` answers the sim profile's
+/// Builds the command lines for `cfg` and the image's manifest. `kvm_usable` answers the sim profile's
 /// `accel = "auto"` (whether /dev/kvm can be opened); it is a parameter so tests are deterministic.
 pub fn plan(
     cfg: &HostConfig,
-    manifest: &LoadedManifest,
+    image: &LoadedImage,
     kvm_usable: impl Fn() -> bool,
 ) -> Result<LaunchPlan, LaunchError> {
     if !cfg.vm.launch {
@@ -172,7 +173,7 @@ pub fn plan(
     let state = &vm.state_dir;
     let serial_log = state.join(format!("{}-serial.log", vm.name));
     let qemu_log = state.join(format!("{}-qemu.log", vm.name));
-    let arts = &manifest.manifest.artifacts;
+    let arts = &image.manifest.artifacts;
     let cvm = platform != PlatformProfile::Sim;
     // Confidential guests only accept virtio devices that use the DMA API (bounce buffers in shared memory).
     let virtio_cvm = if cvm {
@@ -262,11 +263,17 @@ pub fn plan(
         }
     }
 
-    let firmware = cfg
-        .qemu
-        .firmware
-        .clone()
-        .or_else(|| arts.firmware.as_ref().map(|f| manifest.resolve(f)));
+    // sim boots with QEMU's default SeaBIOS unless host.toml names firmware: the manifest's TDVF
+    // and AmdSev OVMF images only boot inside their TEE.
+    let role = match platform {
+        PlatformProfile::Tdx => Some(FIRMWARE_TDX),
+        PlatformProfile::Snp => Some(FIRMWARE_SNP),
+        PlatformProfile::Sim => None,
+    };
+    let firmware = cfg.qemu.firmware.clone().or_else(|| {
+        role.and_then(|r| image.firmware(r))
+            .map(|f| image.path_of(f))
+    });
     match (&firmware, platform) {
         (Some(fw), _) => push(&["-bios", utf8("qemu.firmware", fw)?]),
         (None, PlatformProfile::Tdx) => return Err(LaunchError::NoFirmware("tdx")),
@@ -275,13 +282,13 @@ pub fn plan(
     }
     push(&[
         "-kernel",
-        utf8("artifacts.kernel", &manifest.resolve(&arts.kernel))?,
+        utf8("artifacts.kernel", &image.path_of(&arts.kernel))?,
     ]);
     push(&[
         "-initrd",
-        utf8("artifacts.initrd", &manifest.resolve(&arts.initrd))?,
+        utf8("artifacts.initramfs", &image.path_of(&arts.initramfs))?,
     ]);
-    push(&["-append", &manifest.manifest.cmdline]);
+    push(&["-append", &image.manifest.kernel_cmdline]);
     push(&[
         "-chardev",
         &format!(
@@ -291,19 +298,13 @@ pub fn plan(
     ]);
     push(&["-serial", "chardev:serial0"]);
 
-    let mut disks = vec![("rootfs", manifest.resolve(&arts.rootfs))];
-    if let Some(model) = &arts.model {
-        disks.push(("model", manifest.resolve(model)));
-    }
-    for (id, path) in &disks {
-        let file = qemu_opt_path(
-            if *id == "rootfs" {
-                "artifacts.rootfs"
-            } else {
-                "artifacts.model"
-            },
-            path,
-        )?;
+    let disks = [
+        ("rootfs", "artifacts.rootfs", &arts.rootfs),
+        ("model", "artifacts.model", &arts.model),
+        ("config", "artifacts.config_disk", &arts.config_disk),
+    ];
+    for (id, what, artifact) in disks {
+        let file = qemu_opt_path(what, &image.path_of(artifact))?;
         push(&[
             "-drive",
             &format!("if=none,id={id},file={file},format=raw,readonly=on"),

@@ -13,12 +13,15 @@
 //! ```
 //!
 //! * [`config`]: `host.toml`, strict parsing and validation that names the offending key.
-//! * [`manifest`]: the fields of the image's manifest.json the launcher needs.
+//! * [`image`]: the image's manifest.json (`chrysalis_attestation::manifest`) and its artifacts,
+//!   checked by size and SHA-256 before launch.
 //! * [`transport`]: the [`Transport`] trait and its AF_VSOCK, hybrid vsock and TCP implementations.
 //! * [`relay`]: the TCP → guest relay (splice, half-close, idle timeout, connection cap, counters).
 //! * [`launch`]: exact QEMU and vhost-device-vsock command lines per platform profile.
 //! * [`supervisor`]: starts, restarts (exponential backoff) and stops the VM without orphans.
 //! * [`services`]: guest→host services over the `hostcall` framing, behind the [`QuoteSigner`] seam.
+//! * [`sim`]: the sim profile's quote signer: TDX measurements of the launched artifacts, quoted
+//!   by the simulated Intel PKI.
 //! * [`collateral`]: TDX collateral from a file or a PCCS, refreshed before `nextUpdate`.
 //! * [`metrics`] and [`admin`]: counters, `/metrics` and `/status`.
 //! * [`agent`]: wires everything for `chrysalis-host run`.
@@ -29,21 +32,24 @@ pub mod admin;
 pub mod agent;
 pub mod collateral;
 pub mod config;
+pub mod image;
 pub mod launch;
-pub mod manifest;
 pub mod metrics;
 pub mod relay;
 pub mod services;
+pub mod sim;
 pub mod supervisor;
 pub mod testkit;
 pub mod transport;
 
 pub use agent::{AgentError, AgentOptions};
 pub use config::{ConfigError, HostConfig, PlatformProfile};
+pub use image::{ImageError, LoadedImage};
 pub use launch::{CommandLine, LaunchError, LaunchPlan};
 pub use metrics::Metrics;
 pub use relay::{CopyMode, Direction, Observer, Relay, RelayConfig, RelayError};
 pub use services::{QuoteSigner, SimQuote};
+pub use sim::{SimMeasurements, SimSignerError, SimTdxSigner};
 pub use supervisor::{Supervisor, VmState, VmStatus};
 pub use transport::{
     GuestListener, GuestStream, HybridVsockTransport, TcpTransport, Transport, TransportError,

@@ -1,11 +1,10 @@
 //! `chrysalis-host`: the host agent binary (`run`, `run --dry-run`, `check`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
+use chrysalis_host::HostConfig;
 use chrysalis_host::agent::{self, AgentOptions};
-use chrysalis_host::{HostConfig, QuoteSigner};
 use clap::{Parser, Subcommand};
 
 /// The chrysalis host agent: launches the confidential VM, relays ciphertext to it, serves its
@@ -36,15 +35,6 @@ enum Cmd {
     },
 }
 
-/// The sim quote signer for this agent, when the sim profile asks for one.
-///
-/// Not wired yet: it needs the simulated PKI (`attestation::sim`) and the TDX measurement
-/// calculators (`attestation::measure`) applied to the artifacts in the launch plan. Until then the
-/// agent refuses to start with `services.sim_quote` enabled rather than serve fake quotes.
-fn sim_quote_signer(_cfg: &HostConfig) -> anyhow::Result<Option<Arc<dyn QuoteSigner>>> {
-    Ok(None)
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -64,7 +54,12 @@ fn main() -> anyhow::Result<()> {
                 cfg.vm.platform.as_str()
             );
             if let Some(m) = manifest {
-                println!("manifest {} sha256 {}", m.path.display(), m.digest);
+                m.verify_artifacts()?;
+                println!(
+                    "manifest {} sha256 {}: every artifact matches",
+                    m.path.display(),
+                    m.digest
+                );
             }
             if plan.is_none() {
                 println!("vm.launch = false: the agent will not launch a VM");
@@ -84,11 +79,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let opts = AgentOptions {
-                    quote_signer: sim_quote_signer(&cfg)?,
-                    ..AgentOptions::default()
-                };
-                agent::run(cfg, opts, shutdown_signal()).await?;
+                agent::run(cfg, AgentOptions::default(), shutdown_signal()).await?;
                 Ok(())
             })
         }

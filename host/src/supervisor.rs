@@ -131,7 +131,11 @@ pub struct Supervisor {
     metrics: Arc<Metrics>,
     status: watch::Sender<VmStatus>,
     probe: Option<(Arc<dyn Transport>, u32)>,
+    restart_check: Option<RestartCheck>,
 }
+
+/// A check run (on a blocking thread) before each restart; an error ends that run as a boot failure.
+pub type RestartCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -254,7 +258,16 @@ impl Supervisor {
             metrics,
             status,
             probe,
+            restart_check: None,
         }
+    }
+
+    /// Runs `check` before every restart (not before the first start, which the caller checked):
+    /// the agent re-hashes the image's artifacts, so a VM is never restarted from files that differ
+    /// from what was measured and is being quoted. A failed check counts as a failed boot.
+    pub fn with_restart_check(mut self, check: RestartCheck) -> Self {
+        self.restart_check = Some(check);
+        self
     }
 
     /// A receiver that always holds the current status.
@@ -280,6 +293,7 @@ impl Supervisor {
             })?;
         }
         let mut failures: u32 = 0;
+        let mut first = true;
         loop {
             self.set(|s| {
                 s.state = VmState::Starting;
@@ -287,7 +301,20 @@ impl Supervisor {
                 s.backoff_ms = None;
             });
             let started = Instant::now();
-            let end = self.run_once(&mut shutdown).await;
+            let check = match (&self.restart_check, first) {
+                (Some(c), false) => {
+                    let c = c.clone();
+                    tokio::task::spawn_blocking(move || c())
+                        .await
+                        .unwrap_or_else(|e| Err(format!("check panicked: {e}")))
+                }
+                _ => Ok(()),
+            };
+            first = false;
+            let end = match check {
+                Ok(()) => self.run_once(&mut shutdown).await,
+                Err(e) => RunEnd::Exited(format!("not restarted: {e}")),
+            };
             let ran = started.elapsed();
             self.set(|s| {
                 s.qemu_pid = None;

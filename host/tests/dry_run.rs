@@ -3,13 +3,17 @@
 //!
 //! The expected output lives in `tests/golden/<profile>.txt`. After an intended change, regenerate
 //! with `CHRYSALIS_BLESS=1 cargo test -p chrysalis-host --test dry_run` and review the diff.
+//! Artifact paths come from `tests/golden/manifest.json` (format 1 of
+//! `chrysalis_attestation::manifest`), relative to its directory; the golden text writes that
+//! directory as `<golden>` so it does not depend on the checkout. `--dry-run` does not read the
+//! artifacts, so the fixture lists files that do not exist.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrysalis_host::HostConfig;
+use chrysalis_host::LoadedImage;
 use chrysalis_host::launch;
-use chrysalis_host::manifest::LoadedManifest;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -26,7 +30,8 @@ fn dry_run(profile: &str) -> String {
         "dry run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+    let text = String::from_utf8(out.stdout).expect("UTF-8 output");
+    text.replace(golden_dir().to_str().unwrap(), "<golden>")
 }
 
 fn check_golden(profile: &str) {
@@ -47,7 +52,7 @@ fn check_golden(profile: &str) {
 /// The argv that `run` would execute, straight from the library.
 fn argv(profile: &str) -> (Vec<String>, Option<Vec<String>>) {
     let cfg = HostConfig::load(&golden_dir().join(format!("{profile}.toml"))).unwrap();
-    let m = LoadedManifest::load(&cfg.image.as_ref().unwrap().manifest).unwrap();
+    let m = LoadedImage::load(&cfg.image.as_ref().unwrap().manifest).unwrap();
     let plan = launch::plan(&cfg, &m, || panic!("accel is explicit in the fixtures")).unwrap();
     (plan.qemu.args, plan.vhost_vsock.map(|v| v.args))
 }
@@ -111,15 +116,23 @@ fn sim_golden() {
 
 #[test]
 fn every_profile_boots_the_manifest_read_only() {
+    let image = LoadedImage::load(&golden_dir().join("manifest.json")).unwrap();
+    let at = |f: &str| golden_dir().join(f).to_str().unwrap().to_string();
     for profile in ["tdx", "snp", "sim"] {
         let (a, _) = argv(profile);
-        assert_eq!(value_after(&a, "-kernel"), ["/opt/chrysalis/image/vmlinuz"]);
+        assert_eq!(value_after(&a, "-kernel"), [at("vmlinuz")], "{profile}");
+        assert_eq!(
+            value_after(&a, "-initrd"),
+            [at("initramfs.cpio.gz")],
+            "{profile}"
+        );
         assert_eq!(
             value_after(&a, "-append"),
-            ["console=ttyS0 panic=-1 chrysalis.rootfs=verity:abcdef chrysalis.model=verity:012345"]
+            [image.manifest.kernel_cmdline.as_str()],
+            "{profile}"
         );
         let drives = value_after(&a, "-drive");
-        assert_eq!(drives.len(), 2, "{profile}");
+        assert_eq!(drives.len(), 3, "{profile}");
         assert!(
             drives
                 .iter()
@@ -128,12 +141,67 @@ fn every_profile_boots_the_manifest_read_only() {
         );
         // The comma in the model's file name is escaped for QEMU's option parser.
         assert!(
-            drives[1].contains("smollm2,,135m.pack"),
+            drives[1].contains("smollm2,,135m.img"),
             "{profile}: {}",
             drives[1]
         );
+        assert!(drives[2].contains("config.img"), "{profile}: {}", drives[2]);
+        let serials: Vec<_> = value_after(&a, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("virtio-blk-pci,"))
+            .map(|d| {
+                d.split(",serial=")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(serials, ["rootfs", "model", "config"], "{profile}");
         assert!(a.contains(&"-no-reboot".to_string()), "{profile}");
     }
+    // Firmware: host.toml's override (tdx fixture), the manifest's role (snp), none for sim.
+    assert_eq!(value_after(&argv("snp").0, "-bios"), [at("ovmf-snp.fd")]);
+    assert!(value_after(&argv("sim").0, "-bios").is_empty());
+}
+
+#[test]
+fn check_verifies_every_artifact_and_names_a_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = chrysalis_host::testkit::image::TestImage::write(&dir.path().join("image")).unwrap();
+    let cfg = dir.path().join("host.toml");
+    std::fs::write(
+        &cfg,
+        "[image]\nmanifest = \"image/manifest.json\"\n[vm]\nplatform = \"sim\"\nvcpus = 2\nmemory_mib = 2048\n",
+    )
+    .unwrap();
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_chrysalis-host"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rootfs = dir.path().join("image/rootfs.img");
+    let mut bytes = std::fs::read(&rootfs).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&rootfs, &bytes).unwrap();
+    let out = check();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = img.parsed.artifacts.rootfs.sha256.to_string();
+    let found = chrysalis_attestation::Sha256::digest(&bytes).to_string();
+    assert!(
+        err.contains("rootfs.img") && err.contains(&want) && err.contains(&found),
+        "{err}"
+    );
 }
 
 #[test]

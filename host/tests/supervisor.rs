@@ -175,6 +175,44 @@ async fn a_vm_that_never_boots_is_reported_failed() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_restart_is_refused_when_the_restart_check_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!("echo $$ >> {}; exit 1", pids.display());
+    let metrics = Arc::new(Metrics::default());
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = calls.clone();
+    let sup = Supervisor::new(plan(dir.path(), &script), policy(2, 3600), metrics, None)
+        .with_restart_check(Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err("artifact rootfs.img changed".into())
+        }));
+    let status = sup.status();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sup.run(async move {
+        let _ = rx.await;
+    }));
+    wait_until("the failed state", || {
+        status.borrow().state == VmState::Failed
+    })
+    .await;
+    // QEMU ran once (the first start is the caller's to check); both restarts were refused.
+    assert_eq!(read_pids(&pids).len(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let last = status.borrow().last_exit.clone().unwrap_or_default();
+    assert!(
+        last.contains("not restarted: artifact rootfs.img changed"),
+        "{last}"
+    );
+    tx.send(()).unwrap();
+    tokio::time::timeout(HANG_GUARD, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// The agent binary, its state directory and the pid files its doubles write.
 struct AgentRun {
     child: std::process::Child,
@@ -189,22 +227,25 @@ fn write_exec(path: &Path, body: &str) {
 }
 
 fn start_agent() -> AgentRun {
+    start_agent_with(
+        "#!/bin/sh\nsleep 600 &\necho $! >> {dir}/pids\necho $$ >> {dir}/qemu.pids\nwait\n",
+        "backoff_initial_ms = 50\nstable_after_secs = 0\n",
+        "[services.sim_quote]\nenabled = false\n",
+    )
+}
+
+/// Starts the agent binary on a test image (`chrysalis_host::testkit::image`) with a QEMU double
+/// running `qemu_script` (`{dir}` is the test directory), extra `[supervisor]` lines and extra
+/// sections.
+fn start_agent_with(qemu_script: &str, supervisor: &str, extra: &str) -> AgentRun {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let state = d.join("state");
-    std::fs::write(
-        d.join("manifest.json"),
-        r#"{"artifacts": {"kernel": {"path": "vmlinuz"}, "initrd": {"path": "initrd"}, "rootfs": {"path": "rootfs"}},
-            "cmdline": "console=ttyS0"}"#,
-    )
-    .unwrap();
+    chrysalis_host::testkit::image::TestImage::write(d).unwrap();
     // QEMU double: forks a grandchild into its process group, as QEMU's helpers would, and records both.
     write_exec(
         &d.join("fake-qemu"),
-        &format!(
-            "#!/bin/sh\nsleep 600 &\necho $! >> {0}/pids\necho $$ >> {0}/qemu.pids\nwait\n",
-            d.display()
-        ),
+        &qemu_script.replace("{dir}", &d.display().to_string()),
     );
     // vhost-device-vsock double: creates the vhost-user socket named in --vm and waits.
     write_exec(
@@ -227,8 +268,7 @@ fn start_agent() -> AgentRun {
              [sim]\naccel = \"tcg\"\nvhost_device_vsock = \"{0}/fake-vhost\"\n\
              [relay]\nlisten = \"127.0.0.1:0\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
-             [services.sim_quote]\nenabled = false\n\
-             [supervisor]\nbackoff_initial_ms = 50\nstable_after_secs = 0\nready_probe = false\n",
+             [supervisor]\nready_probe = false\n{supervisor}{extra}",
             d.display()
         ),
     )
@@ -245,6 +285,31 @@ fn start_agent() -> AgentRun {
         child,
         state,
         _dir: dir,
+    }
+}
+
+fn status_json(state: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&admin_get(state, "/status")?).ok()
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+async fn stop(run: &mut AgentRun) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(s) = run.child.try_wait().unwrap() {
+            assert!(s.success(), "agent exited with {s}");
+            return;
+        }
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "agent did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -345,4 +410,116 @@ async fn agent_restarts_a_killed_vm_and_stops_cleanly_on_sigterm() {
         children.is_empty(),
         "children of the agent remain: {children:?}"
     );
+}
+
+#[tokio::test]
+async fn a_guest_that_powers_off_is_reported_failed_in_status() {
+    // max_restarts = 0: the first early exit (a dm-verity error powers the guest off, QEMU exits
+    // with -no-reboot) is final, which is what the e2e tests and `cargo xtask demo` watch for.
+    let mut run = start_agent_with(
+        "#!/bin/sh\necho 'chrysalis-init: FATAL: dm-verity' >&2\nexit 0\n",
+        "max_restarts = 0\nstable_after_secs = 3600\n",
+        "[services.sim_quote]\nenabled = false\n",
+    );
+    let state = run.state.clone();
+    wait_until("the failed state", || {
+        vm_state(&state).as_deref() == Some("failed")
+    })
+    .await;
+    let st = status_json(&state).unwrap();
+    assert_eq!(st["vm"]["ready"], false);
+    assert!(
+        st["vm"]["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("exit status 0"),
+        "{st}"
+    );
+    assert_eq!(metric(&state, "chrysalis_vm_boot_failures_total"), Some(1));
+    stop(&mut run).await;
+}
+
+#[tokio::test]
+async fn the_agent_quotes_the_launched_image_over_hybrid_vsock() {
+    use chrysalis_attestation::hostcall::{self, Request, Response};
+    use chrysalis_attestation::{EvidenceBundle, ReportData, TdxQuote, TrustAnchors};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut run = start_agent_with(
+        "#!/bin/sh\nexec sleep 600\n",
+        "",
+        "[services.collateral]\nenabled = true\n[services.sim_quote]\ncollateral_validity_secs = 600\n",
+    );
+    let state = run.state.clone();
+    wait_until("the VM to run", || {
+        vm_state(&state).as_deref() == Some("running")
+    })
+    .await;
+    let st = status_json(&state).unwrap();
+    let sim = &st["sim_quote"];
+    let root: chrysalis_attestation::Sha256 =
+        serde_json::from_value(sim["sim_root_sha256"].clone()).unwrap();
+    assert_eq!(sim["firmware"], "manifest:tdx");
+
+    async fn call(path: PathBuf, req: &Request) -> Response {
+        let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
+        s.write_all(&hostcall::encode(req).unwrap()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        hostcall::decode(&out).unwrap()
+    }
+    // The guest's connections to host port P arrive on <uds_path>_P (vhost-device-vsock's convention).
+    let rd = ReportData([0x42; 64]);
+    let Response::Quote { quote, collateral } = call(
+        state.join(format!("vsock.sock_{}", hostcall::SIM_QUOTE_PORT)),
+        &Request::SimQuote { report_data: rd },
+    )
+    .await
+    else {
+        panic!("no quote")
+    };
+    let parsed = TdxQuote::parse(&quote).unwrap();
+    assert_eq!(parsed.report_data(), rd);
+    let m = parsed.measurements();
+    assert_eq!(serde_json::to_value(m.mr_td).unwrap(), sim["mr_td"]);
+    assert_eq!(serde_json::to_value(m.rtmr).unwrap(), sim["rtmr"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let anchors = TrustAnchors::none().dangerous_with_simulated_intel_root(root);
+    let verdict = chrysalis_attestation::verify::verify(
+        &EvidenceBundle::tdx(quote.clone(), collateral),
+        &anchors,
+        None,
+        now,
+    )
+    .unwrap();
+    let _ = verdict;
+    // Untrusted without the sim root: a sim quote is never accepted by the vendor anchors.
+    let Response::Collateral { collateral } = call(
+        state.join(format!("vsock.sock_{}", hostcall::COLLATERAL_PORT)),
+        &Request::Collateral,
+    )
+    .await
+    else {
+        panic!("no collateral")
+    };
+    assert!(
+        chrysalis_attestation::verify::verify(
+            &EvidenceBundle::tdx(quote.clone(), Some(collateral.clone())),
+            &TrustAnchors::vendor(),
+            None,
+            now
+        )
+        .is_err()
+    );
+    chrysalis_attestation::verify::verify(
+        &EvidenceBundle::tdx(quote, Some(collateral)),
+        &anchors,
+        None,
+        now,
+    )
+    .unwrap();
+    stop(&mut run).await;
 }

@@ -18,52 +18,17 @@
 #[path = "../../client/tests/common/guest.rs"]
 mod guest;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrysalis_attestation::Measurement;
 use chrysalis_client::{ChatMessage, ChatRequest, Client};
 use guest::{
-    MODEL_ID, MR_TD, Proc, Venv, policy_toml, sim_quote_service, start_guest, venv, workspace,
+    MODEL_ID, MR_TD, Proc, Venv, build_binaries, policy_toml, sim_quote_service, start_guest, venv,
+    workspace,
 };
 use serde_json::Value;
-
-/// Builds `chrysalis-guest` and `chrysalis` with the cargo running this test; their paths.
-fn build_binaries() -> HashMap<String, PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace())
-        .args([
-            "build",
-            "--quiet",
-            "--message-format=json",
-            "-p",
-            "chrysalis-guest",
-            "--bin",
-            "chrysalis-guest",
-            "-p",
-            "chrysalis-client",
-            "--bin",
-            "chrysalis",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cargo build failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact")
-        .filter_map(|m| {
-            Some((
-                m["target"]["name"].as_str()?.to_owned(),
-                PathBuf::from(m["executable"].as_str()?),
-            ))
-        })
-        .collect()
-}
 
 fn start_proxy(bin: &Path, upstreams: &[&str], policy: &str) -> Proc {
     let dir = tempfile::tempdir().unwrap();
@@ -153,13 +118,29 @@ async fn served(client: &Client) -> u64 {
         .unwrap()
 }
 
+/// Prints how long each phase took (the slow parts: building, loading the model, generating).
+struct Phases(Instant);
+
+impl Phases {
+    fn done(&mut self, what: &str) {
+        eprintln!(
+            "proxy_guest: {what}: {:.1} s",
+            self.0.elapsed().as_secs_f64()
+        );
+        self.0 = Instant::now();
+    }
+}
+
 #[test]
 fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
     let Some(v) = venv() else { return };
+    let mut phase = Phases(Instant::now());
     let bins = build_binaries();
+    phase.done("cargo build of chrysalis-guest and chrysalis");
     let sim = sim_quote_service();
     let g1 = start_guest(&bins["chrysalis-guest"], &sim, &v);
     let mut g2 = start_guest(&bins["chrysalis-guest"], &sim, &v);
+    phase.done("two guests started (model loaded)");
     let chrysalis = &bins["chrysalis"];
     let rt = tokio::runtime::Runtime::new().unwrap();
 
@@ -173,6 +154,7 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
         .output()
         .unwrap();
     assert_eq!(summary.status.code(), Some(0));
+    phase.done("1. openai SDK through the proxy: models, chat, stream");
 
     // 4. The Rust SDK directly over RA-TLS: typed calls with verified receipts.
     let direct = Client::builder()
@@ -200,6 +182,7 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
         assert!(s.receipt().unwrap().body().stream);
         served(&direct).await
     });
+    phase.done("4. Rust SDK direct: chat, stream");
 
     // 2. An unpinned measurement: the SDK gets the reason; the guest never completes a
     //    handshake, serves nothing, and never sees the canary.
@@ -225,6 +208,7 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
     let log = g1.log();
     assert!(log.contains("TLS handshake failed"), "{log}");
     assert!(!log.contains(canary));
+    phase.done("2. unpinned measurement refused");
 
     // 3. Two guests, one killed mid-test.
     let both = start_proxy(chrysalis, &[&g1.addr, &g2.addr], &policy_toml(MR_TD));
@@ -246,4 +230,5 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
         records[2..].iter().all(|r| r.upstream == g1_addr),
         "after {g2_addr} died: {records:?}"
     );
+    phase.done("3. two guests, one killed");
 }

@@ -3,6 +3,7 @@
 //! One small dispatcher; each task lives in its own module.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod firmware;
 mod image;
 mod model;
@@ -31,6 +32,8 @@ enum Command {
     /// Confidential-VM firmware (OVMF for SEV-SNP, TDVF for TDX) built from pinned sources.
     #[command(subcommand)]
     Firmware(firmware::FirmwareCommand),
+    /// Run every benchmark with its baseline and write docs/benchmarks.md.
+    Bench(bench::BenchArgs),
     /// Boot images under QEMU.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -54,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::Model(c) => model::run(c),
         Command::Firmware(cmd) => firmware::run(cmd),
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

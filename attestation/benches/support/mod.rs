@@ -223,3 +223,19 @@ pub fn machine() -> String {
         field("model"),
     )
 }
+
+/// Appends one figure, as a JSON line, to the file named by `CHRYSALIS_BENCH_FIGURES` (set by
+/// `cargo xtask bench`, which turns the lines into docs/benchmarks.md; schema in
+/// xtask/src/bench.rs). Without the variable, nothing is written.
+pub fn record(figure: serde_json::Value) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") else {
+        return;
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open CHRYSALIS_BENCH_FIGURES");
+    writeln!(f, "{figure}").expect("write CHRYSALIS_BENCH_FIGURES");
+}

@@ -3,6 +3,7 @@
 //! Shared by tests/tests/proxy_guest.rs (through `#[path]`) and client/benches/proxy.rs.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrysalis_attestation::Measurement;
 use chrysalis_attestation::hostcall::{self, Request, Response};
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+use serde_json::Value;
 
 pub const MODEL_ID: &str = "smollm2-135m-instruct";
 pub const MR_TD: Measurement = Measurement([0x5a; 48]);
@@ -162,6 +164,42 @@ impl Proc {
     }
 }
 
+/// Builds `chrysalis-guest` and `chrysalis` with the cargo running this test or benchmark,
+/// optimised when the caller is (a benchmark); their paths by binary name.
+pub fn build_binaries() -> HashMap<String, PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace()).args([
+        "build",
+        "--quiet",
+        "--message-format=json",
+        "-p",
+        "chrysalis-guest",
+        "--bin",
+        "chrysalis-guest",
+        "-p",
+        "chrysalis-client",
+        "--bin",
+        "chrysalis",
+    ]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().unwrap();
+    assert!(out.status.success(), "cargo build failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter_map(|m| {
+            Some((
+                m["target"]["name"].as_str()?.to_owned(),
+                PathBuf::from(m["executable"].as_str()?),
+            ))
+        })
+        .collect()
+}
+
 pub fn start_guest(bin: &Path, sim: &str, v: &Venv) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("guest.toml");
@@ -195,4 +233,3 @@ pub fn policy_toml(mr_td: Measurement) -> String {
         RTMRS[2]
     )
 }
-

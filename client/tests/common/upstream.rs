@@ -49,6 +49,8 @@ pub struct Options {
     pub token_delay: Duration,
     /// After the first stream chunk, wait for this before sending the rest.
     pub gate: Option<Arc<Notify>>,
+    /// Pause between a stream's `[DONE]` and its receipt trailer (the guest signs after it).
+    pub trailer_delay: Duration,
 }
 
 impl Options {
@@ -59,6 +61,7 @@ impl Options {
             status: None,
             token_delay: Duration::ZERO,
             gate: None,
+            trailer_delay: Duration::ZERO,
         }
     }
 }
@@ -405,6 +408,9 @@ fn stream(
             if !s.opts.token_delay.is_zero() {
                 tokio::time::sleep(s.opts.token_delay).await;
             }
+        }
+        if !s.opts.trailer_delay.is_zero() {
+            tokio::time::sleep(s.opts.trailer_delay).await;
         }
         if te_trailers && s.opts.receipts != Receipts::Missing {
             let jws = sign(&id.key, &request, hasher.finish(), true, usage);

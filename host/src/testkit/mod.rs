@@ -124,3 +124,5 @@ pub async fn hybrid_handshake(stream: &mut UnixStream, port: u32) -> io::Result<
         ))
     }
 }
+
+pub mod image;

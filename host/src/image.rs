@@ -1,0 +1,211 @@
+//! The image the agent boots: its manifest.json (`chrysalis_attestation::manifest`) and the
+//! artifact files beside it, checked against the manifest's sizes and SHA-256 digests before launch.
+//!
+//! The host is untrusted, so this check protects nobody from the host; it protects the GPU owner
+//! from booting a half-copied or stale image that every pinned client would then reject, and it
+//! gives the sim quote service the guarantee that the bytes it measures are the manifest's.
+
+use std::path::{Path, PathBuf};
+
+use chrysalis_attestation::Sha256;
+use chrysalis_attestation::manifest::{Artifact, Manifest, ManifestError};
+
+/// The manifest's firmware role for Intel TDX (TDVF) and AMD SEV-SNP (AmdSev OVMF).
+pub const FIRMWARE_TDX: &str = "tdx";
+/// See [`FIRMWARE_TDX`].
+pub const FIRMWARE_SNP: &str = "snp";
+
+/// Errors of loading an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The manifest file could not be read.
+    #[error("reading image manifest {path}")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest is not a valid manifest (format, JSON, or it contradicts itself).
+    #[error("image manifest {path}")]
+    Manifest {
+        /// The manifest path.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ManifestError>,
+    },
+    /// An artifact is missing, unreadable, or differs from the manifest (the source names the file,
+    /// the expected and the found size and SHA-256).
+    #[error("image {dir}: artifact check failed")]
+    Artifact {
+        /// The manifest's directory.
+        dir: PathBuf,
+        /// The mismatch or I/O error.
+        #[source]
+        source: Box<ManifestError>,
+    },
+}
+
+/// A manifest read from disk, with where it lives and its digest.
+#[derive(Clone, Debug)]
+pub struct LoadedImage {
+    /// The parsed and validated manifest.
+    pub manifest: Manifest,
+    /// The manifest file.
+    pub path: PathBuf,
+    /// The manifest's directory: artifact `file` names are relative to it.
+    pub dir: PathBuf,
+    /// SHA-256 of the manifest file's bytes.
+    pub digest: Sha256,
+}
+
+impl LoadedImage {
+    /// Reads, parses and validates the manifest at `path`. Does not read the artifacts (see
+    /// [`verify_artifacts`](Self::verify_artifacts)).
+    pub fn load(path: &Path) -> Result<Self, ImageError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ImageError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let manifest = Manifest::from_json(&text).map_err(|source| ImageError::Manifest {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).map_err(|source| ImageError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Ok(Self {
+            manifest,
+            path: path.into(),
+            dir,
+            digest: Sha256::digest(text.as_bytes()),
+        })
+    }
+
+    /// Re-hashes every artifact (and firmware image) listed in the manifest. Returns Ok only if each
+    /// file exists with exactly the recorded size and SHA-256; the first mismatch is an error naming
+    /// the file and both digests.
+    pub fn verify_artifacts(&self) -> Result<(), ImageError> {
+        self.manifest
+            .verify_artifacts(&self.dir)
+            .map_err(|source| ImageError::Artifact {
+                dir: self.dir.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Where `artifact` lies on disk.
+    pub fn path_of(&self, artifact: &Artifact) -> PathBuf {
+        self.dir.join(&artifact.file)
+    }
+
+    /// The firmware image of `role` ([`FIRMWARE_TDX`], [`FIRMWARE_SNP`]), if the manifest lists one.
+    pub fn firmware(&self, role: &str) -> Option<&Artifact> {
+        self.manifest.firmware.get(role)
+    }
+
+    /// Reads `artifact` and checks the bytes read against the manifest, so that what the caller
+    /// measures is exactly what the manifest names.
+    pub fn read_verified(&self, artifact: &Artifact) -> Result<Vec<u8>, ImageError> {
+        let path = self.path_of(artifact);
+        let bytes = std::fs::read(&path).map_err(|source| ImageError::Artifact {
+            dir: self.dir.clone(),
+            source: Box::new(ManifestError::Io { path, source }),
+        })?;
+        let found = Sha256::digest(&bytes);
+        if found != artifact.sha256 || bytes.len() as u64 != artifact.size {
+            return Err(ImageError::Artifact {
+                dir: self.dir.clone(),
+                source: Box::new(ManifestError::ArtifactMismatch {
+                    file: artifact.file.clone(),
+                    expected_size: artifact.size,
+                    expected: artifact.sha256,
+                    actual_size: bytes.len() as u64,
+                    actual: found,
+                }),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::image::TestImage;
+
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
+    #[test]
+    fn a_written_image_loads_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TestImage::write(dir.path()).unwrap();
+        let img = LoadedImage::load(&t.manifest).unwrap();
+        img.verify_artifacts().unwrap();
+        assert_eq!(
+            img.path_of(&img.manifest.artifacts.kernel),
+            std::path::absolute(dir.path()).unwrap().join("vmlinuz")
+        );
+        assert!(img.firmware(FIRMWARE_TDX).is_some());
+        assert_eq!(
+            img.digest,
+            Sha256::digest(&std::fs::read(&t.manifest).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_changed_artifact_is_named_with_both_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TestImage::write(dir.path()).unwrap();
+        let img = LoadedImage::load(&t.manifest).unwrap();
+        let initrd = dir.path().join(&img.manifest.artifacts.initramfs.file);
+        let mut bytes = std::fs::read(&initrd).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&initrd, &bytes).unwrap();
+        let expected = img.manifest.artifacts.initramfs.sha256.to_string();
+        let actual = Sha256::digest(&bytes).to_string();
+        for e in [
+            img.verify_artifacts().unwrap_err(),
+            img.read_verified(&img.manifest.artifacts.initramfs)
+                .unwrap_err(),
+        ] {
+            let msg = chain(&e);
+            assert!(
+                msg.contains("initramfs.cpio.gz")
+                    && msg.contains(&expected)
+                    && msg.contains(&actual),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_file_and_a_bad_manifest_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TestImage::write(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join("model.img")).unwrap();
+        let img = LoadedImage::load(&t.manifest).unwrap();
+        assert!(chain(&img.verify_artifacts().unwrap_err()).contains("model.img"));
+
+        std::fs::write(&t.manifest, "{\"format\": 1}").unwrap();
+        let msg = chain(&LoadedImage::load(&t.manifest).unwrap_err());
+        assert!(msg.contains("manifest.json"), "{msg}");
+    }
+}

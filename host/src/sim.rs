@@ -1,0 +1,527 @@
+//! The host playing the TDX hardware in the `sim` profile: measurements of the exact artifacts the
+//! agent launches, computed as a TDX direct boot would extend them, quoted by the simulated Intel
+//! PKI (`chrysalis_attestation::sim`) over the guest's report_data.
+//!
+//! What the quote carries, register by register ("as if on TDX"):
+//!
+//! * MRTD: `measure::tdx::mr_td` of the manifest's TDX firmware (`firmware.tdx`, or
+//!   `services.sim_quote.tdx_firmware` when the manifest has none). The sim VM itself boots with
+//!   SeaBIOS; the TDVF image is measured, not run, so the value equals what a TDX host running the
+//!   same image would produce.
+//! * RTMR1, RTMR2: `measure::tdx::expected_tdx` over the kernel, the initramfs and the manifest's
+//!   kernel command line, the same bytes and string QEMU is given. One changed initramfs byte or
+//!   command-line character changes RTMR2; one changed kernel byte changes RTMR1.
+//! * RTMR0: not predictable from artifacts (TDVF measures QEMU's ACPI tables and TD HOB there).
+//!   The calculator's answer is used as it is: the value the manifest pins for this VM shape
+//!   (`expected_measurements.tdx[]` with the same vCPUs, memory and firmware role) when it pins
+//!   one, otherwise none, which the quote carries as 48 zero bytes. A policy built from the
+//!   manifest (`Manifest::tdx_pins`) pins RTMR0 exactly when the manifest does, so both agree.
+//! * RTMR3 zero; MRCONFIGID, MROWNER, MROWNERCONFIG zero; production TD attributes (DEBUG off);
+//!   the simulated MRSEAM (`sim::td_measurements`).
+//!
+//! The artifacts are read once, when the signer is built, and checked byte for byte against the
+//! manifest's digests, so the measured bytes are the manifest's bytes. Collateral is issued from
+//! the clock passed in (never a hidden one), a minute in the past, valid for a short period.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use chrysalis_attestation::manifest::VmShape;
+use chrysalis_attestation::measure::MeasureError;
+use chrysalis_attestation::measure::tdx::{PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx};
+use chrysalis_attestation::sim::{self, SimError, SimPki, SimTdReport};
+use chrysalis_attestation::{Measurement, ReportData, Sha256, TdxMeasurements};
+use dcap_qvl::QuoteCollateralV3;
+use serde::Serialize;
+
+use crate::image::{FIRMWARE_TDX, ImageError, LoadedImage};
+use crate::services::{QuoteSigner, SimQuote};
+
+/// How far in the past collateral is dated, so that a verifier whose clock is a little behind the
+/// host's still accepts it.
+pub const COLLATERAL_BACKDATE: Duration = Duration::from_secs(60);
+
+/// Errors of building the sim quote signer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimSignerError {
+    /// An artifact could not be read or differs from the manifest.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The manifest has no TDX firmware and host.toml names none.
+    #[error(
+        "services.sim_quote: the image manifest lists no firmware \"tdx\" (TDVF) to compute MRTD from; set services.sim_quote.tdx_firmware"
+    )]
+    NoTdxFirmware,
+    /// `services.sim_quote.tdx_firmware` could not be read.
+    #[error("services.sim_quote.tdx_firmware: reading {path}")]
+    FirmwareRead {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The calculator refused the artifacts (not a TDVF image, not an EFI PE kernel, ...).
+    #[error("computing the TDX measurements of the launched artifacts")]
+    Measure(#[from] MeasureError),
+    /// The seed is not hex.
+    #[error("services.sim_quote.seed_hex: not hex")]
+    Seed,
+    /// The simulated PKI could not issue collateral.
+    #[error("issuing simulated collateral")]
+    Collateral(#[from] SimError),
+}
+
+/// What the sim quote service quotes, as /status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SimMeasurements {
+    /// MRTD.
+    pub mr_td: Measurement,
+    /// RTMR0..3 as quoted (RTMR0 zero unless the manifest pins it for this shape).
+    pub rtmr: [Measurement; 4],
+    /// Whether RTMR0 came from the manifest's pin for this VM shape.
+    pub rtmr0_pinned: bool,
+    /// Which firmware was measured: `manifest:tdx` or the configured file.
+    pub firmware: String,
+    /// SHA-256 of the simulated root certificate: what a client policy names in
+    /// `dangerous_simulated_intel_roots`.
+    pub sim_root_sha256: Sha256,
+    /// Whether these equal the manifest's `expected_measurements` for this shape (`None` when the
+    /// manifest states none for it).
+    pub matches_manifest: Option<bool>,
+}
+
+/// Computes what a TD booted from `image` with `shape` reports, with `firmware` as its TDVF; the
+/// flag says whether RTMR0 came from the manifest's pin for `shape` (else it is zero). Reads the
+/// kernel and initramfs and fails if their bytes differ from the manifest.
+pub fn tdx_measurements(
+    image: &LoadedImage,
+    firmware: &[u8],
+    shape: &VmShape,
+) -> Result<(TdxMeasurements, bool), SimSignerError> {
+    let arts = &image.manifest.artifacts;
+    let kernel = image.read_verified(&arts.kernel)?;
+    let initrd = image.read_verified(&arts.initramfs)?;
+    let pinned_rtmr0 = shape_entry(image, shape).and_then(|e| e.rtmr0);
+    let expected = expected_tdx(&TdxBootInputs {
+        firmware,
+        kernel: &kernel,
+        initrd: Some(&initrd),
+        cmdline: &image.manifest.kernel_cmdline,
+        rtmr0: pinned_rtmr0.map_or(Rtmr0Source::NotPinned, Rtmr0Source::Pinned),
+        page_add_order: PageAddOrder::default(),
+    })?;
+    let rtmr = [
+        expected.rtmr0.unwrap_or(Measurement::ZERO),
+        expected.rtmr1,
+        expected.rtmr2,
+        expected.rtmr3,
+    ];
+    Ok((
+        sim::td_measurements(expected.mr_td, rtmr),
+        pinned_rtmr0.is_some(),
+    ))
+}
+
+fn shape_entry<'a>(
+    image: &'a LoadedImage,
+    shape: &VmShape,
+) -> Option<&'a chrysalis_attestation::manifest::TdxExpected> {
+    image
+        .manifest
+        .expected_measurements
+        .as_ref()?
+        .tdx
+        .iter()
+        .find(|e| e.shape == *shape && e.firmware == FIRMWARE_TDX)
+}
+
+/// The sim quote signer: the simulated PKI of one seed and the measurements of one image.
+pub struct SimTdxSigner {
+    pki: SimPki,
+    measurements: TdxMeasurements,
+    status: SimMeasurements,
+    collateral_validity: Duration,
+    clock: fn() -> SystemTime,
+}
+
+impl std::fmt::Debug for SimTdxSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimTdxSigner")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimTdxSigner {
+    /// Builds the signer for `image` booted with `shape`. `seed` selects the simulated PKI
+    /// ([`sim::DEFAULT_SEED`] unless configured); `tdx_firmware` is used only when the manifest lists
+    /// no `tdx` firmware. Collateral is issued at `clock() - COLLATERAL_BACKDATE` and valid for
+    /// `collateral_validity`.
+    pub fn new(
+        image: &LoadedImage,
+        shape: &VmShape,
+        seed: &[u8],
+        tdx_firmware: Option<&std::path::Path>,
+        collateral_validity: Duration,
+        clock: fn() -> SystemTime,
+    ) -> Result<Self, SimSignerError> {
+        let (firmware, label) = match (image.firmware(FIRMWARE_TDX), tdx_firmware) {
+            (Some(a), _) => (image.read_verified(a)?, format!("manifest:{FIRMWARE_TDX}")),
+            (None, Some(path)) => (
+                std::fs::read(path).map_err(|source| SimSignerError::FirmwareRead {
+                    path: path.into(),
+                    source,
+                })?,
+                path.display().to_string(),
+            ),
+            (None, None) => return Err(SimSignerError::NoTdxFirmware),
+        };
+        let (measurements, rtmr0_pinned) = tdx_measurements(image, &firmware, shape)?;
+        let pki = SimPki::from_seed(seed);
+        let matches_manifest = shape_entry(image, shape).map(|e| {
+            e.mr_td == measurements.mr_td
+                && e.rtmr1 == measurements.rtmr[1]
+                && e.rtmr2 == measurements.rtmr[2]
+                && e.rtmr3 == measurements.rtmr[3]
+        });
+        if matches_manifest == Some(false) {
+            tracing::warn!(
+                "the sim measurements of the verified artifacts differ from the manifest's expected_measurements for this shape; clients pinning the manifest will reject this guest"
+            );
+        }
+        let status = SimMeasurements {
+            mr_td: measurements.mr_td,
+            rtmr: measurements.rtmr,
+            rtmr0_pinned,
+            firmware: label,
+            sim_root_sha256: pki.root_sha256(),
+            matches_manifest,
+        };
+        Ok(Self {
+            pki,
+            measurements,
+            status,
+            collateral_validity: collateral_validity.max(Duration::from_secs(1)),
+            clock,
+        })
+    }
+
+    /// The seed bytes of `services.sim_quote.seed_hex`, or [`sim::DEFAULT_SEED`].
+    pub fn seed_bytes(seed_hex: Option<&str>) -> Result<Vec<u8>, SimSignerError> {
+        match seed_hex {
+            Some(h) => hex::decode(h).map_err(|_| SimSignerError::Seed),
+            None => Ok(sim::DEFAULT_SEED.to_vec()),
+        }
+    }
+
+    /// The registers every quote carries.
+    pub fn measurements(&self) -> &TdxMeasurements {
+        &self.measurements
+    }
+
+    /// What /status shows.
+    pub fn status(&self) -> &SimMeasurements {
+        &self.status
+    }
+
+    /// The simulated root certificate (DER): the trust anchor a test or client gives the verifier.
+    pub fn root_der(&self) -> &[u8] {
+        self.pki.root_der()
+    }
+
+    /// Collateral issued now (by the signer's clock) minus [`COLLATERAL_BACKDATE`], valid for the
+    /// configured period from then.
+    pub fn collateral(&self) -> Result<QuoteCollateralV3, SimError> {
+        let now = (self.clock)()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let issued = now.saturating_sub(COLLATERAL_BACKDATE.as_secs());
+        self.pki.collateral(
+            issued,
+            self.collateral_validity.as_secs() + COLLATERAL_BACKDATE.as_secs(),
+        )
+    }
+
+    /// How long issued collateral stays valid after "now".
+    pub fn collateral_validity(&self) -> Duration {
+        self.collateral_validity
+    }
+}
+
+impl QuoteSigner for SimTdxSigner {
+    fn quote(
+        &self,
+        report_data: &ReportData,
+    ) -> Result<SimQuote, Box<dyn std::error::Error + Send + Sync>> {
+        let quote = self
+            .pki
+            .quote(&SimTdReport::new(self.measurements.clone(), *report_data));
+        Ok(SimQuote {
+            quote,
+            collateral: Some(self.collateral()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::image::TestImage;
+    use chrysalis_attestation::policy::TdxPin;
+    use chrysalis_attestation::{EvidenceBundle, Policy, TrustAnchors};
+
+    const SHAPE: VmShape = VmShape {
+        vcpus: 2,
+        memory_mib: 2048,
+    };
+
+    fn signer(dir: &std::path::Path) -> SimTdxSigner {
+        let img = LoadedImage::load(&dir.join("manifest.json")).unwrap();
+        SimTdxSigner::new(
+            &img,
+            &SHAPE,
+            sim::DEFAULT_SEED,
+            None,
+            Duration::from_secs(600),
+            SystemTime::now,
+        )
+        .unwrap()
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// The calculator's own answer for the test image, computed here from the files directly.
+    fn calculator(dir: &std::path::Path) -> chrysalis_attestation::measure::tdx::ExpectedTdx {
+        let m = TestImage::write(&dir.join("calc")).unwrap().parsed;
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+        expected_tdx(&TdxBootInputs {
+            firmware: &read("ovmf-tdx.fd"),
+            kernel: &read("vmlinuz"),
+            initrd: Some(&read("initramfs.cpio.gz")),
+            cmdline: &m.kernel_cmdline,
+            rtmr0: Rtmr0Source::NotPinned,
+            page_add_order: PageAddOrder::PerPage,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn quotes_verify_against_the_sim_root_with_a_policy_pinning_the_calculator() {
+        let dir = tempfile::tempdir().unwrap();
+        TestImage::write(dir.path()).unwrap();
+        let s = signer(dir.path());
+        let want = calculator(dir.path());
+        assert_eq!(s.measurements().mr_td, want.mr_td);
+        assert_eq!(
+            s.measurements().rtmr,
+            [Measurement::ZERO, want.rtmr1, want.rtmr2, want.rtmr3]
+        );
+
+        let rd = ReportData([0x5a; 64]);
+        let q = s.quote(&rd).unwrap();
+        let bundle = EvidenceBundle::tdx(q.quote, q.collateral);
+        let now = unix_now();
+        let anchors =
+            TrustAnchors::none().dangerous_with_simulated_intel_root(s.status().sim_root_sha256);
+        let verdict = chrysalis_attestation::verify::verify(&bundle, &anchors, None, now).unwrap();
+
+        let mut pin = TdxPin::new(want.mr_td);
+        pin.rtmr1 = Some(want.rtmr1);
+        pin.rtmr2 = Some(want.rtmr2);
+        pin.rtmr3 = Some(want.rtmr3);
+        let mut policy = Policy::pinned(vec![pin], vec![]);
+        policy
+            .trust
+            .dangerous_simulated_intel_roots
+            .push(s.status().sim_root_sha256);
+        let ok = policy.evaluate(verdict).unwrap();
+        let _ = ok;
+
+        // The same quote under a policy pinning another RTMR2 is rejected.
+        let q = s.quote(&rd).unwrap();
+        let bundle = EvidenceBundle::tdx(q.quote, q.collateral);
+        let verdict = chrysalis_attestation::verify::verify(&bundle, &anchors, None, now).unwrap();
+        let mut other = TdxPin::new(want.mr_td);
+        other.rtmr2 = Some(Measurement([9; 48]));
+        let mut policy = Policy::pinned(vec![other], vec![]);
+        policy
+            .trust
+            .dangerous_simulated_intel_roots
+            .push(s.status().sim_root_sha256);
+        assert!(policy.evaluate(verdict).is_err());
+    }
+
+    #[test]
+    fn one_initrd_byte_or_cmdline_change_changes_the_quoted_registers() {
+        let dir = tempfile::tempdir().unwrap();
+        TestImage::write(dir.path()).unwrap();
+        let base = signer(dir.path()).measurements().clone();
+
+        // Flip one initramfs byte and rewrite the manifest to match (a different, consistent image).
+        let edited = tempfile::tempdir().unwrap();
+        TestImage::write(edited.path()).unwrap();
+        let initrd = edited.path().join("initramfs.cpio.gz");
+        let mut bytes = std::fs::read(&initrd).unwrap();
+        bytes[3] ^= 0x01;
+        std::fs::write(&initrd, &bytes).unwrap();
+        let mut m = LoadedImage::load(&edited.path().join("manifest.json"))
+            .unwrap()
+            .manifest;
+        m.artifacts.initramfs.sha256 = Sha256::digest(&bytes);
+        std::fs::write(edited.path().join("manifest.json"), m.to_json()).unwrap();
+        let flipped = signer(edited.path()).measurements().clone();
+        assert_eq!(flipped.mr_td, base.mr_td);
+        assert_eq!(flipped.rtmr[1], base.rtmr[1]);
+        assert_ne!(
+            flipped.rtmr[2], base.rtmr[2],
+            "RTMR2 must change with the initrd"
+        );
+
+        // The same byte flipped without updating the manifest is refused, naming the file.
+        let stale = tempfile::tempdir().unwrap();
+        TestImage::write(stale.path()).unwrap();
+        std::fs::write(stale.path().join("initramfs.cpio.gz"), &bytes).unwrap();
+        let img = LoadedImage::load(&stale.path().join("manifest.json")).unwrap();
+        let err = SimTdxSigner::new(
+            &img,
+            &SHAPE,
+            sim::DEFAULT_SEED,
+            None,
+            Duration::from_secs(60),
+            SystemTime::now,
+        )
+        .unwrap_err();
+        let msg = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        assert!(msg.contains("initramfs.cpio.gz"), "{msg}");
+
+        // A different command line (one more base argument) changes RTMR2 as well.
+        let other = tempfile::tempdir().unwrap();
+        TestImage::write_with(other.path(), |m| {
+            m.kernel_cmdline = format!("quiet {}", m.kernel_cmdline);
+        })
+        .unwrap();
+        let cmd = signer(other.path()).measurements().clone();
+        assert_ne!(cmd.rtmr[2], base.rtmr[2]);
+        assert_eq!(cmd.rtmr[1], base.rtmr[1]);
+    }
+
+    #[test]
+    fn rtmr0_follows_the_manifest_pin_for_the_shape_and_seeds_select_the_root() {
+        use chrysalis_attestation::manifest::{ExpectedMeasurements, TdxExpected};
+        let dir = tempfile::tempdir().unwrap();
+        TestImage::write_with(dir.path(), |m| {
+            m.expected_measurements = Some(ExpectedMeasurements {
+                tdx: vec![TdxExpected {
+                    shape: SHAPE,
+                    firmware: FIRMWARE_TDX.into(),
+                    mr_td: Measurement([1; 48]),
+                    rtmr0: Some(Measurement([7; 48])),
+                    rtmr1: Measurement([2; 48]),
+                    rtmr2: Measurement([3; 48]),
+                    rtmr3: Measurement::ZERO,
+                }],
+                snp: vec![],
+            });
+        })
+        .unwrap();
+        let s = signer(dir.path());
+        assert_eq!(s.measurements().rtmr[0], Measurement([7; 48]));
+        assert!(s.status().rtmr0_pinned);
+        // The stated values are made up, so they do not match what the artifacts give.
+        assert_eq!(s.status().matches_manifest, Some(false));
+
+        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        let other = SimTdxSigner::new(
+            &img,
+            &VmShape {
+                vcpus: 4,
+                memory_mib: 2048,
+            },
+            &[9; 32],
+            None,
+            Duration::from_secs(60),
+            SystemTime::now,
+        )
+        .unwrap();
+        assert_eq!(other.measurements().rtmr[0], Measurement::ZERO);
+        assert_eq!(other.status().matches_manifest, None);
+        assert_ne!(other.status().sim_root_sha256, s.status().sim_root_sha256);
+    }
+
+    #[test]
+    fn collateral_is_short_lived_from_the_clock_given() {
+        let dir = tempfile::tempdir().unwrap();
+        TestImage::write(dir.path()).unwrap();
+        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        fn then() -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+        }
+        let s = SimTdxSigner::new(
+            &img,
+            &SHAPE,
+            sim::DEFAULT_SEED,
+            None,
+            Duration::from_secs(600),
+            then,
+        )
+        .unwrap();
+        let c = s.collateral().unwrap();
+        let next = crate::collateral::next_update(&c).unwrap();
+        assert_eq!(next, then() + Duration::from_secs(600));
+        let q = s.quote(&ReportData([1; 64])).unwrap();
+        let verify = |at: u64| {
+            dcap_qvl::verify::QuoteVerifier::new(s.root_der().to_vec()).verify(
+                &q.quote,
+                q.collateral.as_ref().unwrap(),
+                at,
+            )
+        };
+        assert!(verify(1_800_000_000).is_ok());
+        assert!(
+            verify(1_800_000_000 + 601).is_err(),
+            "expired collateral must not verify"
+        );
+    }
+
+    #[test]
+    fn a_manifest_without_tdx_firmware_needs_the_configured_one() {
+        let dir = tempfile::tempdir().unwrap();
+        TestImage::write_with(dir.path(), |m| m.firmware.clear()).unwrap();
+        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        let err = SimTdxSigner::new(
+            &img,
+            &SHAPE,
+            sim::DEFAULT_SEED,
+            None,
+            Duration::from_secs(60),
+            SystemTime::now,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tdx_firmware"), "{err}");
+        let fw = dir.path().join("ovmf-tdx.fd");
+        let s = SimTdxSigner::new(
+            &img,
+            &SHAPE,
+            sim::DEFAULT_SEED,
+            Some(&fw),
+            Duration::from_secs(60),
+            SystemTime::now,
+        )
+        .unwrap();
+        assert_eq!(s.measurements().mr_td, calculator(dir.path()).mr_td);
+        assert_eq!(s.status().firmware, fw.display().to_string());
+    }
+}

@@ -1,0 +1,329 @@
+//! `cargo xtask bench`: runs every benchmark with its baseline and writes the report.
+//!
+//! Each benchmark measures its baseline in the same process or script and appends its figures to
+//! the file named by `CHRYSALIS_BENCH_FIGURES`, one JSON object per line:
+//!
+//! | key              | meaning                                                     |
+//! |------------------|-------------------------------------------------------------|
+//! | `name`           | what was measured                                           |
+//! | `unit`           | `s`, `ms`, `µs`, `MB/s`, `tokens/s`, `req/s`                |
+//! | `value`          | the measured median                                         |
+//! | `baseline`       | what it is compared with (optional)                         |
+//! | `baseline_value` | the baseline's median, same unit (optional)                 |
+//! | `ratio`          | value / baseline (optional; medians of per-round ratios)    |
+//! | `goal`           | the goal as text (optional)                                 |
+//! | `met`            | whether the goal holds (optional)                           |
+//! | `runs`           | how many measurements the median is of                      |
+//! | `note`           | anything a reader needs to interpret the row (optional)     |
+//!
+//! This task collects the lines and renders docs/benchmarks.md (or, with `--quick`, a smoke
+//! report under target/ so CI proves the harness still works without rewriting the docs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Short runs of every benchmark (under 2 minutes): proves the harness works; figures are
+    /// rough. Writes target/bench/benchmarks-quick.md unless --out says otherwise.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report (default: docs/benchmarks.md, or target/bench/benchmarks-quick.md
+    /// with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only run the benchmarks whose step name contains this text (e.g. `relay`).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+/// One line of `CHRYSALIS_BENCH_FIGURES`.
+#[derive(Deserialize)]
+struct Figure {
+    name: String,
+    unit: String,
+    value: f64,
+    baseline: Option<String>,
+    baseline_value: Option<f64>,
+    ratio: Option<f64>,
+    goal: Option<String>,
+    met: Option<bool>,
+    runs: Option<u64>,
+    note: Option<String>,
+}
+
+/// A step: a command that appends figures.
+struct Step {
+    name: &'static str,
+    /// Why the step cannot run here, if it cannot.
+    unavailable: Option<String>,
+    command: Command,
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn steps(quick: bool) -> Vec<Step> {
+    let mut out = Vec::new();
+    for bench in ["verify", "handshake"] {
+        let mut c = cargo();
+        c.args(["bench", "-p", "chrysalis-attestation", "--bench", bench]);
+        out.push(Step {
+            name: if bench == "verify" {
+                "attestation verify"
+            } else {
+                "ra-tls handshake"
+            },
+            unavailable: None,
+            command: c,
+        });
+    }
+    let mut relay = cargo();
+    relay.args(["bench", "-p", "chrysalis-host", "--bench", "relay"]);
+    out.push(Step {
+        name: "relay",
+        unavailable: which("socat")
+            .is_none()
+            .then(|| "socat is not installed (`cargo xtask setup`)".into()),
+        command: relay,
+    });
+    let mut chain = cargo();
+    chain.args([
+        "run",
+        "--release",
+        "-p",
+        "chrysalis-guest",
+        "--example",
+        "bench_chain",
+        "--",
+    ]);
+    chain.args(if quick {
+        ["--runs", "1", "--max-tokens", "16"]
+    } else {
+        ["--runs", "5", "--max-tokens", "128"]
+    });
+    out.push(Step {
+        name: "chain",
+        unavailable: std::env::var_os("CHRYSALIS_VENV")
+            .is_none()
+            .then(|| "CHRYSALIS_VENV is not set (the test venv from `cargo xtask setup`)".into()),
+        command: chain,
+    });
+    out
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|f| f.is_file())
+    })
+}
+
+pub(crate) fn run(args: BenchArgs) -> Result<()> {
+    let root = crate::repo_root();
+    let out = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            root.join("target/bench/benchmarks-quick.md")
+        } else {
+            root.join("docs/benchmarks.md")
+        }
+    });
+    let work = root.join("target/bench");
+    std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+    let figures_path = work.join("figures.jsonl");
+    let _ = std::fs::remove_file(&figures_path);
+
+    let started = Instant::now();
+    let mut timings = Vec::new();
+    let mut failures = Vec::new();
+    let mut skipped = Vec::new();
+    for mut step in steps(args.quick) {
+        if args.only.as_deref().is_some_and(|o| !step.name.contains(o)) {
+            continue;
+        }
+        if let Some(why) = step.unavailable {
+            eprintln!("bench: {}: skipped: {why}", step.name);
+            skipped.push(format!("{}: {why}", step.name));
+            continue;
+        }
+        eprintln!("bench: {}: running {:?}", step.name, step.command);
+        step.command
+            .current_dir(&root)
+            .env("CHRYSALIS_BENCH_FIGURES", &figures_path);
+        if args.quick {
+            step.command.env("CHRYSALIS_BENCH_QUICK", "1");
+        } else {
+            step.command.env_remove("CHRYSALIS_BENCH_QUICK");
+        }
+        let t = Instant::now();
+        let status = step
+            .command
+            .status()
+            .with_context(|| format!("start the {} benchmark", step.name))?;
+        let took = t.elapsed();
+        eprintln!("bench: {}: {} in {}", step.name, status, secs(took));
+        timings.push((step.name, took));
+        if !status.success() {
+            failures.push(format!("{}: {status}", step.name));
+        }
+    }
+    let figures = read_figures(&figures_path)?;
+    let report = render(&figures, args.quick, &timings, &failures, &skipped);
+    write_atomic(&out, &report)?;
+    eprintln!(
+        "bench: {} figures written to {} in {}",
+        figures.len(),
+        out.display(),
+        secs(started.elapsed())
+    );
+    if !failures.is_empty() {
+        bail!("benchmarks failed: {}", failures.join("; "));
+    }
+    // CI runs --quick to keep the harness honest: a benchmark that cannot run there is a failure.
+    if args.quick && std::env::var("CI").is_ok_and(|v| v == "true") && !skipped.is_empty() {
+        bail!("benchmarks skipped under CI: {}", skipped.join("; "));
+    }
+    Ok(())
+}
+
+fn read_figures(path: &Path) -> Result<Vec<Figure>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not a figure: {l}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// A value in its unit with sensible precision; seconds are shown in ms or µs.
+fn show(v: f64, unit: &str) -> String {
+    match unit {
+        "s" if v < 1e-3 => format!("{:.1} µs", v * 1e6),
+        "s" if v < 1.0 => format!("{:.3} ms", v * 1e3),
+        "s" => format!("{v:.1} s"),
+        _ if v.abs() >= 100.0 => format!("{v:.0} {unit}"),
+        _ => format!("{v:.2} {unit}"),
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim)
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or_else(|| "?".into(), |kb| format!("{} GiB", kb / (1024 * 1024)));
+    format!("{cores} cores, {model}, {mem} RAM")
+}
+
+fn render(
+    figures: &[Figure],
+    quick: bool,
+    timings: &[(&str, Duration)],
+    failures: &[String],
+    skipped: &[String],
+) -> String {
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    s.push_str(
+        "Written by `cargo xtask bench` (do not edit by hand). Every figure is measured with its \
+         baseline in the same run; values are medians, `Runs` says of how many measurements. \
+         Ratios are value / baseline.\n\n",
+    );
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    s.push_str(&format!(
+        "- Machine: {}\n- Mode: {}\n- Commit: {commit}\n- Load average when the report was written: {load}\n\n",
+        machine(),
+        if quick {
+            "--quick (short runs; rough figures)"
+        } else {
+            "full"
+        },
+    ));
+    s.push_str(
+        "| Figure | Value | Baseline | Baseline value | Ratio | Goal | Met | Runs | Note |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    for f in figures {
+        let cell = |o: Option<String>| o.unwrap_or_else(|| "—".into());
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            f.name,
+            show(f.value, &f.unit),
+            cell(f.baseline.clone()),
+            cell(f.baseline_value.map(|v| show(v, &f.unit))),
+            cell(f.ratio.map(|r| format!("{r:.2}×"))),
+            cell(f.goal.clone()),
+            match f.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            },
+            cell(f.runs.map(|r| r.to_string())),
+            cell(f.note.clone()),
+        ));
+    }
+    s.push_str("\n## Steps\n\n");
+    for (name, took) in timings {
+        s.push_str(&format!("- {name}: {}\n", secs(*took)));
+    }
+    for f in failures {
+        s.push_str(&format!("- FAILED {f}\n"));
+    }
+    for k in skipped {
+        s.push_str(&format!("- skipped {k}\n"));
+    }
+    s
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("temp file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
