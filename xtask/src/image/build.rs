@@ -827,21 +827,28 @@ fn config_step(
     let mut m = toml::Table::new();
     m.insert("id".into(), ctx.flavor.model.id.clone().into());
     m.insert("root_hash".into(), model.root_hash.to_string().into());
-    m.insert("dir".into(), MODEL_DIR.into());
-    m.insert(
-        "path".into(),
-        format!("{MODEL_DIR}/{}", files[0].name).into(),
-    );
-    m.insert(
-        "files".into(),
-        toml::Value::Array(
-            files
-                .iter()
-                .map(|f| toml::Value::from(f.name.clone()))
-                .collect(),
-        ),
-    );
     table.insert("model".into(), toml::Value::Table(m));
+    let [file] = files else {
+        bail!(
+            "flavor {}: the guest serves one model file, the pack has {}",
+            ctx.flavor.name,
+            files.len()
+        );
+    };
+    let options = table
+        .entry("engine")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .context("flavor [guest.config.engine] must be a table")?
+        .entry("options")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .context("flavor [guest.config.engine.options] must be a table")?;
+    options.insert(
+        "model_path".into(),
+        format!("{MODEL_DIR}/{}", file.name).into(),
+    );
+    options.insert("model_id".into(), ctx.flavor.model.id.clone().into());
     let text = format!(
         "# chrysalis guest configuration, flavor {}. Measured: its sha256 is chrysalis.config_sha256 on the\n\
          # kernel command line, and the guest init refuses any other bytes.\n{}",
@@ -849,6 +856,13 @@ fn config_step(
         toml::to_string(&table)?
     );
     write_atomic(&ctx.out.join("guest.toml"), text.as_bytes())?;
+    // The runtime refuses unknown keys at boot; refuse them here instead.
+    chrysalis_guest::config::Config::load(&ctx.out.join("guest.toml")).with_context(|| {
+        format!(
+            "flavor {}: [guest.config] is not a valid runtime configuration (see `chrysalis-guest config-help`)",
+            ctx.flavor.name
+        )
+    })?;
     let mut disk = text.into_bytes();
     disk.resize(disk.len().next_multiple_of(4096), 0);
     write_atomic(&ctx.out.join("config.img"), &disk)?;
@@ -928,18 +942,20 @@ fn rootfs_step(
 
     stage.add_file("usr/bin/chrysalis-guest", guest_bin, 0o755)?;
     let engines = repo_root().join("guest/python/chrysalis_engines");
-    if engines.is_dir() {
-        let n = rootfs::copy_tree(
-            &mut stage,
-            &engines,
-            &format!("{SITE_PACKAGES}/chrysalis_engines"),
-        )?;
-        ctx.ui.say(format!(
-            "    engine adapters: {n} files from guest/python/chrysalis_engines"
-        ));
-    } else {
-        ctx.ui.say("    WARNING: guest/python/chrysalis_engines is absent (issue 3 adds it); the image has no engine adapters");
+    if !engines.is_dir() {
+        bail!(
+            "{} is missing: the image needs the engine adapters",
+            engines.display()
+        );
     }
+    let n = rootfs::copy_tree(
+        &mut stage,
+        &engines,
+        &format!("{SITE_PACKAGES}/chrysalis_engines"),
+    )?;
+    ctx.ui.say(format!(
+        "    engine adapters: {n} files from guest/python/chrysalis_engines"
+    ));
 
     step.detail("byte code (compileall, unchecked-hash)");
     let sb = ctx
