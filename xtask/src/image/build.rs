@@ -815,7 +815,9 @@ fn model_step(ctx: &Ctx<'_>) -> Result<(Artifact, VerityParams, Vec<ModelFileInf
     Ok((a, v, infos))
 }
 
-/// The guest configuration: the flavor's table plus a `[model]` table naming the measured pack.
+/// The guest configuration (the runtime's `Config`, guest/src/config.rs): the flavor's table plus a
+/// `[model]` table naming the measured pack (id, root hash) and the engine's `model_path` / `model_id`
+/// options (the pack's first file under /models).
 fn config_step(
     ctx: &Ctx<'_>,
     model: &VerityParams,
@@ -823,24 +825,26 @@ fn config_step(
 ) -> Result<(Artifact, Artifact)> {
     let step = ctx.ui.step("Writing the guest configuration");
     let mut table = ctx.flavor.guest.config.clone();
+    let id = ctx.flavor.model.id.clone();
     let mut m = toml::Table::new();
-    m.insert("id".into(), ctx.flavor.model.id.clone().into());
+    m.insert("id".into(), id.clone().into());
     m.insert("root_hash".into(), model.root_hash.to_string().into());
-    m.insert("dir".into(), MODEL_DIR.into());
-    m.insert(
-        "path".into(),
-        format!("{MODEL_DIR}/{}", files[0].name).into(),
-    );
-    m.insert(
-        "files".into(),
-        toml::Value::Array(
-            files
-                .iter()
-                .map(|f| toml::Value::from(f.name.clone()))
-                .collect(),
-        ),
-    );
     table.insert("model".into(), toml::Value::Table(m));
+    let first = files.first().context("the model pack has no files")?;
+    let options = table
+        .entry("engine")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .context("[guest.config.engine] of the flavor is not a table")?
+        .entry("options")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .context("[guest.config.engine.options] of the flavor is not a table")?;
+    options.insert(
+        "model_path".into(),
+        format!("{MODEL_DIR}/{}", first.name).into(),
+    );
+    options.insert("model_id".into(), id.into());
     let text = format!(
         "# chrysalis guest configuration, flavor {}. Measured: its sha256 is chrysalis.config_sha256 on the\n\
          # kernel command line, and the guest init refuses any other bytes.\n{}",
