@@ -76,17 +76,16 @@ pub(crate) fn run(a: &BuildArgs) -> Result<()> {
     };
     let ui = Ui::new();
     let manifest = build_image(&ui, &opts)?;
+    let firmware = manifest
+        .firmware
+        .iter()
+        .map(|(p, a)| (format!("firmware {p}"), a));
     let rows: Vec<Vec<String>> = manifest
         .artifacts
         .iter()
-        .map(|(role, a)| {
-            vec![
-                role.to_owned(),
-                a.file.clone(),
-                size(a.size),
-                a.sha256.to_string(),
-            ]
-        })
+        .map(|(role, a)| (role.to_owned(), a))
+        .chain(firmware)
+        .map(|(role, a)| vec![role, a.file.clone(), size(a.size), a.sha256.to_string()])
         .collect();
     ui.say(format!(
         "\nImage {} built in {:.1} s into {}:\n\n{}\nrootfs verity root {}\nmodel  verity root {}\nkernel command line: {}",
