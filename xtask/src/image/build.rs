@@ -76,17 +76,16 @@ pub(crate) fn run(a: &BuildArgs) -> Result<()> {
     };
     let ui = Ui::new();
     let manifest = build_image(&ui, &opts)?;
+    let firmware = manifest
+        .firmware
+        .iter()
+        .map(|(p, a)| (format!("firmware {p}"), a));
     let rows: Vec<Vec<String>> = manifest
         .artifacts
         .iter()
-        .map(|(role, a)| {
-            vec![
-                role.to_owned(),
-                a.file.clone(),
-                size(a.size),
-                a.sha256.to_string(),
-            ]
-        })
+        .map(|(role, a)| (role.to_owned(), a))
+        .chain(firmware)
+        .map(|(role, a)| vec![role, a.file.clone(), size(a.size), a.sha256.to_string()])
         .collect();
     ui.say(format!(
         "\nImage {} built in {:.1} s into {}:\n\n{}\nrootfs verity root {}\nmodel  verity root {}\nkernel command line: {}",
@@ -816,7 +815,9 @@ fn model_step(ctx: &Ctx<'_>) -> Result<(Artifact, VerityParams, Vec<ModelFileInf
     Ok((a, v, infos))
 }
 
-/// The guest configuration: the flavor's table plus a `[model]` table naming the measured pack.
+/// The guest configuration (the runtime's `Config`, guest/src/config.rs): the flavor's table plus a
+/// `[model]` table naming the measured pack (id, root hash) and the engine's `model_path` / `model_id`
+/// options (the pack's first file under /models).
 fn config_step(
     ctx: &Ctx<'_>,
     model: &VerityParams,
@@ -824,8 +825,9 @@ fn config_step(
 ) -> Result<(Artifact, Artifact)> {
     let step = ctx.ui.step("Writing the guest configuration");
     let mut table = ctx.flavor.guest.config.clone();
+    let id = ctx.flavor.model.id.clone();
     let mut m = toml::Table::new();
-    m.insert("id".into(), ctx.flavor.model.id.clone().into());
+    m.insert("id".into(), id.clone().into());
     m.insert("root_hash".into(), model.root_hash.to_string().into());
     table.insert("model".into(), toml::Value::Table(m));
     let [file] = files else {
@@ -848,7 +850,7 @@ fn config_step(
         "model_path".into(),
         format!("{MODEL_DIR}/{}", file.name).into(),
     );
-    options.insert("model_id".into(), ctx.flavor.model.id.clone().into());
+    options.insert("model_id".into(), id.into());
     let text = format!(
         "# chrysalis guest configuration, flavor {}. Measured: its sha256 is chrysalis.config_sha256 on the\n\
          # kernel command line, and the guest init refuses any other bytes.\n{}",
