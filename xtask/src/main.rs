@@ -6,6 +6,8 @@
 mod firmware;
 mod image;
 mod model;
+mod setup;
+mod test;
 mod vm;
 
 use std::path::PathBuf;
@@ -34,6 +36,10 @@ enum Command {
     /// Boot images under QEMU.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Install what building and testing need on this Debian machine (apt, rustup, tools, Python).
+    Setup(setup::SetupArgs),
+    /// The whole test suite as CI runs it: setup, fmt, clippy, tests, quick benchmarks.
+    Test(test::TestArgs),
 }
 
 #[derive(Subcommand)]
@@ -54,5 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Model(c) => model::run(c),
         Command::Firmware(cmd) => firmware::run(cmd),
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
+        Command::Setup(args) => setup::main(args),
+        Command::Test(args) => test::main(args),
     }
 }
