@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrysalis_image::lock::{DistKind, PySet};
-use chrysalis_image::{Cache, Sha256Digest, apt};
+use chrysalis_image::{Cache, Flavor, Lock, Sha256Digest, apt};
 
 use crate::image::{self, Ui};
 
@@ -418,10 +418,24 @@ fn vhost_device_vsock(cache: &Path, check: bool) -> Result<(PathBuf, String)> {
 /// The flavor whose lock pins the kernel the boot tests boot and the llama-cpp-python build.
 const FLAVOR: &str = "cpu";
 
+/// The cpu flavor and its lock. Unlike an image build, setup does not require the lock to be
+/// resolved from this exact flavor file: it takes only pinned files from the lock (each verified by
+/// sha256) and the build environment from the flavor.
+fn cpu_flavor_and_lock() -> Result<(Flavor, Lock)> {
+    let (flavor, _) = image::load_flavor(FLAVOR)?;
+    let rel = image::lock_rel_path(FLAVOR);
+    let text = std::fs::read_to_string(image::repo_root().join(&rel))
+        .with_context(|| format!("cannot read {rel}"))?;
+    let lock = Lock::parse(&text).with_context(|| format!("{rel} is not a valid lock"))?;
+    if lock.flavor != flavor.name {
+        bail!("{rel} is the lock of flavor {:?}", lock.flavor);
+    }
+    Ok((flavor, lock))
+}
+
 /// The cpu lock's kernel package, fetched into the content cache and verified.
 fn kernel_deb(ui: &Ui, cache: &Cache, check: bool) -> Result<(PathBuf, String)> {
-    let (flavor, sha) = image::load_flavor(FLAVOR)?;
-    let (lock, _) = image::load_lock(&flavor, &sha)?;
+    let (flavor, lock) = cpu_flavor_and_lock()?;
     let deb = lock.kernel_deb();
     let name = deb.path.rsplit('/').next().unwrap_or(&deb.name).to_owned();
     if let Some(p) = cache.get(&name, &deb.sha256)? {
@@ -558,8 +572,7 @@ fn llama_wheel(
     py_version: &str,
     check: bool,
 ) -> Result<PathBuf> {
-    let (flavor, sha) = image::load_flavor(FLAVOR)?;
-    let (lock, _) = image::load_lock(&flavor, &sha)?;
+    let (flavor, lock) = cpu_flavor_and_lock()?;
     let sdist = lock
         .python
         .iter()
@@ -804,8 +817,7 @@ mod tests {
         let text =
             std::fs::read_to_string(image::repo_root().join("guest/python/requirements-test.txt"))
                 .unwrap();
-        let (flavor, sha) = image::load_flavor(FLAVOR).unwrap();
-        let (lock, _) = image::load_lock(&flavor, &sha).unwrap();
+        let (_, lock) = cpu_flavor_and_lock().unwrap();
         let sdist = lock
             .python
             .iter()
