@@ -77,9 +77,10 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
             "warnings",
         ]),
     )?;
+    // --no-fail-fast: one failing test binary must not hide the results of the others.
     phase(
         "cargo test --workspace",
-        &mut cargo(&["test", "--workspace"]),
+        &mut cargo(&["test", "--workspace", "--no-fail-fast"]),
     )?;
     // TODO(issue 9): `cargo xtask bench --quick` keeps the benchmark harness from rotting; it runs
     // here as soon as the `bench` subcommand exists (this check needs no edit when it lands).
