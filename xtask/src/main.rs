@@ -7,6 +7,8 @@ mod bench;
 mod firmware;
 mod image;
 mod model;
+mod setup;
+mod test;
 mod vm;
 
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ enum Command {
     /// Boot images under QEMU.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Install what building and testing need on this Debian machine (apt, rustup, tools, Python).
+    Setup(setup::SetupArgs),
+    /// The whole test suite as CI runs it: setup, fmt, clippy, tests, quick benchmarks.
+    Test(test::TestArgs),
 }
 
 #[derive(Subcommand)]
@@ -48,7 +54,7 @@ enum VmCommand {
 /// The download and build cache shared by every task and by fresh clones: `$CHRYSALIS_CACHE`,
 /// else `~/.cache/chrysalis`. Entries are keyed by content hashes.
 fn cache_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHRYSALIS_CACHE") {
+    if let Some(p) = std::env::var_os("CHRYSALIS_CACHE").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     std::env::var_os("HOME")
@@ -69,5 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Firmware(cmd) => firmware::run(cmd),
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Setup(args) => setup::main(args),
+        Command::Test(args) => test::main(args),
     }
 }

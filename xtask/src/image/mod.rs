@@ -19,6 +19,7 @@ use clap::{Args, Subcommand};
 
 pub(crate) use build::verity_image;
 pub(crate) use buildroot::BuildRoot;
+pub(crate) use fetch::{Want, debian_archive, fetch_all};
 pub(crate) use tools::ensure as ensure_tools;
 pub(crate) use ui::Ui;
 
