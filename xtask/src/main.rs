@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod demo;
 mod firmware;
 mod image;
 mod model;
@@ -37,6 +38,9 @@ enum Command {
     /// Boot images under QEMU.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// The whole chain on this machine: image, policy, host agent + VM (sim), proxy, a chat
+    /// completion and its receipt, with timings; stops everything at the end or on Ctrl-C.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -58,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Command::Firmware(cmd) => firmware::run(cmd),
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
