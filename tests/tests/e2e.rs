@@ -24,8 +24,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrysalis_tests::chain::{
-    self, AgentSpec, Boot, Chat, ChainError, Event, HostAgent, IMAGE_HINT, Image, Proxy,
-    Recorder, Tamper, Tools,
+    self, AgentSpec, Boot, ChainError, Chat, Event, HostAgent, IMAGE_HINT, Image, Proxy, Recorder,
+    Tamper, Tools,
 };
 use serde_json::Value;
 
@@ -50,8 +50,8 @@ fn workspace() -> PathBuf {
 /// The image and the chain's binaries, or None (after saying why) when a prerequisite is missing.
 fn prerequisites() -> Option<(Image, Tools)> {
     let missing = (|| {
-        let manifest = Image::find(&workspace())
-            .ok_or_else(|| format!("no built image: set {IMAGE_HINT}"))?;
+        let manifest =
+            Image::find(&workspace()).ok_or_else(|| format!("no built image: set {IMAGE_HINT}"))?;
         let vhost = std::env::var("CHRYSALIS_VHOST_DEVICE_VSOCK")
             .unwrap_or_else(|_| "vhost-device-vsock".into());
         if let Some(p) = chain::missing_program(&["qemu-system-x86_64", &vhost]) {
@@ -180,7 +180,11 @@ fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root
     let policy = dir.path().join("policy.toml");
     chain::derive_policy(&tools.chrysalis, &image.manifest_path, true, &policy).unwrap();
     let v = chain::verify(&tools.chrysalis, &relay, &policy).unwrap();
-    assert!(v.accepted, "chrysalis verify rejected the guest:\n{}", v.report);
+    assert!(
+        v.accepted,
+        "chrysalis verify rejected the guest:\n{}",
+        v.report
+    );
     t.done("policy derived, chrysalis verify accepted");
 
     // 1. Through the proxy, over a recorder standing where the host relay's bytes pass.
@@ -236,7 +240,10 @@ fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root
 
     // Confidentiality: nothing of the prompt or the answer crossed the host in clear.
     let recorded = recorder.recorded();
-    assert!(!recorded.is_empty(), "the proxy never went through the recorder");
+    assert!(
+        !recorded.is_empty(),
+        "the proxy never went through the recorder"
+    );
     let mut secrets: Vec<&str> = vec![canary, "chat/completions", &model, "Repeat exactly"];
     for text in [answer.trim(), streamed.trim()] {
         if text.len() >= 8 {
@@ -246,8 +253,14 @@ fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root
     for (i, c) in recorded.iter().enumerate() {
         assert!(!c.to_upstream.is_empty() && !c.from_upstream.is_empty());
         // Both directions are TLS from their first byte (handshake records).
-        assert_eq!(c.to_upstream[0], 0x16, "connection {i} did not start with TLS");
-        assert_eq!(c.from_upstream[0], 0x16, "connection {i} did not answer with TLS");
+        assert_eq!(
+            c.to_upstream[0], 0x16,
+            "connection {i} did not start with TLS"
+        );
+        assert_eq!(
+            c.from_upstream[0], 0x16,
+            "connection {i} did not answer with TLS"
+        );
         for s in &secrets {
             assert!(
                 !chain::contains(&c.to_upstream, s.as_bytes())
@@ -282,7 +295,7 @@ fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root
     .unwrap();
     let refused = proxy_chat_refused(&refusing, &model, "ROOT-CANARY-0b9e");
     assert!(
-        refused.contains("root not trusted by policy"),
+        refused.contains("chains to an untrusted root"),
         "{refused}\n{}",
         refusing.log_tail(20)
     );
@@ -427,7 +440,10 @@ fn tampered_initramfs_boots_but_the_proxy_refuses_it_as_not_pinned_and_the_guest
     let quoted_rtmr2: chrysalis_attestation::Measurement =
         serde_json::from_value(st["sim_quote"]["rtmr"][2].clone()).unwrap();
     let pinned_rtmr2 = genuine.tdx[0].rtmr2.expect("the policy pins RTMR2");
-    assert_ne!(quoted_rtmr2, pinned_rtmr2, "RTMR2 must change with the initrd");
+    assert_ne!(
+        quoted_rtmr2, pinned_rtmr2,
+        "RTMR2 must change with the initrd"
+    );
     assert_eq!(
         Some(serde_json::from_value(st["sim_quote"]["rtmr"][1].clone()).unwrap()),
         genuine.tdx[0].rtmr1,

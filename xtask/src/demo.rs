@@ -8,9 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrysalis_tests::chain::{
-    self, AgentSpec, Boot, Chat, HostAgent, Image, Proxy, Tools,
-};
+use chrysalis_tests::chain::{self, AgentSpec, Boot, Chat, HostAgent, Image, Proxy, Tools};
 
 use crate::image::repo_root;
 
@@ -22,7 +20,10 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "DIR")]
     image: Option<PathBuf>,
     /// The question for the model.
-    #[arg(long, default_value = "What is the capital of France? Answer in one sentence.")]
+    #[arg(
+        long,
+        default_value = "What is the capital of France? Answer in one sentence."
+    )]
     prompt: String,
     /// Most tokens the model may generate.
     #[arg(long, default_value_t = 48)]
@@ -74,10 +75,7 @@ impl Phases {
         for (t, d) in &self.done {
             println!("  {:>7.1} s  {t}", d.as_secs_f64());
         }
-        println!(
-            "  {:>7.1} s  total",
-            self.total.elapsed().as_secs_f64()
-        );
+        println!("  {:>7.1} s  total", self.total.elapsed().as_secs_f64());
     }
 }
 
@@ -176,9 +174,7 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
     println!("    manifest: {}", manifest.display());
     println!(
         "    flavor {}, model {} ({})",
-        image.manifest.flavor,
-        image.manifest.model.id,
-        image.manifest.artifacts.model.file
+        image.manifest.flavor, image.manifest.model.id, image.manifest.artifacts.model.file
     );
     phases.end("guest image");
     chain::check_interrupted()?;
@@ -199,7 +195,10 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
     );
     let policy = work.join("policy.toml");
     chain::derive_policy(&tools.chrysalis, &manifest, true, &policy)?;
-    println!("    chrysalis policy from-manifest --manifest {} --platform tdx --vcpus 2 --memory 2048 --dangerous-sim-root", manifest.display());
+    println!(
+        "    chrysalis policy from-manifest --manifest {} --platform tdx --vcpus 2 --memory 2048 --dangerous-sim-root",
+        manifest.display()
+    );
     for line in std::fs::read_to_string(&policy)?.lines() {
         let l = line.trim();
         if l.starts_with("mr_td") || l.starts_with("rtmr") || l.starts_with("dangerous") {
@@ -216,7 +215,11 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
          loading the model under emulation takes a while.",
     );
     let mut agent = HostAgent::start(&tools.host, &AgentSpec::sim(&manifest), &work.join("host"))?;
-    println!("    agent pid {}, logs in {}", agent.pid(), work.join("host").display());
+    println!(
+        "    agent pid {}, logs in {}",
+        agent.pid(),
+        work.join("host").display()
+    );
     let boot_start = Instant::now();
     let mut last_print = Instant::now() - Duration::from_secs(60);
     let serial = agent.serial_log();
@@ -284,10 +287,7 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
         "POST /v1/chat/completions through the proxy; the model runs inside the VM.",
     );
     let models = proxy.models()?;
-    let model = models
-        .first()
-        .cloned()
-        .context("the node lists no model")?;
+    let model = models.first().cloned().context("the node lists no model")?;
     println!("    model: {model}");
     println!("    prompt: {}", args.prompt);
     let reply = proxy.chat(
@@ -335,18 +335,28 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
     println!("    model root hash: {:?}", r.model_root_hash);
     println!("    certificate sha256: {}", r.cert_sha256);
     if let Some(jws) = &r.receipt {
-        println!("    receipt (JWS, {} bytes): {}…", jws.len(), &jws[..jws.len().min(96)]);
+        println!(
+            "    receipt (JWS, {} bytes): {}…",
+            jws.len(),
+            &jws[..jws.len().min(96)]
+        );
     }
     if !r.verified {
         bail!("the receipt did not verify");
     }
     phases.end("receipt");
 
-    phases.begin("Stop everything", "The proxy, then the host agent (which stops QEMU and vhost-device-vsock).");
+    phases.begin(
+        "Stop everything",
+        "The proxy, then the host agent (which stops QEMU and vhost-device-vsock).",
+    );
     drop(proxy);
     let agent_pid = agent.pid();
     let exit = agent.stop();
-    println!("    host agent {agent_pid} exited: {}", exit.map(|s| s.to_string()).unwrap_or_default());
+    println!(
+        "    host agent {agent_pid} exited: {}",
+        exit.map(|s| s.to_string()).unwrap_or_default()
+    );
     phases.end("stop");
     Ok(())
 }
@@ -363,7 +373,9 @@ fn image_manifest(args: &DemoArgs, root: &Path) -> anyhow::Result<PathBuf> {
     if let Some(m) = Image::find(root) {
         return Ok(m);
     }
-    println!("    no built image found: running `cargo xtask image build --flavor cpu` (cached after the first run)");
+    println!(
+        "    no built image found: running `cargo xtask image build --flavor cpu` (cached after the first run)"
+    );
     let exe = std::env::current_exe().context("the path of xtask")?;
     let status = Command::new(exe)
         .current_dir(root)

@@ -104,10 +104,10 @@ impl HostAgent {
         let cfg = dir.join("host.toml");
         write_atomic(&cfg, spec.toml(&state).as_bytes())?;
         let mut cmd = Command::new(host_bin);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.arg("run").arg("--config").arg(&cfg).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let proc = Guarded::spawn(
             "chrysalis-host",
             cmd,
@@ -149,7 +149,10 @@ impl HostAgent {
         if self.admin.is_none() {
             self.admin = Some(read_addr(&self.state.join("admin.addr"))?);
         }
-        let url = format!("http://{}/status", self.admin.as_deref().unwrap_or_default());
+        let url = format!(
+            "http://{}/status",
+            self.admin.as_deref().unwrap_or_default()
+        );
         let mut resp = http_agent(Duration::from_secs(10))
             .get(&url)
             .call()

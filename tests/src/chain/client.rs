@@ -194,7 +194,11 @@ impl Proxy {
 
     /// `POST /v1/chat/completions` with `stream: true`; the events are read with
     /// [`ChatStream::next_event`]. A non-200 answer is returned as `Err(reply)`.
-    pub fn chat_stream(&self, req: &Chat, guard: Duration) -> Result<Result<ChatStream, Reply>, ChainError> {
+    pub fn chat_stream(
+        &self,
+        req: &Chat,
+        guard: Duration,
+    ) -> Result<Result<ChatStream, Reply>, ChainError> {
         check_interrupted()?;
         let url = format!("{}/chat/completions", self.base_url());
         let start = Instant::now();
@@ -231,9 +235,11 @@ impl Proxy {
         loop {
             check_interrupted()?;
             let records = if self.ledger.exists() {
-                chrysalis_client::ledger::read(&self.ledger).map_err(|e| ChainError::BadResponse {
-                    what: format!("ledger {}", self.ledger.display()),
-                    detail: e.to_string(),
+                chrysalis_client::ledger::read(&self.ledger).map_err(|e| {
+                    ChainError::BadResponse {
+                        what: format!("ledger {}", self.ledger.display()),
+                        detail: e.to_string(),
+                    }
                 })?
             } else {
                 Vec::new()

@@ -95,8 +95,11 @@ impl Image {
             let (src, dst) = (self.dir().join(&f), dest.join(&f));
             let _ = std::fs::remove_file(&dst);
             if std::fs::hard_link(&src, &dst).is_err() {
-                std::fs::copy(&src, &dst)
-                    .map_err(io(format!("copying {} to {}", src.display(), dst.display())))?;
+                std::fs::copy(&src, &dst).map_err(io(format!(
+                    "copying {} to {}",
+                    src.display(),
+                    dst.display()
+                )))?;
             }
         }
         let src = self.dir().join(&target);
@@ -114,7 +117,10 @@ impl Image {
             }
             Tamper::RootfsByte => {
                 if bytes.len() < 4096 {
-                    return Err(ChainError::BadImage(format!("{} is too small", src.display())));
+                    return Err(ChainError::BadImage(format!(
+                        "{} is too small",
+                        src.display()
+                    )));
                 }
                 bytes[1024 + 8] ^= 0xff;
             }

@@ -31,9 +31,7 @@ use thiserror::Error;
 pub use agent::{AgentSpec, Boot, HostAgent, policy_from_status};
 pub use client::{Chat, ChatStream, Event, Proxy, Reply, Verification, derive_policy, verify};
 pub use image::{IMAGE_HINT, Image, Tamper};
-pub use process::{
-    Guarded, alive, check_interrupted, interrupt, interrupted, tail, write_atomic,
-};
+pub use process::{Guarded, alive, check_interrupted, interrupt, interrupted, tail, write_atomic};
 pub use recorder::{Recorded, Recorder, contains};
 
 /// Why a step of the chain failed.
@@ -239,10 +237,7 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 
 /// How many requests the guest behind `relay` has served (its `/healthz`), asked over RA-TLS
 /// with the Rust SDK under `policy`.
-pub fn guest_served(
-    relay: &str,
-    policy: chrysalis_attestation::Policy,
-) -> Result<u64, ChainError> {
+pub fn guest_served(relay: &str, policy: chrysalis_attestation::Policy) -> Result<u64, ChainError> {
     use http_body_util::BodyExt;
     let what = format!("GET /healthz of the guest behind {relay}");
     let client_err = |source| ChainError::Client {

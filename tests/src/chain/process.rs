@@ -251,7 +251,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A child that ignores SIGTERM: only the SIGKILL after the grace period ends it.
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "trap '' TERM; echo started; while :; do sleep 0.1; done"]);
+        cmd.args([
+            "-c",
+            "trap '' TERM; echo started; while :; do sleep 0.1; done",
+        ]);
         let g = Guarded::spawn(
             "stubborn",
             cmd,
@@ -296,7 +299,10 @@ mod tests {
                 }
                 Err(e) => {
                     let msg = e.to_string();
-                    assert!(msg.contains("short") && msg.contains("boom") && msg.contains('3'), "{msg}");
+                    assert!(
+                        msg.contains("short") && msg.contains("boom") && msg.contains('3'),
+                        "{msg}"
+                    );
                     break;
                 }
             }

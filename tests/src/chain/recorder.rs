@@ -36,7 +36,9 @@ pub struct Recorder {
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").field("addr", &self.addr).finish()
+        f.debug_struct("Recorder")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -66,7 +68,10 @@ impl Recorder {
                     continue;
                 };
                 let rec = Arc::new(Mutex::new(Recorded::default()));
-                s.conns.lock().unwrap_or_else(|e| e.into_inner()).push(rec.clone());
+                s.conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(rec.clone());
                 let clones = [client.try_clone(), server.try_clone()];
                 let mut sockets = s.sockets.lock().unwrap_or_else(|e| e.into_inner());
                 for c in clones.into_iter().flatten() {
@@ -137,7 +142,13 @@ impl Drop for Recorder {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-        for s in self.shared.sockets.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for s in self
+            .shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
