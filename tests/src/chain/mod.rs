@@ -174,21 +174,49 @@ impl Tools {
         if release {
             cmd.arg("--release");
         }
-        let out = cmd
+        // Polled, so that an interrupt (Ctrl-C in the demo) stops the build too.
+        let mut child = cmd
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .output()
+            .spawn()
             .map_err(|source| ChainError::Spawn {
                 what: "cargo build".into(),
                 source,
             })?;
-        if !out.status.success() {
+        let mut stdout = child.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(s) = stdout.as_mut() {
+                let _ = std::io::Read::read_to_string(s, &mut text);
+            }
+            text
+        });
+        let status = loop {
+            if interrupted() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ChainError::Interrupted);
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                Err(source) => {
+                    return Err(ChainError::Io {
+                        what: "waiting for cargo build".into(),
+                        source,
+                    });
+                }
+            }
+        };
+        let stdout = reader.join().unwrap_or_default();
+        if !status.success() {
             return Err(ChainError::Command {
                 what: "cargo build -p chrysalis-host -p chrysalis-client".into(),
-                status: out.status.to_string(),
+                status: status.to_string(),
                 stderr: "(above)".into(),
             });
         }
-        let bins: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
+        let bins: HashMap<String, PathBuf> = stdout
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|m| m["reason"] == "compiler-artifact")
