@@ -174,6 +174,24 @@ impl Tools {
         if release {
             cmd.arg("--release");
         }
+        // What cargo sets for the calling crate (a test, xtask) would reach build scripts that
+        // watch it (ring's rerun-if-env-changed=CARGO_PKG_NAME, ...), so every caller would
+        // rebuild them: build as from a plain shell.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*k)
+            {
+                cmd.env_remove(&*k);
+            }
+        }
         // Polled, so that an interrupt (Ctrl-C in the demo) stops the build too.
         let mut child = cmd
             .stdout(Stdio::piped())
