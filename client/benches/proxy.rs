@@ -348,8 +348,8 @@ fn main() {
     );
     println!(
         "summary: requests/s through chrysalis proxy, one caller in sequence ({}), median of \
-         {rounds} interleaved rounds x {requests}: pooled upstream connections {:.1}, new \
-         verified connection per request (verdict cached) {:.1}, pooled {:.2}x; machine: {m}",
+         {rounds} interleaved rounds x {requests}: pooled upstream connections {:.2}, new \
+         verified connection per request (verdict cached) {:.2}, pooled {:.2}x; machine: {m}",
         t.kind,
         rows[2].value,
         rows[2].baseline,
@@ -357,9 +357,9 @@ fn main() {
     );
     println!(
         "summary: requests/s, Rust SDK direct, one caller in sequence ({}), median of {rounds} \
-         interleaved rounds x {requests}: pooled verified connections {:.1}, new connection per \
-         request with the verdict cached {:.1} (pooled {:.2}x), new connection and full \
-         evidence verification per request {:.1} (pooled {:.2}x); machine: {m}",
+         interleaved rounds x {requests}: pooled verified connections {:.2}, new connection per \
+         request with the verdict cached {:.2} (pooled {:.2}x), new connection and full \
+         evidence verification per request {:.2} (pooled {:.2}x); machine: {m}",
         t.kind,
         rows[3].value,
         rows[3].baseline,
@@ -367,6 +367,21 @@ fn main() {
         rows[4].baseline,
         rows[4].value / rows[4].baseline,
     );
+    // One JSON line per figure for `cargo xtask bench` (schema in xtask/src/bench.rs).
+    if let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for r in &rows {
+            let line = json!({"name": format!("{} ({})", r.what, t.kind), "unit": r.unit,
+                "value": r.value, "baseline": r.baseline_what, "baseline_value": r.baseline,
+                "ratio": r.value / r.baseline, "runs": rounds});
+            writeln!(f, "{line}").unwrap();
+        }
+    }
     if let Ok(path) = std::env::var("CHRYSALIS_BENCH_JSON") {
         let v: Vec<_> = rows
             .iter()

@@ -62,7 +62,10 @@ pub const HELP: &str = r#"chrysalis-guest configuration (TOML; unknown keys are 
   retry_secs = 30                retry interval when renewal fails
 
 [evidence]
-  provider = "configfs-tsm"      "configfs-tsm" (TDX/SNP hardware) or "sim" (host's sim quote service)
+  provider = "configfs-tsm"      "configfs-tsm" (TDX/SNP hardware), "sim" (host's sim quote service),
+                                 or "auto": configfs-tsm inside a TD or SNP guest (/dev/tdx_guest or
+                                 /dev/sev-guest present), else sim (logged
+                                 as a warning; only policies naming the simulated root accept it)
   configfs_root = "/sys/kernel/config/tsm/report"
   configfs_entry = "chrysalis"   name of the report entry created under configfs_root
   sim_endpoint = "vsock:2:4050"  "vsock:CID:PORT", "tcp:ADDR:PORT" or "unix:PATH"
@@ -183,6 +186,11 @@ pub enum ProviderKind {
     /// The host's sim quote service.
     #[serde(rename = "sim")]
     Sim,
+    /// configfs-tsm inside a TD or SNP guest (`/dev/tdx_guest` or `/dev/sev-guest`), otherwise
+    /// the host's sim quote service. Lets one measured image serve on hardware and in the
+    /// simulator; sim evidence is accepted only by policies that name the simulated root.
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 /// `[evidence]`.
@@ -386,6 +394,20 @@ model_path = "/x.gguf"
         ] {
             assert!(HELP.contains(key), "HELP misses {key}");
         }
+    }
+
+    #[test]
+    fn evidence_providers_parse_and_a_wrong_one_is_named() {
+        for (name, kind) in [
+            ("configfs-tsm", ProviderKind::ConfigfsTsm),
+            ("sim", ProviderKind::Sim),
+            ("auto", ProviderKind::Auto),
+        ] {
+            let c = parse(&format!("{MIN}\n[evidence]\nprovider = \"{name}\"\n")).unwrap();
+            assert_eq!(c.evidence.provider, kind);
+        }
+        let e = parse(&format!("{MIN}\n[evidence]\nprovider = \"tpm\"\n")).unwrap_err();
+        assert!(e.to_string().contains("tpm"), "{e}");
     }
 
     #[test]

@@ -162,8 +162,28 @@ fn start_engine(_cfg: &Config) -> Arc<dyn Engine> {
     })
 }
 
+/// Devices the tdx_guest and sev_guest drivers create inside a TD / an SNP guest.
+const TEE_GUEST_DEVICES: [&str; 2] = ["/dev/tdx_guest", "/dev/sev-guest"];
+
 async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let provider: Arc<dyn EvidenceProvider> = match cfg.evidence.provider {
+    let kind = match cfg.evidence.provider {
+        // The tsm configfs tree exists whenever its module is loaded; the TEE guest devices exist
+        // only when the kernel runs inside a TD or an SNP guest.
+        ProviderKind::Auto if TEE_GUEST_DEVICES.iter().any(|d| Path::new(d).exists()) => {
+            ProviderKind::ConfigfsTsm
+        }
+        ProviderKind::Auto => {
+            tracing::warn!(
+                devices = ?TEE_GUEST_DEVICES,
+                sim_endpoint = %cfg.evidence.sim_endpoint,
+                "no TDX or SEV-SNP guest device: evidence comes from the \
+                 host's SIMULATED quote service; only policies that name the simulated root accept it"
+            );
+            ProviderKind::Sim
+        }
+        k => k,
+    };
+    let provider: Arc<dyn EvidenceProvider> = match kind {
         ProviderKind::ConfigfsTsm => Arc::new(ConfigfsTsm::new(
             &cfg.evidence.configfs_root,
             &cfg.evidence.configfs_entry,

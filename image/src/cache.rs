@@ -1,4 +1,4 @@
-//! The content-addressed download cache (`$CHRYSALIS_CACHE`, default `<repo>/.cache`).
+//! The content-addressed download cache (`$CHRYSALIS_CACHE`, default `~/.cache/chrysalis`).
 //!
 //! Files are stored under `sha256/<first two hex>/<digest>` and are verified every time they are used:
 //! [`Cache::get`] re-hashes the file, so a corrupted or replaced entry is an error that names the file and

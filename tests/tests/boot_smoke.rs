@@ -13,7 +13,7 @@
 //!   `chrysalis.config_sha256` stops it. The kernel and initramfs are the built image's when there is
 //!   one; otherwise the initramfs is made here from chrysalis-init and the kernel package, which is
 //!   `CHRYSALIS_KERNEL_DEB` if set, else the one image/locks/cpu.lock pins, taken from the image cache
-//!   (`<repo>/.cache`, or `CHRYSALIS_CACHE`) where any `cargo xtask image build` left it.
+//!   (`~/.cache/chrysalis`, or `CHRYSALIS_CACHE`) where any `cargo xtask image build` left it.
 //!
 //! Needs qemu-system-x86_64, mkfs.erofs, veritysetup and the musl Rust target (fixture guest). When
 //! something is missing the tests print why and how to get it, and pass, except under `CI=true`, where
@@ -69,11 +69,15 @@ fn on_path(tool: &str) -> bool {
 const HOW_TO_BUILD: &str = "build one with `cargo xtask image build --flavor cpu` (writes out/cpu; see docs/image.md), \
      or set CHRYSALIS_IMAGE_DIR to a directory holding a manifest.json";
 
-/// The image cache: `CHRYSALIS_CACHE`, else `<repo>/.cache` (as `cargo xtask image` uses it).
+/// The image cache: `CHRYSALIS_CACHE`, else `~/.cache/chrysalis` (as `cargo xtask` uses it).
 fn cache_root() -> PathBuf {
-    std::env::var_os("CHRYSALIS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache"))
+    std::env::var_os("CHRYSALIS_CACHE").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/chrysalis")
+        },
+        PathBuf::from,
+    )
 }
 
 /// The directory of the built image to test: `CHRYSALIS_IMAGE_DIR` if set; else out/cpu of the

@@ -93,6 +93,23 @@ fn steps(quick: bool) -> Vec<Step> {
             .then(|| "socat is not installed (`cargo xtask setup`)".into()),
         command: relay,
     });
+    let mut proxy = cargo();
+    proxy.args(["bench", "-p", "chrysalis-client", "--bench", "proxy"]);
+    out.push(Step {
+        name: "proxy",
+        unavailable: None,
+        command: proxy,
+    });
+    let mut measure = cargo();
+    measure.args(["bench", "-p", "chrysalis-client", "--bench", "measure"]);
+    if quick {
+        measure.env("CHRYSALIS_BENCH_ROUNDS", "3");
+    }
+    out.push(Step {
+        name: "measure",
+        unavailable: None,
+        command: measure,
+    });
     let mut chain = cargo();
     chain.args([
         "run",

@@ -111,7 +111,7 @@ fn setup(common: &CommonArgs) -> anyhow::Result<Setup> {
         Some(dir) => Box::new(DirFetcher(dir.clone())),
         None => Box::new(AptFetcher),
     };
-    let cache = common.cache.clone().unwrap_or_else(|| root.join(".cache"));
+    let cache = common.cache.clone().unwrap_or_else(crate::cache_root);
     let cache = std::path::absolute(&cache)
         .with_context(|| format!("resolving cache directory {}", cache.display()))?;
     Ok(Setup {

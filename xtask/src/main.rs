@@ -49,6 +49,17 @@ enum VmCommand {
     Run(vm::RunArgs),
 }
 
+/// The download and build cache shared by every task and by fresh clones: `$CHRYSALIS_CACHE`,
+/// else `~/.cache/chrysalis`. Entries are keyed by content hashes.
+fn cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHRYSALIS_CACHE") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+        .join(".cache/chrysalis")
+}
+
 /// The repository root (the parent of this crate's directory).
 fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -54,7 +54,7 @@ impl Progress for SilentProgress {
 pub struct BuildOptions {
     /// Platforms to build, in order.
     pub platforms: Vec<Platform>,
-    /// The cache directory (`$CHRYSALIS_CACHE` or `<repo>/.cache` in xtask).
+    /// The cache directory (`$CHRYSALIS_CACHE` or `~/.cache/chrysalis` in xtask).
     pub cache_dir: PathBuf,
     /// Parent of the temporary edk2 tree; `<cache>/work` when None.
     pub work_dir: Option<PathBuf>,

@@ -76,17 +76,16 @@ pub(crate) fn run(a: &BuildArgs) -> Result<()> {
     };
     let ui = Ui::new();
     let manifest = build_image(&ui, &opts)?;
+    let firmware = manifest
+        .firmware
+        .iter()
+        .map(|(p, a)| (format!("firmware {p}"), a));
     let rows: Vec<Vec<String>> = manifest
         .artifacts
         .iter()
-        .map(|(role, a)| {
-            vec![
-                role.to_owned(),
-                a.file.clone(),
-                size(a.size),
-                a.sha256.to_string(),
-            ]
-        })
+        .map(|(role, a)| (role.to_owned(), a))
+        .chain(firmware)
+        .map(|(role, a)| vec![role, a.file.clone(), size(a.size), a.sha256.to_string()])
         .collect();
     ui.say(format!(
         "\nImage {} built in {:.1} s into {}:\n\n{}\nrootfs verity root {}\nmodel  verity root {}\nkernel command line: {}",
@@ -816,7 +815,9 @@ fn model_step(ctx: &Ctx<'_>) -> Result<(Artifact, VerityParams, Vec<ModelFileInf
     Ok((a, v, infos))
 }
 
-/// The guest configuration: the flavor's table plus a `[model]` table naming the measured pack.
+/// The guest configuration (the runtime's `Config`, guest/src/config.rs): the flavor's table plus a
+/// `[model]` table naming the measured pack (id, root hash) and the engine's `model_path` / `model_id`
+/// options (the pack's first file under /models).
 fn config_step(
     ctx: &Ctx<'_>,
     model: &VerityParams,
@@ -824,24 +825,32 @@ fn config_step(
 ) -> Result<(Artifact, Artifact)> {
     let step = ctx.ui.step("Writing the guest configuration");
     let mut table = ctx.flavor.guest.config.clone();
+    let id = ctx.flavor.model.id.clone();
     let mut m = toml::Table::new();
-    m.insert("id".into(), ctx.flavor.model.id.clone().into());
+    m.insert("id".into(), id.clone().into());
     m.insert("root_hash".into(), model.root_hash.to_string().into());
-    m.insert("dir".into(), MODEL_DIR.into());
-    m.insert(
-        "path".into(),
-        format!("{MODEL_DIR}/{}", files[0].name).into(),
-    );
-    m.insert(
-        "files".into(),
-        toml::Value::Array(
-            files
-                .iter()
-                .map(|f| toml::Value::from(f.name.clone()))
-                .collect(),
-        ),
-    );
     table.insert("model".into(), toml::Value::Table(m));
+    let [file] = files else {
+        bail!(
+            "flavor {}: the guest serves one model file, the pack has {}",
+            ctx.flavor.name,
+            files.len()
+        );
+    };
+    let options = table
+        .entry("engine")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .context("flavor [guest.config.engine] must be a table")?
+        .entry("options")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .context("flavor [guest.config.engine.options] must be a table")?;
+    options.insert(
+        "model_path".into(),
+        format!("{MODEL_DIR}/{}", file.name).into(),
+    );
+    options.insert("model_id".into(), id.into());
     let text = format!(
         "# chrysalis guest configuration, flavor {}. Measured: its sha256 is chrysalis.config_sha256 on the\n\
          # kernel command line, and the guest init refuses any other bytes.\n{}",
@@ -849,6 +858,13 @@ fn config_step(
         toml::to_string(&table)?
     );
     write_atomic(&ctx.out.join("guest.toml"), text.as_bytes())?;
+    // The runtime refuses unknown keys at boot; refuse them here instead.
+    chrysalis_guest::config::Config::load(&ctx.out.join("guest.toml")).with_context(|| {
+        format!(
+            "flavor {}: [guest.config] is not a valid runtime configuration (see `chrysalis-guest config-help`)",
+            ctx.flavor.name
+        )
+    })?;
     let mut disk = text.into_bytes();
     disk.resize(disk.len().next_multiple_of(4096), 0);
     write_atomic(&ctx.out.join("config.img"), &disk)?;
@@ -928,18 +944,20 @@ fn rootfs_step(
 
     stage.add_file("usr/bin/chrysalis-guest", guest_bin, 0o755)?;
     let engines = repo_root().join("guest/python/chrysalis_engines");
-    if engines.is_dir() {
-        let n = rootfs::copy_tree(
-            &mut stage,
-            &engines,
-            &format!("{SITE_PACKAGES}/chrysalis_engines"),
-        )?;
-        ctx.ui.say(format!(
-            "    engine adapters: {n} files from guest/python/chrysalis_engines"
-        ));
-    } else {
-        ctx.ui.say("    WARNING: guest/python/chrysalis_engines is absent (issue 3 adds it); the image has no engine adapters");
+    if !engines.is_dir() {
+        bail!(
+            "{} is missing: the image needs the engine adapters",
+            engines.display()
+        );
     }
+    let n = rootfs::copy_tree(
+        &mut stage,
+        &engines,
+        &format!("{SITE_PACKAGES}/chrysalis_engines"),
+    )?;
+    ctx.ui.say(format!(
+        "    engine adapters: {n} files from guest/python/chrysalis_engines"
+    ));
 
     step.detail("byte code (compileall, unchecked-hash)");
     let sb = ctx

@@ -382,7 +382,18 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
             .join(", "),
     );
 
+    // The previous lock's wheel pins: a wheel whose build inputs are unchanged is not rebuilt when the
+    // cache holds the pinned bytes (build_source_wheel checks inputs digest and sha256).
+    let previous: Vec<chrysalis_image::lock::BuiltWheel> =
+        std::fs::read_to_string(repo_root().join(&rel))
+            .ok()
+            .and_then(|t| Lock::parse(&t).ok())
+            .map(|l| l.built_wheels)
+            .unwrap_or_default();
     for spec in &flavor.python.source_builds {
+        let reuse = previous.iter().find(|p| p.name == spec.name).cloned();
+        let reusing = reuse.is_some();
+        lock.built_wheels.extend(reuse);
         let (wheel, inputs) = build_source_wheel(
             &ui,
             &cache,
@@ -391,9 +402,10 @@ pub(crate) fn run(flavor_name: &str) -> Result<()> {
             spec,
             &work,
             flavor.source_date_epoch,
-            true,
+            !reusing,
             true,
         )?;
+        lock.built_wheels.retain(|p| p.name != spec.name);
         lock.built_wheels.push(chrysalis_image::lock::BuiltWheel {
             name: spec.name.clone(),
             version: lock

@@ -100,11 +100,9 @@ pub(crate) fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// The download and build cache: `$CHRYSALIS_CACHE`, default `<repo>/.cache`.
+/// The download and build cache (`$CHRYSALIS_CACHE`, default `~/.cache/chrysalis`).
 pub(crate) fn open_cache() -> Result<Cache> {
-    let root = std::env::var_os("CHRYSALIS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".cache"));
+    let root = crate::cache_root();
     Cache::open(&root).with_context(|| format!("cannot open the cache at {}", root.display()))
 }
 
