@@ -348,6 +348,20 @@ fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root
         "QEMU {qemu} killed: the client's stream failed {:.2} s later ({end})",
         error_after.as_secs_f64()
     );
+    // The proxy records the broken stream as a failed (incomplete) receipt: no bill for it.
+    let records = proxy.records(3, Duration::from_secs(60)).unwrap();
+    let broken = &records[2];
+    assert!(
+        broken.stream && !broken.verified && broken.usage.is_none(),
+        "{broken:?}"
+    );
+    assert!(
+        broken
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("incomplete")),
+        "{broken:?}"
+    );
     t.done("QEMU killed mid-stream, client error");
     let st = agent
         .wait_for(
@@ -364,8 +378,8 @@ fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root
     t.done("agent restarted the VM, ready again");
     let again = proxy.chat(&chat, ANSWER_GUARD).unwrap();
     assert_eq!(again.status, 200, "{}\n{}", again.body, proxy.log_tail(30));
-    let records = proxy.records(3, Duration::from_secs(60)).unwrap();
-    let last = records.last().unwrap();
+    let records = proxy.records(4, Duration::from_secs(60)).unwrap();
+    let last = &records[3];
     assert!(last.verified && !last.stream, "{last:?}");
     assert_ne!(
         last.cert_sha256, records[0].cert_sha256,
