@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod demo;
 mod firmware;
 mod image;
 mod model;
@@ -43,6 +44,9 @@ enum Command {
     Setup(setup::SetupArgs),
     /// The whole test suite as CI runs it: setup, fmt, clippy, tests, quick benchmarks.
     Test(test::TestArgs),
+    /// The whole chain on this machine: image, policy, host agent + VM (sim), proxy, a chat
+    /// completion and its receipt, with timings; stops everything at the end or on Ctrl-C.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -77,5 +81,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Setup(args) => setup::main(args),
         Command::Test(args) => test::main(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

@@ -1,0 +1,339 @@
+//! The whole chrysalis chain as real processes, for the end-to-end tests (tests/tests/e2e.rs) and
+//! `cargo xtask demo`:
+//!
+//! ```text
+//!  client ──HTTP──▶ chrysalis proxy ──RA-TLS──▶ [Recorder] ──▶ chrysalis-host relay
+//!                   (policy from the manifest)                  │ hybrid vsock (vhost-device-vsock)
+//!                                                               ▼
+//!                                   QEMU (sim profile, TCG) ── guest: chrysalis-guest + SmolLM2
+//! ```
+//!
+//! Every process is a [`Guarded`] child: in its own process group, stopped (clean signal, then
+//! SIGKILL after a grace period, reaped) when its guard drops, also on panic, and sent SIGTERM by
+//! the kernel if its owner dies. [`interrupt`] stops them all from a Ctrl-C handler.
+//!
+//! Waits are bounded by hang guards (minutes: TCG boots on a loaded machine are slow); they are
+//! not speed assertions.
+
+mod agent;
+mod client;
+mod image;
+mod process;
+mod recorder;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use agent::{AgentSpec, Boot, HostAgent, policy_from_status};
+pub use client::{Chat, ChatStream, Event, Proxy, Reply, Verification, derive_policy, verify};
+pub use image::{IMAGE_HINT, Image, Tamper};
+pub use process::{Guarded, alive, check_interrupted, interrupt, interrupted, tail, write_atomic};
+pub use recorder::{Recorded, Recorder, contains};
+
+/// Why a step of the chain failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A program could not be started.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// The program.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A child exited while it should have been running.
+    #[error("{what} exited ({status})\n{log}")]
+    Exited {
+        /// The program.
+        what: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its log (and related logs).
+        log: String,
+    },
+    /// A command ran but failed.
+    #[error("{what} failed ({status}): {stderr}")]
+    Command {
+        /// The command.
+        what: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A hang guard passed.
+    #[error("timed out after {waited:?} waiting for {what}\n{logs}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        waited: Duration,
+        /// Logs that may say why.
+        logs: String,
+    },
+    /// An HTTP exchange failed (connection, protocol, timeout).
+    #[error("{what}: {source}")]
+    Http {
+        /// The request.
+        what: String,
+        /// The client's error.
+        source: Box<ureq::Error>,
+    },
+    /// An answer did not have the expected shape.
+    #[error("{what}: unexpected answer: {detail}")]
+    BadResponse {
+        /// The request or file.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A streamed completion broke off.
+    #[error("stream broken: {detail}")]
+    StreamBroken {
+        /// How it ended.
+        detail: String,
+    },
+    /// The image's manifest is unreadable or invalid.
+    #[error("image manifest {path}: {source}")]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<chrysalis_attestation::manifest::ManifestError>,
+    },
+    /// The image's files are not what a step needs.
+    #[error("image: {0}")]
+    BadImage(String),
+    /// The Rust SDK failed.
+    #[error("{what}: {source}")]
+    Client {
+        /// What was being done.
+        what: String,
+        /// The SDK's error.
+        source: Box<chrysalis_client::ClientError>,
+    },
+    /// A prerequisite is missing (a tool, the image).
+    #[error("missing prerequisite: {0}")]
+    Missing(String),
+    /// [`interrupt`] was called (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// A plain-HTTP client for loopback services: no proxy from the environment, statuses returned
+/// rather than turned into errors, `guard` bounding each whole call.
+pub(crate) fn http_agent(guard: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .timeout_global(Some(guard))
+        .build()
+        .new_agent()
+}
+
+/// The binaries of the chain, built by cargo from this workspace.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    /// `chrysalis-host`.
+    pub host: PathBuf,
+    /// `chrysalis` (proxy, verify, policy).
+    pub chrysalis: PathBuf,
+}
+
+impl Tools {
+    /// `cargo build` of `chrysalis-host` and `chrysalis` in `workspace` (`release`: optimised),
+    /// with the cargo running the caller when there is one (`$CARGO`).
+    pub fn build(workspace: &Path, release: bool) -> Result<Tools, ChainError> {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace).args([
+            "build",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            "chrysalis-host",
+            "--bin",
+            "chrysalis-host",
+            "-p",
+            "chrysalis-client",
+            "--bin",
+            "chrysalis",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        // What cargo sets for the calling crate (a test, xtask) would reach build scripts that
+        // watch it (ring's rerun-if-env-changed=CARGO_PKG_NAME, ...), so every caller would
+        // rebuild them: build as from a plain shell.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*k)
+            {
+                cmd.env_remove(&*k);
+            }
+        }
+        // Polled, so that an interrupt (Ctrl-C in the demo) stops the build too.
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| ChainError::Spawn {
+                what: "cargo build".into(),
+                source,
+            })?;
+        let mut stdout = child.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(s) = stdout.as_mut() {
+                let _ = std::io::Read::read_to_string(s, &mut text);
+            }
+            text
+        });
+        let status = loop {
+            if interrupted() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ChainError::Interrupted);
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                Err(source) => {
+                    return Err(ChainError::Io {
+                        what: "waiting for cargo build".into(),
+                        source,
+                    });
+                }
+            }
+        };
+        let stdout = reader.join().unwrap_or_default();
+        if !status.success() {
+            return Err(ChainError::Command {
+                what: "cargo build -p chrysalis-host -p chrysalis-client".into(),
+                status: status.to_string(),
+                stderr: "(above)".into(),
+            });
+        }
+        let bins: HashMap<String, PathBuf> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact")
+            .filter_map(|m| {
+                Some((
+                    m["target"]["name"].as_str()?.to_owned(),
+                    PathBuf::from(m["executable"].as_str()?),
+                ))
+            })
+            .collect();
+        let get = |name: &str| {
+            bins.get(name).cloned().ok_or_else(|| {
+                ChainError::Missing(format!("cargo build did not report the {name} binary"))
+            })
+        };
+        Ok(Tools {
+            host: get("chrysalis-host")?,
+            chrysalis: get("chrysalis")?,
+        })
+    }
+}
+
+/// The first of `names` that is not an executable (a path, or a name looked up in PATH).
+pub fn missing_program(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find(|n| find_program(n).is_none())
+        .map(|n| (*n).to_owned())
+}
+
+/// `name` as a path if it has a slash, else its first match in PATH.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| executable(p))
+}
+
+/// How many requests the guest behind `relay` has served (its `/healthz`), asked over RA-TLS
+/// with the Rust SDK under `policy`.
+pub fn guest_served(relay: &str, policy: chrysalis_attestation::Policy) -> Result<u64, ChainError> {
+    use http_body_util::BodyExt;
+    let what = format!("GET /healthz of the guest behind {relay}");
+    let client_err = |source| ChainError::Client {
+        what: what.clone(),
+        source: Box::new(source),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ChainError::Io {
+            what: "tokio runtime".into(),
+            source,
+        })?;
+    let client = chrysalis_client::Client::builder()
+        .policy(policy)
+        .upstream(relay)
+        .build()
+        .map_err(client_err)?;
+    rt.block_on(async {
+        let req = http::Request::get("/healthz")
+            .body(bytes::Bytes::new())
+            .map_err(|e| ChainError::BadResponse {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
+        let resp = tokio::time::timeout(Duration::from_secs(120), client.send(req))
+            .await
+            .map_err(|_| ChainError::Timeout {
+                what: what.clone(),
+                waited: Duration::from_secs(120),
+                logs: String::new(),
+            })?
+            .map_err(client_err)?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ChainError::BadResponse {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?
+            .to_bytes();
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ChainError::BadResponse {
+                what: what.clone(),
+                detail: format!("{e}: {}", String::from_utf8_lossy(&body)),
+            })?;
+        v["served"].as_u64().ok_or_else(|| ChainError::BadResponse {
+            what: what.clone(),
+            detail: v.to_string(),
+        })
+    })
+}
