@@ -333,9 +333,16 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
             .map(|s| format!(" ({s})"))
             .unwrap_or_default()
     );
-    println!("    upstream: {}  model: {:?}", r.upstream, r.model);
+    println!(
+        "    upstream: {}  model: {}",
+        r.upstream,
+        r.model.as_deref().unwrap_or("(none)")
+    );
     println!("    usage: {}", serde_json::to_string(&r.usage)?);
-    println!("    model root hash: {:?}", r.model_root_hash);
+    println!(
+        "    model root hash: {}",
+        r.model_root_hash.as_deref().unwrap_or("(none)")
+    );
     println!("    certificate sha256: {}", r.cert_sha256);
     if let Some(jws) = &r.receipt {
         println!(
