@@ -191,6 +191,21 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             failures.push(format!("{}: {status}", step.name));
         }
     }
+    // The image and the boot are timed here (full runs only: they need the built image and take
+    // minutes).
+    if !args.quick
+        && args
+            .only
+            .as_deref()
+            .is_none_or(|o| "image boot".contains(o))
+    {
+        let t = Instant::now();
+        match image_and_boot(&root, &figures_path) {
+            Ok(()) => {}
+            Err(e) => failures.push(format!("image and boot: {e:#}")),
+        }
+        timings.push(("image and boot", t.elapsed()));
+    }
     let figures = read_figures(&figures_path)?;
     let report = render(&figures, args.quick, &timings, &failures, &skipped);
     write_atomic(&out, &report)?;
@@ -342,5 +357,80 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::io::Write::write_all(&mut tmp, text.as_bytes())?;
     tmp.persist(path)
         .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// Cached rebuild of the cpu image, and boot to ready under the sim profile (median of 3 boots,
+/// each a fresh host agent + QEMU under TCG, ready = the guest's RA-TLS port answers after its
+/// first certificate).
+fn image_and_boot(root: &Path, figures: &Path) -> Result<()> {
+    use chrysalis_tests::chain::{AgentSpec, Boot, HostAgent, Tools};
+    let exe = std::env::current_exe().context("the path of xtask")?;
+    let build = || -> Result<Duration> {
+        let t = Instant::now();
+        let status = Command::new(&exe)
+            .current_dir(root)
+            .args(["image", "build", "--flavor", "cpu"])
+            .status()
+            .context("run xtask image build")?;
+        if !status.success() {
+            bail!("cargo xtask image build --flavor cpu: {status}");
+        }
+        Ok(t.elapsed())
+    };
+    build()?; // fills the cache if this checkout changed anything
+    let rebuilds: Vec<f64> = (0..3)
+        .map(|_| build().map(|d| d.as_secs_f64()))
+        .collect::<Result<_>>()?;
+    append(
+        figures,
+        &serde_json::json!({
+            "name": "cpu image rebuild, everything cached", "unit": "s",
+            "value": median(rebuilds), "runs": 3,
+            "note": "rootfs assembly and erofs compression dominate; a clean build is timed by `cargo xtask image reproduce` (two builds)",
+        }),
+    )?;
+
+    let tools = Tools::build(root, false)?;
+    let manifest = root.join("out/cpu/manifest.json");
+    let work = tempfile::tempdir().context("temp dir")?;
+    let mut boots = Vec::new();
+    for i in 0..3 {
+        let dir = work.path().join(format!("boot{i}"));
+        let mut agent = HostAgent::start(&tools.host, &AgentSpec::sim(&manifest), &dir)?;
+        let t = Instant::now();
+        let boot = agent.wait_boot(Duration::from_secs(300), &mut |_| {})?;
+        let took = t.elapsed().as_secs_f64();
+        let _ = agent.stop();
+        match boot {
+            Boot::Ready(_) => boots.push(took),
+            Boot::Failed(st) => bail!("boot {i} failed: {st}"),
+        }
+    }
+    let b = median(boots);
+    append(
+        figures,
+        &serde_json::json!({
+            "name": "boot to ready under TCG (host agent start to guest RA-TLS port up)", "unit": "s",
+            "value": b, "goal": "<= 15 s", "met": b <= 15.0, "runs": 3,
+            "note": "sim profile: QEMU q35 TCG, direct kernel boot, dm-verity, first certificate over a sim quote",
+        }),
+    )?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn append(path: &Path, figure: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    writeln!(f, "{figure}")?;
     Ok(())
 }
