@@ -4,9 +4,9 @@
 //! relay and gets `/healthz`; a copy of the image with one rootfs byte flipped (its manifest updated,
 //! so only dm-verity can notice) powers off and ends `vm.state = "failed"`.
 //!
-//! Needs a built image: `CHRYSALIS_IMAGE_MANIFEST=<dir>/manifest.json` (for example
-//! `out/cpu/manifest.json` from `cargo xtask image build --flavor cpu`), qemu-system-x86_64 and
-//! vhost-device-vsock. Without the variable the test prints why and passes, except under
+//! Needs a built image (out/cpu from `cargo xtask image build --flavor cpu`, or
+//! `CHRYSALIS_IMAGE_MANIFEST=<dir>/manifest.json`), qemu-system-x86_64 and vhost-device-vsock.
+//! Without an image the test prints why and passes, except under
 //! `CI=true`, where it fails. Boots under TCG take minutes on a loaded machine: the deadlines are
 //! hang guards, not speed assertions.
 
@@ -23,20 +23,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BOOT_GUARD: Duration = Duration::from_secs(900);
 
+/// The image to boot: `CHRYSALIS_IMAGE_MANIFEST`, else `$CHRYSALIS_IMAGE_DIR/manifest.json`, else
+/// the workspace's out/cpu (where `cargo xtask image build --flavor cpu` writes it).
 fn image() -> Option<PathBuf> {
-    match std::env::var_os("CHRYSALIS_IMAGE_MANIFEST") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CHRYSALIS_IMAGE_MANIFEST is required under CI"
-            );
-            eprintln!(
-                "SKIPPED: set CHRYSALIS_IMAGE_MANIFEST to a built image's manifest.json (cargo xtask image build --flavor cpu)"
-            );
-            None
-        }
+    let found = std::env::var_os("CHRYSALIS_IMAGE_MANIFEST")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CHRYSALIS_IMAGE_DIR").map(|d| PathBuf::from(d).join("manifest.json"))
+        })
+        .or_else(|| {
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/cpu/manifest.json"))
+                .filter(|p| p.is_file())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no built image under CI: run `cargo xtask image build --flavor cpu` (out/cpu) or set CHRYSALIS_IMAGE_MANIFEST"
+        );
+        eprintln!(
+            "SKIPPED: no built image: run `cargo xtask image build --flavor cpu` (out/cpu) or set CHRYSALIS_IMAGE_MANIFEST"
+        );
     }
+    found
 }
 
 struct Agent {
