@@ -32,7 +32,8 @@
 //! * [`sim`]: a deterministic simulated Intel PKI that signs real-format TDX quotes. It is a
 //!   second trust anchor that a policy must name (`dangerous_simulated_intel_roots`), never a
 //!   bypass: sim quotes go through the same dcap-qvl path as hardware quotes.
-//! * [`measure`]: expected TDX and SNP measurements from the artifacts, and CCEL replay.
+//! * [`measure`]: expected TDX and SNP measurements from the artifacts (per image and VM shape:
+//!   [`measure::image`]), CCEL replay, and the event-by-event explainer ([`measure::explain`]).
 //! * [`manifest`]: the image's manifest.json (artifacts, verity, command line, expected
 //!   measurements), read by hosts and clients; [`bootargs`]: the measured kernel command line.
 //!

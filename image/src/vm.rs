@@ -7,10 +7,12 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use crate::Manifest;
 
 /// Errors of the TCG boot helper.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,17 @@ pub struct TcgVm {
     pub cpus: u32,
     /// QEMU CPU model.
     pub cpu: String,
+    /// A vhost-user vsock device (for the runtime's vsock listener), when set.
+    pub vsock: Option<VhostUserVsock>,
+}
+
+/// A `vhost-user-vsock-pci` device whose backend (e.g. vhost-device-vsock, which owns the guest CID
+/// and the host-side hybrid vsock socket) listens on `socket`. vhost-user needs guest RAM that the
+/// backend can map, so the VM's memory becomes a shared memfd backing one NUMA node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserVsock {
+    /// The backend's vhost-user control socket, which must exist when QEMU starts.
+    pub socket: PathBuf,
 }
 
 /// One console line and when it was read, counted from QEMU's start.
@@ -160,7 +173,32 @@ impl TcgVm {
             memory_mib: 1024,
             cpus: 2,
             cpu: "max".into(),
+            vsock: None,
         }
+    }
+
+    /// The VM that boots a built image: kernel, initramfs and command line from `manifest`, and the
+    /// rootfs, model and config disks with their serials (docs/image.md, "Boot"); files are resolved
+    /// in `dir`, the manifest's directory. Firmware is not used: TCG boots the kernel directly.
+    pub fn from_manifest(dir: &Path, manifest: &Manifest) -> Self {
+        let a = &manifest.artifacts;
+        let mut vm = Self::new(
+            dir.join(&a.kernel.file),
+            dir.join(&a.initramfs.file),
+            manifest.kernel_cmdline.clone(),
+        );
+        vm.disks = [
+            ("rootfs", &a.rootfs),
+            ("model", &a.model),
+            ("config", &a.config_disk),
+        ]
+        .into_iter()
+        .map(|(serial, art)| Disk {
+            serial: serial.into(),
+            path: dir.join(&art.file),
+        })
+        .collect();
+        vm
     }
 
     /// QEMU's arguments (without the program name).
@@ -203,6 +241,26 @@ impl TcgVm {
             a.extend([
                 "-device".into(),
                 format!("virtio-blk-pci,drive=disk{i},serial={}", d.serial).into(),
+            ]);
+        }
+        if let Some(v) = &self.vsock {
+            a.extend([
+                "-object".into(),
+                format!(
+                    "memory-backend-memfd,id=mem0,size={}M,share=on",
+                    self.memory_mib
+                )
+                .into(),
+                "-numa".into(),
+                "node,memdev=mem0".into(),
+                "-chardev".into(),
+            ]);
+            let mut chardev = OsString::from("socket,id=vsock0,path=");
+            chardev.push(escape(&v.socket));
+            a.push(chardev);
+            a.extend([
+                "-device".into(),
+                "vhost-user-vsock-pci,chardev=vsock0".into(),
             ]);
         }
         a
@@ -342,6 +400,27 @@ mod tests {
              -drive file=/img/root,,fs.img,format=raw,if=none,id=disk0,readonly=on \
              -device virtio-blk-pci,drive=disk0,serial=rootfs"
         );
+    }
+
+    #[test]
+    fn vhost_user_vsock_shares_guest_memory() {
+        let mut vm = TcgVm::new("/k", "/i", "");
+        vm.memory_mib = 2048;
+        vm.vsock = Some(VhostUserVsock {
+            socket: "/run/v,u.sock".into(),
+        });
+        let args: Vec<String> = vm
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let tail = args[args.len() - 8..].join(" ");
+        assert_eq!(
+            tail,
+            "-object memory-backend-memfd,id=mem0,size=2048M,share=on -numa node,memdev=mem0 \
+             -chardev socket,id=vsock0,path=/run/v,,u.sock -device vhost-user-vsock-pci,chardev=vsock0"
+        );
+        assert!(args.windows(2).any(|w| w == ["-m", "2048"]));
     }
 
     #[test]

@@ -7,10 +7,17 @@
 //! * [`tdx`]: expected MRTD, RTMR1, RTMR2 and RTMR3 for a TDVF (edk2 `OvmfPkg/IntelTdx`) direct
 //!   kernel boot under QEMU, and the events the firmware and the Linux EFI stub log on the way;
 //!   RTMR0 is pinned per VM shape.
+//! * [`snp`]: the SEV-SNP launch digest (through the sev crate's measurement module).
+//! * [`image`]: both, for a chrysalis image: a manifest, its verified artifact bytes and a list
+//!   of VM shapes (with the documented defaults) give the manifest's `expected_measurements`.
+//! * [`explain`]: a quote and its event log against an image's expectation, register by register
+//!   and event by event, naming the artifact or setting each event comes from.
 //!
 //! Everything here is a pure function of the bytes the caller passes in: no files, no clock.
 
 pub mod eventlog;
+pub mod explain;
+pub mod image;
 pub mod snp;
 pub mod tdx;
 

@@ -2,6 +2,11 @@
 
 mod eventlog;
 mod evidence;
+mod explain;
+mod measure;
+mod policy;
+mod proxy;
+mod receipts;
 mod sim;
 mod verify;
 
@@ -29,6 +34,12 @@ enum Command {
     /// Connect to a node, verify its RA-TLS evidence against a policy, and explain the verdict.
     /// Exit 0 accepted, 1 rejected, 2 unreachable or bad arguments.
     Verify(verify::VerifyArgs),
+    /// Serve plain HTTP on loopback for OpenAI SDKs, forwarding /v1/* to attested upstreams
+    /// only, verifying every receipt and appending it to a ledger.
+    Proxy(proxy::ProxyArgs),
+    /// Inspect the receipts ledger that `chrysalis proxy --receipts` writes.
+    #[command(subcommand)]
+    Receipts(receipts::ReceiptsCommand),
     /// Show or verify TDX quotes and SEV-SNP reports.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
@@ -38,6 +49,16 @@ enum Command {
     /// The simulated TEE: make quotes signed by the deterministic simulated Intel PKI.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Recompute the measurements a VM booted from an image's manifest reports.
+    /// Exit 0 computed, 1 the manifest records other values, 2 bad input.
+    Measure(measure::MeasureArgs),
+    /// Client policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Explain a TDX quote against an image: registers expected vs actual and, through the
+    /// event log, which event differs and which artifact or setting it comes from.
+    /// Exit 0 match, 1 differs, 2 bad input.
+    Explain(explain::ExplainArgs),
 }
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -48,7 +69,15 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence(c) => evidence::run(&ctx, c),
         Command::Sim(c) => sim::run(&ctx, c),
         Command::Eventlog(c) => eventlog::run(&ctx, c),
+        Command::Measure(a) => measure::run(&ctx, a),
+        Command::Policy(c) => policy::run(&ctx, c),
+        Command::Explain(a) => explain::run(&ctx, a),
         Command::Verify(a) => runtime()?.block_on(verify::run(&ctx, a)),
+        Command::Receipts(c) => receipts::run(&ctx, c),
+        Command::Proxy(a) => {
+            init_logging(ctx.verbose);
+            runtime()?.block_on(proxy::run(&ctx, a))
+        }
     }
 }
 
@@ -75,6 +104,21 @@ impl Ctx {
         }
         Ok(bytes)
     }
+}
+
+/// Logs to stderr: RUST_LOG when set, else info (debug with --verbose).
+fn init_logging(verbose: bool) {
+    let default = if verbose {
+        "info,chrysalis_client=debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

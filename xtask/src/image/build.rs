@@ -9,8 +9,12 @@
 //!  6. the model pack (erofs + verity);
 //!  7. the guest configuration (config disk);
 //!  8. the rootfs (locked .debs unpacked, venv, runtime, engine adapters, byte code; erofs + verity);
-//!  9. the initramfs (guest init + modules; see `initramfs_step`);
-//! 10. the kernel command line and manifest.json.
+//!  9. the initramfs: chrysalis-init (static, musl) compiled in the build root, plus the kernel modules
+//!     it loads and their modules.dep;
+//! 10. the firmware: OVMF for SEV-SNP and TDVF for TDX from the pinned edk2 source (cached by the hash
+//!     of every input, see chrysalis_image::firmware);
+//! 11. the kernel command line and manifest.json, then the expected measurements hook
+//!     ([`expected_measurements`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,10 +24,13 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use chrysalis_image::cmdline::{self, MeasuredArgs};
 use chrysalis_image::deb::Stage;
+use chrysalis_image::firmware::{self as fw, AptFetcher, HostEnv, Platform, SourceLock};
 use chrysalis_image::flavor::SourceBuildSpec;
+use chrysalis_image::initramfs::{GUEST_MODULES, build_initramfs};
 use chrysalis_image::lock::{DebPackage, DebSet, DistKind, PySet};
 use chrysalis_image::manifest::{
-    Artifact, Artifacts, KernelInfo, LockInfo, MANIFEST_FORMAT, ModelFileInfo, ModelInfo, Verity,
+    Artifact, Artifacts, ExpectedMeasurements, KernelInfo, LockInfo, MANIFEST_FORMAT,
+    ModelFileInfo, ModelInfo, Verity,
 };
 use chrysalis_image::modelpack;
 use chrysalis_image::verity::{self, VerityParams};
@@ -184,7 +191,9 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
     let (rootfs, rootfs_verity) =
         rootfs_step(&ctx, &debs, &built_wheels, &guest_bin, &kernel_modules)?;
 
-    let initramfs = initramfs_step(&ctx, &kernel_tree)?;
+    let initramfs = initramfs_step(&ctx, &kernel_tree, opts.fresh)?;
+
+    let firmware = firmware_step(&ctx, &mut builders)?;
 
     let step = ui.step("Writing the kernel command line and manifest.json");
     let kernel_cmdline = cmdline::build(
@@ -227,14 +236,27 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
             id: ctx.flavor.model.id.clone(),
             files: model_files,
         },
-        firmware: BTreeMap::new(),
+        firmware,
         builders,
         expected_measurements: None,
     };
     manifest.validate()?;
     manifest.verify_artifacts(&out)?;
-    write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
     step.done("");
+
+    let step = ui.step("Computing the expected measurements");
+    let mut manifest = manifest;
+    let expected = expected_measurements(&manifest, &out)?;
+    let (tdx, snp) = expected
+        .as_ref()
+        .map_or((0, 0), |e| (e.tdx.len(), e.snp.len()));
+    manifest.expected_measurements = expected;
+    write_atomic(&out.join("manifest.json"), manifest.to_json().as_bytes())?;
+    step.done(if tdx + snp > 0 {
+        format!("{tdx} TDX and {snp} SEV-SNP VM shapes")
+    } else {
+        "none: the manifest lists no firmware".into()
+    });
     if !opts.keep_work {
         let _ = fs::remove_dir_all(&work);
     }
@@ -495,6 +517,8 @@ pub(crate) struct CargoBin<'a> {
     pub(crate) args: &'a [&'a str],
     /// Directory of the output under the target directory (`release`, `x86_64-unknown-linux-musl/release`).
     pub(crate) out_dir: &'a str,
+    /// Further environment variables of the build.
+    pub(crate) env: &'a [(&'a str, &'a str)],
 }
 
 /// Compiles a workspace binary inside the build root (trixie's gcc as linker, its libpython3.13 for
@@ -569,6 +593,10 @@ fn cargo_build_in_root(
         what.bin,
     ];
     argv.extend_from_slice(what.args);
+    let mut sb = sb;
+    for (k, v) in what.env {
+        sb = sb.env(k, *v);
+    }
     run_logged(
         sb.command(&argv),
         &log,
@@ -588,6 +616,7 @@ fn build_guest(ctx: &Ctx<'_>, fresh: bool) -> Result<(Vec<u8>, BTreeMap<String, 
         bin: "chrysalis-guest",
         args: &[],
         out_dir: "release",
+        env: &[],
     };
     let (bin, versions) = cargo_build_in_root(ctx, &what, fresh)?;
     step.done(format!(
@@ -958,36 +987,195 @@ fn rootfs_step(
     Ok((a, v))
 }
 
-/// TODO(initramfs): integrate the boot helper's `chrysalis_image::initramfs` (not in this branch). Once it
-/// is merged, this function becomes:
-///
-/// ```ignore
-/// let step = ctx.ui.step("Building the initramfs (chrysalis-init + modules)");
-/// let init = CargoBin {
-///     package: "chrysalis-guest",
-///     bin: "chrysalis-init",
-///     args: &["--no-default-features", "--target", "x86_64-unknown-linux-musl"],
-///     out_dir: "x86_64-unknown-linux-musl/release",
-/// };
-/// let (init, _) = cargo_build_in_root(ctx, &init, fresh)?;          // pass `fresh` through
-/// let init_path = ctx.work.join("chrysalis-init");
-/// fs::write(&init_path, init)?;
-/// let bytes = chrysalis_image::initramfs::build_initramfs(
-///     &init_path, modules, chrysalis_image::initramfs::GUEST_MODULES, ctx.epoch)?;
-/// write_atomic(&ctx.out.join("initramfs.cpio.gz"), &bytes)?;
-/// let a = Artifact::describe(&ctx.out, "initramfs.cpio.gz")?;
-/// step.done(format!("{}, sha256 {}", size(a.size), a.sha256));
-/// Ok(a)
-/// ```
-///
-/// Until then the build stops here, after every other artifact has been written, and writes no manifest.
-fn initramfs_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Artifact> {
-    bail!(
-        "TODO(initramfs): chrysalis_image::initramfs (guest init + modules, issue 5) is not in this branch yet, so \
-         no initramfs and no manifest.json were written. The other artifacts are in {}; the kernel modules for it are \
-         in {} (release {}).",
-        ctx.out.display(),
-        modules.display(),
-        ctx.lock.kernel.release
-    )
+/// The target of the static guest init.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The initramfs: `chrysalis-init` compiled in the build root for musl (static, no ELF interpreter; the
+/// same fixed paths, `--remap-path-prefix` and SOURCE_DATE_EPOCH as the runtime), packed by
+/// `chrysalis_image::initramfs` with exactly [`GUEST_MODULES`], their dependency closure and modules.dep,
+/// taken from the locked kernel package. Written to `out/initramfs.cpio.gz`.
+fn initramfs_step(ctx: &Ctx<'_>, modules: &Path, fresh: bool) -> Result<Artifact> {
+    let step = ctx
+        .ui
+        .step("Building the initramfs (chrysalis-init for musl + kernel modules)");
+    let init = CargoBin {
+        package: "chrysalis-guest",
+        bin: "chrysalis-init",
+        args: &["--no-default-features", "--target", MUSL_TARGET],
+        out_dir: "x86_64-unknown-linux-musl/release",
+        // The build root has no musl-gcc; C code of dependencies (ring) is freestanding, so trixie's gcc
+        // compiles it and rustc links it with the toolchain's self-contained musl (crt objects, libc.a).
+        env: &[
+            ("CC_x86_64_unknown_linux_musl", "gcc"),
+            (
+                "CFLAGS_x86_64_unknown_linux_musl",
+                "-ffile-prefix-map=/cargo/registry/src=/cargo-registry -ffile-prefix-map=/src=/chrysalis",
+            ),
+        ],
+    };
+    let (bin, _) = cargo_build_in_root(ctx, &init, fresh)?;
+    let init_path = ctx.work.join("chrysalis-init");
+    fs::write(&init_path, &bin)?;
+    step.detail(format!(
+        "packing {} modules and their dependencies",
+        GUEST_MODULES.len()
+    ));
+    let bytes = build_initramfs(&init_path, modules, GUEST_MODULES, ctx.epoch)
+        .context("building the initramfs")?;
+    write_atomic(&ctx.out.join("initramfs.cpio.gz"), &bytes)?;
+    let a = Artifact::describe(&ctx.out, "initramfs.cpio.gz")?;
+    step.done(format!(
+        "chrysalis-init {} sha256 {}; initramfs {}",
+        size(bin.len() as u64),
+        Sha256Digest::of_bytes(&bin),
+        size(a.size)
+    ));
+    Ok(a)
+}
+
+/// Where the firmware's source lock lives, relative to the repository root.
+pub(crate) const FIRMWARE_LOCK: &str = "image/lock/firmware.toml";
+
+/// The confidential-VM firmware, one image per platform (manifest key = platform name: `snp`,
+/// `tdx`): built from the pinned edk2 source by chrysalis_image::firmware, or taken from its cache
+/// (`<cache>/firmware/<key>`, the key covering sources, recipe, toolchain and environment; entries are
+/// re-hashed against their record on every use). Only the images are copied to `out`; the build
+/// records hold timings and stay in the cache. The edk2 source and firmware toolchain versions go into
+/// `builders`.
+fn firmware_step(
+    ctx: &Ctx<'_>,
+    builders: &mut BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Artifact>> {
+    let step = ctx
+        .ui
+        .step("Firmware: OVMF (SEV-SNP) and TDVF (TDX) from the pinned edk2 source");
+    let lock_path = repo_root().join(FIRMWARE_LOCK);
+    let lock = SourceLock::load(&lock_path)?;
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2);
+    let opts = fw::BuildOptions {
+        platforms: Platform::ALL.to_vec(),
+        cache_dir: ctx.cache.root().to_owned(),
+        work_dir: None,
+        jobs,
+        rebuild: false,
+        keep_work: false,
+        install_tools: true,
+    };
+    let progress = FirmwareProgress {
+        ui: ctx.ui,
+        step: &step,
+    };
+    let built = fw::build(&lock, &HostEnv, &AptFetcher, &opts, &progress)?;
+    let mut out = BTreeMap::new();
+    let mut notes = Vec::new();
+    for b in &built {
+        let r = &b.record;
+        let dest = ctx.out.join(&r.file);
+        let tmp = ctx.out.join(format!(".{}.partial", r.file));
+        fs::copy(&b.path, &tmp)?;
+        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        fs::rename(&tmp, &dest)?;
+        let a = Artifact::describe(&ctx.out, &r.file)?;
+        if a.sha256.to_string() != r.sha256 {
+            bail!(
+                "firmware {}: copied {} has sha256 {}, its build record says {}",
+                r.platform,
+                r.file,
+                a.sha256,
+                r.sha256
+            );
+        }
+        notes.push(format!(
+            "{} {} ({})",
+            r.platform.name(),
+            size(a.size),
+            if b.from_cache {
+                "cached".to_owned()
+            } else {
+                format!("built in {:.0} s", r.build_seconds)
+            }
+        ));
+        out.insert(r.platform.name().to_owned(), a);
+    }
+    if let Some(first) = built.first() {
+        let r = &first.record;
+        builders.insert(
+            "edk2 (firmware source)".into(),
+            format!("{} {}", r.source_package, r.source_version),
+        );
+        for (tool, version) in &r.toolchain.0 {
+            builders.insert(format!("firmware {tool}"), version.clone());
+        }
+    }
+    step.done(notes.join(", "));
+    Ok(out)
+}
+
+/// Firmware build progress on the image pipeline's spinner.
+struct FirmwareProgress<'a> {
+    ui: &'a Ui,
+    step: &'a super::ui::Step,
+}
+
+impl fw::Progress for FirmwareProgress<'_> {
+    fn step(&self, name: &str) {
+        self.step.detail(name);
+    }
+
+    fn line(&self, line: &str) {
+        // edk2 announces each module; compiler command lines are too long to show.
+        if let Some(module) = line.strip_prefix("Building ... ") {
+            self.step.detail(module);
+        }
+    }
+
+    fn done(&self, name: &str, elapsed: std::time::Duration) {
+        self.ui.say(format!(
+            "    firmware {name}: {:.0} s",
+            elapsed.as_secs_f64()
+        ));
+    }
+
+    fn note(&self, message: &str) {
+        self.ui.say(format!("    firmware: {message}"));
+    }
+}
+
+/// HOOK (issue 6): the expected launch measurements of the image, per platform and documented VM shape,
+/// computed from `manifest` (kernel, initramfs, command line, firmware) and the artifacts in `out_dir`.
+/// The calculator lives in chrysalis_attestation (another engineer adds it); call it here. Until then this
+/// returns the empty default and the manifest carries no `expected_measurements`.
+
+/// Expected measurements for the documented default VM shapes
+/// (`chrysalis_attestation::measure::image`) of every platform whose firmware the manifest
+/// lists, computed from the artifacts in `out` (checked against the manifest first). With no
+/// firmware listed nothing can be computed, and the field stays absent.
+fn expected_measurements(manifest: &Manifest, out: &Path) -> Result<Option<ExpectedMeasurements>> {
+    use chrysalis_attestation::measure::image::{
+        self as measure, FIRMWARE_SNP, FIRMWARE_TDX, default_snp_shapes, default_tdx_shapes,
+    };
+    let has = |role| manifest.firmware.contains_key(role);
+    if !has(FIRMWARE_TDX) && !has(FIRMWARE_SNP) {
+        eprintln!(
+            "note: the manifest lists no firmware (firmware.tdx / firmware.snp), so no expected \
+             measurements were written; see docs/measurements.md"
+        );
+        return Ok(None);
+    }
+    let tdx = if has(FIRMWARE_TDX) {
+        default_tdx_shapes()
+    } else {
+        vec![]
+    };
+    let snp = if has(FIRMWARE_SNP) {
+        default_snp_shapes()
+    } else {
+        vec![]
+    };
+    let mut read = |a: &chrysalis_attestation::manifest::Artifact| fs::read(out.join(&a.file));
+    let e = measure::expected_measurements(manifest, &tdx, &snp, &mut read)
+        .context("computing the expected measurements")?;
+    Ok(Some(e))
 }

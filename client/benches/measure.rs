@@ -1,0 +1,84 @@
+//! Wall time of `chrysalis measure` (the release binary, run as a user runs it) on an image of
+//! realistic size; the budget is 1 s for the cpu image.
+//!
+//! `cargo bench -p chrysalis-client --bench measure`. The image is built in a temporary
+//! directory: kernel `CHRYSALIS_BENCH_KERNEL` (a bzImage; default a 12 MiB PE32+ EFI image, the
+//! size of Debian trixie's 6.12 kernel), initramfs `CHRYSALIS_BENCH_INITRD` (default 64 MiB of
+//! pseudo-random bytes), TDVF the sev crate's recorded OvmfPkgX64 suffix padded to 4 MiB, SNP
+//! firmware its recorded AmdSev suffix. `CHRYSALIS_BENCH_ROUNDS` (default 5) runs per case;
+//! figures are min and median.
+
+#[path = "../tests/support/image.rs"]
+mod image;
+#[path = "../../attestation/src/testutil.rs"]
+#[allow(dead_code)]
+mod testutil;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use image::{Image, snp_firmware};
+use testutil::{efi_pe, tdvf_from_sev_suffix};
+
+fn bytes_from_env(var: &str, default: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+    match std::env::var(var) {
+        Ok(path) => std::fs::read(&path).unwrap_or_else(|e| panic!("{var}={path}: {e}")),
+        Err(_) => default(),
+    }
+}
+
+/// xorshift64: incompressible-looking bytes without a dependency.
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn main() {
+    // libtest-style flags (--bench) are passed by cargo; nothing to parse.
+    let kernel = bytes_from_env("CHRYSALIS_BENCH_KERNEL", || {
+        efi_pe(0x90, &pseudo_random(12 << 20))
+    });
+    let initrd = bytes_from_env("CHRYSALIS_BENCH_INITRD", || pseudo_random(64 << 20));
+    let rounds: usize = std::env::var("CHRYSALIS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let img = Image::with(&kernel, &initrd, &tdvf_from_sev_suffix(), &snp_firmware());
+    println!(
+        "image: kernel {} bytes, initramfs {} bytes, TDVF 4 MiB, SNP OVMF {} bytes",
+        kernel.len(),
+        initrd.len(),
+        snp_firmware().len()
+    );
+    let path = img.path();
+    for (name, extra) in [("tdx", vec![]), ("snp", vec!["--vcpu-type", "EPYC-Genoa"])] {
+        let mut times: Vec<Duration> = (0..rounds)
+            .map(|_| {
+                let start = Instant::now();
+                let o = Command::new(env!("CARGO_BIN_EXE_chrysalis"))
+                    .args(["measure", "--manifest", &path, "--platform", name])
+                    .args(["--vcpus", "2", "--memory", "4096", "--json"])
+                    .args(&extra)
+                    .output()
+                    .expect("run chrysalis");
+                let t = start.elapsed();
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                t
+            })
+            .collect();
+        times.sort();
+        println!(
+            "chrysalis measure --platform {name}: min {:.3} s, median {:.3} s over {rounds} runs (budget 1 s)",
+            times[0].as_secs_f64(),
+            times[rounds / 2].as_secs_f64()
+        );
+    }
+}

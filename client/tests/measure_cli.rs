@@ -1,0 +1,495 @@
+//! `chrysalis measure`, `chrysalis policy from-manifest` and `chrysalis explain`, run as a user
+//! would on an image built in a temporary directory from the sev crate's recorded OVMF vectors.
+
+#[path = "support/image.rs"]
+mod image;
+#[path = "../../attestation/src/testutil.rs"]
+mod testutil;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chrysalis_attestation::measure::snp::SnpVcpuType;
+use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+use chrysalis_attestation::{Measurement, Policy, ReportData, Sha256};
+use image::Image;
+
+fn chrysalis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chrysalis"))
+        .args(args)
+        .output()
+        .expect("run chrysalis")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            text(&o.stdout),
+            text(&o.stderr)
+        )
+    })
+}
+
+fn is_lower_hex48(v: &serde_json::Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.len() == 96 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')))
+}
+
+#[test]
+fn measure_tdx_reproduces_the_calculator() {
+    let img = Image::new(b"initramfs v1");
+    let o = chrysalis(&[
+        "measure",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+        "--vcpus",
+        "2",
+        "--memory",
+        "4096",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v = json(&o);
+    let e = img.tdx();
+    for (key, want) in [
+        ("mr_td", e.mr_td),
+        ("rtmr1", e.rtmr1),
+        ("rtmr2", e.rtmr2),
+        ("rtmr3", e.rtmr3),
+    ] {
+        assert!(is_lower_hex48(&v[key]), "{key}: {}", v[key]);
+        assert_eq!(v[key], want.to_hex(), "{key}");
+    }
+    assert!(
+        v["rtmr0"].is_null(),
+        "RTMR0 is not computed: {}",
+        v["rtmr0"]
+    );
+    assert_eq!(e.rtmr3, Measurement::ZERO);
+
+    // A captured RTMR0 is passed through; text output names the registers.
+    let r0 = "ab".repeat(48);
+    let o = chrysalis(&[
+        "measure",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+        "--vcpus",
+        "2",
+        "--memory",
+        "4096",
+        "--rtmr0",
+        &r0,
+        "--json",
+    ]);
+    assert_eq!(json(&o)["rtmr0"], r0);
+    let o = chrysalis(&[
+        "measure",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+        "--vcpus",
+        "2",
+        "--memory",
+        "4096",
+    ]);
+    let out = text(&o.stdout);
+    assert!(out.contains(&format!("rtmr2        {}", e.rtmr2)), "{out}");
+    assert!(out.contains("rtmr0        not pinned"), "{out}");
+}
+
+#[test]
+fn measure_snp_reproduces_the_calculator_per_vcpu_count_and_type() {
+    let img = Image::new(b"initramfs v1");
+    let mut seen = Vec::new();
+    for (vcpus, t, arg) in [
+        (2, SnpVcpuType::EPYC_V4, None),
+        (2, SnpVcpuType::EPYC_GENOA, Some("EPYC-Genoa")),
+        (8, SnpVcpuType::EPYC_V4, Some("EPYC-v4")),
+    ] {
+        let n = vcpus.to_string();
+        let mut args = vec![
+            "measure",
+            "--manifest",
+            &img.path(),
+            "--platform",
+            "snp",
+            "--vcpus",
+            &n,
+            "--memory",
+            "4096",
+            "--json",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if let Some(a) = arg {
+            args.extend(["--vcpu-type".into(), a.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = chrysalis(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let v = json(&o);
+        assert!(is_lower_hex48(&v["measurement"]));
+        assert_eq!(v["measurement"], img.snp(vcpus, t).to_hex(), "{vcpus} {t}");
+        seen.push(v["measurement"].clone());
+    }
+    assert!(seen[0] != seen[1] && seen[0] != seen[2] && seen[1] != seen[2]);
+}
+
+#[test]
+fn a_changed_artifact_is_bad_input_naming_it_and_both_hashes() {
+    let img = Image::new(b"initramfs v1");
+    std::fs::write(img.dir.path().join("initramfs.cpio.gz"), b"initramfs v2").unwrap();
+    for platform in ["tdx", "snp"] {
+        let o = chrysalis(&[
+            "measure",
+            "--manifest",
+            &img.path(),
+            "--platform",
+            platform,
+            "--vcpus",
+            "2",
+            "--memory",
+            "4096",
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = text(&o.stderr);
+        let now = Sha256::of_bytes(b"initramfs v2");
+        assert!(
+            err.contains("initramfs.cpio.gz")
+                && err.contains(&img.manifest.artifacts.initramfs.sha256.to_string())
+                && err.contains(&now.to_string()),
+            "{err}"
+        );
+    }
+    let o = chrysalis(&[
+        "measure",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+        "--vcpus",
+        "2",
+        "--memory",
+        "4096",
+        "--vcpu-type",
+        "EPYC-v4",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "SNP options are refused for TDX");
+}
+
+#[test]
+fn measure_reports_a_manifest_that_records_other_values() {
+    let mut img = Image::new(b"initramfs v1");
+    let e = img.tdx();
+    let mut wrong = e.rtmr2;
+    wrong.0[0] ^= 1;
+    img.manifest.expected_measurements =
+        Some(chrysalis_attestation::manifest::ExpectedMeasurements {
+            tdx: vec![chrysalis_attestation::manifest::TdxExpected {
+                shape: chrysalis_attestation::manifest::VmShape {
+                    vcpus: 2,
+                    memory_mib: 4096,
+                },
+                firmware: "tdx".into(),
+                mr_td: e.mr_td,
+                rtmr0: None,
+                rtmr1: e.rtmr1,
+                rtmr2: wrong,
+                rtmr3: e.rtmr3,
+            }],
+            snp: vec![],
+        });
+    img.write_manifest();
+    let o = chrysalis(&[
+        "measure",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+        "--vcpus",
+        "2",
+        "--memory",
+        "4096",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(
+        json(&o)["rtmr2"],
+        e.rtmr2.to_hex(),
+        "prints the recomputed value"
+    );
+}
+
+fn policy_from(img: &Image, extra: &[&str]) -> (Output, String) {
+    let path = img.path();
+    let mut args = vec![
+        "policy",
+        "from-manifest",
+        "--manifest",
+        &path,
+        "--platform",
+        "tdx",
+    ];
+    args.extend_from_slice(extra);
+    let o = chrysalis(&args);
+    let s = text(&o.stdout);
+    (o, s)
+}
+
+/// A sim quote of `img`'s expected registers, its collateral, and `chrysalis evidence verify`
+/// of it against `policy`.
+fn verify_sim_quote(dir: &Path, img: &Image, policy: &str) -> Output {
+    let e = img.tdx();
+    let pki = SimPki::from_seed(DEFAULT_SEED);
+    let now = 1_767_225_600;
+    let quote = pki.quote(&SimTdReport::new(
+        td_measurements(
+            e.mr_td,
+            [Measurement([0x5a; 48]), e.rtmr1, e.rtmr2, e.rtmr3],
+        ),
+        ReportData([7; 64]),
+    ));
+    let collateral = pki.collateral(now - 3600, 86_400).unwrap();
+    std::fs::write(dir.join("quote.bin"), quote).unwrap();
+    std::fs::write(
+        dir.join("collateral.json"),
+        serde_json::to_vec(&collateral).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    let p = |f: &str| dir.join(f).display().to_string();
+    chrysalis(&[
+        "evidence",
+        "verify",
+        "--tdx-quote",
+        &p("quote.bin"),
+        "--collateral",
+        &p("collateral.json"),
+        "--now",
+        &now.to_string(),
+        "--policy",
+        &p("policy.toml"),
+        "--json",
+    ])
+}
+
+#[test]
+fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
+    let img = Image::new(b"initramfs v1");
+    let (o, toml) = policy_from(&img, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let strict = Policy::from_toml(&toml).unwrap();
+    assert!(strict.trust.dangerous_simulated_intel_roots.is_empty());
+    assert!(!toml.contains("DANGEROUS"));
+    let e = img.tdx();
+    assert_eq!(strict.tdx.len(), 4, "one pin per default shape");
+    for pin in &strict.tdx {
+        assert_eq!(
+            (pin.mr_td, pin.rtmr0, pin.rtmr1, pin.rtmr2, pin.rtmr3),
+            (e.mr_td, None, Some(e.rtmr1), Some(e.rtmr2), Some(e.rtmr3))
+        );
+    }
+    assert_eq!(
+        Policy::from_toml(&strict.to_toml().unwrap()).unwrap(),
+        strict
+    );
+
+    let (o, sim_toml) = policy_from(&img, &["--dangerous-sim-root"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("SIMULATED"), "loud on stderr");
+    assert!(sim_toml.contains("DANGEROUS") && sim_toml.contains("SIMULATED"));
+    let sim = Policy::from_toml(&sim_toml).unwrap();
+    let root = SimPki::from_seed(DEFAULT_SEED).root_sha256();
+    assert_eq!(sim.trust.dangerous_simulated_intel_roots, [root]);
+
+    let work = tempfile::tempdir().unwrap();
+    // The same artifacts: accepted (RTMR0 is whatever the VMM made it; not pinned).
+    let o = verify_sim_quote(work.path(), &img, &sim_toml);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    // The strict policy does not trust the sim root.
+    let o = verify_sim_quote(work.path(), &img, &toml);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    // A changed initrd: RTMR2 differs, rejected.
+    let changed = Image::new(b"initramfs v1 + a backdoor");
+    let o = verify_sim_quote(work.path(), &changed, &sim_toml);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let out = text(&o.stdout);
+    assert!(out.to_lowercase().contains("measurement"), "{out}");
+
+    // The sim root is TDX-only.
+    let o = chrysalis(&[
+        "policy",
+        "from-manifest",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "snp",
+        "--dangerous-sim-root",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // SNP pins: every default shape.
+    let o = chrysalis(&[
+        "policy",
+        "from-manifest",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "snp",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let snp = Policy::from_toml(&text(&o.stdout)).unwrap();
+    assert_eq!(snp.snp.len(), 12);
+    assert!(
+        snp.snp
+            .iter()
+            .any(|p| p.measurement == img.snp(2, SnpVcpuType::EPYC_GENOA))
+    );
+}
+
+/// The recorded quote and CCEL of a real TDX boot (shim + GRUB), or None outside CI.
+fn recorded() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testvectors/tdx-ccel");
+    let (q, l) = (dir.join("cos-113-tdx-quote.dat"), dir.join("ccel_data.dat"));
+    if q.is_file() && l.is_file() {
+        return Some((q, l));
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but the recorded test vectors in {} are missing",
+        dir.display()
+    );
+    eprintln!("SKIPPED: no recorded test vectors in {}", dir.display());
+    None
+}
+
+#[test]
+fn explain_names_the_differing_events_of_a_recorded_boot() {
+    let Some((quote, log)) = recorded() else {
+        return;
+    };
+    let img = Image::new(b"initramfs v1");
+    let args = [
+        "explain",
+        "--quote",
+        quote.to_str().unwrap(),
+        "--eventlog",
+        log.to_str().unwrap(),
+        "--manifest",
+        &img.path(),
+    ];
+    let o = chrysalis(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("replays to the quote's RTMR0-3"), "{out}");
+    for reg in ["MRTD", "RTMR1", "RTMR2"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(reg) && l.contains("DIFFERS")),
+            "{reg} differs: {out}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("RTMR0") && l.contains("not pinned"))
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("RTMR3") && l.contains("match"))
+    );
+
+    let mut jargs = args.to_vec();
+    jargs.push("--json");
+    let o = chrysalis(&jargs);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json(&o);
+    assert_eq!(v["matches"], false);
+    let events = v["events"].as_array().unwrap();
+    let by = |status: &str, ty: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| {
+                e["status"] == status
+                    && (e["actual"]["event_type"] == ty || e["expected"]["event_type"] == ty)
+            })
+            .collect()
+    };
+    // The boot's constant firmware actions match the direct-boot prediction...
+    assert!(!by("match", "EV_EFI_ACTION").is_empty(), "{v:#}");
+    // ...its kernel (here: shim's PE image) differs and is attributed to the kernel artifact...
+    let kernel = by("differs", "EV_EFI_BOOT_SERVICES_APPLICATION");
+    assert_eq!(kernel.len(), 1, "{kernel:#?}");
+    assert!(
+        kernel[0]["source"]
+            .as_str()
+            .unwrap()
+            .contains("artifacts.kernel")
+    );
+    // ...GRUB's commands were not expected in a direct boot, and the command line and initrd
+    // events the direct boot would have logged are missing.
+    assert!(by("unexpected", "EV_IPL").len() > 10);
+    let grub = by("unexpected", "EV_EFI_BOOT_SERVICES_APPLICATION");
+    assert_eq!(grub.len(), 1, "{grub:#?}");
+    assert!(
+        grub[0]["source"]
+            .as_str()
+            .unwrap()
+            .contains("not a direct kernel boot")
+    );
+    let missing = by("missing", "EV_EVENT_TAG");
+    let sources: Vec<&str> = missing
+        .iter()
+        .map(|e| e["source"].as_str().unwrap())
+        .collect();
+    assert!(
+        sources.iter().any(|s| s.contains("kernel_cmdline")),
+        "{sources:?}"
+    );
+    assert!(
+        sources.iter().any(|s| s.contains("artifacts.initramfs")),
+        "{sources:?}"
+    );
+    // RTMR0 events are listed with where they come from, not judged.
+    assert!(
+        events.iter().any(|e| e["status"] == "not_predicted"
+            && e["source"].as_str().unwrap().contains("ACPI tables"))
+    );
+}
+
+#[test]
+fn explain_refuses_bad_input() {
+    let img = Image::new(b"i");
+    let junk = img.dir.path().join("junk");
+    std::fs::write(&junk, b"not a quote").unwrap();
+    let o = chrysalis(&[
+        "explain",
+        "--quote",
+        junk.to_str().unwrap(),
+        "--eventlog",
+        junk.to_str().unwrap(),
+        "--manifest",
+        &img.path(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("not a TDX quote"),
+        "{}",
+        text(&o.stderr)
+    );
+}
