@@ -4,14 +4,14 @@
 //! `cargo bench -p chrysalis-client --bench measure`. The image is built in a temporary
 //! directory: kernel `CHRYSALIS_BENCH_KERNEL` (a bzImage; default a 12 MiB PE32+ EFI image, the
 //! size of Debian trixie's 6.12 kernel), initramfs `CHRYSALIS_BENCH_INITRD` (default 64 MiB of
-//! pseudo-random bytes), TDVF the sev crate's recorded OvmfPkgX64 suffix padded to 4 MiB, SNP
-//! firmware its recorded AmdSev suffix. `CHRYSALIS_BENCH_ROUNDS` (default 5) runs per case;
+//! pseudo-random bytes), TDVF `CHRYSALIS_BENCH_TDVF` (default the sev crate's recorded
+//! OvmfPkgX64 suffix padded to 4 MiB), SNP firmware `CHRYSALIS_BENCH_SNP_OVMF` (default its
+//! recorded AmdSev suffix). `CHRYSALIS_BENCH_ROUNDS` (default 5) runs per case;
 //! figures are min and median.
 
 #[path = "../tests/support/image.rs"]
 mod image;
 #[path = "../../attestation/src/testutil.rs"]
-#[allow(dead_code)]
 mod testutil;
 
 use std::process::Command;
@@ -51,12 +51,15 @@ fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let img = Image::with(&kernel, &initrd, &tdvf_from_sev_suffix(), &snp_firmware());
+    let tdvf = bytes_from_env("CHRYSALIS_BENCH_TDVF", tdvf_from_sev_suffix);
+    let snp = bytes_from_env("CHRYSALIS_BENCH_SNP_OVMF", snp_firmware);
+    let img = Image::with(&kernel, &initrd, &tdvf, &snp);
     println!(
-        "image: kernel {} bytes, initramfs {} bytes, TDVF 4 MiB, SNP OVMF {} bytes",
+        "image: kernel {} bytes, initramfs {} bytes, TDVF {} bytes, SNP OVMF {} bytes",
         kernel.len(),
         initrd.len(),
-        snp_firmware().len()
+        tdvf.len(),
+        snp.len()
     );
     let path = img.path();
     for (name, extra) in [("tdx", vec![]), ("snp", vec!["--vcpu-type", "EPYC-Genoa"])] {

@@ -189,6 +189,34 @@ fn a_changed_artifact_is_bad_input_naming_it_and_both_hashes() {
 }
 
 #[test]
+fn a_manifest_without_firmware_for_the_platform_is_bad_input() {
+    let mut img = Image::new(b"initramfs v1");
+    img.manifest.firmware.remove("snp");
+    img.write_manifest();
+    let o = chrysalis(&[
+        "policy",
+        "from-manifest",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "snp",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("no snp firmware (firmware.snp)"), "{err}");
+    // TDX is unaffected.
+    let o = chrysalis(&[
+        "policy",
+        "from-manifest",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
+#[test]
 fn measure_reports_a_manifest_that_records_other_values() {
     let mut img = Image::new(b"initramfs v1");
     let e = img.tdx();

@@ -1143,11 +1143,6 @@ impl fw::Progress for FirmwareProgress<'_> {
     }
 }
 
-/// HOOK (issue 6): the expected launch measurements of the image, per platform and documented VM shape,
-/// computed from `manifest` (kernel, initramfs, command line, firmware) and the artifacts in `out_dir`.
-/// The calculator lives in chrysalis_attestation (another engineer adds it); call it here. Until then this
-/// returns the empty default and the manifest carries no `expected_measurements`.
-
 /// Expected measurements for the documented default VM shapes
 /// (`chrysalis_attestation::measure::image`) of every platform whose firmware the manifest
 /// lists, computed from the artifacts in `out` (checked against the manifest first). With no
