@@ -133,6 +133,30 @@ pub fn plan_from_config(
     Ok((manifest, plan))
 }
 
+/// The sim quote signer `run` builds for `cfg` and `image`: the PKI of
+/// `services.sim_quote.seed_hex` (default `sim::DEFAULT_SEED`) and the TDX measurements of the
+/// image's artifacts for the VM shape of `[vm]`. Reads and hashes the kernel, initramfs and firmware.
+pub fn sim_signer(
+    cfg: &HostConfig,
+    image: &LoadedImage,
+    clock: fn() -> SystemTime,
+) -> Result<SimTdxSigner, SimSignerError> {
+    let sq = &cfg.services.sim_quote;
+    let seed = SimTdxSigner::seed_bytes(sq.seed_hex.as_deref())?;
+    let shape = VmShape {
+        vcpus: cfg.vm.vcpus,
+        memory_mib: cfg.vm.memory_mib,
+    };
+    SimTdxSigner::new(
+        image,
+        &shape,
+        &seed,
+        sq.tdx_firmware.as_deref(),
+        Duration::from_secs(sq.collateral_validity_secs),
+        clock,
+    )
+}
+
 /// Writes `contents` to `path` through a temporary file and a rename.
 fn write_atomic(path: &Path, contents: &str) -> Result<(), AgentError> {
     let err = |source| AgentError::State {
@@ -218,31 +242,22 @@ pub async fn run(
 
     // Guest→host services first: the guest may ask for a quote as soon as it boots.
     let clock = opts.clock.unwrap_or(SystemTime::now);
-    let mut sim_signer: Option<Arc<SimTdxSigner>> = None;
+    let mut quoter: Option<Arc<SimTdxSigner>> = None;
     if cfg.sim_quote_enabled() {
         let signer: Arc<dyn QuoteSigner> = match (&opts.quote_signer, &manifest) {
             (Some(s), _) => s.clone(),
             (None, Some(image)) => {
-                let sq = &cfg.services.sim_quote;
-                let seed = SimTdxSigner::seed_bytes(sq.seed_hex.as_deref())?;
-                let shape = VmShape {
-                    vcpus: cfg.vm.vcpus,
-                    memory_mib: cfg.vm.memory_mib,
-                };
-                let (image, fw) = (image.clone(), sq.tdx_firmware.clone());
-                let validity = Duration::from_secs(sq.collateral_validity_secs);
-                let s = tokio::task::spawn_blocking(move || {
-                    SimTdxSigner::new(&image, &shape, &seed, fw.as_deref(), validity, clock)
-                })
-                .await
-                .expect("measuring does not panic")?;
+                let (cfg2, image) = (cfg.clone(), image.clone());
+                let s = tokio::task::spawn_blocking(move || sim_signer(&cfg2, &image, clock))
+                    .await
+                    .expect("measuring does not panic")?;
                 let st = s.status();
                 tracing::info!(
                     mr_td = %st.mr_td, rtmr0 = %st.rtmr[0], rtmr1 = %st.rtmr[1], rtmr2 = %st.rtmr[2],
                     sim_root_sha256 = %st.sim_root_sha256, "sim quote service: measurements of the launched artifacts"
                 );
                 let s = Arc::new(s);
-                sim_signer = Some(s.clone());
+                quoter = Some(s.clone());
                 s
             }
             (None, None) => return Err(AgentError::NoQuoteSigner),
@@ -264,7 +279,7 @@ pub async fn run(
         });
         if col.file.is_none() && col.pccs_url.is_none() {
             // Validated: only the sim profile gets here; it serves its own PKI's collateral.
-            let s = sim_signer.clone().ok_or(AgentError::NoQuoteSigner)?;
+            let s = quoter.clone().ok_or(AgentError::NoQuoteSigner)?;
             cache.set(s.collateral().map_err(SimSignerError::from)?);
             tasks.spawn(sim_collateral_loop(
                 s,
@@ -371,7 +386,7 @@ pub async fn run(
                     .as_ref()
                     .and_then(|e| serde_json::to_value(e).ok()),
             }),
-            sim_quote: sim_signer.as_ref().map(|s| s.status().clone()),
+            sim_quote: quoter.as_ref().map(|s| s.status().clone()),
             relay: Some(relay.clone()),
             relay_listen: relay_addr,
         };

@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use chrysalis_attestation::Sha256;
 use chrysalis_attestation::manifest::{Artifact, Manifest, ManifestError};
 
-/// The manifest's firmware role for Intel TDX (TDVF) and AMD SEV-SNP (AmdSev OVMF).
-pub const FIRMWARE_TDX: &str = "tdx";
-/// See [`FIRMWARE_TDX`].
-pub const FIRMWARE_SNP: &str = "snp";
+/// The manifest's firmware roles for Intel TDX (TDVF) and AMD SEV-SNP (AmdSev OVMF), as the image
+/// build and the measurement calculators name them.
+pub use chrysalis_attestation::measure::image::{FIRMWARE_SNP, FIRMWARE_TDX};
 
 /// Errors of loading an image.
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,14 @@ fn main() -> anyhow::Result<()> {
                     m.path.display(),
                     m.digest
                 );
+                if cfg.sim_quote_enabled() {
+                    // What the sim quote service will quote, for a client policy (as /status shows it).
+                    let s = agent::sim_signer(&cfg, &m, std::time::SystemTime::now)?;
+                    println!(
+                        "sim_quote {}",
+                        serde_json::to_string(s.status()).context("encoding sim measurements")?
+                    );
+                }
             }
             if plan.is_none() {
                 println!("vm.launch = false: the agent will not launch a VM");

@@ -8,7 +8,8 @@
 //!   `services.sim_quote.tdx_firmware` when the manifest has none). The sim VM itself boots with
 //!   SeaBIOS; the TDVF image is measured, not run, so the value equals what a TDX host running the
 //!   same image would produce.
-//! * RTMR1, RTMR2: `measure::tdx::expected_tdx` over the kernel, the initramfs and the manifest's
+//! * RTMR1, RTMR2: `measure::tdx::expected_tdx`, through `measure::image::tdx_image` as the image
+//!   build computes `expected_measurements`, over the kernel, the initramfs and the manifest's
 //!   kernel command line, the same bytes and string QEMU is given. One changed initramfs byte or
 //!   command-line character changes RTMR2; one changed kernel byte changes RTMR1.
 //! * RTMR0: not predictable from artifacts (TDVF measures QEMU's ACPI tables and TD HOB there).
@@ -27,8 +28,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use chrysalis_attestation::manifest::VmShape;
-use chrysalis_attestation::measure::MeasureError;
-use chrysalis_attestation::measure::tdx::{PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx};
+use chrysalis_attestation::measure::image::{ImageInputs, ImageMeasureError, tdx_image};
 use chrysalis_attestation::sim::{self, SimError, SimPki, SimTdReport};
 use chrysalis_attestation::{Measurement, ReportData, Sha256, TdxMeasurements};
 use dcap_qvl::QuoteCollateralV3;
@@ -64,7 +64,7 @@ pub enum SimSignerError {
     },
     /// The calculator refused the artifacts (not a TDVF image, not an EFI PE kernel, ...).
     #[error("computing the TDX measurements of the launched artifacts")]
-    Measure(#[from] MeasureError),
+    Measure(#[from] ImageMeasureError),
     /// The seed is not hex.
     #[error("services.sim_quote.seed_hex: not hex")]
     Seed,
@@ -101,19 +101,17 @@ pub fn tdx_measurements(
     shape: &VmShape,
 ) -> Result<(TdxMeasurements, bool), SimSignerError> {
     let arts = &image.manifest.artifacts;
-    let kernel = image.read_verified(&arts.kernel)?;
-    let initrd = image.read_verified(&arts.initramfs)?;
-    let pinned_rtmr0 = shape_entry(image, shape).and_then(|e| e.rtmr0);
-    let expected = expected_tdx(&TdxBootInputs {
-        firmware,
-        kernel: &kernel,
-        initrd: Some(&initrd),
-        cmdline: &image.manifest.kernel_cmdline,
-        rtmr0: pinned_rtmr0.map_or(Rtmr0Source::NotPinned, Rtmr0Source::Pinned),
-        page_add_order: PageAddOrder::default(),
+    // The same function the image build uses for `expected_measurements`, so the two agree.
+    let expected = tdx_image(&ImageInputs {
+        kernel: image.read_verified(&arts.kernel)?,
+        initrd: image.read_verified(&arts.initramfs)?,
+        cmdline: image.manifest.kernel_cmdline.clone(),
+        tdx_firmware: Some(firmware.to_vec()),
+        snp_firmware: None,
     })?;
+    let pinned_rtmr0 = shape_entry(image, shape).and_then(|e| e.rtmr0);
     let rtmr = [
-        expected.rtmr0.unwrap_or(Measurement::ZERO),
+        pinned_rtmr0.unwrap_or(Measurement::ZERO),
         expected.rtmr1,
         expected.rtmr2,
         expected.rtmr3,
@@ -270,6 +268,9 @@ impl QuoteSigner for SimTdxSigner {
 mod tests {
     use super::*;
     use crate::testkit::image::TestImage;
+    use chrysalis_attestation::measure::tdx::{
+        PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx,
+    };
     use chrysalis_attestation::policy::TdxPin;
     use chrysalis_attestation::{EvidenceBundle, Policy, TrustAnchors};
 
@@ -459,6 +460,34 @@ mod tests {
         assert_eq!(other.measurements().rtmr[0], Measurement::ZERO);
         assert_eq!(other.status().matches_manifest, None);
         assert_ne!(other.status().sim_root_sha256, s.status().sim_root_sha256);
+    }
+
+    #[test]
+    fn the_quote_matches_what_the_image_build_writes_into_the_manifest() {
+        use chrysalis_attestation::measure::image::{default_tdx_shapes, expected_measurements};
+        let dir = tempfile::tempdir().unwrap();
+        let t = TestImage::write(dir.path()).unwrap();
+        let mut m = t.parsed.clone();
+        let mut read =
+            |a: &chrysalis_attestation::manifest::Artifact| std::fs::read(dir.path().join(&a.file));
+        m.expected_measurements =
+            Some(expected_measurements(&m, &default_tdx_shapes(), &[], &mut read).unwrap());
+        std::fs::write(&t.manifest, m.to_json()).unwrap();
+        // SHAPE (2 vCPUs, 2048 MiB) is one of the default shapes the build measures.
+        let s = signer(dir.path());
+        assert_eq!(s.status().matches_manifest, Some(true));
+        let img = LoadedImage::load(&t.manifest).unwrap();
+        let pins = img.manifest.tdx_pins();
+        let pin = pins
+            .iter()
+            .find(|p| p.name.as_deref().unwrap().contains("2 vCPU, 2048 MiB"))
+            .unwrap();
+        let q = s.measurements();
+        assert_eq!(
+            (pin.mr_td, pin.rtmr1, pin.rtmr2, pin.rtmr3),
+            (q.mr_td, Some(q.rtmr[1]), Some(q.rtmr[2]), Some(q.rtmr[3]))
+        );
+        assert_eq!(pin.rtmr0, None);
     }
 
     #[test]

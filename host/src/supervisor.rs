@@ -237,6 +237,24 @@ fn remove_stale_socket(p: &Path) {
     }
 }
 
+/// The last `chrysalis-init: FATAL` line the guest wrote to its console after byte `from` (this
+/// run's part of the appended log), so that /status says why a guest powered itself off.
+fn last_fatal_line(serial_log: &Path, from: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut f = std::fs::File::open(serial_log).ok()?;
+    let len = f.metadata().ok()?.len();
+    let start = from.max(len.saturating_sub(TAIL));
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut buf = Vec::new();
+    f.take(TAIL).read_to_end(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .rev()
+        .find(|l| l.contains("chrysalis-init: FATAL"))
+        .map(|l| l.trim().chars().take(400).collect())
+}
+
 /// Why a run ended.
 enum RunEnd {
     Shutdown,
@@ -301,6 +319,7 @@ impl Supervisor {
                 s.backoff_ms = None;
             });
             let started = Instant::now();
+            let console_from = std::fs::metadata(&self.plan.serial_log).map_or(0, |m| m.len());
             let check = match (&self.restart_check, first) {
                 (Some(c), false) => {
                     let c = c.clone();
@@ -328,7 +347,10 @@ impl Supervisor {
                 }
                 RunEnd::Exited(reason) => reason,
             };
-            let reason = format!("{reason} after {:.1} s", ran.as_secs_f64());
+            let mut reason = format!("{reason} after {:.1} s", ran.as_secs_f64());
+            if let Some(line) = last_fatal_line(&self.plan.serial_log, console_from) {
+                reason = format!("{reason}; guest console: {line}");
+            }
             if ran >= Duration::from_secs(self.policy.stable_after_secs) {
                 failures = 0;
             } else {

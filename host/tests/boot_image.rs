@@ -217,6 +217,10 @@ async fn the_sim_profile_boots_the_image_and_reports_ready_then_failed_for_a_fli
         })
         .await;
     assert_eq!(st["vm"]["state"], "failed", "{st}\n{}", agent.logs());
-    let serial = std::fs::read_to_string(agent.state.join("chrysalis-serial.log")).unwrap();
-    assert!(serial.contains("FATAL"), "{serial}");
+    let last = st["vm"]["last_exit"].as_str().unwrap_or_default();
+    assert!(
+        last.contains("guest console: chrysalis-init: FATAL"),
+        "{st}\n{}",
+        agent.logs()
+    );
 }

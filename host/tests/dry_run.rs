@@ -189,6 +189,15 @@ fn check_verifies_every_artifact_and_names_a_mismatch() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // In the sim profile it also prints what the sim quote service will quote.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("sim_quote "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let sim: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(sim["firmware"], "manifest:tdx");
+    assert_eq!(sim["rtmr"].as_array().unwrap().len(), 4);
     let rootfs = dir.path().join("image/rootfs.img");
     let mut bytes = std::fs::read(&rootfs).unwrap();
     bytes[100] ^= 0xff;

@@ -417,7 +417,7 @@ async fn a_guest_that_powers_off_is_reported_failed_in_status() {
     // max_restarts = 0: the first early exit (a dm-verity error powers the guest off, QEMU exits
     // with -no-reboot) is final, which is what the e2e tests and `cargo xtask demo` watch for.
     let mut run = start_agent_with(
-        "#!/bin/sh\necho 'chrysalis-init: FATAL: dm-verity' >&2\nexit 0\n",
+        "#!/bin/sh\necho 'chrysalis-init: FATAL: rootfs: dm-verity: I/O error' >> {dir}/state/chrysalis-serial.log\nexit 0\n",
         "max_restarts = 0\nstable_after_secs = 3600\n",
         "[services.sim_quote]\nenabled = false\n",
     );
@@ -428,11 +428,10 @@ async fn a_guest_that_powers_off_is_reported_failed_in_status() {
     .await;
     let st = status_json(&state).unwrap();
     assert_eq!(st["vm"]["ready"], false);
+    let last = st["vm"]["last_exit"].as_str().unwrap();
     assert!(
-        st["vm"]["last_exit"]
-            .as_str()
-            .unwrap()
-            .contains("exit status 0"),
+        last.contains("exit status 0")
+            && last.contains("guest console: chrysalis-init: FATAL: rootfs: dm-verity"),
         "{st}"
     );
     assert_eq!(metric(&state, "chrysalis_vm_boot_failures_total"), Some(1));

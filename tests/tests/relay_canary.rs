@@ -4,8 +4,9 @@
 //! canary placed in the prompt comes back in the response, and a recorder on the relay sees every
 //! byte it forwards: the canary must never appear there, in either direction.
 //!
-//! Transport: the agent's TCP transport on loopback (guest vsock port P = TCP port P + offset), the
-//! development form of vsock; the relay code path is the same as over hybrid vsock. The only test
+//! Transports: the agent's TCP transport on loopback (guest vsock port P = TCP port P + offset), and
+//! hybrid vsock (the sim profile's): a Unix socket speaking vhost-device-vsock's `CONNECT`/`OK`
+//! protocol in front of the guest, with the guest's sim quote requests arriving on `<uds>_4050`. The only test
 //! double is the engine: it echoes the prompt, so that the canary is certainly in the response.
 //! The agent quotes the TDX measurements of a test image (`chrysalis_host::testkit::image`), and
 //! the client pins exactly what the measurement calculator computes for those files.
@@ -91,19 +92,64 @@ fn free_offset() -> i32 {
     panic!("no free loopback port pair");
 }
 
+/// The guest side of hybrid vsock as vhost-device-vsock presents it to the host: a Unix socket
+/// that takes `CONNECT <port>\n`, answers `OK <n>\n` and then carries the stream, here to the
+/// in-process guest's TCP listener (standing in for the guest kernel's vsock port).
+async fn hybrid_mux(uds: std::path::PathBuf, guest: std::net::SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let l = tokio::net::UnixListener::bind(&uds).unwrap();
+    loop {
+        let Ok((s, _)) = l.accept().await else { return };
+        tokio::spawn(async move {
+            let mut s = tokio::io::BufReader::new(s);
+            let mut line = String::new();
+            if s.read_line(&mut line).await.is_err() || line.trim() != "CONNECT 8443" {
+                return;
+            }
+            let Ok(mut g) = tokio::net::TcpStream::connect(guest).await else {
+                return;
+            };
+            let mut s = s.into_inner();
+            if s.write_all(b"OK 1024\n").await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut s, &mut g).await;
+        });
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_forwards_only_ciphertext() {
+async fn the_relay_forwards_only_ciphertext_over_tcp() {
+    canary(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_forwards_only_ciphertext_over_hybrid_vsock() {
+    canary(true).await;
+}
+
+async fn canary(hybrid: bool) {
     use chrysalis_attestation::hostcall::{GUEST_TLS_PORT, SIM_QUOTE_PORT};
     let dir = tempfile::tempdir().unwrap();
     let image = TestImage::write(&dir.path().join("image")).unwrap();
     let offset = free_offset();
+    let uds = dir.path().join("vsock.sock");
 
-    // The host agent: no VM (the guest runs in this process), TCP transport, sim quote service.
+    // The host agent: no VM (the guest runs in this process), the TCP or the hybrid vsock
+    // transport, the sim quote service.
     let state = dir.path().join("state");
+    let transport = if hybrid {
+        format!(
+            "kind = \"hybrid\"\nuds_path = {:?}\n",
+            uds.display().to_string()
+        )
+    } else {
+        format!("kind = \"tcp\"\ntcp_host = \"127.0.0.1\"\ntcp_port_offset = {offset}\n")
+    };
     let cfg = HostConfig::parse(&format!(
         "[image]\nmanifest = {:?}\n\
          [vm]\nplatform = \"sim\"\nvcpus = 2\nmemory_mib = 2048\nlaunch = false\nstate_dir = {:?}\n\
-         [transport]\nkind = \"tcp\"\ntcp_host = \"127.0.0.1\"\ntcp_port_offset = {offset}\n\
+         [transport]\n{transport}\
          [relay]\nlisten = \"127.0.0.1:0\"\ncopy = \"userspace\"\n\
          [admin]\nenabled = false\n",
         image.manifest.display().to_string(),
@@ -138,10 +184,14 @@ async fn the_relay_forwards_only_ciphertext() {
     // The guest runtime: its key, a certificate over evidence from the agent's sim quote service,
     // and the HTTPS server on the guest's "vsock" port.
     let certs = Arc::new(CertStore::generate().unwrap());
-    let provider = SimQuoteClient::new(
-        SimEndpoint::Tcp(format!("127.0.0.1:{}", SIM_QUOTE_PORT as i32 + offset)),
-        Duration::from_secs(30),
-    );
+    // Over hybrid vsock the guest's connection to host port 4050 arrives on <uds>_4050, which is
+    // where vhost-device-vsock would connect for it.
+    let endpoint = if hybrid {
+        SimEndpoint::Unix(format!("{}_{SIM_QUOTE_PORT}", uds.display()).into())
+    } else {
+        SimEndpoint::Tcp(format!("127.0.0.1:{}", SIM_QUOTE_PORT as i32 + offset))
+    };
+    let provider = SimQuoteClient::new(endpoint, Duration::from_secs(30));
     certs
         .renew(&provider, SystemTime::now(), Duration::from_secs(3600))
         .await
@@ -161,6 +211,12 @@ async fn the_relay_forwards_only_ciphertext() {
             .await
             .unwrap(),
     );
+    let mux = hybrid.then(|| {
+        tokio::spawn(hybrid_mux(
+            uds.clone(),
+            guest_listener.local_addr().unwrap(),
+        ))
+    });
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
     let guest = tokio::spawn(chrysalis_guest::server::serve(state_g, tls, move || {
         let l = guest_listener.clone();
@@ -224,6 +280,9 @@ async fn the_relay_forwards_only_ciphertext() {
     stop_tx.send(()).unwrap();
     agent.await.unwrap().unwrap();
     guest.abort();
+    if let Some(m) = mux {
+        m.abort();
+    }
 
     let seen = recorder.0.lock().unwrap();
     let stream = |d: Direction| -> Vec<u8> {
