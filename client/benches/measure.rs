@@ -9,6 +9,8 @@
 //! recorded AmdSev suffix). `CHRYSALIS_BENCH_ROUNDS` (default 5) runs per case;
 //! figures are min and median.
 
+#[path = "../../xtask/bench_figure.rs"]
+mod bench_figure;
 #[path = "../tests/support/image.rs"]
 mod image;
 #[path = "../../attestation/src/testutil.rs"]
@@ -99,21 +101,12 @@ fn main() {
              (budget 1 s); sha256sum of the image files median {base_med:.3} s",
             times[0].as_secs_f64(),
         );
-        if let Some(out) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") {
-            use std::io::Write;
-            let line = serde_json::json!({
-                "name": format!("chrysalis measure --platform {name} (12 MiB kernel, 64 MiB initramfs)"),
-                "unit": "s", "value": med,
-                "baseline": "sha256sum of the same files", "baseline_value": base_med,
-                "ratio": med / base_med, "goal": "<= 1 s", "met": med <= 1.0, "runs": rounds,
-                "note": "wall time of the release binary, process start included",
-            });
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(out)
-                .unwrap();
-            writeln!(f, "{line}").unwrap();
-        }
+        bench_figure::record(&serde_json::json!({
+            "name": format!("chrysalis measure --platform {name} (12 MiB kernel, 64 MiB initramfs)"),
+            "unit": "s", "value": med,
+            "baseline": "sha256sum of the same files", "baseline_value": base_med,
+            "ratio": med / base_med, "goal": "<= 1 s", "met": med <= 1.0, "runs": rounds,
+            "note": "wall time of the release binary, process start included",
+        })).unwrap();
     }
 }

@@ -20,6 +20,8 @@
 //! figures as JSON. Figures are medians over interleaved rounds; the `summary:` lines at the end
 //! carry them in one line each, with the machine they were taken on.
 
+#[path = "../../xtask/bench_figure.rs"]
+mod bench_figure;
 #[allow(unused_imports)]
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -368,19 +370,13 @@ fn main() {
         rows[4].value / rows[4].baseline,
     );
     // One JSON line per figure for `cargo xtask bench` (schema in xtask/src/bench.rs).
-    if let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        for r in &rows {
-            let line = json!({"name": format!("{} ({})", r.what, t.kind), "unit": r.unit,
-                "value": r.value, "baseline": r.baseline_what, "baseline_value": r.baseline,
-                "ratio": r.value / r.baseline, "runs": rounds});
-            writeln!(f, "{line}").unwrap();
-        }
+    for r in &rows {
+        bench_figure::record(
+            &json!({"name": format!("{} ({})", r.what, t.kind), "unit": r.unit,
+            "value": r.value, "baseline": r.baseline_what, "baseline_value": r.baseline,
+            "ratio": r.value / r.baseline, "runs": rounds}),
+        )
+        .unwrap();
     }
     if let Ok(path) = std::env::var("CHRYSALIS_BENCH_JSON") {
         let v: Vec<_> = rows

@@ -350,17 +350,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends one figure as a JSON line to `CHRYSALIS_BENCH_FIGURES` (set by `cargo xtask bench`;
-/// schema in xtask/src/bench.rs).
-fn record(figure: &serde_json::Value) -> anyhow::Result<()> {
-    use std::io::Write;
-    let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") else {
-        return Ok(());
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    writeln!(f, "{figure}")?;
-    Ok(())
-}
+#[path = "../../xtask/bench_figure.rs"]
+mod bench_figure;
+use bench_figure::record;

@@ -519,17 +519,9 @@ fn main() {
     }
 }
 
-/// Appends one figure as a JSON line to `CHRYSALIS_BENCH_FIGURES` (set by `cargo xtask bench`;
-/// schema in xtask/src/bench.rs).
+#[path = "../../xtask/bench_figure.rs"]
+mod bench_figure;
+
 fn record(figure: &serde_json::Value) {
-    use std::io::Write;
-    let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") else {
-        return;
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    writeln!(f, "{figure}").unwrap();
+    bench_figure::record(figure).expect("write CHRYSALIS_BENCH_FIGURES");
 }

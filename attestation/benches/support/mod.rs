@@ -224,18 +224,10 @@ pub fn machine() -> String {
     )
 }
 
-/// Appends one figure, as a JSON line, to the file named by `CHRYSALIS_BENCH_FIGURES` (set by
-/// `cargo xtask bench`, which turns the lines into docs/benchmarks.md; schema in
-/// xtask/src/bench.rs). Without the variable, nothing is written.
+#[path = "../../../xtask/bench_figure.rs"]
+mod bench_figure;
+
+/// Appends one figure for `cargo xtask bench` (see xtask/bench_figure.rs).
 pub fn record(figure: serde_json::Value) {
-    use std::io::Write;
-    let Some(path) = std::env::var_os("CHRYSALIS_BENCH_FIGURES") else {
-        return;
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .expect("open CHRYSALIS_BENCH_FIGURES");
-    writeln!(f, "{figure}").expect("write CHRYSALIS_BENCH_FIGURES");
+    bench_figure::record(&figure).expect("write CHRYSALIS_BENCH_FIGURES");
 }
