@@ -54,6 +54,9 @@ pub enum CmdlineError {
         /// What was expected.
         want: &'static str,
     },
+    /// A `chrysalis.*` key that is not one of [`RESERVED_KEYS`] (a typo, or a newer image format).
+    #[error("kernel command line has unknown key {0}")]
+    UnknownKey(String),
     /// An argument holds a character that the kernel would split or mangle.
     #[error("kernel command line argument {0:?} contains whitespace, quotes or control characters")]
     BadArgument(String),
@@ -127,24 +130,79 @@ pub fn build(base: &[String], m: &MeasuredArgs) -> Result<String, CmdlineError> 
     Ok(args.join(" "))
 }
 
-/// Reads the measured keys back from a command line; each must appear exactly once.
+/// Largest salt dm-verity accepts (`MAX_SALT_SIZE` in drivers/md/dm-verity.h).
+const MAX_SALT_BYTES: usize = 256;
+
+/// Splits a command line into words the way the kernel's `next_arg` does: whitespace separates
+/// words except inside double quotes, and the quotes themselves are dropped.
+fn words(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let (mut in_quote, mut started) = (false, false);
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                in_quote = !in_quote;
+                started = true;
+            }
+            c if c.is_whitespace() && !in_quote => {
+                if started {
+                    out.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        out.push(word);
+    }
+    out
+}
+
+/// Reads the measured keys back from a command line, strictly: every key of [`RESERVED_KEYS`]
+/// exactly once with a well-formed value, and no other `chrysalis.*` key (a typo must never fall
+/// back to a default). Keys of other subsystems (`console=`, `panic=`, …) are ignored. This is the
+/// parser the guest's init runs on `/proc/cmdline`.
 pub fn parse(cmdline: &str) -> Result<MeasuredArgs, CmdlineError> {
-    let mut found = BTreeMap::<&'static str, &str>::new();
-    for arg in cmdline.split_ascii_whitespace() {
-        let (k, v) = arg.split_once('=').unwrap_or((arg, ""));
-        if let Some(key) = RESERVED_KEYS.iter().find(|r| **r == k)
-            && found.insert(key, v).is_some()
-        {
+    let mut found = BTreeMap::<&'static str, String>::new();
+    for word in words(cmdline) {
+        let (k, v) = match word.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (word.as_str(), None),
+        };
+        if !k.starts_with("chrysalis.") {
+            continue;
+        }
+        let Some(&key) = RESERVED_KEYS.iter().find(|r| **r == k) else {
+            return Err(CmdlineError::UnknownKey(k.into()));
+        };
+        let Some(v) = v else {
+            return Err(CmdlineError::BadValue {
+                key,
+                value: String::new(),
+                want: "key=value",
+            });
+        };
+        if found.insert(key, v.into()).is_some() {
             return Err(CmdlineError::Duplicate(k.into()));
         }
     }
-    let get = |key: &'static str| found.get(key).copied().ok_or(CmdlineError::Missing(key));
+    let get = |key: &'static str| {
+        found
+            .get(key)
+            .map(String::as_str)
+            .ok_or(CmdlineError::Missing(key))
+    };
     let digest = |key: &'static str| -> Result<Sha256Digest, CmdlineError> {
         let v = get(key)?;
         v.parse().map_err(|_| CmdlineError::BadValue {
             key,
             value: v.into(),
-            want: "64 lowercase hex characters",
+            want: "64 hex characters",
         })
     };
     let salt = |key: &'static str| -> Result<String, CmdlineError> {
@@ -154,25 +212,27 @@ pub fn parse(cmdline: &str) -> Result<MeasuredArgs, CmdlineError> {
         }
         if v.is_empty()
             || v.len() % 2 != 0
+            || v.len() / 2 > MAX_SALT_BYTES
             || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
             return Err(CmdlineError::BadValue {
                 key,
                 value: v.into(),
-                want: "lowercase hex or -",
+                want: "1 to 256 bytes of lowercase hex, or -",
             });
         }
         Ok(v.into())
     };
     let blocks = |key: &'static str| -> Result<u64, CmdlineError> {
         let v = get(key)?;
-        v.parse()
+        v.parse::<u64>()
             .ok()
-            .filter(|n| *n > 0)
+            // The dm target length is counted in 512-byte sectors: 8 per 4096-byte block.
+            .filter(|n| *n > 0 && n.checked_mul(8).is_some())
             .ok_or(CmdlineError::BadValue {
                 key,
                 value: v.into(),
-                want: "a positive decimal number",
+                want: "a positive decimal block count that fits in 64-bit sectors",
             })
     };
     Ok(MeasuredArgs {
@@ -264,6 +324,52 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn quotes_are_split_like_the_kernel() {
+        assert_eq!(words(r#"a="b c" d  "e f"=g"#), vec!["a=b c", "d", "e f=g"]);
+        assert_eq!(words("  \n"), Vec::<String>::new());
+        assert_eq!(words(r#"x="""#), vec!["x="]);
+        let line = build(&["BOOT_IMAGE=/vmlinuz".into()], &args()).unwrap();
+        assert_eq!(parse(&format!("{line}\n")).unwrap(), args());
+    }
+
+    #[test]
+    fn refuses_unknown_bare_and_out_of_range_keys() {
+        let line = build(&[], &args()).unwrap();
+        assert_eq!(
+            parse(&format!("{line} chrysalis.rootfs_veritty=00")),
+            Err(CmdlineError::UnknownKey("chrysalis.rootfs_veritty".into()))
+        );
+        let bare = format!("{line} {CONFIG_SHA256}");
+        assert!(matches!(
+            parse(&bare),
+            Err(CmdlineError::BadValue {
+                key: CONFIG_SHA256,
+                ..
+            })
+        ));
+        for (good, bad, key) in [
+            ("rootfs_blocks=1234", "rootfs_blocks=-1", ROOTFS_BLOCKS),
+            ("rootfs_blocks=1234", "rootfs_blocks=0x10", ROOTFS_BLOCKS),
+            (
+                "model_blocks=7",
+                "model_blocks=2305843009213693952",
+                MODEL_BLOCKS,
+            ),
+            ("rootfs_salt=a1b2", "rootfs_salt=a1b", ROOTFS_SALT),
+            ("rootfs_salt=a1b2", "rootfs_salt=", ROOTFS_SALT),
+        ] {
+            match parse(&line.replace(good, bad)) {
+                Err(CmdlineError::BadValue { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let long_salt = format!("rootfs_salt={}", "ab".repeat(MAX_SALT_BYTES + 1));
+        assert!(parse(&line.replace("rootfs_salt=a1b2", &long_salt)).is_err());
+        let max_salt = format!("rootfs_salt={}", "ab".repeat(MAX_SALT_BYTES));
+        assert!(parse(&line.replace("rootfs_salt=a1b2", &max_salt)).is_ok());
     }
 
     #[test]

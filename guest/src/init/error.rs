@@ -1,27 +1,11 @@
-//! Errors of the guest init's pure parts: command line, modules.dep, config check.
+//! Errors of the guest init's pure parts: modules.dep, config check (the command line's are
+//! `chrysalis_attestation::bootargs::CmdlineError`).
 
 /// What init found wrong in its inputs. System-call failures are reported with context by the
 /// steps that make them; every error ends in a `chrysalis-init: FATAL:` line and a power-off.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub(crate) enum InitError {
-    /// A required `chrysalis.*` key is not on the kernel command line.
-    #[error("kernel command line lacks {0}=")]
-    MissingKey(&'static str),
-    /// A `chrysalis.*` key appears more than once.
-    #[error("kernel command line has {0}= more than once")]
-    DuplicateKey(&'static str),
-    /// A `chrysalis.*` key that this init does not know (a typo, or a newer image format).
-    #[error("kernel command line has unknown key {0}")]
-    UnknownKey(String),
-    /// A `chrysalis.*` key whose value is malformed.
-    #[error("kernel command line key {key}= {reason}")]
-    BadValue {
-        /// The key.
-        key: &'static str,
-        /// What is wrong with its value.
-        reason: String,
-    },
     /// A modules.dep line is not `path: dep dep …`.
     #[error("modules.dep line {line}: {reason}")]
     ModulesDep {

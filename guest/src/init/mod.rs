@@ -11,7 +11,6 @@
 //! Any failure prints one `chrysalis-init: FATAL: …` line on the console and powers the VM off;
 //! there is no shell and no fallback. The contract with the image builder is docs/image.md, "Boot".
 
-mod cmdline;
 mod config;
 mod disks;
 mod dm;
@@ -73,7 +72,7 @@ pub(crate) fn run() -> anyhow::Result<Infallible> {
     mount_early()?;
     log(&format!("starting (uptime {})", uptime()));
     let cmdline = fs::read_to_string("/proc/cmdline").context("cannot read /proc/cmdline")?;
-    let params = cmdline::parse(&cmdline)?;
+    let params = chrysalis_attestation::bootargs::parse(&cmdline)?;
 
     let release = nix::sys::utsname::uname()?
         .release()
@@ -118,7 +117,7 @@ pub(crate) fn run() -> anyhow::Result<Infallible> {
 
     let disk = File::open(&config_disk.node)
         .with_context(|| format!("cannot open {}", config_disk.node.display()))?;
-    let config = config::verified(&config::read_disk(disk)?, &params.config_sha256)?;
+    let config = config::verified(&config::read_disk(disk)?, params.config_sha256.as_bytes())?;
     write_config(&config)?;
 
     // Read the runtime once through dm-verity: a corrupted block then stops the boot here with a
@@ -187,7 +186,7 @@ fn mount_early() -> anyhow::Result<()> {
 fn open_verity(
     name: &str,
     disk: &disks::Disk,
-    p: &cmdline::VerityParams,
+    p: &chrysalis_attestation::bootargs::VerityArgs,
 ) -> anyhow::Result<String> {
     let data_bytes = p.data_blocks * verity::BLOCK_BYTES;
     // The hash tree follows the data; a single data block has none (its hash is the root hash).

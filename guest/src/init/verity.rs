@@ -4,7 +4,7 @@
 //! superblock; the hash tree starts at byte `data_blocks * 4096` of the same disk. Every parameter
 //! comes from the measured command line, none from the untrusted disk.
 
-use super::cmdline::VerityParams;
+use chrysalis_attestation::bootargs::VerityArgs;
 
 /// Size of a data and of a hash block.
 pub(crate) const BLOCK_BYTES: u64 = 4096;
@@ -23,20 +23,16 @@ pub(crate) struct Target {
 
 /// Builds the verity target for the disk `major:minor`. No optional arguments: a block that does
 /// not match its hash is an I/O error (dm-verity's default), never silently accepted.
-pub(crate) fn verity_target(disk: (u64, u64), p: &VerityParams) -> Target {
+pub(crate) fn verity_target(disk: (u64, u64), p: &VerityArgs) -> Target {
     let (major, minor) = disk;
-    let salt = if p.salt.is_empty() {
-        "-".to_owned()
-    } else {
-        hex::encode(&p.salt)
-    };
+    let salt = if p.salt.is_empty() { "-" } else { &p.salt };
     let blocks = p.data_blocks;
     Target {
         sectors: blocks * (BLOCK_BYTES / 512),
         kind: "verity",
         params: format!(
             "1 {major}:{minor} {major}:{minor} {BLOCK_BYTES} {BLOCK_BYTES} {blocks} {blocks} sha256 {} {salt}",
-            hex::encode(p.root_hash)
+            p.root_hash
         ),
     }
 }
@@ -47,9 +43,9 @@ mod tests {
 
     #[test]
     fn table_matches_dm_verity_syntax() {
-        let p = VerityParams {
-            root_hash: [0xab; 32],
-            salt: vec![1, 2, 0xfe],
+        let p = VerityArgs {
+            root_hash: chrysalis_attestation::evidence::Sha256([0xab; 32]),
+            salt: "0102fe".into(),
             data_blocks: 2560,
         };
         let t = verity_target((254, 16), &p);
@@ -66,9 +62,9 @@ mod tests {
 
     #[test]
     fn empty_salt_is_a_dash() {
-        let p = VerityParams {
-            root_hash: [0; 32],
-            salt: vec![],
+        let p = VerityArgs {
+            root_hash: chrysalis_attestation::evidence::Sha256::ZERO,
+            salt: String::new(),
             data_blocks: 1,
         };
         assert!(
