@@ -233,12 +233,11 @@ fn modinfo(root: &Path, rel: &str, expected_name: &str) -> Result<ModInfo, Initr
     let raw = read(&path)?;
     let data = if rel.ends_with(".xz") {
         let mut out = Vec::with_capacity(raw.len() * 5);
-        lzma_rs::xz_decompress(&mut &raw[..], &mut out).map_err(|e| {
-            InitramfsError::Decompress {
+        std::io::Read::read_to_end(&mut liblzma::read::XzDecoder::new(&raw[..]), &mut out)
+            .map_err(|e| InitramfsError::Decompress {
                 path: path.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         out
     } else {
         raw
@@ -650,7 +649,9 @@ mod tests {
             let elf = ko(name, fields);
             let bytes = if rel.ends_with(".xz") {
                 let mut out = Vec::new();
-                lzma_rs::xz_compress(&mut &elf[..], &mut out).unwrap();
+                let mut enc = liblzma::write::XzEncoder::new(&mut out, 1);
+                std::io::Write::write_all(&mut enc, &elf).unwrap();
+                enc.finish().unwrap();
                 out
             } else {
                 elf
