@@ -71,9 +71,23 @@ fn cargo() -> Command {
 
 fn steps(quick: bool) -> Vec<Step> {
     let mut out = Vec::new();
-    for bench in ["verify", "handshake"] {
+    // A quick run checks the harness, not the speed: it builds with the dev profile, whose
+    // dependencies `cargo test` has already compiled (optimised, see [profile.dev.package."*"]),
+    // instead of a second, release build of the whole tree.
+    let cargo = |subcommand: &str| {
         let mut c = cargo();
-        c.args(["bench", "-p", "chrysalis-attestation", "--bench", bench]);
+        c.arg(subcommand);
+        match (quick, subcommand) {
+            (true, _) => c.args(["--profile", "dev"]),
+            // `cargo bench` builds with the optimised `bench` profile already.
+            (false, "bench") => &mut c,
+            (false, _) => c.arg("--release"),
+        };
+        c
+    };
+    for bench in ["verify", "handshake"] {
+        let mut c = cargo("bench");
+        c.args(["-p", "chrysalis-attestation", "--bench", bench]);
         out.push(Step {
             name: if bench == "verify" {
                 "attestation verify"
@@ -84,8 +98,8 @@ fn steps(quick: bool) -> Vec<Step> {
             command: c,
         });
     }
-    let mut relay = cargo();
-    relay.args(["bench", "-p", "chrysalis-host", "--bench", "relay"]);
+    let mut relay = cargo("bench");
+    relay.args(["-p", "chrysalis-host", "--bench", "relay"]);
     out.push(Step {
         name: "relay",
         unavailable: which("socat")
@@ -93,15 +107,15 @@ fn steps(quick: bool) -> Vec<Step> {
             .then(|| "socat is not installed (`cargo xtask setup`)".into()),
         command: relay,
     });
-    let mut proxy = cargo();
-    proxy.args(["bench", "-p", "chrysalis-client", "--bench", "proxy"]);
+    let mut proxy = cargo("bench");
+    proxy.args(["-p", "chrysalis-client", "--bench", "proxy"]);
     out.push(Step {
         name: "proxy",
         unavailable: None,
         command: proxy,
     });
-    let mut measure = cargo();
-    measure.args(["bench", "-p", "chrysalis-client", "--bench", "measure"]);
+    let mut measure = cargo("bench");
+    measure.args(["-p", "chrysalis-client", "--bench", "measure"]);
     if quick {
         measure.env("CHRYSALIS_BENCH_ROUNDS", "3");
     }
@@ -110,16 +124,8 @@ fn steps(quick: bool) -> Vec<Step> {
         unavailable: None,
         command: measure,
     });
-    let mut chain = cargo();
-    chain.args([
-        "run",
-        "--release",
-        "-p",
-        "chrysalis-guest",
-        "--example",
-        "bench_chain",
-        "--",
-    ]);
+    let mut chain = cargo("run");
+    chain.args(["-p", "chrysalis-guest", "--example", "bench_chain", "--"]);
     chain.args(if quick {
         ["--runs", "1", "--max-tokens", "16"]
     } else {
@@ -308,7 +314,7 @@ fn render(
         "- Machine: {}\n- Mode: {}\n- Commit: {commit}\n- Load average when the report was written: {load}\n\n",
         machine(),
         if quick {
-            "--quick (short runs; rough figures)"
+            "--quick (short runs of dev-profile builds: a harness check, figures not comparable)"
         } else {
             "full"
         },
