@@ -11,7 +11,8 @@
 //! Run: `cargo bench -p chrysalis-host --bench relay`. Environment knobs:
 //! `CHRYSALIS_BENCH_QUICK=1` (128 MiB, fewer rounds: the CI smoke run), `CHRYSALIS_BENCH_MIB`
 //! (stream size), `CHRYSALIS_BENCH_RUNS` (repetitions; medians are reported),
-//! `CHRYSALIS_BENCH_CONNS` and `CHRYSALIS_BENCH_ROUNDS` (latency test shape),
+//! `CHRYSALIS_BENCH_CONNS` and `CHRYSALIS_BENCH_ROUNDS` (latency test shape), `CHRYSALIS_BENCH_PIN=1`
+//! (the relay on a core of its own, client and guest on others),
 //! `CHRYSALIS_BENCH_JSON` (also write the figures as JSON to this path).
 
 use std::net::SocketAddr;
@@ -196,8 +197,55 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `f` on a dedicated thread with its own runtime, as if it were another process.
-fn spawn_runtime<F, Fut>(name: &str, workers: usize, f: F) -> std::sync::mpsc::Receiver<()>
+/// Which cores the client, the fake guest and the relay run on (`CHRYSALIS_BENCH_PIN=1`).
+///
+/// Unpinned (the default), the three share every core, as they do on this box in any case; the
+/// throughput figure is then bounded by the box's total CPU, and every hop adds work. Pinned, the
+/// relay (ours or socat) gets a core to itself, so its figure is what one relay core sustains.
+#[derive(Clone, Copy, Debug)]
+struct Placement {
+    client: usize,
+    guest: usize,
+    relay: usize,
+}
+
+impl Placement {
+    fn choose(cores: usize) -> Option<Self> {
+        if std::env::var("CHRYSALIS_BENCH_PIN").as_deref() != Ok("1") {
+            return None;
+        }
+        match cores {
+            0 | 1 => None,
+            2 => Some(Self {
+                client: 0,
+                guest: 0,
+                relay: 1,
+            }),
+            _ => Some(Self {
+                client: 0,
+                guest: 1,
+                relay: 2,
+            }),
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_current_thread(cpu: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
+}
+
+/// Runs `f` on a dedicated thread with its own runtime, as if it were another process; its threads
+/// run on `cpu` when given.
+fn spawn_runtime<F, Fut>(
+    name: &str,
+    workers: usize,
+    cpu: Option<usize>,
+    f: F,
+) -> std::sync::mpsc::Receiver<()>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -206,6 +254,9 @@ where
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_current_thread(cpu);
+            }
             let rt = if workers == 1 {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -214,6 +265,11 @@ where
             } else {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(workers)
+                    .on_thread_start(move || {
+                        if let Some(cpu) = cpu {
+                            pin_current_thread(cpu);
+                        }
+                    })
                     .enable_all()
                     .build()
                     .unwrap()
@@ -228,14 +284,23 @@ where
     ready_rx
 }
 
-fn start_socat(uds: &Path) -> Option<(Child, SocketAddr)> {
+fn start_socat(uds: &Path, cpu: Option<usize>) -> Option<(Child, SocketAddr)> {
     // Reserve a port, release it, and let socat bind it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()
         .ok()?
         .port();
-    let child = Command::new("socat")
+    // socat is the other relay: it runs where ours does (its forked children inherit the mask).
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "socat"]);
+            c
+        }
+        None => Command::new("socat"),
+    };
+    let child = cmd
         .arg(format!(
             "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay"
         ))
@@ -271,15 +336,23 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    // The relay's runtime: worker threads as in the agent (one per core), or CHRYSALIS_BENCH_RELAY_THREADS.
-    let relay_threads = env_usize("CHRYSALIS_BENCH_RELAY_THREADS", cores);
+    let placement = Placement::choose(cores);
+    // The relay's runtime: worker threads as in the agent (one per core it may use), or
+    // CHRYSALIS_BENCH_RELAY_THREADS.
+    let relay_threads = env_usize(
+        "CHRYSALIS_BENCH_RELAY_THREADS",
+        if placement.is_some() { 1 } else { cores },
+    );
+    if let Some(p) = placement {
+        pin_current_thread(p.client);
+    }
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("vsock.sock");
 
     // The fake guest: its own thread and runtime.
     let guest_uds = uds.clone();
     let (tcp_tx, tcp_rx) = std::sync::mpsc::channel();
-    spawn_runtime("guest", 1, move || async move {
+    spawn_runtime("guest", 1, placement.map(|p| p.guest), move || async move {
         let _g = FakeHybridGuest::bind(&guest_uds, &[PORT]).unwrap();
         // The same echo service on plain TCP: the "no relay at all" baseline.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -296,31 +369,36 @@ fn main() {
     // The relays (splice and user-space copy): one runtime, as in the agent.
     let relay_uds = uds.clone();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    spawn_runtime("relay", relay_threads, move || async move {
-        let mut addrs = Vec::new();
-        for mode in [CopyMode::Auto, CopyMode::Userspace] {
-            let relay = Arc::new(Relay::new(
-                RelayConfig {
-                    guest_port: PORT,
-                    copy_mode: mode,
-                    max_connections: 4096,
-                    ..RelayConfig::default()
-                },
-                Arc::new(HybridVsockTransport::new(&relay_uds)),
-                Arc::new(Metrics::default()),
-            ));
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addrs.push(l.local_addr().unwrap());
-            tokio::spawn(relay.serve(l, std::future::pending()));
-        }
-        addr_tx.send(addrs).unwrap();
-        std::future::pending::<()>().await;
-    })
+    spawn_runtime(
+        "relay",
+        relay_threads,
+        placement.map(|p| p.relay),
+        move || async move {
+            let mut addrs = Vec::new();
+            for mode in [CopyMode::Auto, CopyMode::Userspace] {
+                let relay = Arc::new(Relay::new(
+                    RelayConfig {
+                        guest_port: PORT,
+                        copy_mode: mode,
+                        max_connections: 4096,
+                        ..RelayConfig::default()
+                    },
+                    Arc::new(HybridVsockTransport::new(&relay_uds)),
+                    Arc::new(Metrics::default()),
+                ));
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addrs.push(l.local_addr().unwrap());
+                tokio::spawn(relay.serve(l, std::future::pending()));
+            }
+            addr_tx.send(addrs).unwrap();
+            std::future::pending::<()>().await;
+        },
+    )
     .recv()
     .unwrap();
     let addrs = addr_rx.recv().unwrap();
 
-    let socat = start_socat(&uds);
+    let socat = start_socat(&uds, placement.map(|p| p.relay));
     if socat.is_none() {
         eprintln!(
             "socat not found or did not start: socat rows skipped (apt-get install -y socat)"
@@ -357,6 +435,17 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     println!("relay benchmark: {cores} cores, {cpu}; relay runtime with {relay_threads} thread(s)");
+    match placement {
+        Some(p) => println!(
+            "placement: client on core {}, fake guest on core {}, relays (ours and socat) on core {} \
+             (CHRYSALIS_BENCH_PIN=1)",
+            p.client, p.guest, p.relay
+        ),
+        None => println!(
+            "placement: none (client, guest and relay share every core; CHRYSALIS_BENCH_PIN=1 \
+             gives the relay a core of its own)"
+        ),
+    }
     println!(
         "throughput: one stream, {mib} MiB echoed; latency: request/response pairs of {REQUEST} B, \
          1 connection x {single_rounds} and {conns} concurrent connections x {rounds}; medians of {runs} run(s)"
@@ -454,7 +543,8 @@ fn main() {
         relay.cpu_req - tcp.cpu_req
     );
     let mut json = serde_json::json!({
-        "cores": cores, "cpu": cpu, "mib": mib, "runs": runs, "conns": conns, "rounds": rounds,
+        "cores": cores, "cpu": cpu, "mib": mib,
+        "placement": placement.map(|p| format!("client core {}, guest core {}, relay core {}", p.client, p.guest, p.relay)), "runs": runs, "conns": conns, "rounds": rounds,
         "single_rounds": single_rounds,
         "paths": paths.iter().zip(&rows).map(|(p, r)| serde_json::json!({
             "path": p.name(), "mb_per_s": r.mb_s,
