@@ -174,6 +174,10 @@ pub struct KernelModuleSpec {
     pub tarball: String,
     /// Make target directory inside the unpacked tarball.
     pub subdir: String,
+    /// Modules the guest init loads (names as modinfo gives them, `-` and `_` alike): they and
+    /// their dependency closure go into the initramfs (measured), after the flavor-independent
+    /// set of `initramfs::GUEST_MODULES`. Built modules not named here are not shipped.
+    pub load: Vec<String>,
 }
 
 impl Flavor {
@@ -245,6 +249,14 @@ impl Flavor {
                 return Err(self.invalid(
                     "model.members",
                     format!("{m:?} is not a clean relative path"),
+                ));
+            }
+        }
+        for m in &self.kernel_modules {
+            if m.load.is_empty() {
+                return Err(self.invalid(
+                    "kernel_modules.load",
+                    format!("{} builds modules but names none to load", m.source_package),
                 ));
             }
         }
