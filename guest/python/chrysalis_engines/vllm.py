@@ -53,6 +53,16 @@ class VllmAdapter(Adapter):
         # The model comes from the measured model pack; never from a hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # No usage reports leave the guest.
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        # In the image HOME (/root) is on the read-only rootfs: caches go to the /tmp tmpfs.
+        cache = os.path.join(os.environ.get("TMPDIR", "/tmp"), "chrysalis-vllm")
+        os.environ.setdefault("XDG_CACHE_HOME", os.path.join(cache, "cache"))
+        os.environ.setdefault("XDG_CONFIG_HOME", os.path.join(cache, "config"))
+        os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(cache, "vllm"))
+        os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache, "triton"))
+        os.environ.setdefault("HF_HOME", os.path.join(cache, "huggingface"))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

@@ -120,11 +120,7 @@ pub(crate) fn load_order(lines: &[DepLine]) -> Result<Vec<String>, InitError> {
 
 /// The first dependency of `path` (per `lines`) that is in `absent`, the modules whose init
 /// answered ENODEV.
-fn missing_dependency<'a>(
-    lines: &'a [DepLine],
-    path: &str,
-    absent: &[String],
-) -> Option<&'a str> {
+fn missing_dependency<'a>(lines: &'a [DepLine], path: &str, absent: &[String]) -> Option<&'a str> {
     lines
         .iter()
         .find(|l| l.path == path)?

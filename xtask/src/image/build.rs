@@ -672,10 +672,13 @@ fn kernel_modules_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Vec<String>> {
         ));
         let dir = ctx.work.join(format!("kmod-{i}"));
         fs::create_dir_all(&dir)?;
+        // KERNEL_UNAME alone: the Makefile then takes the sources from /lib/modules/<release>/source
+        // (linux-headers-<version>-common) and the output tree from .../build (linux-headers-<release>),
+        // Debian's split. SYSSRC=<build> would hide the common headers and every conftest would fail.
         // Debug information would make nvidia.ko several times larger; the kernel does not need it.
         let script = format!(
             "set -eu\nmkdir -p /build/src /build/ko\ntar -xf /{} -C /build/src\ncd /build/src/{}\n\
-             make -j\"$JOBS\" modules SYSSRC=/usr/src/linux-headers-{release} KERNEL_UNAME={release}\n\
+             make -j\"$JOBS\" modules KERNEL_UNAME={release}\n\
              find . -name '*.ko' -exec cp {{}} /build/ko/ \\;\nstrip --strip-debug /build/ko/*.ko\n",
             spec.tarball, spec.subdir
         );
