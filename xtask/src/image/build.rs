@@ -671,14 +671,27 @@ fn kernel_modules_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Vec<String>> {
             spec.source_package
         ));
         let dir = ctx.work.join(format!("kmod-{i}"));
-        fs::create_dir_all(&dir)?;
+        let patches = dir.join("patches");
+        fs::create_dir_all(&patches)?;
+        let mut apply = String::new();
+        for (n, p) in spec.patches.iter().enumerate() {
+            let src = repo_root().join(p);
+            fs::copy(&src, patches.join(format!("{n}.patch")))
+                .with_context(|| format!("cannot read the patch {}", src.display()))?;
+            apply.push_str(&format!("patch -p1 --no-backup-if-mismatch -s < /build/patches/{n}.patch\n"));
+        }
+        let make_args: String = spec
+            .make_args
+            .iter()
+            .map(|a| format!(" '{}'", a.replace('\'', "'\\''")))
+            .collect();
         // KERNEL_UNAME alone: the Makefile then takes the sources from /lib/modules/<release>/source
         // (linux-headers-<version>-common) and the output tree from .../build (linux-headers-<release>),
         // Debian's split. SYSSRC=<build> would hide the common headers and every conftest would fail.
         // Debug information would make nvidia.ko several times larger; the kernel does not need it.
         let script = format!(
             "set -eu\nmkdir -p /build/src /build/ko\ntar -xf /{} -C /build/src\ncd /build/src/{}\n\
-             make -j\"$JOBS\" modules KERNEL_UNAME={release}\n\
+             {apply}make -j\"$JOBS\" modules KERNEL_UNAME={release}{make_args}\n\
              find . -name '*.ko' -exec cp {{}} /build/ko/ \\;\nstrip --strip-debug /build/ko/*.ko\n",
             spec.tarball, spec.subdir
         );
