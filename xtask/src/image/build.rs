@@ -930,8 +930,25 @@ fn rootfs_step(
     }
     stage.finish_merged_usr()?;
     rootfs::add_system_files(&mut stage)?;
-    for (path, target) in &ctx.flavor.rootfs.links {
-        stage.add_symlink(path, target)?;
+    // A link may point at another link of the table (libcuda.so -> libcuda.so.1 -> nvidia/…): add
+    // each once its target exists; a target that never appears fails in add_symlink, named.
+    let mut pending: Vec<(&String, &String)> = ctx.flavor.rootfs.links.iter().collect();
+    while let Some(&(first_path, first_target)) = pending.first() {
+        let before = pending.len();
+        let mut later = Vec::new();
+        for (path, target) in pending {
+            let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+            if root_dir.join(dir).join(target).exists() {
+                stage.add_symlink(path, target)?;
+            } else {
+                later.push((path, target));
+            }
+        }
+        if later.len() == before {
+            stage.add_symlink(first_path, first_target)?;
+            bail!("rootfs link {first_path} -> {first_target}: the target does not exist");
+        }
+        pending = later;
     }
     stage.add_dir("opt/chrysalis")?;
 
