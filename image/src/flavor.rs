@@ -174,7 +174,8 @@ pub struct KernelModuleSpec {
     pub tarball: String,
     /// Make target directory inside the unpacked tarball.
     pub subdir: String,
-    /// Modules the guest init loads (names as modinfo gives them, `-` and `_` alike): they and
+    /// Modules the guest init loads (names as modinfo gives them, `-` and `_` alike; built here
+    /// or the kernel's own, such as what a built module's `softdep pre:` asks for): they and
     /// their dependency closure go into the initramfs (measured), after the flavor-independent
     /// set of `initramfs::GUEST_MODULES`. Built modules not named here are not shipped.
     pub load: Vec<String>,
