@@ -769,7 +769,10 @@ mod tests {
         );
         match module_closure(&root, &["nvidia"]) {
             Err(InitramfsError::UnsatisfiedSoftdep { module, wants }) => {
-                assert_eq!((module.as_str(), wants.as_str()), ("nvidia", "ecdh_generic"));
+                assert_eq!(
+                    (module.as_str(), wants.as_str()),
+                    ("nvidia", "ecdh_generic")
+                );
             }
             other => panic!("{other:?}"),
         }

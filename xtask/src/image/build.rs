@@ -678,7 +678,9 @@ fn kernel_modules_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Vec<String>> {
             let src = repo_root().join(p);
             fs::copy(&src, patches.join(format!("{n}.patch")))
                 .with_context(|| format!("cannot read the patch {}", src.display()))?;
-            apply.push_str(&format!("patch -p1 --no-backup-if-mismatch -s < /build/patches/{n}.patch\n"));
+            apply.push_str(&format!(
+                "patch -p1 --no-backup-if-mismatch -s < /build/patches/{n}.patch\n"
+            ));
         }
         let make_args: String = spec
             .make_args
