@@ -174,6 +174,18 @@ pub struct KernelModuleSpec {
     pub tarball: String,
     /// Make target directory inside the unpacked tarball.
     pub subdir: String,
+    /// Modules the guest init loads (names as modinfo gives them, `-` and `_` alike; built here
+    /// or the kernel's own, such as what a built module's `softdep pre:` asks for): they and
+    /// their dependency closure go into the initramfs (measured), after the flavor-independent
+    /// set of `initramfs::GUEST_MODULES`. Built modules not named here are not shipped.
+    pub load: Vec<String>,
+    /// Further `make` arguments (`NV_KERNEL_MODULES=nvidia nvidia-uvm`: build only what is loaded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub make_args: Vec<String>,
+    /// Patches (repository-relative paths) applied with `patch -p1` inside `subdir` before the
+    /// build, in order: fixes for the locked kernel that the Debian source lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<String>,
 }
 
 impl Flavor {
@@ -245,6 +257,22 @@ impl Flavor {
                 return Err(self.invalid(
                     "model.members",
                     format!("{m:?} is not a clean relative path"),
+                ));
+            }
+        }
+        for m in &self.kernel_modules {
+            for p in &m.patches {
+                if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                    return Err(self.invalid(
+                        "kernel_modules.patches",
+                        format!("{p:?} must be a path relative to the repository"),
+                    ));
+                }
+            }
+            if m.load.is_empty() {
+                return Err(self.invalid(
+                    "kernel_modules.load",
+                    format!("{} builds modules but names none to load", m.source_package),
                 ));
             }
         }
@@ -366,6 +394,24 @@ engine = "llama_cpp"
                 .to_string()
                 .contains("rootfs.links")
         );
+    }
+
+    #[test]
+    fn kernel_modules_need_a_load_list_and_relative_patches() {
+        let module = "\n[[kernel_modules]]\nsource_package = \"nvidia-open-kernel-source\"\ntarball = \"usr/src/n.tar.xz\"\nsubdir = \"m\"\n";
+        let with = |extra: &str| SAMPLE.replace("[model]", &format!("{module}{extra}\n[model]"));
+        let ok = Flavor::parse(&with(
+            "load = [\"nvidia\"]\npatches = [\"image/patches/x.patch\"]",
+        ))
+        .unwrap();
+        assert_eq!(ok.kernel_modules[0].load, ["nvidia"]);
+        assert_eq!(ok.kernel_modules[0].patches, ["image/patches/x.patch"]);
+        let err = Flavor::parse(&with("load = []")).unwrap_err().to_string();
+        assert!(err.contains("kernel_modules.load"), "{err}");
+        let err = Flavor::parse(&with("load = [\"nvidia\"]\npatches = [\"/etc/x.patch\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kernel_modules.patches"), "{err}");
     }
 
     #[test]

@@ -279,10 +279,14 @@ fn modinfo(root: &Path, rel: &str, expected_name: &str) -> Result<ModInfo, Initr
                 .depends
                 .extend(value.split(',').filter(|d| !d.is_empty()).map(normalize)),
             "alias" => info.aliases.push(value.to_owned()),
-            // `softdep=pre: a b post: c`: only what must come before matters to a loader.
+            // `softdep=pre: a b post: c`: only what must come before matters to a loader. NVIDIA's
+            // modules separate names with commas (`pre: ecdh_generic,ecdsa_generic`).
             "softdep" => {
                 let mut pre = false;
-                for word in value.split_whitespace() {
+                for word in value.split(|c: char| c.is_whitespace() || c == ',') {
+                    if word.is_empty() {
+                        continue;
+                    }
                     match word {
                         "pre:" => pre = true,
                         "post:" => pre = false,
@@ -745,6 +749,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn comma_separated_softdeps_are_each_resolved() {
+        // NVIDIA's nvidia.ko: `softdep=pre: ecdh_generic,ecdsa_generic`, one built in, one a module.
+        let dir = tempfile::tempdir().unwrap();
+        let root = tree(
+            dir.path(),
+            &[
+                (
+                    "updates/nvidia.ko",
+                    "nvidia",
+                    &["depends=", "softdep=pre: ecdh_generic,ecdsa_generic"],
+                ),
+                ("kernel/crypto/ecdh_generic.ko.xz", "ecdh_generic", &[]),
+            ],
+            "kernel/crypto/ecdsa_generic.ko\n",
+            b"",
+        );
+        match module_closure(&root, &["nvidia"]) {
+            Err(InitramfsError::UnsatisfiedSoftdep { module, wants }) => {
+                assert_eq!(
+                    (module.as_str(), wants.as_str()),
+                    ("nvidia", "ecdh_generic")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let got = module_closure(&root, &["nvidia", "ecdh_generic"]).unwrap();
+        let names: Vec<&str> = got.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["ecdh_generic", "nvidia"]);
+        assert_eq!(got[1].needs, ["ecdh_generic"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ runtime uses, with an in-memory sink in place of the runtime's channel.
 Run it against any adapter with one command::
 
     python -m chrysalis_engines.conformance --adapter llama_cpp --option model_path=/path/model.gguf
-    python -m chrysalis_engines.conformance --adapter vllm --option model=/models/Qwen2.5-0.5B-Instruct
+    python -m chrysalis_engines.conformance --adapter vllm --option model_path=/models/Qwen2.5-0.5B-Instruct
 
 It prints one line per check and ends with ``N passed, N failed``; the exit status is 0 only when
 every check passed. CI runs it against llama_cpp through pytest (guest/python/tests).

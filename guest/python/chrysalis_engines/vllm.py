@@ -2,11 +2,13 @@
 
 Options (``[engine.options]``):
 
-* ``model`` (required): the model directory (inside the measured model pack).
-* ``model_id``: the id served (default: the directory name).
+* ``model_path`` (required): the model inside the measured model pack: a Hugging Face model
+  directory, or a GGUF file (vLLM then reads the model's configuration and tokenizer from the
+  file's metadata). The image builder writes this option, as for every adapter.
+* ``model_id``: the id served (default: the directory or file name, without ``.gguf``).
 * ``engine_args``: a table passed to ``vllm.engine.arg_utils.AsyncEngineArgs`` as keyword
   arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len``, ``dtype``,
-  ``enforce_eager``, …). ``model`` is set from the option above; the engine never downloads:
+  ``enforce_eager``, …). ``model`` is set from ``model_path``; the engine never downloads:
   ``HF_HUB_OFFLINE=1`` is set before vLLM is imported.
 
 Chat requests are rendered with the tokenizer's chat template
@@ -17,7 +19,7 @@ the engine; ``cancel`` aborts it explicitly as well.
 
 Run the conformance suite on a GPU host with one command (see docs/engines.md):
 
-    python -m chrysalis_engines.conformance --adapter vllm --option model=/models/Qwen2.5-0.5B-Instruct
+    python -m chrysalis_engines.conformance --adapter vllm --option model_path=/models/Qwen2.5-0.5B-Instruct
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import AsyncIterator
 
 from .contract import Adapter, Chunk, GenerateRequest
 
-KNOWN_OPTIONS = {"model", "model_id", "engine_args"}
+KNOWN_OPTIONS = {"model_path", "model_id", "engine_args"}
 
 
 class VllmAdapter(Adapter):
@@ -36,13 +38,14 @@ class VllmAdapter(Adapter):
         unknown = sorted(set(options) - KNOWN_OPTIONS)
         if unknown:
             raise ValueError(f"vllm: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_OPTIONS))}")
-        if "model" not in options:
-            raise ValueError("vllm: option model is required")
-        self.model = str(options["model"])
-        self.model_id = str(options.get("model_id") or os.path.basename(self.model.rstrip("/")))
+        if "model_path" not in options:
+            raise ValueError("vllm: option model_path is required")
+        self.model = str(options["model_path"])
+        base = os.path.basename(self.model.rstrip("/"))
+        self.model_id = str(options.get("model_id") or (base[:-5] if base.endswith(".gguf") else base))
         self.engine_args = dict(options.get("engine_args") or {})
         if "model" in self.engine_args:
-            raise ValueError("vllm: set the model with the `model` option, not engine_args.model")
+            raise ValueError("vllm: set the model with the `model_path` option, not engine_args.model")
         self.engine = None
         self.tokenizer = None
 
@@ -50,6 +53,16 @@ class VllmAdapter(Adapter):
         # The model comes from the measured model pack; never from a hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        # No usage reports leave the guest.
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        # In the image HOME (/root) is on the read-only rootfs: caches go to the /tmp tmpfs.
+        cache = os.path.join(os.environ.get("TMPDIR", "/tmp"), "chrysalis-vllm")
+        os.environ.setdefault("XDG_CACHE_HOME", os.path.join(cache, "cache"))
+        os.environ.setdefault("XDG_CONFIG_HOME", os.path.join(cache, "config"))
+        os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(cache, "vllm"))
+        os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache, "triton"))
+        os.environ.setdefault("HF_HOME", os.path.join(cache, "huggingface"))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

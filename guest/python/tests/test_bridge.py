@@ -146,8 +146,16 @@ def test_vllm_adapter_validates_options_without_importing_vllm():
     from chrysalis_engines.vllm import create
 
     with pytest.raises(ValueError, match="tensor_parallel"):
-        create({"model": "/m", "tensor_parallel": 2})
-    with pytest.raises(ValueError, match="model is required"):
+        create({"model_path": "/m", "tensor_parallel": 2})
+    with pytest.raises(ValueError, match="model_path is required"):
         create({})
-    a = create({"model": "/models/Qwen2.5-0.5B-Instruct/", "engine_args": {"max_model_len": 4096}})
+    # The old option name is refused, not ignored.
+    with pytest.raises(ValueError, match="unknown option.*model;"):
+        create({"model": "/m"})
+    a = create({"model_path": "/models/Qwen2.5-0.5B-Instruct/", "engine_args": {"max_model_len": 4096}})
     assert a.models() == ["Qwen2.5-0.5B-Instruct"]
+    # What the image builder writes for the gpu flavor.
+    a = create({"model_path": "/models/SmolLM2-135M-Instruct.Q4_1.gguf", "engine_args": {"enforce_eager": True}})
+    assert a.models() == ["SmolLM2-135M-Instruct.Q4_1"]
+    a = create({"model_path": "/models/x.gguf", "model_id": "smollm2-135m-instruct"})
+    assert a.models() == ["smollm2-135m-instruct"]

@@ -118,9 +118,23 @@ pub(crate) fn load_order(lines: &[DepLine]) -> Result<Vec<String>, InitError> {
     Ok(order)
 }
 
+/// The first dependency of `path` (per `lines`) that is in `absent`, the modules whose init
+/// answered ENODEV.
+fn missing_dependency<'a>(lines: &'a [DepLine], path: &str, absent: &[String]) -> Option<&'a str> {
+    lines
+        .iter()
+        .find(|l| l.path == path)?
+        .deps
+        .iter()
+        .find(|d| absent.contains(d))
+        .map(String::as_str)
+}
+
 /// Loads every module of `<dir>/modules.dep` in dependency order. A module whose init answers
 /// ENODEV (the hardware it drives is absent: tdx-guest on SEV-SNP, sev-guest on TDX, both in
-/// simulation) is reported and skipped; whatever needed it fails later with its own error.
+/// simulation) is reported and skipped, as long as no other module of the file needs it: a
+/// module that depends on a skipped one is an error naming both (the GPU flavor's nvidia-uvm
+/// without an NVIDIA GPU), since the image was built to drive that hardware.
 /// EEXIST (already loaded) is fine; every other error is returned.
 pub(crate) fn load_all(dir: &Path) -> anyhow::Result<()> {
     let dep_file = dir.join("modules.dep");
@@ -130,8 +144,15 @@ pub(crate) fn load_all(dir: &Path) -> anyhow::Result<()> {
             dep_file.display()
         )
     })?;
-    let order = load_order(&parse_modules_dep(&text)?)?;
+    let lines = parse_modules_dep(&text)?;
+    let order = load_order(&lines)?;
+    let mut absent = Vec::new();
     for path in order {
+        if let Some(dep) = missing_dependency(&lines, &path, &absent) {
+            bail!(
+                "module {path} needs {dep}, which found no device here (ENODEV): this image needs the hardware {dep} drives"
+            );
+        }
         let file =
             File::open(dir.join(&path)).with_context(|| format!("cannot open module {path}"))?;
         let flags = if path.ends_with(".ko") {
@@ -141,7 +162,10 @@ pub(crate) fn load_all(dir: &Path) -> anyhow::Result<()> {
         };
         match finit_module(&file, c"", flags) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(Errno::ENODEV) => log(&format!("module {path}: no such device here, skipped")),
+            Err(Errno::ENODEV) => {
+                log(&format!("module {path}: no such device here, skipped"));
+                absent.push(path);
+            }
             Err(e) => bail!("cannot load module {path}: {e}"),
         }
     }
@@ -195,6 +219,28 @@ kernel/drivers/block/virtio_blk.ko.xz:
             for d in deps {
                 assert!(pos(d) < pos(m), "{d} must load before {m}: {got:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_module_needing_an_absent_one_is_named() {
+        let lines = parse_modules_dep(
+            "updates/nvidia.ko:\nupdates/nvidia-uvm.ko: updates/nvidia.ko\nkernel/tdx-guest.ko.xz: kernel/tsm.ko.xz\nkernel/tsm.ko.xz:\n",
+        )
+        .unwrap();
+        let absent = vec!["updates/nvidia.ko".to_owned()];
+        assert_eq!(
+            missing_dependency(&lines, "updates/nvidia-uvm.ko", &absent),
+            Some("updates/nvidia.ko")
+        );
+        assert_eq!(
+            missing_dependency(&lines, "updates/nvidia.ko", &absent),
+            None
+        );
+        // tdx-guest answering ENODEV (SEV-SNP, simulation) blocks nothing: no module needs it.
+        let absent = vec!["kernel/tdx-guest.ko.xz".to_owned()];
+        for l in &lines {
+            assert_eq!(missing_dependency(&lines, &l.path, &absent), None);
         }
     }
 

