@@ -55,85 +55,100 @@ impl ConfigfsTsm {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err(&self.entry, e)),
         }
-        let platform = self.platform()?;
-        for _ in 0..MAX_ATTEMPTS {
-            let before = self.generation()?;
-            self.write("inblob", report_data.as_bytes())?;
-            let written = self.generation()?;
-            if written != before.wrapping_add(1) {
-                tracing::debug!(
-                    before,
-                    written,
-                    "configfs-tsm: concurrent write before ours was read"
-                );
-                continue;
-            }
-            let evidence = self.read("outblob")?;
-            let aux = match fs::read(self.entry.join("auxblob")) {
-                Ok(b) if !b.is_empty() => Some(b),
-                Ok(_) => None,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err(&self.entry.join("auxblob"), e)),
-            };
-            let after = self.generation()?;
-            if after != written {
-                tracing::debug!(
-                    written,
-                    after,
-                    "configfs-tsm: entry rewritten while we read it"
-                );
-                continue;
-            }
-            if evidence.is_empty() {
-                return Err(EvidenceError::Empty);
-            }
-            return Ok(match platform {
-                Platform::Tdx => EvidenceBundle::tdx(evidence, None),
-                Platform::Snp => {
-                    let (vcek, chain) = match aux {
-                        Some(table) => snp_cert_table(&table)?,
-                        None => (None, None),
-                    };
-                    EvidenceBundle::snp(evidence, vcek, chain)
-                }
-            });
-        }
-        Err(EvidenceError::Contended {
-            attempts: MAX_ATTEMPTS,
-        })
+        exchange(&Configfs(&self.entry), report_data)
     }
+}
 
-    fn platform(&self) -> Result<Platform, EvidenceError> {
-        let p = self.read("provider")?;
-        let p = String::from_utf8_lossy(&p).trim().to_owned();
-        match p.as_str() {
-            "tdx_guest" => Ok(Platform::Tdx),
-            "sev_guest" => Ok(Platform::Snp),
-            _ => Err(EvidenceError::UnknownProvider(p)),
-        }
+/// The attribute files of one report entry. Production reads and writes configfs; the unit tests
+/// substitute a model of the kernel, because no plain file computes its contents when read.
+trait Attributes {
+    fn path(&self, name: &str) -> PathBuf;
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    fn write(&self, name: &str, data: &[u8]) -> io::Result<()>;
+}
+
+struct Configfs<'a>(&'a Path);
+
+impl Attributes for Configfs<'_> {
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
     }
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(name))
+    }
+    fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        // configfs takes the whole attribute in one write(2); std::fs::write issues exactly one.
+        fs::write(self.path(name), data)
+    }
+}
 
-    fn generation(&self) -> Result<u64, EvidenceError> {
-        let path = self.entry.join("generation");
-        let raw = self.read("generation")?;
+fn exchange(
+    attrs: &impl Attributes,
+    report_data: &ReportData,
+) -> Result<EvidenceBundle, EvidenceError> {
+    let read = |name: &str| attrs.read(name).map_err(|e| io_err(&attrs.path(name), e));
+    let generation = || -> Result<u64, EvidenceError> {
+        let raw = read("generation")?;
         String::from_utf8_lossy(&raw).trim().parse().map_err(|e| {
             io_err(
-                &path,
+                &attrs.path("generation"),
                 io::Error::new(io::ErrorKind::InvalidData, format!("not a number: {e}")),
             )
         })
+    };
+    let provider = read("provider")?;
+    let platform = match String::from_utf8_lossy(&provider).trim() {
+        "tdx_guest" => Platform::Tdx,
+        "sev_guest" => Platform::Snp,
+        other => return Err(EvidenceError::UnknownProvider(other.to_owned())),
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let before = generation()?;
+        attrs
+            .write("inblob", report_data.as_bytes())
+            .map_err(|e| io_err(&attrs.path("inblob"), e))?;
+        let written = generation()?;
+        if written != before.wrapping_add(1) {
+            tracing::debug!(
+                before,
+                written,
+                "configfs-tsm: concurrent write before ours was read"
+            );
+            continue;
+        }
+        let evidence = read("outblob")?;
+        let aux = match attrs.read("auxblob") {
+            Ok(b) if !b.is_empty() => Some(b),
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&attrs.path("auxblob"), e)),
+        };
+        let after = generation()?;
+        if after != written {
+            tracing::debug!(
+                written,
+                after,
+                "configfs-tsm: entry rewritten while we read it"
+            );
+            continue;
+        }
+        if evidence.is_empty() {
+            return Err(EvidenceError::Empty);
+        }
+        return Ok(match platform {
+            Platform::Tdx => EvidenceBundle::tdx(evidence, None),
+            Platform::Snp => {
+                let (vcek, chain) = match aux {
+                    Some(table) => snp_cert_table(&table)?,
+                    None => (None, None),
+                };
+                EvidenceBundle::snp(evidence, vcek, chain)
+            }
+        });
     }
-
-    fn read(&self, name: &str) -> Result<Vec<u8>, EvidenceError> {
-        let path = self.entry.join(name);
-        fs::read(&path).map_err(|e| io_err(&path, e))
-    }
-
-    fn write(&self, name: &str, data: &[u8]) -> Result<(), EvidenceError> {
-        let path = self.entry.join(name);
-        // configfs takes the whole attribute in one write(2); std::fs::write issues exactly one.
-        fs::write(&path, data).map_err(|e| io_err(&path, e))
-    }
+    Err(EvidenceError::Contended {
+        attempts: MAX_ATTEMPTS,
+    })
 }
 
 /// GUIDs of the SEV-SNP certificate table (GHCB specification, "SNP extended guest request").
@@ -222,134 +237,81 @@ impl EvidenceProvider for ConfigfsTsm {
 
 #[cfg(test)]
 mod tests {
-    //! A thread plays the kernel: `generation` and `outblob` are FIFOs, so each read by the
-    //! provider blocks until the fake kernel answers, computed at that moment, as configfs does.
+    //! `Kernel` models a configfs-tsm entry: a write to `inblob` bumps `generation`, and `outblob`
+    //! is computed when read. A race is another writer's inblob landing during an outblob read.
     use super::*;
-    use std::io::Write;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-    use std::thread;
+    use std::cell::RefCell;
 
-    struct FakeKernel {
-        dir: tempfile::TempDir,
-        stop: Arc<AtomicBool>,
-        threads: Vec<thread::JoinHandle<()>>,
-        outblob_reads: Arc<AtomicU32>,
+    #[derive(Default)]
+    struct Kernel {
+        provider: &'static str,
+        aux: Option<Vec<u8>>,
+        /// The outblob read numbers (1-based) during which another writer rewrites inblob.
+        race_on: &'static [u32],
+        state: RefCell<State>,
     }
 
     #[derive(Default)]
     struct State {
         generation: u64,
-        last_inblob: Vec<u8>,
+        inblob: Vec<u8>,
+        outblob_reads: u32,
     }
 
-    impl FakeKernel {
-        /// `race_on`: the outblob read numbers (1-based) during which another writer rewrites inblob.
-        fn start(provider: &str, aux: Option<&[u8]>, race_on: &'static [u32]) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let entry = dir.path().join("chrysalis");
-            fs::create_dir(&entry).unwrap();
-            fs::write(entry.join("provider"), format!("{provider}\n")).unwrap();
-            fs::write(entry.join("inblob"), b"").unwrap();
-            if let Some(aux) = aux {
-                fs::write(entry.join("auxblob"), aux).unwrap();
+    impl Kernel {
+        fn new(provider: &'static str, aux: Option<&[u8]>, race_on: &'static [u32]) -> Self {
+            Self {
+                provider,
+                aux: aux.map(<[u8]>::to_vec),
+                race_on,
+                ..Self::default()
             }
-            for f in ["generation", "outblob"] {
-                nix::unistd::mkfifo(&entry.join(f), nix::sys::stat::Mode::S_IRWXU).unwrap();
-            }
-            let stop = Arc::new(AtomicBool::new(false));
-            let state = Arc::new(Mutex::new(State::default()));
-            let outblob_reads = Arc::new(AtomicU32::new(0));
-            let mut threads = Vec::new();
-            // generation: bump when inblob changed since the last look (the kernel bumps on write).
-            {
-                let (entry, state) = (entry.clone(), state.clone());
-                threads.push(serve_fifo(
-                    entry.join("generation"),
-                    stop.clone(),
-                    move || {
-                        let mut s = state.lock().unwrap();
-                        let cur = fs::read(entry.join("inblob")).unwrap();
-                        if cur != s.last_inblob {
-                            s.last_inblob = cur;
-                            s.generation += 1;
-                        }
-                        format!("{}\n", s.generation).into_bytes()
-                    },
-                ));
-            }
-            // outblob: "QUOTE" ‖ inblob; on a racing read, another writer's data first.
-            {
-                let (entry, state, reads) = (entry.clone(), state.clone(), outblob_reads.clone());
-                threads.push(serve_fifo(entry.join("outblob"), stop.clone(), move || {
-                    let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
-                    let mut s = state.lock().unwrap();
-                    if race_on.contains(&n) {
-                        let other = vec![0xee; 64];
-                        fs::write(entry.join("inblob"), &other).unwrap();
-                        s.last_inblob = other;
+        }
+        fn outblob_reads(&self) -> u32 {
+            self.state.borrow().outblob_reads
+        }
+    }
+
+    impl Attributes for Kernel {
+        fn path(&self, name: &str) -> PathBuf {
+            Path::new("/model/chrysalis").join(name)
+        }
+        fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+            let mut s = self.state.borrow_mut();
+            match name {
+                "provider" => Ok(format!("{}\n", self.provider).into_bytes()),
+                "generation" => Ok(format!("{}\n", s.generation).into_bytes()),
+                "auxblob" => self.aux.clone().ok_or(io::ErrorKind::NotFound.into()),
+                "outblob" => {
+                    s.outblob_reads += 1;
+                    if self.race_on.contains(&s.outblob_reads) {
+                        s.inblob = vec![0xee; 64];
                         s.generation += 1;
                     }
-                    let mut b = b"QUOTE".to_vec();
-                    b.extend_from_slice(&s.last_inblob);
-                    b
-                }));
-            }
-            Self {
-                dir,
-                stop,
-                threads,
-                outblob_reads,
+                    Ok([&b"QUOTE"[..], &s.inblob].concat())
+                }
+                _ => Err(io::ErrorKind::NotFound.into()),
             }
         }
-
-        fn root(&self) -> &Path {
-            self.dir.path()
+        fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+            assert_eq!(name, "inblob");
+            let mut s = self.state.borrow_mut();
+            s.inblob = data.to_vec();
+            s.generation += 1;
+            Ok(())
         }
-    }
-
-    impl Drop for FakeKernel {
-        fn drop(&mut self) {
-            // The FIFO threads stay blocked in open(2) and die with the test process.
-            self.stop.store(true, Ordering::SeqCst);
-            self.threads.clear();
-        }
-    }
-
-    /// Answers each read of the FIFO at `path` with `answer()`, computed when the reader opens it,
-    /// and waits until that reader has closed before serving the next (inotify), so that two
-    /// answers never run together.
-    fn serve_fifo(
-        path: PathBuf,
-        stop: Arc<AtomicBool>,
-        mut answer: impl FnMut() -> Vec<u8> + Send + 'static,
-    ) -> thread::JoinHandle<()> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let ino = Inotify::init(InitFlags::empty()).unwrap();
-        ino.add_watch(&path, AddWatchFlags::IN_CLOSE_NOWRITE)
-            .unwrap();
-        thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let Ok(mut f) = fs::OpenOptions::new().write(true).open(&path) else {
-                    return;
-                };
-                let _ = f.write_all(&answer());
-                drop(f);
-                let _ = ino.read_events();
-            }
-        })
     }
 
     #[test]
     fn tdx_exchange_returns_outblob_for_our_report_data() {
-        let k = FakeKernel::start("tdx_guest", None, &[]);
-        let p = ConfigfsTsm::new(k.root(), "chrysalis");
+        let k = Kernel::new("tdx_guest", None, &[]);
         let rd = ReportData([0x42; 64]);
-        let b = p.evidence_blocking(&rd).unwrap();
+        let b = exchange(&k, &rd).unwrap();
         assert_eq!(b.platform, Platform::Tdx);
         assert_eq!(&b.evidence[..5], b"QUOTE");
         assert_eq!(&b.evidence[5..], &rd.0[..]);
         assert_eq!((b.snp_vcek, b.snp_chain), (None, None));
-        assert_eq!(k.outblob_reads.load(Ordering::SeqCst), 1);
+        assert_eq!(k.outblob_reads(), 1);
     }
 
     #[test]
@@ -359,9 +321,8 @@ mod tests {
             (GUID_ASK, b"ASK"),
             (GUID_ARK, b"ARK"),
         ]);
-        let k = FakeKernel::start("sev_guest", Some(&table), &[]);
-        let p = ConfigfsTsm::new(k.root(), "chrysalis");
-        let b = p.evidence_blocking(&ReportData([1; 64])).unwrap();
+        let k = Kernel::new("sev_guest", Some(&table), &[]);
+        let b = exchange(&k, &ReportData([1; 64])).unwrap();
         assert_eq!(b.platform, Platform::Snp);
         assert_eq!(b.snp_vcek.as_deref(), Some(&b"VCEK-DER"[..]));
         assert_eq!(b.snp_chain.as_deref(), Some(&b"ASKARK"[..]));
@@ -411,21 +372,19 @@ mod tests {
 
     #[test]
     fn a_racing_writer_is_detected_and_the_exchange_retried() {
-        let k = FakeKernel::start("tdx_guest", None, &[1]);
-        let p = ConfigfsTsm::new(k.root(), "chrysalis");
+        let k = Kernel::new("tdx_guest", None, &[1]);
         let rd = ReportData([0x07; 64]);
-        let b = p.evidence_blocking(&rd).unwrap();
+        let b = exchange(&k, &rd).unwrap();
         // The first outblob carried the other writer's data; only the retry's is returned.
         assert_eq!(&b.evidence[5..], &rd.0[..]);
-        assert_eq!(k.outblob_reads.load(Ordering::SeqCst), 2);
+        assert_eq!(k.outblob_reads(), 2);
     }
 
     #[test]
     fn a_writer_racing_every_attempt_gives_up_with_contended() {
         static ALL: [u32; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-        let k = FakeKernel::start("tdx_guest", None, &ALL);
-        let p = ConfigfsTsm::new(k.root(), "chrysalis");
-        let err = p.evidence_blocking(&ReportData([3; 64])).unwrap_err();
+        let k = Kernel::new("tdx_guest", None, &ALL);
+        let err = exchange(&k, &ReportData([3; 64])).unwrap_err();
         assert!(
             matches!(
                 err,
