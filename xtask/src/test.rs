@@ -69,6 +69,17 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
             timings.push((name.to_owned(), t.elapsed()));
             r
         };
+    let limited = |timings: &mut Vec<(String, Duration)>,
+                   name: &str,
+                   cmd: &mut Command,
+                   limit: Duration|
+     -> Result<()> {
+        step(&format!("{name} (limit {} min)", limit.as_secs() / 60));
+        let t = Instant::now();
+        let r = run_limited(cmd, limit).with_context(|| format!("phase failed: {name}"));
+        timings.push((name.to_owned(), t.elapsed()));
+        r
+    };
     // The image build (the build root, two pinned source builds, the firmware) runs beside the
     // compiler: both are long, and neither alone keeps two cores busy all the time. Its output goes
     // to a log file; its time is counted from start to finish, overlapping the phases below.
@@ -127,15 +138,89 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
         );
     }
     // --no-fail-fast: one failing test binary must not hide the results of the others.
-    phase(
+    limited(
         timings,
         "cargo test --workspace",
         &mut cargo(&["test", "--workspace", "--no-fail-fast"]),
+        TEST_LIMIT,
     )?;
     // Keeps the benchmark harness from rotting (issue 9).
     let mut c = xtask(&["bench", "--quick"])?;
-    phase(timings, "cargo xtask bench --quick", &mut c)?;
+    limited(timings, "cargo xtask bench --quick", &mut c, BENCH_LIMIT)?;
     Ok(())
+}
+
+/// Ceilings on the phases that run our own code: several times what they take on 2 cores, so only
+/// a hang reaches them. A hung test then fails its phase by name instead of the whole CI job
+/// running into the job's own limit with nothing said.
+const TEST_LIMIT: Duration = Duration::from_secs(30 * 60);
+const BENCH_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// [`run`] with a time limit. Past it, the command and every process below it are killed. The
+/// child stays in our process group, so Ctrl-C still reaches all of them.
+fn run_limited(cmd: &mut Command, limit: Duration) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{shown} failed with {status}");
+            }
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            // Twice: a process may fork between the walk and the kill.
+            for _ in 0..2 {
+                for pid in descendants(child.id()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{shown} was still running after {} min and was killed; the test that hung is the \
+                 one reported above as \"running for over 60 seconds\"",
+                limit.as_secs() / 60
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every process below `root`, from /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // stat is "pid (comm) state ppid …"; comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// A background phase. Dropped on an early error, it waits for the child (which cleans up after
@@ -159,5 +244,48 @@ impl Drop for Background {
             eprintln!("waiting for the background image build to finish before exiting");
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_limit_is_killed_with_its_children() {
+        // The shell's child writes its pid, then sleeps far past the limit.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "sh -c 'echo $$ > {0}.tmp && mv {0}.tmp {0} && exec sleep 600' & wait",
+            pidfile.display()
+        );
+        let t = Instant::now();
+        let err = run_limited(
+            Command::new("sh").args(["-c", &script]),
+            Duration::from_secs(2),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("was killed"), "{err:#}");
+        assert!(t.elapsed() < Duration::from_secs(60));
+        let grandchild: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Reaped by init once killed; allow it a moment.
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat"));
+            stat.map_or(true, |s| s.contains(") Z "))
+        });
+        assert!(gone, "the grandchild {grandchild} outlived the limit");
+    }
+
+    #[test]
+    fn a_failing_command_is_an_error_and_a_passing_one_is_not() {
+        run_limited(&mut Command::new("true"), Duration::from_secs(60)).unwrap();
+        let err = run_limited(&mut Command::new("false"), Duration::from_secs(60)).unwrap_err();
+        assert!(err.to_string().contains("failed"), "{err:#}");
     }
 }
