@@ -2,8 +2,9 @@
 //!
 //! Phases: prerequisites ([`crate::setup`]), then the cpu image (`cargo xtask image build`,
 //! cached) in the background beside `cargo fmt --check`, `cargo clippy --workspace --all-targets
-//! -- -D warnings` and the test build, then `cargo test --workspace` with the paths setup
-//! provides, and the quick benchmark harness. Prints how long each phase took, also when one fails.
+//! -- -D warnings`, the test build, every test that does not boot the image and the quick
+//! benchmark harness; then, once the image is there, the tests that boot it. Together these are
+//! `cargo test --workspace`. Prints how long each phase took, also when one fails.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -120,7 +121,28 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
         "cargo test --workspace --no-run",
         &mut cargo(&["test", "--workspace", "--no-run"]),
     )?;
-    // The boot and end-to-end tests boot the cpu image.
+    // Everything that does not boot the image runs while the image is still building: the
+    // unit, integration and doc tests, then the benchmark harness.
+    let (without_image, with_image) = integration_tests(&root)?;
+    let mut unit = vec!["test", "--workspace", "--no-fail-fast", "--lib", "--bins"];
+    for t in &without_image {
+        unit.extend(["--test", t.as_str()]);
+    }
+    limited(
+        timings,
+        "cargo test --workspace: everything but the image tests",
+        &mut cargo(&unit),
+        TEST_LIMIT,
+    )?;
+    limited(
+        timings,
+        "cargo test --workspace --doc",
+        &mut cargo(&["test", "--workspace", "--doc"]),
+        TEST_LIMIT,
+    )?;
+    // Keeps the benchmark harness from rotting (issue 9).
+    let mut c = xtask(&["bench", "--quick"])?;
+    limited(timings, "cargo xtask bench --quick", &mut c, BENCH_LIMIT)?;
     step("waiting for the image build");
     let (took, status) = image.wait()?;
     timings.push((
@@ -138,16 +160,70 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
         );
     }
     // --no-fail-fast: one failing test binary must not hide the results of the others.
+    let mut boot = vec!["test", "--workspace", "--no-fail-fast"];
+    for t in &with_image {
+        boot.extend(["--test", t.as_str()]);
+    }
     limited(
         timings,
-        "cargo test --workspace",
-        &mut cargo(&["test", "--workspace", "--no-fail-fast"]),
+        "cargo test --workspace: the image tests",
+        &mut cargo(&boot),
         TEST_LIMIT,
     )?;
-    // Keeps the benchmark harness from rotting (issue 9).
-    let mut c = xtask(&["bench", "--quick"])?;
-    limited(timings, "cargo xtask bench --quick", &mut c, BENCH_LIMIT)?;
     Ok(())
+}
+
+/// The integration tests that boot the cpu image (package, test target).
+const IMAGE_TESTS: &[(&str, &str)] = &[
+    ("chrysalis-host", "boot_image"),
+    ("chrysalis-tests", "boot_smoke"),
+    ("chrysalis-tests", "e2e"),
+];
+
+/// The workspace's integration test targets, split into those that do not boot the image and
+/// those that do. Every test target lands in one of the two, so none is left out by the split.
+fn integration_tests(root: &std::path::Path) -> Result<(Vec<String>, Vec<String>)> {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--locked"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("cargo metadata printed no JSON")?;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for pkg in meta["packages"].as_array().into_iter().flatten() {
+        let pkg_name = pkg["name"].as_str().unwrap_or_default();
+        for target in pkg["targets"].as_array().into_iter().flatten() {
+            let is_test = target["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"));
+            let Some(name) = target["name"].as_str().filter(|_| is_test) else {
+                continue;
+            };
+            if IMAGE_TESTS.contains(&(pkg_name, name)) {
+                with.push(name.to_owned());
+            } else {
+                without.push(name.to_owned());
+            }
+        }
+    }
+    if with.len() != IMAGE_TESTS.len() {
+        bail!("cargo metadata lists the image tests {with:?}, expected all of {IMAGE_TESTS:?}");
+    }
+    // `--test NAME` selects that target in every package: a name shared across the split would
+    // run on both sides, or be skipped by neither.
+    if let Some(dup) = without.iter().find(|n| with.contains(n)) {
+        bail!("the test target name {dup} is used by an image test and another test");
+    }
+    without.sort();
+    without.dedup();
+    Ok((without, with))
 }
 
 /// Ceilings on the phases that run our own code: several times what they take on 2 cores, so only

@@ -3,7 +3,7 @@
 //! directly, same prompt, greedy, same max_tokens, in one run.
 //!
 //! ```text
-//! CHRYSALIS_VENV=/path/to/venv cargo run --release -p chrysalis-guest --example bench_chain -- [--runs 5] [--max-tokens 128]
+//! CHRYSALIS_VENV=/path/to/venv cargo bench --workspace --bench chain -- [--runs 5] [--max-tokens 128]
 //! ```
 //!
 //! Direct and chain rounds alternate (direct, chain, direct, chain) so that drift of a shared
@@ -45,7 +45,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn direct(venv: &Path, model: &Path, runs: usize, max_tokens: u32) -> anyhow::Result<Vec<Run>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench_direct.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/chain_direct.py");
     let out = std::process::Command::new(venv.join("bin/python"))
         .arg(script)
         .arg("--model")
@@ -61,7 +61,7 @@ fn direct(venv: &Path, model: &Path, runs: usize, max_tokens: u32) -> anyhow::Re
         .output()?;
     if !out.status.success() {
         bail!(
-            "bench_direct.py failed: {}",
+            "chain_direct.py failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -319,7 +319,7 @@ async fn main() -> anyhow::Result<()> {
     let (dt, ct) = (tps(&d_all), tps(&c_all));
     let (df, cf) = (ttft(&d_all), ttft(&c_all));
     println!(
-        "bench_chain: SmolLM2-135M Q4_1, greedy, max_tokens {max_tokens}, {} runs each (medians)",
+        "chain: SmolLM2-135M Q4_1, greedy, max_tokens {max_tokens}, {} runs each (medians)",
         d_all.len()
     );
     println!(

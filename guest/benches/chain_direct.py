@@ -1,4 +1,4 @@
-"""Baseline for examples/bench_chain.rs: llama-cpp-python called directly, streaming.
+"""Baseline for benches/chain.rs: llama-cpp-python called directly, streaming.
 
 Prints one JSON line per run: {"ttft_ms", "total_ms", "tokens"}. Same prompt, greedy, same
 max_tokens as the chain, and the same llama-cpp-python calls as the llama_cpp adapter.
