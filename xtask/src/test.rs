@@ -128,21 +128,30 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
     for t in &without_image {
         unit.extend(["--test", t.as_str()]);
     }
-    limited(
-        timings,
-        "cargo test --workspace: everything but the image tests",
-        &mut cargo(&unit),
-        TEST_LIMIT,
-    )?;
-    limited(
-        timings,
-        "cargo test --workspace --doc",
-        &mut cargo(&["test", "--workspace", "--doc"]),
-        TEST_LIMIT,
-    )?;
+    // A failing phase does not stop the later ones (as --no-fail-fast within a phase): all
+    // failures are reported together at the end.
+    let mut failed = Vec::new();
+    failed.extend(
+        limited(
+            timings,
+            "cargo test --workspace: everything but the image tests",
+            &mut cargo(&unit),
+            TEST_LIMIT,
+        )
+        .err(),
+    );
+    failed.extend(
+        limited(
+            timings,
+            "cargo test --workspace --doc",
+            &mut cargo(&["test", "--workspace", "--doc"]),
+            TEST_LIMIT,
+        )
+        .err(),
+    );
     // Keeps the benchmark harness from rotting (issue 9).
     let mut c = xtask(&["bench", "--quick"])?;
-    limited(timings, "cargo xtask bench --quick", &mut c, BENCH_LIMIT)?;
+    failed.extend(limited(timings, "cargo xtask bench --quick", &mut c, BENCH_LIMIT).err());
     step("waiting for the image build");
     let (took, status) = image.wait()?;
     timings.push((
@@ -164,13 +173,27 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
     for t in &with_image {
         boot.extend(["--test", t.as_str()]);
     }
-    limited(
-        timings,
-        "cargo test --workspace: the image tests",
-        &mut cargo(&boot),
-        TEST_LIMIT,
-    )?;
-    Ok(())
+    failed.extend(
+        limited(
+            timings,
+            "cargo test --workspace: the image tests",
+            &mut cargo(&boot),
+            TEST_LIMIT,
+        )
+        .err(),
+    );
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        _ => bail!(
+            "{}",
+            failed
+                .iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 /// The integration tests that boot the cpu image (package, test target).
