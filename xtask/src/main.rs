@@ -14,6 +14,7 @@ mod vm;
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// chrysalis developer tasks.
@@ -55,6 +56,30 @@ enum VmCommand {
     Run(vm::RunArgs),
 }
 
+/// `cargo xtask` is `cargo run`, which hands xtask the variables it sets for a package
+/// (`CARGO_MANIFEST_DIR=…/xtask`, …). Every cargo xtask starts would inherit them and disagree with
+/// the cargo that built xtask about ring's build script, rebuilding ring and everything that links
+/// it on each switch (`chrysalis_tests::chain::is_cargo_package_var`). xtask replaces itself once
+/// with the same arguments and those variables removed, before it starts anything.
+fn without_cargo_package_vars() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let set: Vec<_> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| chrysalis_tests::chain::is_cargo_package_var(&k.to_string_lossy()))
+        .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("find the xtask executable")?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1));
+    for k in set {
+        cmd.env_remove(k);
+    }
+    // Returns only if the exec failed.
+    Err(cmd.exec()).with_context(|| format!("re-execute {}", exe.display()))
+}
+
 /// The download and build cache shared by every task and by fresh clones: `$CHRYSALIS_CACHE`,
 /// else `~/.cache/chrysalis`. Entries are keyed by content hashes.
 fn cache_root() -> PathBuf {
@@ -73,7 +98,9 @@ fn repo_root() -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    without_cargo_package_vars()?;
+    match cli.command {
         Command::Image(c) => image::run(c),
         Command::Model(c) => model::run(c),
         Command::Firmware(cmd) => firmware::run(cmd),

@@ -174,22 +174,10 @@ impl Tools {
         if release {
             cmd.arg("--release");
         }
-        // What cargo sets for the calling crate (a test, xtask) would reach build scripts that
-        // watch it (ring's rerun-if-env-changed=CARGO_PKG_NAME, ...), so every caller would
-        // rebuild them: build as from a plain shell.
+        // Build as from a plain shell (see `is_cargo_package_var`).
         for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*k)
-            {
-                cmd.env_remove(&*k);
+            if is_cargo_package_var(&k.to_string_lossy()) {
+                cmd.env_remove(k);
             }
         }
         // Polled, so that an interrupt (Ctrl-C in the demo) stops the build too.
@@ -255,6 +243,23 @@ impl Tools {
             chrysalis: get("chrysalis")?,
         })
     }
+}
+
+/// Whether `name` is one of the variables cargo sets for the package it runs (`cargo run`,
+/// `cargo test`): `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …. A cargo started with them inherited
+/// records their values for build scripts that watch them (ring's `rerun-if-env-changed=
+/// CARGO_MANIFEST_DIR`, …), so the next cargo started without them rebuilds ring and all that links
+/// it, and the one after that rebuilds it back. Every cargo we start runs without them.
+pub fn is_cargo_package_var(name: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+        || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&name)
 }
 
 /// The first of `names` that is not an executable (a path, or a name looked up in PATH).
@@ -336,4 +341,36 @@ pub fn guest_served(relay: &str, policy: chrysalis_attestation::Policy) -> Resul
             detail: v.to_string(),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_cargo_package_var;
+
+    #[test]
+    fn only_the_per_package_variables_of_cargo_are_removed() {
+        for set_per_package in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "OUT_DIR",
+        ] {
+            assert!(is_cargo_package_var(set_per_package), "{set_per_package}");
+        }
+        // The cargo binary, its home, the target directory and the user's own settings stay.
+        for kept in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "RUSTFLAGS",
+            "PATH",
+            "CHRYSALIS_CACHE",
+        ] {
+            assert!(!is_cargo_package_var(kept), "{kept}");
+        }
+    }
 }
