@@ -73,6 +73,7 @@ pub struct VerityArgs {
     pub data_blocks: u64,
 }
 
+#[cfg(feature = "full")]
 impl From<&crate::manifest::VerityParams> for VerityArgs {
     fn from(p: &crate::manifest::VerityParams) -> Self {
         Self {

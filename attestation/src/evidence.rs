@@ -280,6 +280,7 @@ impl Measurements {
     }
 }
 
+#[cfg(feature = "full")]
 /// A structurally parsed TDX quote (v4 or v5). Not verified.
 #[derive(Clone, Debug)]
 pub struct TdxQuote {
@@ -287,6 +288,7 @@ pub struct TdxQuote {
     parsed: dcap_qvl::quote::Quote,
 }
 
+#[cfg(feature = "full")]
 impl TdxQuote {
     /// Parses a TDX quote. Rejects SGX quotes and anything that does not decode completely.
     pub fn parse(raw: &[u8]) -> Result<Self, EvidenceError> {
@@ -342,9 +344,11 @@ impl TdxQuote {
     }
 }
 
+#[cfg(feature = "full")]
 /// TEE type of a TDX quote header.
 pub(crate) const TDX_TEE_TYPE: u32 = 0x81;
 
+#[cfg(feature = "full")]
 pub(crate) fn tdx_measurements(r: &dcap_qvl::quote::TDReport10) -> TdxMeasurements {
     TdxMeasurements {
         mr_td: Measurement(r.mr_td),
@@ -363,6 +367,7 @@ pub(crate) fn tdx_measurements(r: &dcap_qvl::quote::TDReport10) -> TdxMeasuremen
     }
 }
 
+#[cfg(feature = "full")]
 /// A structurally parsed SEV-SNP attestation report (version 2 or later). Not verified.
 #[derive(Clone, Debug)]
 pub struct SnpReport {
@@ -373,6 +378,7 @@ pub struct SnpReport {
 /// Size of an SNP attestation report, signature included.
 pub const SNP_REPORT_LEN: usize = 0x4A0;
 
+#[cfg(feature = "full")]
 impl SnpReport {
     /// Parses a report of exactly [`SNP_REPORT_LEN`] bytes, version 2 or later.
     pub fn parse(raw: &[u8]) -> Result<Self, EvidenceError> {
@@ -452,6 +458,7 @@ pub struct SnpTcb {
     pub microcode: u8,
 }
 
+#[cfg(feature = "full")]
 impl From<&sev::firmware::host::TcbVersion> for SnpTcb {
     fn from(t: &sev::firmware::host::TcbVersion) -> Self {
         Self {
@@ -531,6 +538,7 @@ mod tests {
         assert_eq!(decode_binary_or_hex(b"abc").1, InputEncoding::Binary);
     }
 
+    #[cfg(feature = "full")]
     #[test]
     fn truncated_inputs_are_errors_not_panics() {
         assert!(TdxQuote::parse(&[]).is_err());

@@ -37,6 +37,11 @@
 //! * [`manifest`]: the image's manifest.json (artifacts, verity, command line, expected
 //!   measurements), read by hosts and clients; [`bootargs`]: the measured kernel command line.
 //!
+//! ## Features
+//! `full` (default) is everything above. Without it the crate is [`bootargs`], [`evidence`]'s value
+//! types and [`error`]: what the static guest init links (it parses the measured command line and
+//! compiles no TLS, X.509 or quote verification).
+//!
 //! ## Defaults are strict
 //! A [`Policy`] trusts vendor roots only, accepts TCB status `UpToDate` only, refuses debug
 //! guests and accepts no measurement unless a pinned set matches. Everything that weakens this
@@ -44,6 +49,7 @@
 //!
 //! ## Example: an attested certificate, end to end, with the simulated TEE
 //! ```
+//! # #[cfg(feature = "full")] fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use chrysalis_attestation::policy::TdxPin;
 //! use chrysalis_attestation::ratls::{self, AttestedKey};
 //! use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
@@ -65,32 +71,48 @@
 //! policy.trust.dangerous_simulated_intel_roots.push(pki.root_sha256());
 //! let peer = ratls::verify_certificate(&cert, &policy, None, now)?;
 //! assert_eq!(peer.spki_der(), key.spki_der());
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(()) }
+//! # #[cfg(not(feature = "full"))] fn main() {}
 //! ```
 #![forbid(unsafe_code)]
 
 pub mod bootargs;
+#[cfg(feature = "full")]
 pub mod bundle;
 pub mod error;
 pub mod evidence;
+#[cfg(feature = "full")]
 pub mod hostcall;
+#[cfg(feature = "full")]
 pub mod manifest;
+#[cfg(feature = "full")]
 pub mod measure;
+#[cfg(feature = "full")]
 pub mod policy;
+#[cfg(feature = "full")]
 pub mod ratls;
+#[cfg(feature = "full")]
 pub mod receipt;
+#[cfg(feature = "full")]
 pub mod sim;
+#[cfg(feature = "full")]
 pub mod verify;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "full"))]
 mod testutil;
 
+#[cfg(feature = "full")]
 pub use bundle::EvidenceBundle;
 pub use error::EvidenceError;
 pub use evidence::{
     ChipId, Flags64, HostData, InputEncoding, Measurement, Measurements, Platform, ReportData,
-    Sha256, SnpMeasurements, SnpReport, SnpTcb, TdxMeasurements, TdxQuote,
+    Sha256, SnpMeasurements, SnpTcb, TdxMeasurements,
 };
+#[cfg(feature = "full")]
+pub use evidence::{SnpReport, TdxQuote};
+#[cfg(feature = "full")]
 pub use policy::{Policy, PolicyError, RejectReason, Rejection, VerifiedEvidence};
+#[cfg(feature = "full")]
 pub use ratls::{AttestedKey, RaTlsClientVerifier, RaTlsServerVerifier, VerifiedPeer};
+#[cfg(feature = "full")]
 pub use verify::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
