@@ -78,6 +78,14 @@ pub(crate) struct ReproduceArgs {
     /// Keep both builds' output (printed at the end).
     #[arg(long)]
     pub(crate) keep: bool,
+    /// Write build A's output here and keep it (e.g. out/cpu, to boot it afterwards); default: a
+    /// directory in the cache, removed at the end unless --keep.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// Compile the runtime from scratch in build A too, not only in B (both builds then take the
+    /// full compile time; the default reuses A's compile cache, which a cached CI run needs).
+    #[arg(long)]
+    pub(crate) both_fresh: bool,
 }
 
 pub(crate) fn run(cmd: ImageCmd) -> Result<()> {

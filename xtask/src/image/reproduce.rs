@@ -1,12 +1,16 @@
-//! `cargo xtask image reproduce`: two builds from scratch that must give identical bytes.
+//! `cargo xtask image reproduce`: an ordinary build and an independent build from scratch that must
+//! give identical bytes.
 //!
-//! Each build runs as its own process (`image build --fresh`) with its own work and output directory at
-//! different paths (one in the cache, one under the system temp directory, nested deeper), a different
-//! umask, time zone and locale. Downloads and the build root come from the cache (both are verified
-//! inputs, not build outputs); the guest runtime is compiled from scratch in each build; the source-built
-//! wheel is taken from the cache only after its sha256 is checked against the lock's pin, unless
-//! `--rebuild-wheels` rebuilds it in both. Every file of both outputs is compared; a difference names the
-//! file and shows how it differs (diffoscope when installed, else sizes and differing byte ranges).
+//! Each build runs as its own process (`image build`) with its own work and output directory at
+//! different paths (one in the cache or `--out`, one under the system temp directory, nested deeper),
+//! a different umask, time zone and locale. Build A is the ordinary build: it reuses the cached
+//! compile of the guest runtime and init when their sources are unchanged (`--both-fresh` compiles
+//! them from scratch here too). Build B compiles them from scratch (`--fresh`: an empty cargo target
+//! directory). Downloads and the build root come from the cache in both (verified inputs, not build
+//! outputs); the source-built wheel and the firmware are taken from the cache only after their
+//! sha256 matched the lock's pin or their build record (`--rebuild-wheels` rebuilds the wheel in
+//! both). Every file of both outputs is compared; a difference names the file and shows how it
+//! differs (diffoscope when installed, else sizes and differing byte ranges).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -24,6 +28,8 @@ use super::{ReproduceArgs, Ui, open_cache, tools};
 
 struct Run {
     label: &'static str,
+    /// `image build --fresh`: compile the runtime in an empty target directory.
+    fresh: bool,
     out: PathBuf,
     work: PathBuf,
     umask: &'static str,
@@ -37,13 +43,18 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
     let cache = open_cache()?;
     let flavor = &a.flavor.flavor;
     let base_a = cache.dir("reproduce")?.join(format!("{flavor}-a"));
+    let out_a = match &a.out {
+        Some(o) => std::path::absolute(o)?,
+        None => base_a.join("out"),
+    };
     let base_b = std::env::temp_dir()
         .join(format!("chrysalis-reproduce-{}", std::process::id()))
         .join("a/much/longer/path/b");
     let runs = [
         Run {
             label: "A",
-            out: base_a.join("out"),
+            fresh: a.both_fresh,
+            out: out_a.clone(),
             work: base_a.join("work"),
             umask: "022",
             tz: "UTC",
@@ -51,6 +62,7 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         },
         Run {
             label: "B",
+            fresh: true,
             out: base_b.join("output dir"),
             work: base_b.join("w"),
             umask: "077",
@@ -58,6 +70,11 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
             lang: "fr_FR.UTF-8",
         },
     ];
+    // Each build starts from empty directories; a directory the user named is cleared only when it
+    // holds nothing but a previous image.
+    if let Some(o) = &a.out {
+        refuse_foreign_dir(o)?;
+    }
     let exe = std::env::current_exe()?;
     let mut failures = Vec::new();
     for r in &runs {
@@ -68,8 +85,13 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         }
         fs::create_dir_all(&r.out)?;
         ui.say(format!(
-            "==> build {}: out {}, umask {}, TZ={}, LANG={}",
+            "==> build {} ({}): out {}, umask {}, TZ={}, LANG={}",
             r.label,
+            if r.fresh {
+                "runtime compiled from scratch"
+            } else {
+                "ordinary build, compile cache reused"
+            },
             r.out.display(),
             r.umask,
             r.tz,
@@ -80,13 +102,16 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         c.arg("-c")
             .arg(format!("umask {}; exec \"$0\" \"$@\"", r.umask))
             .arg(&exe)
-            .args(["image", "build", "--fresh", "--flavor", flavor, "--out"])
+            .args(["image", "build", "--flavor", flavor, "--out"])
             .arg(&r.out)
             .arg("--work-dir")
             .arg(&r.work)
             .env("TZ", r.tz)
             .env("LANG", r.lang)
             .env("LC_ALL", r.lang);
+        if r.fresh {
+            c.arg("--fresh");
+        }
         if a.rebuild_wheels {
             c.arg("--rebuild-wheels");
         }
@@ -154,7 +179,11 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         }
     }
     if !a.keep {
-        let _ = fs::remove_dir_all(&base_a);
+        // Build A's work directory goes; its output stays when it was asked for (--out).
+        let _ = fs::remove_dir_all(&runs[0].work);
+        if a.out.is_none() {
+            let _ = fs::remove_dir_all(&base_a);
+        }
         let _ = fs::remove_dir_all(
             std::env::temp_dir().join(format!("chrysalis-reproduce-{}", std::process::id())),
         );
@@ -175,6 +204,36 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         bail!("the builds wrote nothing to compare");
     }
     ui.say(format!("reproducible: {} files identical", files.len()));
+    Ok(())
+}
+
+/// Errors unless `dir` is missing, empty, or an image output (a manifest.json beside files only).
+fn refuse_foreign_dir(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut has_manifest = false;
+    let mut any = false;
+    for e in entries {
+        let e = e?;
+        any = true;
+        if e.file_type()?.is_dir() {
+            bail!(
+                "--out {}: holds the directory {}, so it is not an image output; \
+                 refusing to clear it (name an empty or new directory)",
+                dir.display(),
+                e.file_name().to_string_lossy()
+            );
+        }
+        has_manifest |= e.file_name() == "manifest.json";
+    }
+    if any && !has_manifest {
+        bail!(
+            "--out {}: not empty and holds no manifest.json, so it is not an image output; \
+             refusing to clear it (name an empty or new directory)",
+            dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -276,6 +335,23 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_previous_image_output_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        refuse_foreign_dir(&out).expect("a missing directory is fine");
+        fs::create_dir(&out).unwrap();
+        refuse_foreign_dir(&out).expect("an empty directory is fine");
+        fs::write(out.join("notes.txt"), "mine").unwrap();
+        let e = refuse_foreign_dir(&out).unwrap_err().to_string();
+        assert!(e.contains("holds no manifest.json"), "{e}");
+        fs::write(out.join("manifest.json"), "{}").unwrap();
+        refuse_foreign_dir(&out).expect("an image output is cleared");
+        fs::create_dir(out.join("src")).unwrap();
+        let e = refuse_foreign_dir(&out).unwrap_err().to_string();
+        assert!(e.contains("holds the directory src"), "{e}");
+    }
 
     #[test]
     fn byte_summary_names_ranges_and_sizes() {
