@@ -106,10 +106,7 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
         "{IMAGE_PHASE}, in the background (log: {})",
         log_path.display()
     ));
-    let image = Background {
-        started: Instant::now(),
-        child: Some(image.spawn().context("cannot start the image build")?),
-    };
+    let image = Background::spawn(&mut image).context("cannot start the image build")?;
 
     phase(
         timings,
@@ -165,8 +162,16 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
     let mut c = xtask(&["bench", "--quick"])?;
     failed.extend(limited(timings, "cargo xtask bench --quick", &mut c, BENCH_LIMIT).err());
     step("waiting for the image build");
+    let waited = Instant::now();
     let (took, status) = image.wait()?;
     timings.push((format!("{IMAGE_PHASE} (beside the phases above)"), took));
+    eprintln!(
+        "the image was {}",
+        match waited.elapsed().as_secs_f64() {
+            w if w >= 1.0 => format!("ready {w:.0} s after the phases beside it"),
+            _ => "ready before the phases beside it ended".into(),
+        }
+    );
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = if status.success() { 16 } else { 60 };
@@ -338,26 +343,43 @@ fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
-/// A background phase. Dropped on an early error, it waits for the child (which cleans up after
-/// itself) rather than leaving it running behind the failed test command.
+/// A background phase. A thread waits for the child, so its duration ends when it exits, not when
+/// the foreground phases get round to asking. Dropped on an early error, it waits for the child
+/// (which cleans up after itself) rather than leaving it running behind the failed test command.
 struct Background {
     started: Instant,
-    child: Option<std::process::Child>,
+    waiter: Option<std::thread::JoinHandle<std::io::Result<(Instant, std::process::ExitStatus)>>>,
 }
 
 impl Background {
+    fn spawn(cmd: &mut Command) -> std::io::Result<Background> {
+        let started = Instant::now();
+        let mut child = cmd.spawn()?;
+        let waiter = std::thread::spawn(move || {
+            let status = child.wait()?;
+            Ok((Instant::now(), status))
+        });
+        Ok(Background {
+            started,
+            waiter: Some(waiter),
+        })
+    }
+
     fn wait(mut self) -> Result<(Duration, std::process::ExitStatus)> {
-        let mut child = self.child.take().expect("waited once");
-        let status = child.wait().context("waiting for the image build")?;
-        Ok((self.started.elapsed(), status))
+        let waiter = self.waiter.take().expect("waited once");
+        let (ended, status) = waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread waiting for the image build panicked"))?
+            .context("waiting for the image build")?;
+        Ok((ended - self.started, status))
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(waiter) = self.waiter.take() {
             eprintln!("waiting for the background image build to finish before exiting");
-            let _ = child.wait();
+            let _ = waiter.join();
         }
     }
 }
@@ -365,6 +387,16 @@ impl Drop for Background {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_background_phase_ends_when_its_child_exits_not_when_it_is_asked() {
+        let bg = Background::spawn(Command::new("sh").args(["-c", "exit 3"])).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let (took, status) = bg.wait().unwrap();
+        assert_eq!(status.code(), Some(3));
+        // The child exits at once; two seconds of foreground work must not be counted as its.
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
 
     #[test]
     fn a_command_past_its_limit_is_killed_with_its_children() {
