@@ -1,9 +1,9 @@
 //! `cargo xtask test`: the whole test suite, as CI runs it, on a fresh Debian machine.
 //!
 //! Phases: prerequisites ([`crate::setup`]), then the cpu image (`cargo xtask image reproduce`:
-//! two builds compared, cached) in the background beside `cargo fmt --check`, `cargo clippy --workspace --all-targets
-//! -- -D warnings`, the test build, every test that does not boot the image and the quick
-//! benchmark harness; then, once the image is there, the tests that boot it. Together these are
+//! two builds compared, cached) in the background beside `cargo fmt --check`, `cargo clippy
+//! --workspace --all-targets -- -D warnings`, the test build, every test that does not boot the
+//! image and the quick benchmark harness; then, once the image is there, the tests that boot it. Together these are
 //! `cargo test --workspace`. Prints how long each phase took, also when one fails.
 
 use std::process::Command;
@@ -92,14 +92,8 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
     std::fs::create_dir_all(log_path.parent().expect("a logs folder"))?;
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
+    // reproduce clears out/cpu first, so an image left from an earlier run is never booted.
     let out = root.join("out/cpu");
-    // An image left from an earlier run must not be booted if this build writes none.
-    match std::fs::remove_file(out.join("manifest.json")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot clear {}", out.display()));
-        }
-        _ => {}
-    }
     let mut image = xtask(&["image", "reproduce", "--flavor", "cpu", "--out"])?;
     image.arg(&out).stdout(log.try_clone()?).stderr(log);
     step(&format!(

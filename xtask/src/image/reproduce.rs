@@ -38,6 +38,15 @@ struct Run {
 }
 
 pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
+    // A directory the user named is cleared before anything else can fail, so an image left there
+    // by an earlier run is never mistaken for this run's build A; it is cleared only when it holds
+    // nothing but a previous image.
+    if let Some(o) = &a.out {
+        refuse_foreign_dir(o)?;
+        if o.exists() {
+            fs::remove_dir_all(o)?;
+        }
+    }
     let ui = Ui::new();
     tools::ensure(&ui)?;
     let cache = open_cache()?;
@@ -70,13 +79,9 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
             lang: "fr_FR.UTF-8",
         },
     ];
-    // Each build starts from empty directories; a directory the user named is cleared only when it
-    // holds nothing but a previous image.
-    if let Some(o) = &a.out {
-        refuse_foreign_dir(o)?;
-    }
     let exe = std::env::current_exe()?;
     let mut failures = Vec::new();
+    // Each build starts from empty directories.
     for r in &runs {
         for d in [&r.out, &r.work] {
             if d.exists() {
