@@ -211,16 +211,23 @@ pub struct TdxMeasurements {
     pub mr_owner_config: Measurement,
     /// Measurement of the TDX module (SEAM).
     pub mr_seam: Measurement,
-    /// TD attributes (bit 0: DEBUG).
+    /// TD attributes (bits 0-7: "TD under debug"; see [`crate::tdx_attributes`]).
     pub td_attributes: Flags64,
     /// Extended features allowed in the TD.
     pub xfam: Flags64,
 }
 
 impl TdxMeasurements {
-    /// True when the TD attributes' DEBUG bit is set: the host can read the TD's memory.
+    /// True when any "TD under debug" bit (TD_ATTRIBUTES bits 0-7: DEBUG, the profiling bits
+    /// and the reserved ones) is set: the TDX module ABI calls such a TD untrusted.
     pub fn debug(&self) -> bool {
-        self.td_attributes.0[0] & 1 != 0
+        !self.debug_flags().is_empty()
+    }
+
+    /// Names of the set "TD under debug" bits (`debug`, `hgs_plus_prof`, `perf_prof`,
+    /// `pmt_prof`, `tud_bit1`...), lowest first.
+    pub fn debug_flags(&self) -> Vec<String> {
+        crate::tdx_attributes::TdAttributes::from_flags(self.td_attributes).under_debug()
     }
 }
 
@@ -249,6 +256,15 @@ impl SnpMeasurements {
     pub fn debug(&self) -> bool {
         self.policy & Self::POLICY_DEBUG_BIT != 0
     }
+
+    /// `["debug"]` when the guest policy allows debugging, else empty.
+    pub fn debug_flags(&self) -> Vec<String> {
+        if self.debug() {
+            vec!["debug".into()]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// Measurements of either platform.
@@ -276,6 +292,15 @@ impl Measurements {
         match self {
             Measurements::Tdx(m) => m.debug(),
             Measurements::Snp(m) => m.debug(),
+        }
+    }
+
+    /// Names of the set flags that let the host debug or profile the guest: TDX TUD bits
+    /// (`debug`, `perf_prof`, ...), SNP `debug` (guest policy bit 19). Empty for a trusted guest.
+    pub fn debug_flags(&self) -> Vec<String> {
+        match self {
+            Measurements::Tdx(m) => m.debug_flags(),
+            Measurements::Snp(m) => m.debug_flags(),
         }
     }
 }

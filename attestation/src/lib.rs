@@ -95,6 +95,7 @@ pub mod ratls;
 pub mod receipt;
 #[cfg(feature = "full")]
 pub mod sim;
+pub mod tdx_attributes;
 #[cfg(feature = "full")]
 pub mod verify;
 
@@ -114,5 +115,6 @@ pub use evidence::{SnpReport, TdxQuote};
 pub use policy::{Policy, PolicyError, RejectReason, Rejection, VerifiedEvidence};
 #[cfg(feature = "full")]
 pub use ratls::{AttestedKey, RaTlsClientVerifier, RaTlsServerVerifier, VerifiedPeer};
+pub use tdx_attributes::{TdAttributes, Xfam};
 #[cfg(feature = "full")]
 pub use verify::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};

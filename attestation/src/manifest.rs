@@ -449,6 +449,15 @@ pub(crate) mod tests {
         assert_eq!(tdx.len(), 1);
         assert_eq!(tdx[0].rtmr2, Some(Measurement([3; 48])));
         assert_eq!(tdx[0].rtmr0, None);
+        // The full TD_ATTRIBUTES and XFAM every shape is launched with are pinned.
+        assert_eq!(
+            tdx[0].td_attributes.map(|f| f.to_hex()).as_deref(),
+            Some("0000001000000000")
+        );
+        assert_eq!(
+            tdx[0].xfam.map(|f| f.to_hex()).as_deref(),
+            Some("e702060000000000")
+        );
         assert!(tdx[0].name.as_deref().unwrap().contains("2 vCPU"));
         assert_eq!(back.snp_pins()[0].measurement, Measurement([4; 48]));
     }
@@ -570,6 +579,10 @@ impl Manifest {
             pin.rtmr1 = Some(t.rtmr1);
             pin.rtmr2 = Some(t.rtmr2);
             pin.rtmr3 = Some(t.rtmr3);
+            // Every shape is launched with the same attributes and XFAM (the host launcher's
+            // `tdx-guest` object and the sim quote service alike).
+            pin.td_attributes = Some(crate::tdx_attributes::LAUNCH_TD_ATTRIBUTES);
+            pin.xfam = Some(crate::tdx_attributes::LAUNCH_XFAM);
             pin
         })
         .collect()

@@ -43,6 +43,7 @@ use crate::evidence::{
     Flags64, HostData, Measurement, Measurements, Platform, Sha256, SnpMeasurements, SnpTcb,
     TdxMeasurements,
 };
+use crate::tdx_attributes::TdAttributes;
 use crate::verify::{self, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
 
 /// The only policy format version.
@@ -60,7 +61,10 @@ pub struct Policy {
     /// Which TCB states are acceptable.
     #[serde(default)]
     pub tcb: TcbConfig,
-    /// Accept guests whose host can read their memory. Never in production.
+    /// Accept guests under debug, whose host can read or profile them: TDX TD_ATTRIBUTES bits
+    /// 0-7 (DEBUG, HGS_PLUS_PROF, PERF_PROF, PMT_PROF; the reserved ones fail verification
+    /// anyway), SNP guest policy DEBUG. Also leaves those bits out of a pinned `td_attributes`.
+    /// Never in production.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dangerous_allow_debug: bool,
     /// Accept any measurement: the evidence then proves only "some guest on genuine hardware".
@@ -167,10 +171,11 @@ pub struct TdxPin {
     /// MROWNERCONFIG.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mr_owner_config: Option<Measurement>,
-    /// TD attributes.
+    /// TD attributes, all 64 bits (8 bytes as the quote stores them; bits 0-7 are left out
+    /// under `dangerous_allow_debug`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub td_attributes: Option<Flags64>,
-    /// XFAM.
+    /// XFAM: which extended CPU state the TD may use (8 bytes as the quote stores them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xfam: Option<Flags64>,
 }
@@ -258,8 +263,17 @@ pub enum RejectReason {
         /// The minimum.
         minimum: SnpTcb,
     },
-    /// The guest is debuggable.
+    /// The guest is debuggable (a verdict whose `debug` is set without naming a flag).
     Debug,
+    /// The guest is under debug: the host can read or profile it. Names each set flag (TDX
+    /// TD_ATTRIBUTES bits 0-7: `debug`, `hgs_plus_prof`, `perf_prof`, `pmt_prof`, `tud_bitN`;
+    /// SNP guest policy: `debug`).
+    UnderDebug {
+        /// The platform.
+        platform: Platform,
+        /// The set flags, by name.
+        flags: Vec<String>,
+    },
     /// No measurement set of this platform is pinned.
     NothingPinned(Platform),
     /// No pinned set matches; one line per pinned set saying which registers differ.
@@ -306,6 +320,18 @@ impl fmt::Display for RejectReason {
             ),
             RejectReason::Debug => {
                 f.write_str("guest is debuggable (debug is forbidden by policy)")
+            }
+            RejectReason::UnderDebug { platform, flags } => {
+                let field = match platform {
+                    Platform::Tdx => "TD_ATTRIBUTES",
+                    Platform::Snp => "guest policy",
+                };
+                write!(
+                    f,
+                    "guest is under debug: {platform} {field} has {} set (the host can read or \
+                     profile the guest; forbidden unless the policy sets dangerous_allow_debug)",
+                    flags.join(", ")
+                )
             }
             RejectReason::NothingPinned(p) => {
                 write!(
@@ -515,8 +541,23 @@ impl Policy {
                 minimum: *min,
             });
         }
-        if verdict.debug && !self.dangerous_allow_debug {
-            reasons.push(RejectReason::Debug);
+        if !self.dangerous_allow_debug {
+            // The flags are read from the measurements as well as the verdict's own fields, so a
+            // verdict that says `debug: false` beside a TUD bit is still refused.
+            let mut flags = verdict.measurements.debug_flags();
+            for f in &verdict.debug_flags {
+                if !flags.contains(f) {
+                    flags.push(f.clone());
+                }
+            }
+            if !flags.is_empty() {
+                reasons.push(RejectReason::UnderDebug {
+                    platform: verdict.measurements.platform(),
+                    flags,
+                });
+            } else if verdict.debug {
+                reasons.push(RejectReason::Debug);
+            }
         }
         let matched_pin = if self.dangerous_accept_any_measurement {
             None
@@ -547,7 +588,12 @@ impl Policy {
                 self.tdx
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| (label(&p.name, i), tdx_diff(p, t)))
+                    .map(|(i, p)| {
+                        (
+                            label(&p.name, i),
+                            tdx_diff(p, t, self.dangerous_allow_debug),
+                        )
+                    })
                     .collect(),
             ),
             Measurements::Snp(s) => (
@@ -592,7 +638,10 @@ fn diff<T: PartialEq + fmt::Display>(
     }
 }
 
-fn tdx_diff(p: &TdxPin, t: &TdxMeasurements) -> Vec<String> {
+/// Registers of `t` that differ from the pin. With `allow_debug`, the "TD under debug" bits of
+/// TD_ATTRIBUTES are left out of a pinned `td_attributes`, so that `dangerous_allow_debug` alone
+/// accepts a debug TD of a pinned image; every other bit is still compared.
+fn tdx_diff(p: &TdxPin, t: &TdxMeasurements, allow_debug: bool) -> Vec<String> {
     let mut out = Vec::new();
     diff(&mut out, "mr_td", Some(&p.mr_td), &t.mr_td);
     for (i, pin) in [&p.rtmr0, &p.rtmr1, &p.rtmr2, &p.rtmr3]
@@ -614,12 +663,26 @@ fn tdx_diff(p: &TdxPin, t: &TdxMeasurements) -> Vec<String> {
         p.mr_owner_config.as_ref(),
         &t.mr_owner_config,
     );
-    diff(
-        &mut out,
-        "td_attributes",
-        p.td_attributes.as_ref(),
-        &t.td_attributes,
-    );
+    let tud_free = |f: &Flags64| {
+        let mut a = TdAttributes::from_flags(*f);
+        if allow_debug {
+            a.0 &= !TdAttributes::TUD_MASK;
+        }
+        a.to_flags()
+    };
+    if let Some(pin) = &p.td_attributes
+        && tud_free(pin) != tud_free(&t.td_attributes)
+    {
+        out.push(format!(
+            "td_attributes is {} ({}), pinned {} ({})",
+            t.td_attributes,
+            TdAttributes::from_flags(t.td_attributes)
+                .set_names()
+                .join(" "),
+            pin,
+            TdAttributes::from_flags(*pin).set_names().join(" "),
+        ));
+    }
     diff(&mut out, "xfam", p.xfam.as_ref(), &t.xfam);
     out
 }
@@ -666,6 +729,7 @@ mod tests {
                 xfam: Flags64([0xe7, 0x02, 0x06, 0, 0, 0, 0, 0]),
             }),
             debug: false,
+            debug_flags: vec![],
             report_data: ReportData([0; 64]),
             valid_until: None,
         }
@@ -779,6 +843,201 @@ mod tests {
         assert!(msg.contains("SNP TCB below"), "{msg}");
         p.tcb.snp_minimum = Some(tcb);
         assert!(p.evaluate(v).is_ok());
+    }
+
+    fn with_attributes(bits: u64) -> Verdict {
+        let mut v = tdx_verdict();
+        if let Measurements::Tdx(t) = &mut v.measurements {
+            t.td_attributes = TdAttributes(bits).to_flags();
+        }
+        v
+    }
+
+    const SEPT: u64 = 1 << TdAttributes::SEPT_VE_DISABLE;
+
+    /// Every TUD bit is refused by name even where the verdict says `debug: false` (what
+    /// verify reported for the profiling bits before), and only dangerous_allow_debug lifts it.
+    #[test]
+    fn every_tud_bit_is_refused_by_name_unless_dangerous_allow_debug() {
+        let names = [
+            "debug",
+            "tud_bit1",
+            "tud_bit2",
+            "tud_bit3",
+            "hgs_plus_prof",
+            "perf_prof",
+            "pmt_prof",
+            "tud_bit7",
+        ];
+        let mut p = pin();
+        p.td_attributes = Some(TdAttributes(SEPT).to_flags());
+        for (bit, name) in names.iter().enumerate() {
+            let v = with_attributes(SEPT | 1 << bit);
+            let err = Policy::pinned(vec![p.clone()], vec![])
+                .evaluate(v.clone())
+                .unwrap_err();
+            assert!(
+                err.reasons.contains(&RejectReason::UnderDebug {
+                    platform: Platform::Tdx,
+                    flags: vec![name.to_string()],
+                }),
+                "bit {bit}: {err}"
+            );
+            assert!(err.to_string().contains(name), "{err}");
+            let mut allow = Policy::pinned(vec![p.clone()], vec![]);
+            allow.dangerous_allow_debug = true;
+            assert!(allow.evaluate(v).is_ok(), "bit {bit}");
+        }
+        // Bits above the TUD group are no debug flag.
+        for bit in 8..64 {
+            let ok = Policy::pinned(vec![pin()], vec![]).evaluate(with_attributes(SEPT | 1 << bit));
+            assert!(ok.is_ok(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn several_tud_bits_are_all_named() {
+        let v = with_attributes(SEPT | 1 | 1 << 5 | 1 << 6);
+        let err = Policy::pinned(vec![pin()], vec![]).evaluate(v).unwrap_err();
+        assert_eq!(
+            err.reasons,
+            [RejectReason::UnderDebug {
+                platform: Platform::Tdx,
+                flags: vec!["debug".into(), "perf_prof".into(), "pmt_prof".into()],
+            }]
+        );
+        // A verdict flagging debug without names is still refused.
+        let mut v = tdx_verdict();
+        v.debug = true;
+        let err = Policy::pinned(vec![pin()], vec![]).evaluate(v).unwrap_err();
+        assert_eq!(err.reasons, [RejectReason::Debug]);
+    }
+
+    #[test]
+    fn pinned_td_attributes_and_xfam_compare_every_other_bit() {
+        let mut p = pin();
+        p.td_attributes = Some(TdAttributes(SEPT).to_flags());
+        p.xfam = Some(Flags64([0xe7, 0x02, 0x06, 0, 0, 0, 0, 0]));
+        let policy = |allow_debug| {
+            let mut pol = Policy::pinned(vec![p.clone()], vec![]);
+            pol.dangerous_allow_debug = allow_debug;
+            pol
+        };
+        assert!(policy(false).evaluate(with_attributes(SEPT)).is_ok());
+        // PKS is no debug bit: dangerous_allow_debug does not hide it from the pin.
+        let pks = with_attributes(SEPT | 1 << TdAttributes::PKS);
+        for allow in [false, true] {
+            let msg = policy(allow).evaluate(pks.clone()).unwrap_err().to_string();
+            assert!(
+                msg.contains("td_attributes is 0000005000000000 (sept_ve_disable pks)"),
+                "{msg}"
+            );
+        }
+        let mut wider = with_attributes(SEPT);
+        if let Measurements::Tdx(t) = &mut wider.measurements {
+            t.xfam.0[1] |= 0x18; // CET_U, CET_S
+        }
+        let msg = policy(true).evaluate(wider).unwrap_err().to_string();
+        assert!(msg.contains("xfam is e71a060000000000"), "{msg}");
+    }
+
+    #[test]
+    fn snp_debug_policy_bit_is_named() {
+        let v = Verdict {
+            platform: Platform::Snp,
+            root: TrustRoot::AmdArk {
+                product: "Milan".into(),
+                sha256: Sha256([1; 32]),
+            },
+            measurements: Measurements::Snp(SnpMeasurements {
+                measurement: Measurement([7; 48]),
+                host_data: HostData([0; 32]),
+                policy: 0x30000 | SnpMeasurements::POLICY_DEBUG_BIT,
+                reported_tcb: SnpTcb {
+                    fmc: None,
+                    bootloader: 3,
+                    tee: 0,
+                    snp: 8,
+                    microcode: 115,
+                },
+                chip_id: crate::evidence::ChipId([0; 64]),
+                vmpl: 0,
+            }),
+            ..tdx_verdict()
+        };
+        let msg = Policy::dangerous_unpinned()
+            .evaluate(v)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("snp guest policy has debug set"), "{msg}");
+    }
+
+    /// Sim quotes through verify and the policy: the TUD bits reach the policy by name, the
+    /// rules no policy lifts (reserved bits, MIGRATABLE, SEPT_VE_DISABLE) fail verification
+    /// naming the bit, as dcap-qvl would.
+    #[test]
+    fn td_attributes_of_real_quotes_through_verify_and_policy() {
+        use crate::bundle::EvidenceBundle;
+        use crate::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        let issued = 1_767_225_600;
+        let collateral = pki.collateral(issued, 86_400).unwrap();
+        let appraise = |bits: u64, allow_debug: bool| {
+            let mut m = td_measurements(Measurement([1; 48]), [Measurement::ZERO; 4]);
+            m.td_attributes = TdAttributes(bits).to_flags();
+            let quote = pki.quote(&SimTdReport::new(m, ReportData([0; 64])));
+            let mut p = Policy::dangerous_unpinned();
+            p.trust.dangerous_simulated_intel_roots = vec![pki.root_sha256()];
+            p.dangerous_allow_debug = allow_debug;
+            p.appraise(
+                &EvidenceBundle::tdx(quote, Some(collateral.clone())),
+                None,
+                issued + 60,
+            )
+        };
+        let ok = appraise(SEPT, false).unwrap();
+        assert!(!ok.verdict().debug);
+        assert!(ok.verdict().debug_flags.is_empty());
+        for (bit, name) in [
+            (0, "debug"),
+            (4, "hgs_plus_prof"),
+            (5, "perf_prof"),
+            (6, "pmt_prof"),
+        ] {
+            let err = appraise(SEPT | 1 << bit, false).unwrap_err();
+            assert_eq!(
+                err.reasons,
+                [RejectReason::UnderDebug {
+                    platform: Platform::Tdx,
+                    flags: vec![name.into()],
+                }],
+                "bit {bit}"
+            );
+            let ok = appraise(SEPT | 1 << bit, true).unwrap();
+            assert!(ok.verdict().debug, "bit {bit}");
+            assert_eq!(ok.verdict().debug_flags, [name], "bit {bit}");
+        }
+        for (bits, what) in [
+            (0, "sept_ve_disable clear"),
+            (SEPT | 1 << 3, "tud_bit3 set"),
+            (SEPT | 1 << 7, "tud_bit7 set"),
+            (SEPT | 1 << 12, "reserved_bit12 set"),
+            (SEPT | 1 << 40, "reserved_bit40 set"),
+            (SEPT | 1 << TdAttributes::MIGRATABLE, "migratable set"),
+            (SEPT | 1 << TdAttributes::SERVTD_EXT, "servtd_ext set"),
+        ] {
+            for allow_debug in [false, true] {
+                let err = appraise(bits, allow_debug).unwrap_err();
+                assert!(
+                    matches!(
+                        &err.reasons[..],
+                        [RejectReason::Verification(VerifyError::TdAttributes { violations, .. })]
+                            if violations == &[what.to_string()]
+                    ),
+                    "{what}: {err}"
+                );
+            }
+        }
     }
 
     #[test]

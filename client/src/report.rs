@@ -1,7 +1,8 @@
 //! Evidence fields and verdicts as flat JSON objects (lowercase hex) and readable text.
 
 use chrysalis_attestation::{
-    Measurements, Platform, Rejection, ReportData, SnpReport, TdxQuote, VerifiedEvidence,
+    Measurements, Platform, Rejection, ReportData, SnpReport, TdAttributes, TdxQuote,
+    VerifiedEvidence, Xfam,
 };
 use serde_json::{Map, Value, json};
 
@@ -37,6 +38,17 @@ fn evidence_fields(
     o.insert("version".into(), json!(version));
     o.extend(measurement_fields(m));
     o.insert("debug".into(), json!(m.debug()));
+    o.insert("debug_flags".into(), json!(m.debug_flags()));
+    if let Measurements::Tdx(t) = m {
+        o.insert(
+            "td_attributes_set".into(),
+            json!(TdAttributes::from_flags(t.td_attributes).set_names()),
+        );
+        o.insert(
+            "xfam_set".into(),
+            json!(Xfam::from_flags(t.xfam).set_names()),
+        );
+    }
     o.insert("report_data".into(), json!(report_data.to_hex()));
     o
 }
@@ -84,6 +96,7 @@ pub fn verdict_json(platform: Platform, result: &Result<VerifiedEvidence, Reject
             o.insert("advisory_ids".into(), json!(verdict.advisory_ids));
             o.insert("root".into(), json!(verdict.root.to_string()));
             o.insert("debug".into(), json!(verdict.debug));
+            o.insert("debug_flags".into(), json!(verdict.debug_flags));
             o.insert("report_data".into(), json!(verdict.report_data.to_hex()));
             o.insert("matched_pin".into(), json!(v.matched_pin()));
             o.insert(

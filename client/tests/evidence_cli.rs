@@ -287,3 +287,162 @@ fn eventlog_replay_matches_the_quote_of_the_same_boot() {
     }
     assert!(r["events"].as_array().unwrap().len() > 10);
 }
+
+/// A reviewer's check of the TD attribute rules: `sim quote --td-attributes` with a profiling
+/// bit, refused by `evidence verify --json` with a reason naming the bit; accepted only with
+/// dangerous_allow_debug; reserved bits refused whatever the policy.
+#[test]
+fn sim_quote_td_attributes_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let quote = |name: &str, attributes: &str, xfam: &str| -> PathBuf {
+        let out = dir.path().join(name);
+        let o = chrysalis(&[
+            "sim",
+            "quote",
+            "--mr-td",
+            &"11".repeat(48),
+            "--report-data",
+            &"22".repeat(64),
+            "--td-attributes",
+            attributes,
+            "--xfam",
+            xfam,
+            "--out",
+            out.to_str().unwrap(),
+            "--issued-at",
+            "1800000000",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let root = SimRoot::default_seed();
+    let verify = |q: &PathBuf, allow_debug: bool| {
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "version = 1\ndangerous_accept_any_measurement = true\n{}[trust]\ndangerous_simulated_intel_roots = [\"{}\"]\n",
+                if allow_debug {
+                    "dangerous_allow_debug = true\n"
+                } else {
+                    ""
+                },
+                root.0
+            ),
+        )
+        .unwrap();
+        let o = chrysalis(&[
+            "evidence",
+            "verify",
+            "--tdx-quote",
+            q.join("quote.bin").to_str().unwrap(),
+            "--collateral",
+            q.join("collateral.json").to_str().unwrap(),
+            "--now",
+            "1800000100",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--json",
+        ]);
+        (o.status.code(), stdout_json(&o))
+    };
+
+    // The launch values: accepted, nothing under debug.
+    let plain = quote("plain", "0000001000000000", "e702060000000000");
+    let (code, v) = verify(&plain, false);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["debug"], false);
+    assert_eq!(v["debug_flags"], serde_json::json!([]));
+
+    // PERF_PROF (bit 5) set, DEBUG clear: refused, and the reason names the bit.
+    let perf = quote("perf", "2000001000000000", "e702060000000000");
+    let show = chrysalis(&[
+        "evidence",
+        "show",
+        "--tdx-quote",
+        perf.join("quote.bin").to_str().unwrap(),
+        "--json",
+    ]);
+    let s = stdout_json(&show);
+    assert_eq!(s["td_attributes"], "2000001000000000");
+    assert_eq!(s["debug"], true, "never debug=false with a TUD bit set");
+    assert_eq!(s["debug_flags"], serde_json::json!(["perf_prof"]));
+    assert_eq!(
+        s["td_attributes_set"],
+        serde_json::json!(["perf_prof", "sept_ve_disable"])
+    );
+    let (code, v) = verify(&perf, false);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["accepted"], false);
+    let reasons = v["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{v}");
+    let r = reasons[0].as_str().unwrap();
+    assert!(r.contains("under debug") && r.contains("perf_prof"), "{r}");
+    let (code, v) = verify(&perf, true);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["debug"], true);
+    assert_eq!(v["debug_flags"], serde_json::json!(["perf_prof"]));
+
+    // DEBUG with PMT_PROF and HGS_PLUS_PROF: every bit named.
+    let (code, v) = verify(&quote("all", "5100001000000000", "e702060000000000"), false);
+    assert_eq!(code, Some(1));
+    let r = v["reasons"][0].as_str().unwrap();
+    assert!(r.contains("debug, hgs_plus_prof, pmt_prof"), "{r}");
+
+    // A reserved TUD bit, or SEPT_VE_DISABLE clear: refused even with dangerous_allow_debug.
+    for (attributes, what) in [
+        ("0800001000000000", "tud_bit3 set"),
+        ("0000000000000000", "sept_ve_disable clear"),
+        ("0000003000000000", "migratable set"),
+    ] {
+        let (code, v) = verify(&quote(what, attributes, "e702060000000000"), true);
+        assert_eq!(code, Some(1), "{what}: {v}");
+        let r = v["reasons"][0].as_str().unwrap();
+        assert!(r.contains("TD_ATTRIBUTES") && r.contains(what), "{r}");
+    }
+
+    // Bad hex is refused by clap, naming the option.
+    let o = chrysalis(&[
+        "sim",
+        "quote",
+        "--mr-td",
+        &"11".repeat(48),
+        "--report-data",
+        &"22".repeat(64),
+        "--td-attributes",
+        "10000000",
+        "--out",
+        dir.path().join("bad").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--td-attributes"));
+}
+
+/// The sim root fingerprint of the well-known seed, as `chrysalis sim quote` prints it.
+struct SimRoot(String);
+
+impl SimRoot {
+    fn default_seed() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let o = chrysalis(&[
+            "sim",
+            "quote",
+            "--mr-td",
+            &"00".repeat(48),
+            "--report-data",
+            &"00".repeat(64),
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--issued-at",
+            "1800000000",
+        ]);
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        Self(
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("simulated root sha256 "))
+                .expect("root line")
+                .to_string(),
+        )
+    }
+}

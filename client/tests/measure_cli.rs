@@ -278,16 +278,25 @@ fn policy_from(img: &Image, extra: &[&str]) -> (Output, String) {
 /// A sim quote of `img`'s expected registers, its collateral, and `chrysalis evidence verify`
 /// of it against `policy`.
 fn verify_sim_quote(dir: &Path, img: &Image, policy: &str) -> Output {
+    verify_sim_quote_with(dir, img, policy, |_| {})
+}
+
+/// As [`verify_sim_quote`], with the quoted registers changed by `edit` first.
+fn verify_sim_quote_with(
+    dir: &Path,
+    img: &Image,
+    policy: &str,
+    edit: impl FnOnce(&mut chrysalis_attestation::TdxMeasurements),
+) -> Output {
     let e = img.tdx();
     let pki = SimPki::from_seed(DEFAULT_SEED);
     let now = 1_767_225_600;
-    let quote = pki.quote(&SimTdReport::new(
-        td_measurements(
-            e.mr_td,
-            [Measurement([0x5a; 48]), e.rtmr1, e.rtmr2, e.rtmr3],
-        ),
-        ReportData([7; 64]),
-    ));
+    let mut m = td_measurements(
+        e.mr_td,
+        [Measurement([0x5a; 48]), e.rtmr1, e.rtmr2, e.rtmr3],
+    );
+    edit(&mut m);
+    let quote = pki.quote(&SimTdReport::new(m, ReportData([7; 64])));
     let collateral = pki.collateral(now - 3600, 86_400).unwrap();
     std::fs::write(dir.join("quote.bin"), quote).unwrap();
     std::fs::write(
@@ -327,7 +336,23 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
             (pin.mr_td, pin.rtmr0, pin.rtmr1, pin.rtmr2, pin.rtmr3),
             (e.mr_td, None, Some(e.rtmr1), Some(e.rtmr2), Some(e.rtmr3))
         );
+        // The full TD_ATTRIBUTES (SEPT_VE_DISABLE only) and XFAM every shape launches with.
+        assert_eq!(
+            (
+                pin.td_attributes.map(|f| f.to_hex()),
+                pin.xfam.map(|f| f.to_hex())
+            ),
+            (
+                Some("0000001000000000".into()),
+                Some("e702060000000000".into())
+            )
+        );
     }
+    assert!(
+        toml.contains("td_attributes = \"0000001000000000\""),
+        "{toml}"
+    );
+    assert!(toml.contains("xfam = \"e702060000000000\""), "{toml}");
     assert_eq!(
         Policy::from_toml(&strict.to_toml().unwrap()).unwrap(),
         strict
@@ -350,6 +375,25 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
         "{}{}",
         text(&o.stdout),
         text(&o.stderr)
+    );
+    // Another XFAM (CET state added): the pin refuses it.
+    let o = verify_sim_quote_with(work.path(), &img, &sim_toml, |m| m.xfam.0[1] |= 0x18);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("xfam is e71a060000000000"));
+    // PERF_PROF (TD_ATTRIBUTES bit 5): refused by name, and by the pin.
+    let o = verify_sim_quote_with(work.path(), &img, &sim_toml, |m| {
+        m.td_attributes.0[0] |= 0x20
+    });
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let reasons = v["reasons"].to_string();
+    assert!(
+        reasons.contains("under debug") && reasons.contains("perf_prof"),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("td_attributes is 2000001000000000"),
+        "{reasons}"
     );
     // The strict policy does not trust the sim root.
     let o = verify_sim_quote(work.path(), &img, &toml);

@@ -17,8 +17,10 @@
 //!   (`expected_measurements.tdx[]` with the same vCPUs, memory and firmware role) when it pins
 //!   one, otherwise none, which the quote carries as 48 zero bytes. A policy built from the
 //!   manifest (`Manifest::tdx_pins`) pins RTMR0 exactly when the manifest does, so both agree.
-//! * RTMR3 zero; MRCONFIGID, MROWNER, MROWNERCONFIG zero; production TD attributes (DEBUG off);
-//!   the simulated MRSEAM (`sim::td_measurements`).
+//! * RTMR3 zero; MRCONFIGID, MROWNER, MROWNERCONFIG zero; TD_ATTRIBUTES and XFAM exactly those
+//!   every chrysalis TD is launched with (`tdx_attributes::LAUNCH_TD_ATTRIBUTES`, SEPT_VE_DISABLE
+//!   only, and `LAUNCH_XFAM`), which `Manifest::tdx_pins` pins; the simulated MRSEAM
+//!   (`sim::td_measurements`).
 //!
 //! The artifacts are read once, when the signer is built, and checked byte for byte against the
 //! manifest's digests, so the measured bytes are the manifest's bytes. Collateral is issued from
@@ -488,6 +490,11 @@ mod tests {
             (q.mr_td, Some(q.rtmr[1]), Some(q.rtmr[2]), Some(q.rtmr[3]))
         );
         assert_eq!(pin.rtmr0, None);
+        // The quote carries exactly the TD attributes and XFAM the manifest's policy pins.
+        assert_eq!(
+            (pin.td_attributes, pin.xfam),
+            (Some(q.td_attributes), Some(q.xfam))
+        );
     }
 
     #[test]

@@ -22,11 +22,13 @@ pub const TEE_TCB_SVN_UP_TO_DATE: [u8; 16] = [6, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0
 /// with advisory `SIM-SA-00002`.
 pub const TEE_TCB_SVN_OUT_OF_DATE: [u8; 16] = [6, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
-/// TD attributes with only SEPT_VE_DISABLE (bit 28) set: not DEBUG, not migratable, and what
-/// dcap-qvl requires of a production TD.
-pub const TD_ATTRIBUTES: Flags64 = Flags64((1u64 << 28).to_le_bytes());
-/// XFAM of a typical TD: x87, SSE, AVX, AVX-512 state, PKRU and AMX.
-pub const XFAM: Flags64 = Flags64([0xe7, 0x02, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00]);
+/// TD attributes of a simulated TD: exactly those chrysalis launches real TDs with
+/// ([`crate::tdx_attributes::LAUNCH_TD_ATTRIBUTES`], SEPT_VE_DISABLE only), so a policy pinned
+/// from a manifest decides sim and hardware quotes alike.
+pub const TD_ATTRIBUTES: Flags64 = crate::tdx_attributes::LAUNCH_TD_ATTRIBUTES;
+/// XFAM of a simulated TD: [`crate::tdx_attributes::LAUNCH_XFAM`] (x87, SSE, AVX, AVX-512, PKRU,
+/// AMX).
+pub const XFAM: Flags64 = crate::tdx_attributes::LAUNCH_XFAM;
 
 /// MRSIGNER of the TDX module: Intel signs its modules with an all-zero MRSIGNERSEAM.
 pub(crate) const TDX_MODULE_MRSIGNER: [u8; 48] = [0; 48];

@@ -148,8 +148,13 @@ pub struct Verdict {
     pub advisory_ids: Vec<String>,
     /// The measured state.
     pub measurements: Measurements,
-    /// True when the host can debug (read) the guest.
+    /// True when the host can debug (read) or profile the guest: for TDX any "TD under debug"
+    /// bit (TD_ATTRIBUTES 0-7), for SNP guest policy bit 19.
     pub debug: bool,
+    /// Which of those flags are set, by name (`debug`, `perf_prof`, `pmt_prof`,
+    /// `hgs_plus_prof`, `tud_bit3`...); empty for a trusted guest.
+    #[serde(default)]
+    pub debug_flags: Vec<String>,
     /// The 64 bytes bound into the evidence.
     pub report_data: ReportData,
     /// When the first piece of collateral used expires (unix seconds), if it has a date.
@@ -242,6 +247,16 @@ pub enum VerifyError {
     /// The SNP report or its certificates failed verification.
     #[error("SNP report verification failed: {0}")]
     Snp(String),
+    /// TD_ATTRIBUTES break a rule no policy can lift (see [`crate::tdx_attributes`]): a reserved
+    /// bit set (TUD bits 1-3 and 7 included), MIGRATABLE or SERVTD_EXT set, SEPT_VE_DISABLE
+    /// clear.
+    #[error("TD_ATTRIBUTES {attributes} are refused: {}", .violations.join(", "))]
+    TdAttributes {
+        /// The 8 bytes as the quote stores them.
+        attributes: crate::evidence::Flags64,
+        /// Each broken rule, naming its bit (`tud_bit3 set`, `sept_ve_disable clear`).
+        violations: Vec<String>,
+    },
 }
 
 /// Verifies a bundle against `anchors` at `now` (unix seconds).
@@ -317,6 +332,7 @@ pub fn verify_snp_evidence(
         tcb_status: TcbStatus::UpToDate,
         advisory_ids: Vec::new(),
         debug: measurements.debug(),
+        debug_flags: measurements.debug_flags(),
         report_data: v.report.report_data(),
         measurements: Measurements::Snp(measurements),
         valid_until: Some(v.valid_until),

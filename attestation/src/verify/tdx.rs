@@ -5,6 +5,7 @@ use dcap_qvl::verify::QuoteVerifier;
 
 use super::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
 use crate::evidence::{Measurements, Platform, Sha256, TdxQuote};
+use crate::tdx_attributes::TdAttributes;
 
 /// SHA-256 of the DER of Intel's SGX Root CA (CN=Intel SGX Root CA, valid 2018-05-21 to
 /// 2049-12-31), the root of every production TDX quote. dcap-qvl embeds the certificate;
@@ -86,7 +87,9 @@ fn next_update(json: &str) -> Option<u64> {
 /// Returns Ok only if the quote's signature chain (attestation key → QE report → PCK
 /// certificate → PCK CA → root), the collateral's signatures (TCB info, QE identity, CRLs →
 /// the same root) and their validity at `now` all verify, and the root is among `anchors`.
-/// It does NOT judge the TCB status, debug flag or measurements: that is the policy's job.
+/// It also refuses TD_ATTRIBUTES that no policy may accept ([`VerifyError::TdAttributes`]).
+/// It does NOT judge the TCB status, the "TD under debug" bits or measurements: that is the
+/// policy's job.
 pub fn verify_tdx(
     quote: &[u8],
     collateral: &QuoteCollateralV3,
@@ -113,8 +116,17 @@ pub fn verify_tdx(
             root: format!("{} (sha256 {root_sha})", root_subject(&root_der)),
         });
     };
-    // Debug TDs are reported, not refused here: the policy refuses them by default and can
-    // name why.
+    // dcap-qvl refuses these too; checking first makes the error name the bit.
+    let attributes = parsed.measurements().td_attributes;
+    let violations = TdAttributes::from_flags(attributes).violations();
+    if !violations.is_empty() {
+        return Err(VerifyError::TdAttributes {
+            attributes,
+            violations,
+        });
+    }
+    // TDs under debug (DEBUG and the profiling bits 4-6) are reported, not refused here: the
+    // policy refuses them by default and names the bits.
     let report = verifier
         .allow_debug(true)
         .verify(quote, collateral, now)
@@ -146,6 +158,7 @@ pub fn verify_tdx(
         tcb_status: map_status(tcb_status),
         advisory_ids: report.advisory_ids,
         debug: measurements.debug(),
+        debug_flags: measurements.debug_flags(),
         report_data: parsed.report_data(),
         measurements: Measurements::Tdx(measurements),
         valid_until,

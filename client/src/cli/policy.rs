@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chrysalis_attestation::Policy;
 use chrysalis_attestation::manifest::{ExpectedMeasurements, VmShape};
 use chrysalis_attestation::measure::image::{
     SnpShape, TdxShape, default_snp_shapes, default_tdx_shapes, snp_for_shape, tdx_for_shape,
@@ -13,6 +12,8 @@ use chrysalis_attestation::measure::image::{
 };
 use chrysalis_attestation::measure::snp::snp_ovmf_hash;
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki};
+use chrysalis_attestation::tdx_attributes::{LAUNCH_TD_ATTRIBUTES, LAUNCH_XFAM};
+use chrysalis_attestation::{Policy, TdAttributes, Xfam};
 use clap::{Args, Subcommand};
 
 use super::Ctx;
@@ -124,6 +125,13 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         header.push_str(
             "# RTMR0 is not pinned: it depends on the VMM's ACPI tables (docs/measurements.md).\n",
         );
+        header.push_str(&format!(
+            "# td_attributes and xfam are those chrysalis launches every TD with: {} and {}.\n",
+            TdAttributes::from_flags(LAUNCH_TD_ATTRIBUTES)
+                .set_names()
+                .join(" "),
+            Xfam::from_flags(LAUNCH_XFAM).set_names().join(" "),
+        ));
     }
     if a.dangerous_sim_root {
         let root = SimPki::from_seed(DEFAULT_SEED).root_sha256();

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
-use chrysalis_attestation::{Measurement, ReportData};
+use chrysalis_attestation::tdx_attributes::{LAUNCH_TD_ATTRIBUTES, LAUNCH_XFAM};
+use chrysalis_attestation::{Flags64, Measurement, ReportData};
 use clap::{Args, Subcommand};
 
 use super::Ctx;
@@ -38,6 +39,15 @@ pub(crate) struct QuoteArgs {
     /// RTMR3 (hex; default zero).
     #[arg(long, value_name = "HEX", default_value_t = Measurement::ZERO)]
     rtmr3: Measurement,
+    /// TD_ATTRIBUTES: the 8 bytes as the quote stores them, as `chrysalis evidence show` prints
+    /// them (hex; default 0000001000000000, SEPT_VE_DISABLE only, as chrysalis launches TDs).
+    /// E.g. 2000001000000000 adds PERF_PROF (bit 5), which the default policy refuses.
+    #[arg(long, value_name = "HEX", default_value_t = LAUNCH_TD_ATTRIBUTES)]
+    td_attributes: Flags64,
+    /// XFAM: the 8 bytes as the quote stores them (hex; default e702060000000000, as chrysalis
+    /// launches TDs).
+    #[arg(long, value_name = "HEX", default_value_t = LAUNCH_XFAM)]
+    xfam: Flags64,
     /// The 64 bytes to bind (hex).
     #[arg(long, value_name = "HEX")]
     report_data: ReportData,
@@ -66,7 +76,10 @@ pub(crate) fn run(_ctx: &Ctx, cmd: SimCommand) -> anyhow::Result<ExitCode> {
             .context("system clock before 1970")?
             .as_secs(),
     };
-    let m = td_measurements(a.mr_td, [a.rtmr0, a.rtmr1, a.rtmr2, a.rtmr3]);
+    let mut m = td_measurements(a.mr_td, [a.rtmr0, a.rtmr1, a.rtmr2, a.rtmr3]);
+    // Quoted as given, even bits no verifier accepts: the point is to see the refusal.
+    m.td_attributes = a.td_attributes;
+    m.xfam = a.xfam;
     let quote = pki.quote(&SimTdReport::new(m, a.report_data));
     let collateral = pki
         .collateral(issued_at, a.valid_for)
