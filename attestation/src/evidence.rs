@@ -242,6 +242,13 @@ pub struct SnpMeasurements {
     pub policy: u64,
     /// The TCB the report was signed at: the VCEK must have been issued for exactly this TCB.
     pub reported_tcb: SnpTcb,
+    /// The TCB the platform has committed to: firmware below it can no longer be loaded.
+    pub committed_tcb: SnpTcb,
+    /// The platform's TCB when this guest was launched (or imported).
+    pub launch_tcb: SnpTcb,
+    /// The firmware actually running when the report was made; informational, as the firmware
+    /// reports it (the VCEK certifies reported_tcb, not this).
+    pub current_tcb: SnpTcb,
     /// The chip that signed (zero when the host masks it).
     pub chip_id: ChipId,
     /// The VM privilege level that asked for the report.
@@ -249,6 +256,11 @@ pub struct SnpMeasurements {
 }
 
 impl SnpMeasurements {
+    /// Bit 16 of the guest policy: SMT (hyperthreading) may be enabled on the host.
+    pub const POLICY_SMT_BIT: u64 = 1 << 16;
+    /// Bit 18 of the guest policy: the guest may be associated with a migration agent, which
+    /// can export its memory.
+    pub const POLICY_MIGRATE_MA_BIT: u64 = 1 << 18;
     /// Bit 19 of the guest policy: the hypervisor may use the debug API on this guest.
     pub const POLICY_DEBUG_BIT: u64 = 1 << 19;
 
@@ -456,6 +468,9 @@ impl SnpReport {
             host_data: HostData(r.host_data),
             policy: r.policy.0,
             reported_tcb: SnpTcb::from(&r.reported_tcb),
+            committed_tcb: SnpTcb::from(&r.committed_tcb),
+            launch_tcb: SnpTcb::from(&r.launch_tcb),
+            current_tcb: SnpTcb::from(&r.current_tcb),
             chip_id: ChipId(r.chip_id),
             vmpl: r.vmpl,
         }
@@ -504,6 +519,35 @@ impl SnpTcb {
             && self.tee >= min.tee
             && self.snp >= min.snp
             && self.microcode >= min.microcode
+    }
+
+    /// The components of `self` below those of `min`, as (name, value, minimum), in the order
+    /// fmc, bootloader, tee, snp, microcode. Empty exactly when [`Self::at_least`] holds. An
+    /// absent FMC counts as 0.
+    pub fn below(&self, min: &SnpTcb) -> Vec<(&'static str, u8, u8)> {
+        [
+            ("fmc", self.fmc.unwrap_or(0), min.fmc.unwrap_or(0)),
+            ("bootloader", self.bootloader, min.bootloader),
+            ("tee", self.tee, min.tee),
+            ("snp", self.snp, min.snp),
+            ("microcode", self.microcode, min.microcode),
+        ]
+        .into_iter()
+        .filter(|(_, v, m)| v < m)
+        .collect()
+    }
+}
+
+impl fmt::Display for SnpTcb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(fmc) = self.fmc {
+            write!(f, "fmc={fmc} ")?;
+        }
+        write!(
+            f,
+            "bootloader={} tee={} snp={} microcode={}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )
     }
 }
 

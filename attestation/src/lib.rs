@@ -25,6 +25,8 @@
 //! * [`verify`]: cryptographic verification into one structured [`Verdict`]; no judgement.
 //! * [`policy`]: what a client accepts (TOML), and the only constructor of
 //!   [`VerifiedEvidence`], the proof type that code releasing prompts or keys requires.
+//! * [`snp_policy`]: the SEV-SNP rules of a policy: the TCB floor per AMD product (a dated
+//!   table from AMD's bulletins), the guest-policy bits (MIGRATE_MA, DEBUG) and VMPL 0.
 //! * [`ratls`]: certificates carrying evidence bound to their own key (RFC 9999 `id-pe-cmw`),
 //!   rustls server and client verifiers with a verdict cache. Wire format: docs/ra-tls.md.
 //! * [`receipt`]: usage receipts (JWS ES256) signed with the attested key. Format: docs/receipts.md.
@@ -96,6 +98,8 @@ pub mod receipt;
 #[cfg(feature = "full")]
 pub mod sim;
 pub mod tdx_attributes;
+#[cfg(feature = "full")]
+pub mod snp_policy;
 #[cfg(feature = "full")]
 pub mod verify;
 

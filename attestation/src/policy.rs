@@ -1,7 +1,10 @@
 //! Client policy: what a verifier accepts, and the only constructor of [`VerifiedEvidence`].
 //!
-//! A policy is TOML. Defaults are strict: vendor roots only, TCB status `UpToDate` only, no
-//! advisories, no debug guests, and no measurement accepted unless a pinned set matches.
+//! A policy is TOML. Defaults are strict: vendor roots only, TDX TCB status `UpToDate` only,
+//! no advisories, no debug guests, and no measurement accepted unless a pinned set matches.
+//! SEV-SNP evidence has no TCB status; instead its reported and committed TCB must reach a
+//! floor per AMD product (a built-in table, [`crate::snp_policy`]), its guest policy must not
+//! allow MIGRATE_MA or DEBUG, and it must come from VMPL 0.
 //! Everything that weakens this is spelled `dangerous_…` so a reviewer's grep finds it.
 //!
 //! ```toml
@@ -13,9 +16,14 @@
 //! # dangerous_simulated_intel_roots = ["<sha256 of a simulated root>"]
 //!
 //! [tcb]
-//! accepted_statuses = ["UpToDate"]
+//! accepted_statuses = ["UpToDate"]      # TDX only: AMD assigns SNP no status
 //! allowed_advisories = []
-//! # snp_minimum = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }
+//! # snp_minimum = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }  # every SNP product
+//!
+//! [tcb.snp_floor]                  # per product; a product left out uses the built-in table
+//! milan = { bootloader = 0, tee = 0, snp = 24, microcode = 219 }
+//! genoa = { bootloader = 0, tee = 0, snp = 23, microcode = 84 }
+//! # turin = { fmc = 0, bootloader = 0, tee = 0, snp = 0, microcode = 0 }  # no built-in floor
 //!
 //! # dangerous_allow_debug = false
 //! # dangerous_accept_any_measurement = false
@@ -31,6 +39,8 @@
 //! [[snp]]
 //! name = "chrysalis cpu 0.1.0, 2 vCPU EPYC-v4"
 //! measurement = "…"                # required
+//! policy = 196608                  # the guest policy, exactly (0x30000)
+//! vmpl = 0
 //! ```
 
 use std::fmt;
@@ -43,8 +53,11 @@ use crate::evidence::{
     Flags64, HostData, Measurement, Measurements, Platform, Sha256, SnpMeasurements, SnpTcb,
     TdxMeasurements,
 };
+use crate::snp_policy::{FloorSource, PolicyCheck, policy_bit_names};
 use crate::tdx_attributes::TdAttributes;
-use crate::verify::{self, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
+use crate::verify::{
+    self, AmdGeneration, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError,
+};
 
 /// The only policy format version.
 pub const POLICY_VERSION: u32 = 1;
@@ -116,15 +129,63 @@ impl Default for TrustConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcbConfig {
-    /// Accepted TCB statuses (Intel's spelling). Default: `["UpToDate"]`.
+    /// Accepted TDX TCB statuses (Intel's spelling). Default: `["UpToDate"]`. Does not apply to
+    /// SNP, which has no status: see `snp_minimum` and `snp_floor`.
     #[serde(default = "default_statuses")]
     pub accepted_statuses: Vec<TcbStatus>,
     /// Advisory IDs (e.g. "INTEL-SA-00837") that may apply to an accepted platform.
     #[serde(default)]
     pub allowed_advisories: Vec<String>,
-    /// The lowest SNP TCB accepted, component by component.
+    /// The lowest SNP TCB accepted, component by component, on every AMD product: the explicit
+    /// override of `snp_floor` and of the built-in table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snp_minimum: Option<SnpTcb>,
+    /// The lowest SNP TCB accepted per AMD product; a product not listed uses
+    /// [`crate::snp_policy::builtin_tcb_floor`], and one without a built-in floor (Turin) is
+    /// refused unless listed here or `snp_minimum` is set.
+    #[serde(default, skip_serializing_if = "SnpFloors::is_empty")]
+    pub snp_floor: SnpFloors,
+}
+
+/// Per-product SNP TCB floors (`[tcb.snp_floor]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpFloors {
+    /// EPYC 7003 (Milan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milan: Option<SnpTcb>,
+    /// EPYC 9004/8004 (Genoa).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genoa: Option<SnpTcb>,
+    /// EPYC 9005 (Turin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turin: Option<SnpTcb>,
+}
+
+impl SnpFloors {
+    /// The built-in table, written out (what `policy from-manifest` puts in a policy).
+    pub fn builtin() -> Self {
+        use crate::snp_policy::builtin_tcb_floor;
+        Self {
+            milan: builtin_tcb_floor(AmdGeneration::Milan),
+            genoa: builtin_tcb_floor(AmdGeneration::Genoa),
+            turin: builtin_tcb_floor(AmdGeneration::Turin),
+        }
+    }
+
+    /// The floor listed for `product`.
+    pub fn get(&self, product: AmdGeneration) -> Option<SnpTcb> {
+        match product {
+            AmdGeneration::Milan => self.milan,
+            AmdGeneration::Genoa => self.genoa,
+            AmdGeneration::Turin => self.turin,
+        }
+    }
+
+    /// True when no product is listed.
+    pub fn is_empty(&self) -> bool {
+        self.milan.is_none() && self.genoa.is_none() && self.turin.is_none()
+    }
 }
 
 fn default_statuses() -> Vec<TcbStatus> {
@@ -137,6 +198,7 @@ impl Default for TcbConfig {
             accepted_statuses: default_statuses(),
             allowed_advisories: Vec::new(),
             snp_minimum: None,
+            snp_floor: SnpFloors::default(),
         }
     }
 }
@@ -254,14 +316,39 @@ pub enum RejectReason {
         /// What the policy accepts.
         accepted: Vec<TcbStatus>,
     },
+    /// A TDX verdict carries no TCB status.
+    TcbStatusMissing,
     /// Advisories apply that the policy does not allow.
     Advisories(Vec<String>),
-    /// An SNP TCB component is below the policy's minimum.
-    SnpTcbTooOld {
-        /// The reported TCB.
-        reported: SnpTcb,
-        /// The minimum.
-        minimum: SnpTcb,
+    /// An SNP TCB (reported or committed) has components below the floor of its product.
+    SnpTcbBelowFloor {
+        /// `reported_tcb` or `committed_tcb`.
+        tcb: &'static str,
+        /// The AMD product (Milan, Genoa, Turin).
+        product: String,
+        /// Each component below the floor: (name, value, minimum).
+        below: Vec<(&'static str, u8, u8)>,
+        /// Where the floor comes from.
+        source: FloorSource,
+    },
+    /// Neither the built-in table nor the policy has a TCB floor for this SNP product.
+    SnpNoTcbFloor {
+        /// The product (or the root, when it names none).
+        product: String,
+    },
+    /// A guest-policy bit that makes the guest untrusted is set.
+    SnpGuestPolicyBit {
+        /// The bit number.
+        bit: u8,
+        /// Its name in AMD's ABI (MIGRATE_MA, DEBUG).
+        name: &'static str,
+        /// What it lets the host do.
+        why: &'static str,
+    },
+    /// The report was requested from a VMPL other than 0.
+    SnpVmpl {
+        /// The report's VMPL.
+        vmpl: u32,
     },
     /// The guest is debuggable (a verdict whose `debug` is set without naming a flag).
     Debug,
@@ -307,6 +394,7 @@ impl fmt::Display for RejectReason {
                     acc.join(", ")
                 )
             }
+            RejectReason::TcbStatusMissing => f.write_str("TDX verdict carries no TCB status"),
             RejectReason::Advisories(ids) => {
                 write!(
                     f,
@@ -314,9 +402,34 @@ impl fmt::Display for RejectReason {
                     ids.join(", ")
                 )
             }
-            RejectReason::SnpTcbTooOld { reported, minimum } => write!(
+            RejectReason::SnpTcbBelowFloor {
+                tcb,
+                product,
+                below,
+                source,
+            } => {
+                let parts: Vec<String> = below
+                    .iter()
+                    .map(|(name, v, min)| format!("{name} {v} < {min}"))
+                    .collect();
+                write!(
+                    f,
+                    "SNP {tcb} below the {product} TCB floor ({source}): {}",
+                    parts.join(", ")
+                )
+            }
+            RejectReason::SnpNoTcbFloor { product } => write!(
                 f,
-                "SNP TCB below policy minimum: reported {reported:?}, minimum {minimum:?}"
+                "SNP TCB floor unknown for {product}: the built-in table has none; \
+                 set tcb.snp_floor or tcb.snp_minimum"
+            ),
+            RejectReason::SnpGuestPolicyBit { bit, name, why } => write!(
+                f,
+                "SNP guest policy bit {bit} {name} is set: {why} (forbidden by policy)"
+            ),
+            RejectReason::SnpVmpl { vmpl } => write!(
+                f,
+                "SNP report requested at VMPL {vmpl}: the policy requires VMPL 0"
             ),
             RejectReason::Debug => {
                 f.write_str("guest is debuggable (debug is forbidden by policy)")
@@ -518,11 +631,16 @@ impl Policy {
         if !root_ok {
             reasons.push(RejectReason::RootNotTrusted(verdict.root.clone()));
         }
-        if !self.tcb.accepted_statuses.contains(&verdict.tcb_status) {
-            reasons.push(RejectReason::TcbStatus {
-                status: verdict.tcb_status,
-                accepted: self.tcb.accepted_statuses.clone(),
-            });
+        // AMD assigns no status: SNP is held to its TCB floor below instead.
+        if verdict.platform == Platform::Tdx {
+            match verdict.tcb_status {
+                Some(s) if self.tcb.accepted_statuses.contains(&s) => {}
+                Some(status) => reasons.push(RejectReason::TcbStatus {
+                    status,
+                    accepted: self.tcb.accepted_statuses.clone(),
+                }),
+                None => reasons.push(RejectReason::TcbStatusMissing),
+            }
         }
         let bad: Vec<String> = verdict
             .advisory_ids
@@ -533,15 +651,15 @@ impl Policy {
         if !bad.is_empty() {
             reasons.push(RejectReason::Advisories(bad));
         }
-        if let (Measurements::Snp(m), Some(min)) = (&verdict.measurements, &self.tcb.snp_minimum)
-            && !m.reported_tcb.at_least(min)
-        {
-            reasons.push(RejectReason::SnpTcbTooOld {
-                reported: m.reported_tcb,
-                minimum: *min,
-            });
+        if let Measurements::Snp(m) = &verdict.measurements {
+            reasons.extend(
+                self.snp_checks(&verdict.root, m)
+                    .into_iter()
+                    .filter_map(|(_, r)| r),
+            );
         }
-        if !self.dangerous_allow_debug {
+        // SNP's DEBUG bit is refused by name in snp_checks.
+        if !self.dangerous_allow_debug && verdict.platform != Platform::Snp {
             // The flags are read from the measurements as well as the verdict's own fields, so a
             // verdict that says `debug: false` beside a TUD bit is still refused.
             let mut flags = verdict.measurements.debug_flags();
@@ -578,6 +696,21 @@ impl Policy {
             })
         } else {
             Err(Rejection { reasons })
+        }
+    }
+
+    /// The outcome of each platform check this policy makes of `verdict`, passed or not, for
+    /// display (`chrysalis evidence verify --json`). Today these are the SNP checks (TCB floor
+    /// on reported and committed TCB, MIGRATE_MA, DEBUG, VMPL); empty for TDX. Produces no
+    /// proof: only [`Policy::appraise`] accepts evidence.
+    pub fn checks(&self, verdict: &Verdict) -> Vec<PolicyCheck> {
+        match &verdict.measurements {
+            Measurements::Snp(m) => self
+                .snp_checks(&verdict.root, m)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
+            Measurements::Tdx(_) => Vec::new(),
         }
     }
 
@@ -696,7 +829,15 @@ fn snp_diff(p: &SnpPin, s: &SnpMeasurements) -> Vec<String> {
         &s.measurement,
     );
     diff(&mut out, "host_data", p.host_data.as_ref(), &s.host_data);
-    diff(&mut out, "policy", p.policy.as_ref(), &s.policy);
+    if let Some(pinned) = p.policy
+        && pinned != s.policy
+    {
+        out.push(format!(
+            "policy is {:#x}, pinned {pinned:#x} (differs in {})",
+            s.policy,
+            policy_bit_names(pinned ^ s.policy).join(", ")
+        ));
+    }
     diff(&mut out, "vmpl", p.vmpl.as_ref(), &s.vmpl);
     out
 }
@@ -704,14 +845,14 @@ fn snp_diff(p: &SnpPin, s: &SnpMeasurements) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::{ReportData, SnpTcb};
+    use crate::evidence::ReportData;
 
     fn tdx_verdict() -> Verdict {
         Verdict {
             platform: Platform::Tdx,
             evidence_version: 4,
             root: TrustRoot::IntelSgxRootCa,
-            tcb_status: TcbStatus::UpToDate,
+            tcb_status: Some(TcbStatus::UpToDate),
             advisory_ids: vec![],
             measurements: Measurements::Tdx(TdxMeasurements {
                 mr_td: Measurement([1; 48]),
@@ -762,7 +903,7 @@ mod tests {
     #[test]
     fn rejection_names_every_failed_rule() {
         let mut v = tdx_verdict();
-        v.tcb_status = TcbStatus::OutOfDate;
+        v.tcb_status = Some(TcbStatus::OutOfDate);
         v.advisory_ids = vec!["INTEL-SA-00837".into()];
         v.debug = true;
         v.root = TrustRoot::SimulatedIntel {
@@ -808,41 +949,237 @@ mod tests {
         assert!(p.evaluate(v).is_ok());
     }
 
-    #[test]
-    fn snp_minimum_tcb() {
-        let tcb = SnpTcb {
-            fmc: None,
-            bootloader: 3,
-            tee: 0,
-            snp: 8,
-            microcode: 115,
-        };
-        let v = Verdict {
+    /// The recorded Milan report's TCB (2023 firmware): below the built-in Milan floor.
+    const OLD_MILAN: SnpTcb = SnpTcb {
+        fmc: None,
+        bootloader: 3,
+        tee: 0,
+        snp: 8,
+        microcode: 115,
+    };
+
+    fn snp_verdict(product: &str, tcb: SnpTcb) -> Verdict {
+        Verdict {
             platform: Platform::Snp,
             evidence_version: 2,
             root: TrustRoot::AmdArk {
-                product: "Milan".into(),
+                product: product.into(),
                 sha256: Sha256([1; 32]),
             },
+            tcb_status: None,
             measurements: Measurements::Snp(SnpMeasurements {
                 measurement: Measurement([7; 48]),
                 host_data: HostData([0; 32]),
-                policy: 0x30000,
+                policy: crate::measure::snp::CHRYSALIS_GUEST_POLICY,
                 reported_tcb: tcb,
+                committed_tcb: tcb,
+                launch_tcb: tcb,
+                current_tcb: tcb,
                 chip_id: crate::evidence::ChipId([0; 64]),
                 vmpl: 0,
             }),
             ..tdx_verdict()
-        };
+        }
+    }
+
+    fn snp_mut(v: &mut Verdict) -> &mut SnpMeasurements {
+        match &mut v.measurements {
+            Measurements::Snp(m) => m,
+            Measurements::Tdx(_) => unreachable!(),
+        }
+    }
+
+    fn milan_floor() -> SnpTcb {
+        crate::snp_policy::builtin_tcb_floor(AmdGeneration::Milan).unwrap()
+    }
+
+    #[test]
+    fn snp_has_no_tcb_status_and_accepted_statuses_do_not_apply() {
+        let v = snp_verdict("Milan", milan_floor());
         let mut p = Policy::dangerous_unpinned();
+        p.tcb.accepted_statuses = vec![TcbStatus::OutOfDate];
+        let ok = p.evaluate(v).unwrap();
+        assert_eq!(ok.verdict().tcb_status, None);
+        // A TDX verdict without a status is refused, never waved through.
+        let mut t = tdx_verdict();
+        t.tcb_status = None;
+        let err = Policy::dangerous_unpinned().evaluate(t).unwrap_err();
+        assert_eq!(err.reasons, vec![RejectReason::TcbStatusMissing]);
+    }
+
+    #[test]
+    fn builtin_floor_refuses_old_milan_firmware_by_component() {
+        let err = Policy::dangerous_unpinned()
+            .evaluate(snp_verdict("Milan", OLD_MILAN))
+            .unwrap_err();
+        let msgs = err.messages();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert_eq!(
+            msgs[0],
+            "SNP reported_tcb below the Milan TCB floor (built-in table, AMD-SB-3019 \
+             (CVE-2024-56161), 2026-12): snp 8 < 24, microcode 115 < 219"
+        );
+        assert!(
+            msgs[1].starts_with("SNP committed_tcb below the Milan"),
+            "{msgs:?}"
+        );
+        // At the floor exactly: accepted. Genoa's floor is its own.
+        Policy::dangerous_unpinned()
+            .evaluate(snp_verdict("Milan", milan_floor()))
+            .unwrap();
+        let genoa = crate::snp_policy::builtin_tcb_floor(AmdGeneration::Genoa).unwrap();
+        Policy::dangerous_unpinned()
+            .evaluate(snp_verdict("Genoa", genoa))
+            .unwrap();
+        let err = Policy::dangerous_unpinned()
+            .evaluate(snp_verdict(
+                "Genoa",
+                SnpTcb {
+                    microcode: 83,
+                    ..genoa
+                },
+            ))
+            .unwrap_err();
+        assert!(err.to_string().contains("microcode 83 < 84"), "{err}");
+    }
+
+    #[test]
+    fn committed_tcb_is_floored_too_and_launch_tcb_is_not() {
+        let mut v = snp_verdict("Milan", milan_floor());
+        snp_mut(&mut v).launch_tcb = OLD_MILAN;
+        Policy::dangerous_unpinned().evaluate(v.clone()).unwrap();
+        snp_mut(&mut v).committed_tcb = SnpTcb {
+            snp: 23,
+            ..milan_floor()
+        };
+        let err = Policy::dangerous_unpinned().evaluate(v).unwrap_err();
+        assert_eq!(
+            err.messages(),
+            [
+                "SNP committed_tcb below the Milan TCB floor (built-in table, AMD-SB-3019 \
+                 (CVE-2024-56161), 2026-12): snp 23 < 24"
+            ]
+        );
+    }
+
+    #[test]
+    fn explicit_floors_override_the_table() {
+        let v = snp_verdict("Milan", OLD_MILAN);
+        let mut p = Policy::dangerous_unpinned();
+        p.tcb.snp_floor.milan = Some(OLD_MILAN);
+        p.evaluate(v.clone()).unwrap();
+        // snp_minimum is the override for every product, above snp_floor.
         p.tcb.snp_minimum = Some(SnpTcb {
             microcode: 200,
-            ..tcb
+            ..OLD_MILAN
         });
         let msg = p.evaluate(v.clone()).unwrap_err().to_string();
-        assert!(msg.contains("SNP TCB below"), "{msg}");
-        p.tcb.snp_minimum = Some(tcb);
-        assert!(p.evaluate(v).is_ok());
+        assert!(
+            msg.contains("(policy tcb.snp_minimum): microcode 115 < 200"),
+            "{msg}"
+        );
+        p.tcb.snp_minimum = Some(OLD_MILAN);
+        p.evaluate(v).unwrap();
+    }
+
+    #[test]
+    fn turin_has_no_builtin_floor_and_needs_one_named() {
+        let turin = SnpTcb {
+            fmc: Some(1),
+            bootloader: 1,
+            tee: 1,
+            snp: 1,
+            microcode: 9,
+        };
+        let v = snp_verdict("Turin", turin);
+        let err = Policy::dangerous_unpinned()
+            .evaluate(v.clone())
+            .unwrap_err();
+        assert!(
+            matches!(&err.reasons[..], [RejectReason::SnpNoTcbFloor { product }] if product == "Turin"),
+            "{err}"
+        );
+        let mut p = Policy::dangerous_unpinned();
+        p.tcb.snp_floor.turin = Some(SnpTcb {
+            fmc: Some(2),
+            ..turin
+        });
+        let msg = p.evaluate(v.clone()).unwrap_err().to_string();
+        assert!(msg.contains("fmc 1 < 2"), "{msg}");
+        p.tcb.snp_floor.turin = Some(turin);
+        p.evaluate(v).unwrap();
+    }
+
+    #[test]
+    fn migrate_ma_debug_and_vmpl_are_refused_by_name_without_pins() {
+        let base = snp_verdict("Milan", milan_floor());
+        let p = Policy::dangerous_unpinned();
+
+        let mut v = base.clone();
+        snp_mut(&mut v).policy |= SnpMeasurements::POLICY_MIGRATE_MA_BIT;
+        let err = p.evaluate(v).unwrap_err();
+        assert_eq!(
+            err.reasons,
+            vec![RejectReason::SnpGuestPolicyBit {
+                bit: 18,
+                name: "MIGRATE_MA",
+                why: "a migration agent may export the guest's memory",
+            }]
+        );
+
+        let mut v = base.clone();
+        snp_mut(&mut v).policy |= SnpMeasurements::POLICY_DEBUG_BIT;
+        v.debug = true;
+        let err = p.evaluate(v.clone()).unwrap_err();
+        assert_eq!(err.reasons.len(), 1, "{err}");
+        assert!(err.to_string().contains("bit 19 DEBUG is set"), "{err}");
+        let mut lenient = p.clone();
+        lenient.dangerous_allow_debug = true;
+        lenient.evaluate(v).unwrap();
+
+        let mut v = base.clone();
+        snp_mut(&mut v).vmpl = 1;
+        let err = p.evaluate(v).unwrap_err();
+        assert_eq!(err.reasons, vec![RejectReason::SnpVmpl { vmpl: 1 }]);
+        assert!(err.to_string().contains("VMPL 1"), "{err}");
+
+        // Each outcome is listed, passed or not.
+        let mut v = base;
+        snp_mut(&mut v).vmpl = 2;
+        let checks = p.checks(&v);
+        let names: Vec<_> = checks.iter().map(|c| (c.check, c.passed)).collect();
+        assert_eq!(
+            names,
+            [
+                ("snp.reported_tcb", true),
+                ("snp.committed_tcb", true),
+                ("snp.policy.migrate_ma", true),
+                ("snp.policy.debug", true),
+                ("snp.vmpl", false),
+            ]
+        );
+        assert!(p.checks(&tdx_verdict()).is_empty());
+    }
+
+    #[test]
+    fn pinned_guest_policy_mismatch_names_the_bits() {
+        let mut v = snp_verdict("Milan", milan_floor());
+        // SMT off: not refused by default, but a pin of the launch policy catches it.
+        snp_mut(&mut v).policy = 0x2_0000;
+        let pin = SnpPin {
+            name: Some("cpu".into()),
+            measurement: Measurement([7; 48]),
+            host_data: None,
+            policy: Some(crate::measure::snp::CHRYSALIS_GUEST_POLICY),
+            vmpl: Some(0),
+        };
+        Policy::dangerous_unpinned().evaluate(v.clone()).unwrap();
+        let err = Policy::pinned(vec![], vec![pin]).evaluate(v).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("policy is 0x20000, pinned 0x30000 (differs in bit 16 SMT)"),
+            "{err}"
+        );
     }
 
     fn with_attributes(bits: u64) -> Verdict {
@@ -1042,9 +1379,15 @@ mod tests {
 
     #[test]
     fn toml_round_trip_and_errors_name_the_key() {
-        let p = Policy::pinned(vec![pin()], vec![]);
+        let mut p = Policy::pinned(vec![pin()], vec![]);
+        p.tcb.snp_floor = SnpFloors::builtin();
         let text = p.to_toml().unwrap();
+        assert!(text.contains("[tcb.snp_floor.milan]"), "{text}");
         assert_eq!(Policy::from_toml(&text).unwrap(), p);
+        let err = Policy::from_toml("version = 1\n[tcb.snp_floor.venice]\nsnp = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("venice"), "{err}");
         let err = Policy::from_toml("version = 1\n[tcb]\naccepted = []\n")
             .unwrap_err()
             .to_string();

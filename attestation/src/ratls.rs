@@ -715,7 +715,10 @@ mod tests {
         .unwrap();
         let peer = verify_certificate(&cert, &sim_policy(&pki, mr_td), None, NOW).unwrap();
         assert_eq!(peer.evidence().matched_pin(), Some("sim"));
-        assert_eq!(peer.evidence().verdict().tcb_status, TcbStatus::UpToDate);
+        assert_eq!(
+            peer.evidence().verdict().tcb_status,
+            Some(TcbStatus::UpToDate)
+        );
         assert_eq!(peer.spki_der(), key.spki_der());
         assert_eq!(
             extract_bundle(&cert).unwrap().platform,

@@ -16,7 +16,7 @@ const OUTDATED_NOW: u64 = 1_771_500_000;
 fn sample_quote_is_up_to_date_under_the_intel_root() {
     let (quote, collateral) = dcap_sample("tdx_quote");
     let v = verify_tdx(&quote, &collateral, &TrustAnchors::vendor(), SAMPLE_NOW).unwrap();
-    assert_eq!(v.tcb_status, TcbStatus::UpToDate);
+    assert_eq!(v.tcb_status, Some(TcbStatus::UpToDate));
     assert_eq!(v.root, TrustRoot::IntelSgxRootCa);
     assert_eq!(v.evidence_version, 4);
     assert!(!v.debug);
@@ -27,7 +27,7 @@ fn sample_quote_is_up_to_date_under_the_intel_root() {
             SAMPLE_NOW,
         )
         .unwrap();
-    assert_eq!(ok.verdict().tcb_status, TcbStatus::UpToDate);
+    assert_eq!(ok.verdict().tcb_status, Some(TcbStatus::UpToDate));
 }
 
 #[test]

@@ -75,10 +75,14 @@ pub fn measurement_fields(m: &Measurements) -> Map<String, Value> {
             o.insert("policy".into(), json!(format!("{:016x}", s.policy)));
             o.insert("chip_id".into(), json!(s.chip_id.to_hex()));
             o.insert("vmpl".into(), json!(s.vmpl));
-            o.insert(
-                "reported_tcb".into(),
-                serde_json::to_value(s.reported_tcb).expect("plain struct"),
-            );
+            for (k, tcb) in [
+                ("reported_tcb", s.reported_tcb),
+                ("committed_tcb", s.committed_tcb),
+                ("launch_tcb", s.launch_tcb),
+                ("current_tcb", s.current_tcb),
+            ] {
+                o.insert(k.into(), serde_json::to_value(tcb).expect("plain struct"));
+            }
         }
     }
     o
@@ -92,7 +96,11 @@ pub fn verdict_json(platform: Platform, result: &Result<VerifiedEvidence, Reject
     match result {
         Ok(v) => {
             let verdict = v.verdict();
-            o.insert("tcb_status".into(), json!(verdict.tcb_status.as_str()));
+            // null for SNP: AMD assigns no status (the policy's TCB floor applies instead).
+            o.insert(
+                "tcb_status".into(),
+                json!(verdict.tcb_status.map(|t| t.as_str())),
+            );
             o.insert("advisory_ids".into(), json!(verdict.advisory_ids));
             o.insert("root".into(), json!(verdict.root.to_string()));
             o.insert("debug".into(), json!(verdict.debug));

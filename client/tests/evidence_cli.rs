@@ -154,25 +154,95 @@ fn verify_exit_codes_and_reasons() {
     assert_eq!(missing.status.code(), Some(2));
     let usage = chrysalis(&["evidence", "verify", "--now", "1"]);
     assert_eq!(usage.status.code(), Some(2));
+}
 
-    let snp = chrysalis(&[
-        "evidence",
-        "verify",
-        "--snp-report",
-        &sev("report_milan.hex"),
-        "--vcek",
-        &sev("vcek_milan.der"),
-        "--chain",
-        &sev("cert_chain_milan"),
-        "--now",
-        "1750500000",
-    ]);
+#[test]
+fn snp_verify_json_shows_each_check_and_the_tcb_floor() {
+    let milan = |extra: &[&str]| {
+        let mut args = vec![
+            "evidence".to_owned(),
+            "verify".into(),
+            "--snp-report".into(),
+            sev("report_milan.hex"),
+            "--vcek".into(),
+            sev("vcek_milan.der"),
+            "--chain".into(),
+            sev("cert_chain_milan"),
+            "--now".into(),
+            "1750500000".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        chrysalis(&args)
+    };
+    // The recorded report's firmware (2023) is below the built-in Milan floor.
+    let o = milan(&["--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = stdout_json(&o);
+    assert_eq!(v["accepted"], false);
+    let reasons = v["reasons"].to_string();
+    assert!(
+        reasons.contains("reported_tcb below the Milan TCB floor"),
+        "{v}"
+    );
+    assert!(reasons.contains("snp 8 < 24, microcode 115 < 219"), "{v}");
+    let checks: Vec<(String, bool)> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["check"].as_str().unwrap().to_owned(), c["passed"] == true))
+        .collect();
+    let expect = |tcb_ok: bool| {
+        vec![
+            ("snp.reported_tcb".to_owned(), tcb_ok),
+            ("snp.committed_tcb".to_owned(), tcb_ok),
+            ("snp.policy.migrate_ma".to_owned(), true),
+            ("snp.policy.debug".to_owned(), true),
+            ("snp.vmpl".to_owned(), true),
+        ]
+    };
+    assert_eq!(checks, expect(false), "{v}");
+
+    // With the floor lowered explicitly, accepted; no TCB status, the TCBs are shown.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\ndangerous_accept_any_measurement = true\n[tcb.snp_floor.milan]\n\
+         bootloader = 3\ntee = 0\nsnp = 8\nmicrocode = 115\n",
+    )
+    .unwrap();
+    let o = milan(&["--json", "--policy", policy.to_str().unwrap()]);
     assert_eq!(
-        snp.status.code(),
+        o.status.code(),
         Some(0),
         "{}",
-        String::from_utf8_lossy(&snp.stderr)
+        String::from_utf8_lossy(&o.stdout)
     );
+    let v = stdout_json(&o);
+    assert_eq!(v["accepted"], true);
+    assert_eq!(v["tcb_status"], serde_json::Value::Null);
+    for k in ["reported_tcb", "committed_tcb", "launch_tcb", "current_tcb"] {
+        assert_eq!(v["measurements"][k]["snp"], 8, "{k}: {v}");
+    }
+    let checks: Vec<(String, bool)> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["check"].as_str().unwrap().to_owned(), c["passed"] == true))
+        .collect();
+    assert_eq!(checks, expect(true), "{v}");
+    assert!(
+        v["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("policy tcb.snp_floor"),
+        "{v}"
+    );
+    let o = milan(&["--policy", policy.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("tcb_status  none"), "{out}");
+    assert!(out.contains("check       ok snp.vmpl"), "{out}");
 }
 
 #[test]

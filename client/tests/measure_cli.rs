@@ -433,6 +433,22 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
             .iter()
             .any(|p| p.measurement == img.snp(2, SnpVcpuType::EPYC_GENOA))
     );
+    // The guest policy the image launches with and VMPL 0 are pinned in every set, and the
+    // TCB floors are written out per product, with their source in the header.
+    for p in &snp.snp {
+        assert_eq!((p.policy, p.vmpl), (Some(0x3_0000), Some(0)), "{p:?}");
+    }
+    assert_eq!(
+        snp.tcb.snp_floor,
+        chrysalis_attestation::policy::SnpFloors::builtin()
+    );
+    assert_eq!(
+        snp.tcb.snp_floor.milan.map(|t| (t.snp, t.microcode)),
+        Some((24, 219))
+    );
+    let out = text(&o.stdout);
+    assert!(out.contains("[tcb.snp_floor.genoa]"), "{out}");
+    assert!(out.contains("AMD-SB-3019"), "{out}");
 }
 
 /// The recorded quote and CCEL of a real TDX boot (shim + GRUB), or None outside CI.

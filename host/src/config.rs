@@ -250,7 +250,11 @@ impl TdxConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnpConfig {
-    /// The guest policy (hex, e.g. `0x30000`: SMT allowed, debug off). Part of the measurement.
+    /// The guest policy (hex; default `0x30000`, [`CHRYSALIS_GUEST_POLICY`]: SMT allowed,
+    /// MIGRATE_MA and DEBUG off). Not part of the launch digest: the report carries it in its
+    /// POLICY field, which policies from `chrysalis policy from-manifest` pin to the default.
+    ///
+    /// [`CHRYSALIS_GUEST_POLICY`]: chrysalis_attestation::measure::snp::CHRYSALIS_GUEST_POLICY
     #[serde(default = "default_snp_policy")]
     pub policy: String,
     /// The C-bit position of the host CPU (51 on Milan, Genoa, Turin).
@@ -276,7 +280,10 @@ impl Default for SnpConfig {
 }
 
 fn default_snp_policy() -> String {
-    "0x30000".into()
+    format!(
+        "{:#x}",
+        chrysalis_attestation::measure::snp::CHRYSALIS_GUEST_POLICY
+    )
 }
 fn default_cbitpos() -> u32 {
     51

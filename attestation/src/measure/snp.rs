@@ -115,6 +115,13 @@ pub const SEV_FEATURES_DEBUG_SWAP: u64 = 1 << 5;
 /// The most vCPUs accepted (x86 KVM's largest configurable KVM_MAX_VCPUS).
 pub const SNP_MAX_VCPUS: u32 = 4096;
 
+/// The SEV-SNP guest policy chrysalis launches its image with (host.toml's default
+/// `[snp] policy`), which `policy from-manifest` pins: ABI 0.0 minimum, bit 16 SMT allowed,
+/// bit 17 reserved-must-be-one; MIGRATE_MA (18), DEBUG (19) and every other bit clear. The
+/// guest policy is not part of the launch digest, so the report's POLICY field must be pinned
+/// on its own.
+pub const CHRYSALIS_GUEST_POLICY: u64 = 0x3_0000;
+
 /// Everything the launch digest depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct SnpLaunchInputs<'a> {

@@ -1,7 +1,8 @@
 //! Cryptographic verification of evidence into one structured [`Verdict`].
 //!
 //! A `Verdict` says what the evidence proves: which root it chains to, the TCB status the
-//! vendor's collateral assigns, the measurements, the debug flag and the report data. It does
+//! vendor's collateral assigns (TDX only), the measurements (with SNP's reported, committed
+//! and launch TCB), the debug flag and the report data. It does
 //! NOT say whether any of that is acceptable: [`crate::policy::Policy::evaluate`] decides, and
 //! only it produces the [`crate::VerifiedEvidence`] proof that downstream code requires.
 //!
@@ -54,11 +55,10 @@ impl std::fmt::Display for TrustRoot {
     }
 }
 
-/// TCB status as the vendor's collateral assigns it.
+/// TCB status as Intel's collateral assigns it (TDX).
 ///
-/// For TDX these are Intel's statuses. AMD publishes no TCB status: an SNP verdict is
-/// `UpToDate` when the report verifies under a VCEK issued for exactly the reported TCB;
-/// pin a minimum SNP TCB in the policy to refuse old firmware.
+/// AMD publishes no TCB status, so an SNP verdict has none (`Verdict::tcb_status` is `None`);
+/// the policy instead compares the SNP TCB with a per-product floor ([`crate::snp_policy`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum TcbStatus {
@@ -142,8 +142,10 @@ pub struct Verdict {
     pub evidence_version: u32,
     /// The root the signature chain ends in.
     pub root: TrustRoot,
-    /// TCB status from the vendor's collateral.
-    pub tcb_status: TcbStatus,
+    /// TCB status from Intel's collateral; `None` for SNP, for which AMD assigns none (the
+    /// SNP TCB values are in [`crate::SnpMeasurements`] and the policy checks them against a
+    /// floor instead).
+    pub tcb_status: Option<TcbStatus>,
     /// Security advisories that apply to this TCB level.
     pub advisory_ids: Vec<String>,
     /// The measured state.
@@ -292,7 +294,7 @@ pub fn verify(
 /// Verifies an SNP report with its VCEK (and optional ASK/ARK chain) into a [`Verdict`].
 ///
 /// Only AMD's own ARKs are anchors: a chain file whose ARK is not one of them is refused.
-/// AMD publishes no TCB status; see [`TcbStatus`].
+/// AMD publishes no TCB status, so the verdict's `tcb_status` is `None`; see [`TcbStatus`].
 pub fn verify_snp_evidence(
     report: &[u8],
     vcek_der: &[u8],
@@ -329,7 +331,7 @@ pub fn verify_snp_evidence(
         platform: Platform::Snp,
         evidence_version: v.report.version(),
         root,
-        tcb_status: TcbStatus::UpToDate,
+        tcb_status: None,
         advisory_ids: Vec::new(),
         debug: measurements.debug(),
         debug_flags: measurements.debug_flags(),

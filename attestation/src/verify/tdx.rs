@@ -155,7 +155,7 @@ pub fn verify_tdx(
         platform: Platform::Tdx,
         evidence_version: u32::from(parsed.version()),
         root,
-        tcb_status: map_status(tcb_status),
+        tcb_status: Some(map_status(tcb_status)),
         advisory_ids: report.advisory_ids,
         debug: measurements.debug(),
         debug_flags: measurements.debug_flags(),

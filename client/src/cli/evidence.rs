@@ -58,7 +58,9 @@ pub(crate) struct VerifyArgs {
     /// measurement pin — it proves genuine hardware, not which software runs there.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Print one JSON object (accepted, platform, tcb_status, advisory_ids, measurements, reasons).
+    /// Print one JSON object (accepted, platform, tcb_status, advisory_ids, measurements,
+    /// checks, reasons). `checks` lists each SNP platform check (TCB floor, guest-policy bits,
+    /// VMPL) with its outcome, passed or not; `tcb_status` is null for SNP.
     #[arg(long)]
     json: bool,
 }
@@ -134,8 +136,16 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     let result = policy.appraise(&bundle, None, a.now);
     let platform: Platform = bundle.platform;
+    // Every check's outcome, also when another rule rejected the evidence; nothing when the
+    // evidence does not verify at all (the reason says why).
+    let checks =
+        chrysalis_attestation::verify::verify(&bundle, &policy.trust_anchors(), None, a.now)
+            .map(|v| policy.checks(&v))
+            .unwrap_or_default();
     if a.json {
-        println!("{}", report::verdict_json(platform, &result));
+        let mut out = report::verdict_json(platform, &result);
+        out["checks"] = serde_json::to_value(&checks).context("checks as JSON")?;
+        println!("{out}");
     }
     match &result {
         Ok(v) => {
@@ -143,7 +153,18 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 let d = v.verdict();
                 println!("ACCEPTED {} evidence v{}", d.platform, d.evidence_version);
                 println!("root        {}", d.root);
-                println!("tcb_status  {}", d.tcb_status);
+                match d.tcb_status {
+                    Some(s) => println!("tcb_status  {s}"),
+                    None => println!("tcb_status  none (AMD assigns none; TCB floor checked)"),
+                }
+                for c in &checks {
+                    println!(
+                        "check       {} {}: {}",
+                        if c.passed { "ok" } else { "FAILED" },
+                        c.check,
+                        c.detail
+                    );
+                }
                 if !d.advisory_ids.is_empty() {
                     println!("advisories  {}", d.advisory_ids.join(", "));
                 }

@@ -151,7 +151,8 @@ fn explain(cert: &[u8], policy: &Policy, now: u64) -> Value {
                     Ok(v) => {
                         out["key_binding"] = json!(v.report_data == binding);
                         out["root"] = json!(v.root.to_string());
-                        out["tcb_status"] = json!(v.tcb_status.as_str());
+                        // null for SNP: AMD assigns no status (the TCB floor applies instead).
+                        out["tcb_status"] = json!(v.tcb_status.map(|t| t.as_str()));
                         out["advisory_ids"] = json!(v.advisory_ids);
                         out["debug"] = json!(v.debug);
                         let actual = report::measurement_fields(&v.measurements);
@@ -223,7 +224,7 @@ fn print_text(addr: &str, accepted: bool, reasons: &[String], d: &Value) {
     if let Some(r) = s("root") {
         println!("  root          {r}");
     }
-    if let Some(t) = s("tcb_status") {
+    if let Some(t) = s("tcb_status").filter(|t| t != "null") {
         let adv = d["advisory_ids"].as_array().map(|a| a.len()).unwrap_or(0);
         println!(
             "  tcb status    {t}{}",
