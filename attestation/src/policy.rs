@@ -40,10 +40,12 @@ use thiserror::Error;
 
 use crate::bundle::EvidenceBundle;
 use crate::evidence::{
-    Flags64, HostData, Measurement, Measurements, Platform, Sha256, SnpMeasurements, SnpTcb,
-    TdxMeasurements,
+    Flags64, HostData, Measurement, Measurements, Platform, ReportData, Sha256, SnpMeasurements,
+    SnpTcb, TdxMeasurements,
 };
-use crate::verify::{self, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
+use crate::verify::{
+    self, CryptoVerified, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError,
+};
 
 /// The only policy format version.
 pub const POLICY_VERSION: u32 = 1;
@@ -367,12 +369,63 @@ impl From<VerifyError> for Rejection {
     }
 }
 
-/// Proof that evidence verified and a policy accepted it. Only this crate can construct one,
-/// so code that requires it cannot be reached by skipping a check.
+/// What a policy concluded about verified evidence that is bound to no key: for reports such as
+/// `chrysalis evidence verify`. It is not proof: nothing that releases a prompt or a key takes
+/// one, because the evidence may have been made for someone else's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifiedEvidence {
+pub struct Appraisal {
     verdict: Verdict,
     matched_pin: Option<String>,
+}
+
+impl Appraisal {
+    /// What was verified.
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+
+    /// The label of the pinned set that matched (None when measurements were not pinned).
+    pub fn matched_pin(&self) -> Option<&str> {
+        self.matched_pin.as_deref()
+    }
+}
+
+/// Proof that evidence verified, that its report_data is the key binding the caller expected,
+/// and that a policy accepted it. Only [`Policy::evaluate`] constructs one, and only from a
+/// [`CryptoVerified`] that verification produced, so code that requires it cannot be reached by
+/// skipping a check, by a hand-made or deserialized [`Verdict`], or by evidence made for
+/// another key (the rustls `HandshakeSignatureValid` pattern).
+///
+/// A verdict that verification did not produce cannot be evaluated:
+///
+/// ```compile_fail,E0308
+/// use chrysalis_attestation::{Policy, ReportData, Verdict, VerifiedEvidence};
+/// fn forge(p: &Policy, v: Verdict) -> VerifiedEvidence {
+///     p.evaluate(v, &ReportData::ZERO).unwrap()
+/// }
+/// ```
+///
+/// nor can the proof be built directly:
+///
+/// ```compile_fail,E0063
+/// use chrysalis_attestation::{Appraisal, VerifiedEvidence};
+/// fn forge(a: Appraisal) -> VerifiedEvidence {
+///     VerifiedEvidence { appraisal: a }
+/// }
+/// ```
+///
+/// The honest path compiles:
+///
+/// ```
+/// use chrysalis_attestation::verify::CryptoVerified;
+/// use chrysalis_attestation::{Policy, ReportData, Rejection, VerifiedEvidence};
+/// fn accept(p: &Policy, v: CryptoVerified, key: &ReportData) -> Result<VerifiedEvidence, Rejection> {
+///     p.evaluate(v, key)
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedEvidence {
+    appraisal: Appraisal,
     _seal: Seal,
 }
 
@@ -382,12 +435,17 @@ struct Seal;
 impl VerifiedEvidence {
     /// What was verified.
     pub fn verdict(&self) -> &Verdict {
-        &self.verdict
+        &self.appraisal.verdict
     }
 
     /// The label of the pinned set that matched (None when measurements were not pinned).
     pub fn matched_pin(&self) -> Option<&str> {
-        self.matched_pin.as_deref()
+        self.appraisal.matched_pin()
+    }
+
+    /// The policy's conclusion, as a report value.
+    pub fn appraisal(&self) -> &Appraisal {
+        &self.appraisal
     }
 }
 
@@ -467,20 +525,66 @@ impl Policy {
         a
     }
 
-    /// Verifies a bundle against this policy's roots at `now` and evaluates the verdict.
+    /// Verifies a bundle against this policy's roots at `now` and applies every rule to the
+    /// verdict, without a key binding: a report, not proof (see [`Appraisal`]).
     /// `collateral` replaces carried TDX collateral when given.
     pub fn appraise(
         &self,
         bundle: &EvidenceBundle,
         collateral: Option<&dcap_qvl::QuoteCollateralV3>,
         now: u64,
-    ) -> Result<VerifiedEvidence, Rejection> {
+    ) -> Result<Appraisal, Rejection> {
         let verdict = verify::verify(bundle, &self.trust_anchors(), collateral, now)?;
-        self.evaluate(verdict)
+        let verdict = verdict.into_verdict();
+        let matched_pin = self.rules(&verdict)?;
+        Ok(Appraisal {
+            verdict,
+            matched_pin,
+        })
     }
 
-    /// Applies every rule to a verdict; the rejection names each rule that failed.
-    pub fn evaluate(&self, verdict: Verdict) -> Result<VerifiedEvidence, Rejection> {
+    /// The only constructor of [`VerifiedEvidence`]: accepts `verified` when its report_data is
+    /// `expected_report_data` (the binding of the key in use, e.g.
+    /// [`crate::ratls::report_data_for_spki`]) and every rule of this policy holds. The
+    /// rejection names each check that failed, the key binding first.
+    pub fn evaluate(
+        &self,
+        verified: CryptoVerified,
+        expected_report_data: &ReportData,
+    ) -> Result<VerifiedEvidence, Rejection> {
+        let verdict = verified.into_verdict();
+        let mut reasons = Vec::new();
+        if verdict.report_data != *expected_report_data {
+            reasons.push(RejectReason::KeyBinding {
+                expected: expected_report_data.to_hex(),
+                actual: verdict.report_data.to_hex(),
+            });
+        }
+        match self.rules(&verdict) {
+            Ok(matched_pin) if reasons.is_empty() => Ok(VerifiedEvidence {
+                appraisal: Appraisal {
+                    verdict,
+                    matched_pin,
+                },
+                _seal: Seal,
+            }),
+            Ok(_) => Err(Rejection { reasons }),
+            Err(mut r) => {
+                reasons.append(&mut r.reasons);
+                Err(Rejection { reasons })
+            }
+        }
+    }
+
+    /// Applies every rule of this policy to a verdict and returns no proof: for reports and
+    /// tests on verdicts that verification did not produce. The rejection names each rule that
+    /// failed. The key binding is not checked here.
+    pub fn check(&self, verdict: &Verdict) -> Result<(), Rejection> {
+        self.rules(verdict).map(|_| ())
+    }
+
+    /// Every rule; Ok carries the label of the pinned set that matched.
+    fn rules(&self, verdict: &Verdict) -> Result<Option<String>, Rejection> {
         let mut reasons = Vec::new();
         let root_ok = match &verdict.root {
             TrustRoot::IntelSgxRootCa => self.trust.intel,
@@ -530,11 +634,7 @@ impl Policy {
             }
         };
         if reasons.is_empty() {
-            Ok(VerifiedEvidence {
-                verdict,
-                matched_pin,
-                _seal: Seal,
-            })
+            Ok(matched_pin)
         } else {
             Err(Rejection { reasons })
         }
@@ -690,9 +790,35 @@ mod tests {
     #[test]
     fn accepts_matching_pin_and_names_it() {
         let ok = Policy::pinned(vec![pin()], vec![])
-            .evaluate(tdx_verdict())
+            .evaluate(CryptoVerified::new(tdx_verdict()), &ReportData([0; 64]))
             .unwrap();
         assert_eq!(ok.matched_pin(), Some("cpu"));
+    }
+
+    #[test]
+    fn proof_requires_the_expected_key_binding() {
+        let p = Policy::pinned(vec![pin()], vec![]);
+        let err = p
+            .evaluate(CryptoVerified::new(tdx_verdict()), &ReportData([1; 64]))
+            .unwrap_err();
+        assert!(
+            matches!(&err.reasons[..], [RejectReason::KeyBinding { .. }]),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not bound to this key"), "{err}");
+        // The binding is reported with every other failed rule, first.
+        let mut v = tdx_verdict();
+        v.debug = true;
+        let err = p
+            .evaluate(CryptoVerified::new(v.clone()), &ReportData([1; 64]))
+            .unwrap_err();
+        assert!(matches!(
+            &err.reasons[..],
+            [RejectReason::KeyBinding { .. }, RejectReason::Debug]
+        ));
+        // check() applies the same rules and yields no proof.
+        assert_eq!(p.check(&v).unwrap_err().reasons, vec![RejectReason::Debug]);
+        assert!(p.check(&tdx_verdict()).is_ok());
     }
 
     #[test]
@@ -706,7 +832,7 @@ mod tests {
         };
         let mut p = pin();
         p.rtmr1 = Some(Measurement([0xee; 48]));
-        let err = Policy::pinned(vec![p], vec![]).evaluate(v).unwrap_err();
+        let err = Policy::pinned(vec![p], vec![]).check(&v).unwrap_err();
         let msg = err.to_string();
         for needle in [
             "root not trusted",
@@ -724,11 +850,11 @@ mod tests {
     #[test]
     fn nothing_pinned_is_a_rejection_and_unpinned_is_explicit() {
         let err = Policy::pinned(vec![], vec![])
-            .evaluate(tdx_verdict())
+            .check(&tdx_verdict())
             .unwrap_err();
         assert!(err.to_string().contains("pins no tdx"), "{err}");
         let ok = Policy::dangerous_unpinned()
-            .evaluate(tdx_verdict())
+            .evaluate(CryptoVerified::new(tdx_verdict()), &ReportData([0; 64]))
             .unwrap();
         assert_eq!(ok.matched_pin(), None);
     }
@@ -739,9 +865,9 @@ mod tests {
         let mut v = tdx_verdict();
         v.root = TrustRoot::SimulatedIntel { sha256: sha };
         let mut p = Policy::pinned(vec![pin()], vec![]);
-        assert!(p.evaluate(v.clone()).is_err());
+        assert!(p.check(&v).is_err());
         p.trust.dangerous_simulated_intel_roots.push(sha);
-        assert!(p.evaluate(v).is_ok());
+        assert!(p.check(&v).is_ok());
     }
 
     #[test]
@@ -775,10 +901,10 @@ mod tests {
             microcode: 200,
             ..tcb
         });
-        let msg = p.evaluate(v.clone()).unwrap_err().to_string();
+        let msg = p.check(&v).unwrap_err().to_string();
         assert!(msg.contains("SNP TCB below"), "{msg}");
         p.tcb.snp_minimum = Some(tcb);
-        assert!(p.evaluate(v).is_ok());
+        assert!(p.check(&v).is_ok());
     }
 
     #[test]

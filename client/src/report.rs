@@ -1,7 +1,7 @@
 //! Evidence fields and verdicts as flat JSON objects (lowercase hex) and readable text.
 
 use chrysalis_attestation::{
-    Measurements, Platform, Rejection, ReportData, SnpReport, TdxQuote, VerifiedEvidence,
+    Appraisal, Measurements, Platform, Rejection, ReportData, SnpReport, TdxQuote,
 };
 use serde_json::{Map, Value, json};
 
@@ -73,7 +73,7 @@ pub fn measurement_fields(m: &Measurements) -> Map<String, Value> {
 }
 
 /// The JSON verdict of `chrysalis evidence verify` and `chrysalis verify`.
-pub fn verdict_json(platform: Platform, result: &Result<VerifiedEvidence, Rejection>) -> Value {
+pub fn verdict_json(platform: Platform, result: &Result<Appraisal, Rejection>) -> Value {
     let mut o = Map::new();
     o.insert("accepted".into(), json!(result.is_ok()));
     o.insert("platform".into(), json!(platform.as_str()));

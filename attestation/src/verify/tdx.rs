@@ -87,7 +87,7 @@ fn next_update(json: &str) -> Option<u64> {
 /// certificate → PCK CA → root), the collateral's signatures (TCB info, QE identity, CRLs →
 /// the same root) and their validity at `now` all verify, and the root is among `anchors`.
 /// It does NOT judge the TCB status, debug flag or measurements: that is the policy's job.
-pub fn verify_tdx(
+pub(crate) fn verify_tdx(
     quote: &[u8],
     collateral: &QuoteCollateralV3,
     anchors: &TrustAnchors,
