@@ -491,9 +491,14 @@ async fn cross_site_requests_are_refused() {
     let json = || ("content-type", "application/json".to_string());
     let page = || ("origin", "https://evil.example".to_string());
 
-    // A no-cors "simple" POST, with or without the page's Origin.
+    // A no-cors "simple" POST without a foreign Origin (one from the proxy's own address, or
+    // none) is still refused for its body type.
+    let own = format!("http://localhost:{}", proxy.addr.port());
     for headers in [
-        vec![("content-type", "text/plain;charset=UTF-8".to_string()), page()],
+        vec![
+            ("content-type", "text/plain;charset=UTF-8".to_string()),
+            ("origin", own.clone()),
+        ],
         vec![("content-type", "text/plain".to_string())],
         vec![],
     ] {
@@ -511,6 +516,8 @@ async fn cross_site_requests_are_refused() {
     // JSON from a foreign page (it would need a preflight, but refuse it regardless), from
     // another loopback port, or flagged cross-site by the browser.
     for headers in [
+        // What a page sends no-cors: refused for its origin before anything else.
+        vec![("content-type", "text/plain;charset=UTF-8".to_string()), page()],
         vec![json(), page()],
         vec![json(), ("origin", "http://localhost:1".to_string())],
         vec![json(), ("origin", "null".to_string())],
@@ -524,7 +531,6 @@ async fn cross_site_requests_are_refused() {
     assert!(up.received().is_empty(), "a refused request reached upstream");
 
     // SDKs send no Origin; a page served from the proxy's own address may call it.
-    let own = format!("http://localhost:{}", proxy.addr.port());
     for headers in [vec![json()], vec![json(), ("origin", own)]] {
         let (status, v) = send(&headers).await;
         assert_eq!(status, 200, "{headers:?}: {v}");
