@@ -345,10 +345,20 @@ pub async fn serve_only(
                 let r = Response::Error {
                     message: format!("refused: {why}"),
                 };
-                let _ = tokio::time::timeout(
-                    limits.request_deadline,
-                    write_response(&mut stream, &r),
-                )
+                let _ = tokio::time::timeout(limits.request_deadline, async {
+                    write_response(&mut stream, &r).await?;
+                    // Read what the peer sent (bounded) until it closes: closing with its request
+                    // unread would reset the connection and lose the answer.
+                    let mut sink = [0u8; 4096];
+                    let mut left = hostcall::MAX_MESSAGE + 4;
+                    while left > 0 {
+                        match stream.read(&mut sink).await? {
+                            0 => break,
+                            n => left = left.saturating_sub(n),
+                        }
+                    }
+                    Ok::<_, ServiceError>(())
+                })
                 .await;
                 return;
             }
