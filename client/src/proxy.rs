@@ -397,7 +397,10 @@ mod tests {
             &[("origin", "http://127.0.0.1:8080")],
             &[("origin", "http://localhost:8080")],
             &[("origin", "http://[::1]:8080")],
-            &[("sec-fetch-site", "same-origin"), ("origin", "http://127.0.0.1:8080")],
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "http://127.0.0.1:8080"),
+            ],
             &[("sec-fetch-site", "none")],
         ] {
             assert_eq!(same_origin(&req(ok), Some(8080)), Ok(()), "{ok:?}");

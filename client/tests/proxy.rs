@@ -517,7 +517,10 @@ async fn cross_site_requests_are_refused() {
     // another loopback port, or flagged cross-site by the browser.
     for headers in [
         // What a page sends no-cors: refused for its origin before anything else.
-        vec![("content-type", "text/plain;charset=UTF-8".to_string()), page()],
+        vec![
+            ("content-type", "text/plain;charset=UTF-8".to_string()),
+            page(),
+        ],
         vec![json(), page()],
         vec![json(), ("origin", "http://localhost:1".to_string())],
         vec![json(), ("origin", "null".to_string())],
@@ -528,7 +531,10 @@ async fn cross_site_requests_are_refused() {
         assert_eq!(v["error"]["code"], "forbidden_origin", "{v}");
         assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     }
-    assert!(up.received().is_empty(), "a refused request reached upstream");
+    assert!(
+        up.received().is_empty(),
+        "a refused request reached upstream"
+    );
 
     // SDKs send no Origin; a page served from the proxy's own address may call it.
     for headers in [vec![json()], vec![json(), ("origin", own)]] {

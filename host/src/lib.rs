@@ -52,6 +52,6 @@ pub use services::{Admission, LaunchedGuest, QuoteSigner, SimQuote};
 pub use sim::{SimMeasurements, SimSignerError, SimTdxSigner};
 pub use supervisor::{Supervisor, VmState, VmStatus};
 pub use transport::{
-    GuestListener, GuestPeer, GuestStream, HybridVsockTransport, TcpTransport, Transport, TransportError,
-    VsockTransport,
+    GuestListener, GuestPeer, GuestStream, HybridVsockTransport, TcpTransport, Transport,
+    TransportError, VsockTransport,
 };

@@ -487,7 +487,13 @@ mod tests {
         }
         // Without a multiplexer of ours, a Unix peer must be this agent's user.
         let me = nix::unistd::geteuid().as_raw();
-        assert!(g.admits(&GuestPeer::Unix { pid: Some(1), uid: me }).is_ok());
+        assert!(
+            g.admits(&GuestPeer::Unix {
+                pid: Some(1),
+                uid: me
+            })
+            .is_ok()
+        );
         assert!(
             g.admits(&GuestPeer::Unix {
                 pid: Some(1),
@@ -523,7 +529,10 @@ mod tests {
         })
         .unwrap();
         // Another process is the multiplexer: this one is refused, with no quote.
-        let other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         guest.multiplexer_pid().store(other.id(), Ordering::SeqCst);
         match roundtrip(&path, &req).await {
             Response::Error { message } => {
@@ -548,5 +557,4 @@ mod tests {
         tx.send(()).unwrap();
         server.await.unwrap();
     }
-
 }

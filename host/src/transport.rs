@@ -200,7 +200,10 @@ impl fmt::Display for GuestPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GuestPeer::Vsock { cid, port } => write!(f, "vsock CID {cid} port {port}"),
-            GuestPeer::Unix { pid: Some(pid), uid } => write!(f, "process {pid} (uid {uid})"),
+            GuestPeer::Unix {
+                pid: Some(pid),
+                uid,
+            } => write!(f, "process {pid} (uid {uid})"),
             GuestPeer::Unix { pid: None, uid } => write!(f, "a process of uid {uid}"),
             GuestPeer::Tcp(a) => write!(f, "TCP {a}"),
         }
