@@ -12,17 +12,19 @@
 //!          EvidenceBundle ◀─┘                        ▼
 //!  ratls::issue_certificate ──── TLS 1.3 ───▶ RaTlsServerVerifier (rustls)
 //!                                              └ ratls::verify_certificate
-//!                                                  ├ verify::verify(bundle, anchors, now) ─▶ Verdict
+//!                                                  ├ verify::verify(bundle, anchors, now)
+//!                                                  │      ─▶ CryptoVerified (sealed Verdict)
 //!                                                  │      (dcap-qvl for TDX, sev for SNP)
-//!                                                  ├ key binding: report_data == H(tag ‖ SPKI)
-//!                                                  └ Policy::evaluate(verdict) ─▶ VerifiedEvidence
+//!                                                  └ Policy::evaluate(verified, H(tag ‖ SPKI))
+//!                                                         key binding + rules ─▶ VerifiedEvidence
 //!  receipt::sign(key, body) ───── response ──▶ receipt::verify(jws, peer.spki_der())
 //! ```
 //!
 //! ## Modules
 //! * [`evidence`]: platforms, 48/64-byte register newtypes, parsed TDX quotes and SNP reports.
 //! * [`bundle`]: evidence plus the collateral or certificates an offline verifier needs (DER).
-//! * [`verify`]: cryptographic verification into one structured [`Verdict`]; no judgement.
+//! * [`verify`]: cryptographic verification into one structured [`Verdict`], sealed as
+//!   [`CryptoVerified`] so that only verification produces what the policy accepts; no judgement.
 //! * [`policy`]: what a client accepts (TOML), and the only constructor of
 //!   [`VerifiedEvidence`], the proof type that code releasing prompts or keys requires.
 //! * [`snp_policy`]: the SEV-SNP rules of a policy: the TCB floor per AMD product (a dated
@@ -116,9 +118,9 @@ pub use evidence::{
 #[cfg(feature = "full")]
 pub use evidence::{SnpReport, TdxQuote};
 #[cfg(feature = "full")]
-pub use policy::{Policy, PolicyError, RejectReason, Rejection, VerifiedEvidence};
+pub use policy::{Appraisal, Policy, PolicyError, RejectReason, Rejection, VerifiedEvidence};
 #[cfg(feature = "full")]
 pub use ratls::{AttestedKey, RaTlsClientVerifier, RaTlsServerVerifier, VerifiedPeer};
 pub use tdx_attributes::{TdAttributes, Xfam};
 #[cfg(feature = "full")]
-pub use verify::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
+pub use verify::{CryptoVerified, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};

@@ -50,13 +50,13 @@ use thiserror::Error;
 
 use crate::bundle::EvidenceBundle;
 use crate::evidence::{
-    Flags64, HostData, Measurement, Measurements, Platform, Sha256, SnpMeasurements, SnpTcb,
-    TdxMeasurements,
+    Flags64, HostData, Measurement, Measurements, Platform, ReportData, Sha256, SnpMeasurements,
+    SnpTcb, TdxMeasurements,
 };
 use crate::snp_policy::{FloorSource, PolicyCheck, policy_bit_names};
 use crate::tdx_attributes::TdAttributes;
 use crate::verify::{
-    self, AmdGeneration, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError,
+    self, AmdGeneration, CryptoVerified, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError,
 };
 
 /// The only policy format version.
@@ -506,12 +506,63 @@ impl From<VerifyError> for Rejection {
     }
 }
 
-/// Proof that evidence verified and a policy accepted it. Only this crate can construct one,
-/// so code that requires it cannot be reached by skipping a check.
+/// What a policy concluded about verified evidence that is bound to no key: for reports such as
+/// `chrysalis evidence verify`. It is not proof: nothing that releases a prompt or a key takes
+/// one, because the evidence may have been made for someone else's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifiedEvidence {
+pub struct Appraisal {
     verdict: Verdict,
     matched_pin: Option<String>,
+}
+
+impl Appraisal {
+    /// What was verified.
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
+    }
+
+    /// The label of the pinned set that matched (None when measurements were not pinned).
+    pub fn matched_pin(&self) -> Option<&str> {
+        self.matched_pin.as_deref()
+    }
+}
+
+/// Proof that evidence verified, that its report_data is the key binding the caller expected,
+/// and that a policy accepted it. Only [`Policy::evaluate`] constructs one, and only from a
+/// [`CryptoVerified`] that verification produced, so code that requires it cannot be reached by
+/// skipping a check, by a hand-made or deserialized [`Verdict`], or by evidence made for
+/// another key (the rustls `HandshakeSignatureValid` pattern).
+///
+/// A verdict that verification did not produce cannot be evaluated:
+///
+/// ```compile_fail,E0308
+/// use chrysalis_attestation::{Policy, ReportData, Verdict, VerifiedEvidence};
+/// fn forge(p: &Policy, v: Verdict) -> VerifiedEvidence {
+///     p.evaluate(v, &ReportData::ZERO).unwrap()
+/// }
+/// ```
+///
+/// nor can the proof be built directly:
+///
+/// ```compile_fail,E0063
+/// use chrysalis_attestation::{Appraisal, VerifiedEvidence};
+/// fn forge(a: Appraisal) -> VerifiedEvidence {
+///     VerifiedEvidence { appraisal: a }
+/// }
+/// ```
+///
+/// The honest path compiles:
+///
+/// ```
+/// use chrysalis_attestation::verify::CryptoVerified;
+/// use chrysalis_attestation::{Policy, ReportData, Rejection, VerifiedEvidence};
+/// fn accept(p: &Policy, v: CryptoVerified, key: &ReportData) -> Result<VerifiedEvidence, Rejection> {
+///     p.evaluate(v, key)
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedEvidence {
+    appraisal: Appraisal,
     _seal: Seal,
 }
 
@@ -521,12 +572,17 @@ struct Seal;
 impl VerifiedEvidence {
     /// What was verified.
     pub fn verdict(&self) -> &Verdict {
-        &self.verdict
+        &self.appraisal.verdict
     }
 
     /// The label of the pinned set that matched (None when measurements were not pinned).
     pub fn matched_pin(&self) -> Option<&str> {
-        self.matched_pin.as_deref()
+        self.appraisal.matched_pin()
+    }
+
+    /// The policy's conclusion, as a report value.
+    pub fn appraisal(&self) -> &Appraisal {
+        &self.appraisal
     }
 }
 
@@ -606,20 +662,66 @@ impl Policy {
         a
     }
 
-    /// Verifies a bundle against this policy's roots at `now` and evaluates the verdict.
+    /// Verifies a bundle against this policy's roots at `now` and applies every rule to the
+    /// verdict, without a key binding: a report, not proof (see [`Appraisal`]).
     /// `collateral` replaces carried TDX collateral when given.
     pub fn appraise(
         &self,
         bundle: &EvidenceBundle,
         collateral: Option<&dcap_qvl::QuoteCollateralV3>,
         now: u64,
-    ) -> Result<VerifiedEvidence, Rejection> {
+    ) -> Result<Appraisal, Rejection> {
         let verdict = verify::verify(bundle, &self.trust_anchors(), collateral, now)?;
-        self.evaluate(verdict)
+        let verdict = verdict.into_verdict();
+        let matched_pin = self.rules(&verdict)?;
+        Ok(Appraisal {
+            verdict,
+            matched_pin,
+        })
     }
 
-    /// Applies every rule to a verdict; the rejection names each rule that failed.
-    pub fn evaluate(&self, verdict: Verdict) -> Result<VerifiedEvidence, Rejection> {
+    /// The only constructor of [`VerifiedEvidence`]: accepts `verified` when its report_data is
+    /// `expected_report_data` (the binding of the key in use, e.g.
+    /// [`crate::ratls::report_data_for_spki`]) and every rule of this policy holds. The
+    /// rejection names each check that failed, the key binding first.
+    pub fn evaluate(
+        &self,
+        verified: CryptoVerified,
+        expected_report_data: &ReportData,
+    ) -> Result<VerifiedEvidence, Rejection> {
+        let verdict = verified.into_verdict();
+        let mut reasons = Vec::new();
+        if verdict.report_data != *expected_report_data {
+            reasons.push(RejectReason::KeyBinding {
+                expected: expected_report_data.to_hex(),
+                actual: verdict.report_data.to_hex(),
+            });
+        }
+        match self.rules(&verdict) {
+            Ok(matched_pin) if reasons.is_empty() => Ok(VerifiedEvidence {
+                appraisal: Appraisal {
+                    verdict,
+                    matched_pin,
+                },
+                _seal: Seal,
+            }),
+            Ok(_) => Err(Rejection { reasons }),
+            Err(mut r) => {
+                reasons.append(&mut r.reasons);
+                Err(Rejection { reasons })
+            }
+        }
+    }
+
+    /// Applies every rule of this policy to a verdict and returns no proof: for reports and
+    /// tests on verdicts that verification did not produce. The rejection names each rule that
+    /// failed. The key binding is not checked here.
+    pub fn check(&self, verdict: &Verdict) -> Result<(), Rejection> {
+        self.rules(verdict).map(|_| ())
+    }
+
+    /// Every rule; Ok carries the label of the pinned set that matched.
+    fn rules(&self, verdict: &Verdict) -> Result<Option<String>, Rejection> {
         let mut reasons = Vec::new();
         let root_ok = match &verdict.root {
             TrustRoot::IntelSgxRootCa => self.trust.intel,
@@ -689,11 +791,7 @@ impl Policy {
             }
         };
         if reasons.is_empty() {
-            Ok(VerifiedEvidence {
-                verdict,
-                matched_pin,
-                _seal: Seal,
-            })
+            Ok(matched_pin)
         } else {
             Err(Rejection { reasons })
         }
@@ -895,9 +993,35 @@ mod tests {
     #[test]
     fn accepts_matching_pin_and_names_it() {
         let ok = Policy::pinned(vec![pin()], vec![])
-            .evaluate(tdx_verdict())
+            .evaluate(CryptoVerified::new(tdx_verdict()), &ReportData([0; 64]))
             .unwrap();
         assert_eq!(ok.matched_pin(), Some("cpu"));
+    }
+
+    #[test]
+    fn proof_requires_the_expected_key_binding() {
+        let p = Policy::pinned(vec![pin()], vec![]);
+        let err = p
+            .evaluate(CryptoVerified::new(tdx_verdict()), &ReportData([1; 64]))
+            .unwrap_err();
+        assert!(
+            matches!(&err.reasons[..], [RejectReason::KeyBinding { .. }]),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not bound to this key"), "{err}");
+        // The binding is reported with every other failed rule, first.
+        let mut v = tdx_verdict();
+        v.debug = true;
+        let err = p
+            .evaluate(CryptoVerified::new(v.clone()), &ReportData([1; 64]))
+            .unwrap_err();
+        assert!(matches!(
+            &err.reasons[..],
+            [RejectReason::KeyBinding { .. }, RejectReason::Debug]
+        ));
+        // check() applies the same rules and yields no proof.
+        assert_eq!(p.check(&v).unwrap_err().reasons, vec![RejectReason::Debug]);
+        assert!(p.check(&tdx_verdict()).is_ok());
     }
 
     #[test]
@@ -911,7 +1035,7 @@ mod tests {
         };
         let mut p = pin();
         p.rtmr1 = Some(Measurement([0xee; 48]));
-        let err = Policy::pinned(vec![p], vec![]).evaluate(v).unwrap_err();
+        let err = Policy::pinned(vec![p], vec![]).check(&v).unwrap_err();
         let msg = err.to_string();
         for needle in [
             "root not trusted",
@@ -929,11 +1053,11 @@ mod tests {
     #[test]
     fn nothing_pinned_is_a_rejection_and_unpinned_is_explicit() {
         let err = Policy::pinned(vec![], vec![])
-            .evaluate(tdx_verdict())
+            .check(&tdx_verdict())
             .unwrap_err();
         assert!(err.to_string().contains("pins no tdx"), "{err}");
         let ok = Policy::dangerous_unpinned()
-            .evaluate(tdx_verdict())
+            .evaluate(CryptoVerified::new(tdx_verdict()), &ReportData([0; 64]))
             .unwrap();
         assert_eq!(ok.matched_pin(), None);
     }
@@ -944,9 +1068,9 @@ mod tests {
         let mut v = tdx_verdict();
         v.root = TrustRoot::SimulatedIntel { sha256: sha };
         let mut p = Policy::pinned(vec![pin()], vec![]);
-        assert!(p.evaluate(v.clone()).is_err());
+        assert!(p.check(&v).is_err());
         p.trust.dangerous_simulated_intel_roots.push(sha);
-        assert!(p.evaluate(v).is_ok());
+        assert!(p.check(&v).is_ok());
     }
 
     /// The recorded Milan report's TCB (2023 firmware): below the built-in Milan floor.
@@ -998,19 +1122,19 @@ mod tests {
         let v = snp_verdict("Milan", milan_floor());
         let mut p = Policy::dangerous_unpinned();
         p.tcb.accepted_statuses = vec![TcbStatus::OutOfDate];
-        let ok = p.evaluate(v).unwrap();
-        assert_eq!(ok.verdict().tcb_status, None);
+        p.check(&v).unwrap();
+        assert_eq!(v.tcb_status, None);
         // A TDX verdict without a status is refused, never waved through.
         let mut t = tdx_verdict();
         t.tcb_status = None;
-        let err = Policy::dangerous_unpinned().evaluate(t).unwrap_err();
+        let err = Policy::dangerous_unpinned().check(&t).unwrap_err();
         assert_eq!(err.reasons, vec![RejectReason::TcbStatusMissing]);
     }
 
     #[test]
     fn builtin_floor_refuses_old_milan_firmware_by_component() {
         let err = Policy::dangerous_unpinned()
-            .evaluate(snp_verdict("Milan", OLD_MILAN))
+            .check(&snp_verdict("Milan", OLD_MILAN))
             .unwrap_err();
         let msgs = err.messages();
         assert_eq!(msgs.len(), 2, "{msgs:?}");
@@ -1025,14 +1149,14 @@ mod tests {
         );
         // At the floor exactly: accepted. Genoa's floor is its own.
         Policy::dangerous_unpinned()
-            .evaluate(snp_verdict("Milan", milan_floor()))
+            .check(&snp_verdict("Milan", milan_floor()))
             .unwrap();
         let genoa = crate::snp_policy::builtin_tcb_floor(AmdGeneration::Genoa).unwrap();
         Policy::dangerous_unpinned()
-            .evaluate(snp_verdict("Genoa", genoa))
+            .check(&snp_verdict("Genoa", genoa))
             .unwrap();
         let err = Policy::dangerous_unpinned()
-            .evaluate(snp_verdict(
+            .check(&snp_verdict(
                 "Genoa",
                 SnpTcb {
                     microcode: 83,
@@ -1047,12 +1171,12 @@ mod tests {
     fn committed_tcb_is_floored_too_and_launch_tcb_is_not() {
         let mut v = snp_verdict("Milan", milan_floor());
         snp_mut(&mut v).launch_tcb = OLD_MILAN;
-        Policy::dangerous_unpinned().evaluate(v.clone()).unwrap();
+        Policy::dangerous_unpinned().check(&v.clone()).unwrap();
         snp_mut(&mut v).committed_tcb = SnpTcb {
             snp: 23,
             ..milan_floor()
         };
-        let err = Policy::dangerous_unpinned().evaluate(v).unwrap_err();
+        let err = Policy::dangerous_unpinned().check(&v).unwrap_err();
         assert_eq!(
             err.messages(),
             [
@@ -1067,19 +1191,19 @@ mod tests {
         let v = snp_verdict("Milan", OLD_MILAN);
         let mut p = Policy::dangerous_unpinned();
         p.tcb.snp_floor.milan = Some(OLD_MILAN);
-        p.evaluate(v.clone()).unwrap();
+        p.check(&v.clone()).unwrap();
         // snp_minimum is the override for every product, above snp_floor.
         p.tcb.snp_minimum = Some(SnpTcb {
             microcode: 200,
             ..OLD_MILAN
         });
-        let msg = p.evaluate(v.clone()).unwrap_err().to_string();
+        let msg = p.check(&v.clone()).unwrap_err().to_string();
         assert!(
             msg.contains("(policy tcb.snp_minimum): microcode 115 < 200"),
             "{msg}"
         );
         p.tcb.snp_minimum = Some(OLD_MILAN);
-        p.evaluate(v).unwrap();
+        p.check(&v).unwrap();
     }
 
     #[test]
@@ -1093,7 +1217,7 @@ mod tests {
         };
         let v = snp_verdict("Turin", turin);
         let err = Policy::dangerous_unpinned()
-            .evaluate(v.clone())
+            .check(&v.clone())
             .unwrap_err();
         assert!(
             matches!(&err.reasons[..], [RejectReason::SnpNoTcbFloor { product }] if product == "Turin"),
@@ -1104,10 +1228,10 @@ mod tests {
             fmc: Some(2),
             ..turin
         });
-        let msg = p.evaluate(v.clone()).unwrap_err().to_string();
+        let msg = p.check(&v.clone()).unwrap_err().to_string();
         assert!(msg.contains("fmc 1 < 2"), "{msg}");
         p.tcb.snp_floor.turin = Some(turin);
-        p.evaluate(v).unwrap();
+        p.check(&v).unwrap();
     }
 
     #[test]
@@ -1117,7 +1241,7 @@ mod tests {
 
         let mut v = base.clone();
         snp_mut(&mut v).policy |= SnpMeasurements::POLICY_MIGRATE_MA_BIT;
-        let err = p.evaluate(v).unwrap_err();
+        let err = p.check(&v).unwrap_err();
         assert_eq!(
             err.reasons,
             vec![RejectReason::SnpGuestPolicyBit {
@@ -1130,16 +1254,16 @@ mod tests {
         let mut v = base.clone();
         snp_mut(&mut v).policy |= SnpMeasurements::POLICY_DEBUG_BIT;
         v.debug = true;
-        let err = p.evaluate(v.clone()).unwrap_err();
+        let err = p.check(&v.clone()).unwrap_err();
         assert_eq!(err.reasons.len(), 1, "{err}");
         assert!(err.to_string().contains("bit 19 DEBUG is set"), "{err}");
         let mut lenient = p.clone();
         lenient.dangerous_allow_debug = true;
-        lenient.evaluate(v).unwrap();
+        lenient.check(&v).unwrap();
 
         let mut v = base.clone();
         snp_mut(&mut v).vmpl = 1;
-        let err = p.evaluate(v).unwrap_err();
+        let err = p.check(&v).unwrap_err();
         assert_eq!(err.reasons, vec![RejectReason::SnpVmpl { vmpl: 1 }]);
         assert!(err.to_string().contains("VMPL 1"), "{err}");
 
@@ -1173,8 +1297,8 @@ mod tests {
             policy: Some(crate::measure::snp::CHRYSALIS_GUEST_POLICY),
             vmpl: Some(0),
         };
-        Policy::dangerous_unpinned().evaluate(v.clone()).unwrap();
-        let err = Policy::pinned(vec![], vec![pin]).evaluate(v).unwrap_err();
+        Policy::dangerous_unpinned().check(&v.clone()).unwrap();
+        let err = Policy::pinned(vec![], vec![pin]).check(&v).unwrap_err();
         assert!(
             err.to_string()
                 .contains("policy is 0x20000, pinned 0x30000 (differs in bit 16 SMT)"),
@@ -1211,7 +1335,7 @@ mod tests {
         for (bit, name) in names.iter().enumerate() {
             let v = with_attributes(SEPT | 1 << bit);
             let err = Policy::pinned(vec![p.clone()], vec![])
-                .evaluate(v.clone())
+                .check(&v.clone())
                 .unwrap_err();
             assert!(
                 err.reasons.contains(&RejectReason::UnderDebug {
@@ -1223,11 +1347,11 @@ mod tests {
             assert!(err.to_string().contains(name), "{err}");
             let mut allow = Policy::pinned(vec![p.clone()], vec![]);
             allow.dangerous_allow_debug = true;
-            assert!(allow.evaluate(v).is_ok(), "bit {bit}");
+            assert!(allow.check(&v).is_ok(), "bit {bit}");
         }
         // Bits above the TUD group are no debug flag.
         for bit in 8..64 {
-            let ok = Policy::pinned(vec![pin()], vec![]).evaluate(with_attributes(SEPT | 1 << bit));
+            let ok = Policy::pinned(vec![pin()], vec![]).check(&with_attributes(SEPT | 1 << bit));
             assert!(ok.is_ok(), "bit {bit}");
         }
     }
@@ -1235,7 +1359,7 @@ mod tests {
     #[test]
     fn several_tud_bits_are_all_named() {
         let v = with_attributes(SEPT | 1 | 1 << 5 | 1 << 6);
-        let err = Policy::pinned(vec![pin()], vec![]).evaluate(v).unwrap_err();
+        let err = Policy::pinned(vec![pin()], vec![]).check(&v).unwrap_err();
         assert_eq!(
             err.reasons,
             [RejectReason::UnderDebug {
@@ -1246,7 +1370,7 @@ mod tests {
         // A verdict flagging debug without names is still refused.
         let mut v = tdx_verdict();
         v.debug = true;
-        let err = Policy::pinned(vec![pin()], vec![]).evaluate(v).unwrap_err();
+        let err = Policy::pinned(vec![pin()], vec![]).check(&v).unwrap_err();
         assert_eq!(err.reasons, [RejectReason::Debug]);
     }
 
@@ -1260,11 +1384,11 @@ mod tests {
             pol.dangerous_allow_debug = allow_debug;
             pol
         };
-        assert!(policy(false).evaluate(with_attributes(SEPT)).is_ok());
+        assert!(policy(false).check(&with_attributes(SEPT)).is_ok());
         // PKS is no debug bit: dangerous_allow_debug does not hide it from the pin.
         let pks = with_attributes(SEPT | 1 << TdAttributes::PKS);
         for allow in [false, true] {
-            let msg = policy(allow).evaluate(pks.clone()).unwrap_err().to_string();
+            let msg = policy(allow).check(&pks.clone()).unwrap_err().to_string();
             assert!(
                 msg.contains("td_attributes is 0000005000000000 (sept_ve_disable pks)"),
                 "{msg}"
@@ -1274,39 +1398,21 @@ mod tests {
         if let Measurements::Tdx(t) = &mut wider.measurements {
             t.xfam.0[1] |= 0x18; // CET_U, CET_S
         }
-        let msg = policy(true).evaluate(wider).unwrap_err().to_string();
+        let msg = policy(true).check(&wider).unwrap_err().to_string();
         assert!(msg.contains("xfam is e71a060000000000"), "{msg}");
     }
 
     #[test]
     fn snp_debug_policy_bit_is_named() {
-        let v = Verdict {
-            platform: Platform::Snp,
-            root: TrustRoot::AmdArk {
-                product: "Milan".into(),
-                sha256: Sha256([1; 32]),
-            },
-            measurements: Measurements::Snp(SnpMeasurements {
-                measurement: Measurement([7; 48]),
-                host_data: HostData([0; 32]),
-                policy: 0x30000 | SnpMeasurements::POLICY_DEBUG_BIT,
-                reported_tcb: SnpTcb {
-                    fmc: None,
-                    bootloader: 3,
-                    tee: 0,
-                    snp: 8,
-                    microcode: 115,
-                },
-                chip_id: crate::evidence::ChipId([0; 64]),
-                vmpl: 0,
-            }),
-            ..tdx_verdict()
-        };
+        let mut v = snp_verdict("Milan", milan_floor());
+        if let Measurements::Snp(m) = &mut v.measurements {
+            m.policy |= SnpMeasurements::POLICY_DEBUG_BIT;
+        }
         let msg = Policy::dangerous_unpinned()
-            .evaluate(v)
+            .check(&v)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("snp guest policy has debug set"), "{msg}");
+        assert!(msg.contains("SNP guest policy bit 19 DEBUG is set"), "{msg}");
     }
 
     /// Sim quotes through verify and the policy: the TUD bits reach the policy by name, the

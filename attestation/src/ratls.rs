@@ -227,7 +227,15 @@ fn bundle_report_data(bundle: &EvidenceBundle) -> Result<ReportData, crate::Evid
 }
 
 /// A peer whose certificate verified and whose evidence a policy accepted, bound to the key
-/// the TLS handshake proved possession of. Only this crate constructs one.
+/// the TLS handshake proved possession of. Only [`verify_certificate`] constructs one, from the
+/// [`VerifiedEvidence`] that [`Policy::evaluate`] returned for the certificate's own key binding.
+///
+/// ```compile_fail,E0451
+/// use chrysalis_attestation::{Sha256, VerifiedEvidence, VerifiedPeer};
+/// fn forge(evidence: VerifiedEvidence, spki_der: Vec<u8>) -> VerifiedPeer {
+///     VerifiedPeer { evidence, spki_der, cert_sha256: Sha256([0; 32]), not_after: 0 }
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedPeer {
     evidence: VerifiedEvidence,
@@ -373,22 +381,15 @@ pub fn verify_certificate(
             reasons.push(RejectReason::Verification(e));
             None
         }
-        Ok(verdict) => {
-            let expected = report_data_for_spki(&spki_der);
-            if verdict.report_data != expected {
-                reasons.push(RejectReason::KeyBinding {
-                    expected: expected.to_hex(),
-                    actual: verdict.report_data.to_hex(),
-                });
+        // The key binding is checked inside the proof: evaluate yields nothing for evidence
+        // made for another key.
+        Ok(verified) => match policy.evaluate(verified, &report_data_for_spki(&spki_der)) {
+            Ok(v) => Some(v),
+            Err(mut r) => {
+                reasons.append(&mut r.reasons);
+                None
             }
-            match policy.evaluate(verdict) {
-                Ok(v) => Some(v),
-                Err(mut r) => {
-                    reasons.append(&mut r.reasons);
-                    None
-                }
-            }
-        }
+        },
     };
     match accepted {
         Some(evidence) if reasons.is_empty() => Ok(VerifiedPeer {

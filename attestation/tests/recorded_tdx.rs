@@ -30,6 +30,24 @@ fn sample_quote_is_up_to_date_under_the_intel_root() {
     assert_eq!(ok.verdict().tcb_status, Some(TcbStatus::UpToDate));
 }
 
+/// A real quote becomes proof only for the key binding its report_data carries.
+#[test]
+fn a_recorded_quote_is_proof_only_for_its_own_report_data() {
+    let (quote, collateral) = dcap_sample("tdx_quote");
+    let policy = Policy::dangerous_unpinned();
+    let verified = verify_tdx(&quote, &collateral, &TrustAnchors::vendor(), SAMPLE_NOW).unwrap();
+    let own = verified.report_data;
+    let mut other = own;
+    other.0[0] ^= 1;
+    let err = policy.evaluate(verified.clone(), &other).unwrap_err();
+    assert!(
+        matches!(&err.reasons[..], [RejectReason::KeyBinding { .. }]),
+        "{err}"
+    );
+    let ok = policy.evaluate(verified, &own).unwrap();
+    assert_eq!(ok.verdict().report_data, own);
+}
+
 #[test]
 fn v5_td15ex_quote_is_accepted() {
     let (quote, collateral) = dcap_sample("tdx_quote_td15ex");

@@ -14,6 +14,14 @@
 //! * Requests whose `Host` is not a loopback name are refused (403): a web page cannot reach
 //!   the proxy through DNS rebinding. `--dangerous-listen-any` lifts this with the loopback
 //!   restriction.
+//! * Cross-site requests are refused, so that a web page cannot spend the caller's upstreams or
+//!   read anything through them: a request whose `Origin` is not the proxy's own loopback
+//!   address (`http://127.0.0.1:<port>`, `http://localhost:<port>`, `http://[::1]:<port>`), or
+//!   whose `Sec-Fetch-Site` is neither `same-origin` nor `none`, gets 403
+//!   (`forbidden_origin`); a POST whose `Content-Type` is not `application/json` gets 415
+//!   (`unsupported_media_type`): a page's no-cors POST can only send `text/plain`,
+//!   `multipart/form-data` or `application/x-www-form-urlencoded`. Requests without `Origin`
+//!   (SDKs, curl) pass.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -68,6 +76,8 @@ pub struct Proxy {
     client: Client,
     max_body: usize,
     loopback_hosts_only: bool,
+    /// The port [`Proxy::serve`] listens on: the only one a same-origin `Origin` may name.
+    own_port: Option<u16>,
 }
 
 impl Proxy {
@@ -77,6 +87,7 @@ impl Proxy {
             client,
             max_body: DEFAULT_MAX_REQUEST_BODY,
             loopback_hosts_only: true,
+            own_port: None,
         }
     }
 
@@ -100,10 +111,11 @@ impl Proxy {
     /// Serves HTTP/1.1 (keep-alive) on `listener` until `shutdown` completes, then stops
     /// accepting and waits until the ledger holds every receipt recorded so far.
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        self.own_port = Some(listener.local_addr()?.port());
         let this = Arc::new(self);
         tokio::pin!(shutdown);
         loop {
@@ -151,6 +163,28 @@ impl Proxy {
                  127.0.0.1 or [::1])",
                 "invalid_request_error",
                 "forbidden_host",
+            );
+        }
+        if let Err(why) = same_origin(&req, self.own_port) {
+            return error_response(
+                StatusCode::FORBIDDEN,
+                &format!("chrysalis proxy: cross-site request refused: {why}"),
+                "invalid_request_error",
+                "forbidden_origin",
+            );
+        }
+        if req.method() == http::Method::POST && !json_content_type(&req) {
+            let got = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .map_or("none".into(), |v| format!("{v:?}"));
+            return error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!(
+                    "chrysalis proxy: POST requires Content-Type: application/json (got {got})"
+                ),
+                "invalid_request_error",
+                "unsupported_media_type",
             );
         }
         let path = req.uri().path();
@@ -228,6 +262,61 @@ fn loopback_host<B>(req: &Request<B>) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether a request may come from a web page: Ok for callers that are not browsers (no
+/// `Origin`, no `Sec-Fetch-Site`) and for pages served by this proxy's own address; otherwise why
+/// not. Browsers set both headers themselves and a page cannot change them.
+fn same_origin<B>(req: &Request<B>, own_port: Option<u16>) -> Result<(), String> {
+    if let Some(site) = req.headers().get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("");
+        if !(site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none")) {
+            return Err(format!("Sec-Fetch-Site is {site:?}"));
+        }
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let foreign = || Err(format!("Origin {origin:?} is not this proxy's address"));
+    let Some(authority) = origin.to_str().ok().and_then(|o| o.strip_prefix("http://")) else {
+        return foreign();
+    };
+    // Only host and port: an Origin never has a path, user info or query.
+    let Ok(auth) = authority.parse::<http::uri::Authority>() else {
+        return foreign();
+    };
+    if auth.as_str().contains('@') {
+        return foreign();
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let port = auth.port_u16().unwrap_or(80);
+    // Without a known listen port (a proxy embedded through `handle`), the Host the browser sent
+    // names the address the page reached.
+    let own = own_port.or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .map(|a| a.port_u16().unwrap_or(80))
+    });
+    if loopback && Some(port) == own {
+        Ok(())
+    } else {
+        foreign()
+    }
+}
+
+/// Whether the body is declared as JSON (`application/json`, parameters allowed).
+fn json_content_type<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// The response the SDK sees when a request could not be proxied.
 pub fn client_error_response(e: &ClientError) -> Response<ProxyBody> {
     let message = format!("chrysalis proxy: {e}");
@@ -292,6 +381,70 @@ mod tests {
         let err = check_listen("0.0.0.0:1".parse().unwrap(), false).unwrap_err();
         assert!(err.to_string().contains("--dangerous-listen-any"));
         assert!(check_listen("0.0.0.0:1".parse().unwrap(), true).is_ok());
+    }
+
+    #[test]
+    fn cross_site_requests_are_refused() {
+        let req = |headers: &[(&str, &str)]| {
+            let mut b = Request::post("/v1/chat/completions").header("host", "127.0.0.1:8080");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        for ok in [
+            &[][..],
+            &[("origin", "http://127.0.0.1:8080")],
+            &[("origin", "http://localhost:8080")],
+            &[("origin", "http://[::1]:8080")],
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "http://127.0.0.1:8080"),
+            ],
+            &[("sec-fetch-site", "none")],
+        ] {
+            assert_eq!(same_origin(&req(ok), Some(8080)), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            &[("origin", "https://evil.example")][..],
+            &[("origin", "null")],
+            &[("origin", "http://127.0.0.1:3000")],
+            &[("origin", "http://localhost")],
+            &[("origin", "https://127.0.0.1:8080")],
+            &[("origin", "http://127.0.0.1.evil.example:8080")],
+            &[("origin", "http://user@127.0.0.1:8080")],
+            &[("sec-fetch-site", "cross-site")],
+            &[("sec-fetch-site", "same-site")],
+        ] {
+            assert!(same_origin(&req(bad), Some(8080)).is_err(), "{bad:?}");
+        }
+        // Embedded without serve(): the Host header's port stands in for the listen port.
+        assert!(same_origin(&req(&[("origin", "http://localhost:8080")]), None).is_ok());
+        assert!(same_origin(&req(&[("origin", "http://localhost:8081")]), None).is_err());
+    }
+
+    #[test]
+    fn post_bodies_must_be_declared_json() {
+        let req = |ct: Option<&str>| {
+            let mut b = Request::post("/v1/chat/completions");
+            if let Some(ct) = ct {
+                b = b.header("content-type", ct);
+            }
+            b.body(()).unwrap()
+        };
+        for ok in ["application/json", "Application/JSON; charset=utf-8"] {
+            assert!(json_content_type(&req(Some(ok))), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("text/plain"),
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonx"),
+        ] {
+            assert!(!json_content_type(&req(bad)), "{bad:?}");
+        }
     }
 
     #[test]

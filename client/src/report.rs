@@ -1,8 +1,8 @@
 //! Evidence fields and verdicts as flat JSON objects (lowercase hex) and readable text.
 
 use chrysalis_attestation::{
-    Measurements, Platform, Rejection, ReportData, SnpReport, TdAttributes, TdxQuote,
-    VerifiedEvidence, Xfam,
+    Appraisal, Measurements, Platform, Rejection, ReportData, SnpReport, TdAttributes, TdxQuote,
+    Xfam,
 };
 use serde_json::{Map, Value, json};
 
@@ -89,7 +89,7 @@ pub fn measurement_fields(m: &Measurements) -> Map<String, Value> {
 }
 
 /// The JSON verdict of `chrysalis evidence verify` and `chrysalis verify`.
-pub fn verdict_json(platform: Platform, result: &Result<VerifiedEvidence, Rejection>) -> Value {
+pub fn verdict_json(platform: Platform, result: &Result<Appraisal, Rejection>) -> Value {
     let mut o = Map::new();
     o.insert("accepted".into(), json!(result.is_ok()));
     o.insert("platform".into(), json!(platform.as_str()));

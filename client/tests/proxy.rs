@@ -462,6 +462,88 @@ async fn guards_host_size_and_paths() {
     assert!(up.received().is_empty());
 }
 
+/// What a web page can make a browser send without a CORS preflight: a `text/plain` POST
+/// carrying its own Origin. The proxy must refuse it before any upstream sees the prompt.
+#[tokio::test]
+async fn cross_site_requests_are_refused() {
+    let up = FakeUpstream::start(Options::new(PINNED));
+    let proxy = ProxyProcess::start(&[up.addr], &policy(&up));
+    let c = plain_client();
+    let body = chat("from a web page", 3, false).to_string();
+    let send = |headers: &[(&str, String)]| {
+        let mut b = http::Request::post(proxy.url("/v1/chat/completions"));
+        for (k, v) in headers {
+            b = b.header(*k, v);
+        }
+        let req = b.body(Full::new(Bytes::from(body.clone()))).unwrap();
+        let c = c.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            let status = resp.status();
+            let ct = resp.headers()["content-type"].clone();
+            let v: Value =
+                serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes())
+                    .unwrap();
+            assert_eq!(ct, "application/json");
+            (status, v)
+        }
+    };
+    let json = || ("content-type", "application/json".to_string());
+    let page = || ("origin", "https://evil.example".to_string());
+
+    // A no-cors "simple" POST without a foreign Origin (one from the proxy's own address, or
+    // none) is still refused for its body type.
+    let own = format!("http://localhost:{}", proxy.addr.port());
+    for headers in [
+        vec![
+            ("content-type", "text/plain;charset=UTF-8".to_string()),
+            ("origin", own.clone()),
+        ],
+        vec![("content-type", "text/plain".to_string())],
+        vec![],
+    ] {
+        let (status, v) = send(&headers).await;
+        assert_eq!(status, 415, "{headers:?}: {v}");
+        assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/json"),
+            "{v}"
+        );
+    }
+    // JSON from a foreign page (it would need a preflight, but refuse it regardless), from
+    // another loopback port, or flagged cross-site by the browser.
+    for headers in [
+        // What a page sends no-cors: refused for its origin before anything else.
+        vec![
+            ("content-type", "text/plain;charset=UTF-8".to_string()),
+            page(),
+        ],
+        vec![json(), page()],
+        vec![json(), ("origin", "http://localhost:1".to_string())],
+        vec![json(), ("origin", "null".to_string())],
+        vec![json(), ("sec-fetch-site", "cross-site".to_string())],
+    ] {
+        let (status, v) = send(&headers).await;
+        assert_eq!(status, 403, "{headers:?}: {v}");
+        assert_eq!(v["error"]["code"], "forbidden_origin", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    }
+    assert!(
+        up.received().is_empty(),
+        "a refused request reached upstream"
+    );
+
+    // SDKs send no Origin; a page served from the proxy's own address may call it.
+    for headers in [vec![json()], vec![json(), ("origin", own)]] {
+        let (status, v) = send(&headers).await;
+        assert_eq!(status, 200, "{headers:?}: {v}");
+    }
+    assert_eq!(up.received().len(), 2);
+}
+
 #[test]
 fn the_cli_refuses_a_public_listen_address_and_documents_its_options() {
     let up_root =

@@ -34,6 +34,12 @@ use crate::tls::CertStore;
 pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Counters, visible at `/healthz` (JSON) and `/metrics` (Prometheus text).
+///
+/// Both endpoints answer anyone who reaches the port, the host included, so they carry only
+/// request counts and outcomes the host already sees on the wire (a connection per request, when
+/// it ends). Nothing derived from content is counted: a token counter read before and after one
+/// connection would give that request's exact prompt and completion sizes. The client that made a
+/// request sees its own usage in the response and the receipt.
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Generations completed and answered.
@@ -48,10 +54,6 @@ pub struct Metrics {
     pub engine_errors: AtomicU64,
     /// Cancelled generations whose engine did not stop within the grace period.
     pub stuck: AtomicU64,
-    /// Prompt tokens of served requests.
-    pub prompt_tokens: AtomicU64,
-    /// Completion tokens of served requests.
-    pub completion_tokens: AtomicU64,
 }
 
 /// Everything a request handler needs.
@@ -141,8 +143,6 @@ impl AppState {
             "timeouts": m.timeouts.load(Ordering::Relaxed),
             "engine_errors": m.engine_errors.load(Ordering::Relaxed),
             "stuck": m.stuck.load(Ordering::Relaxed),
-            "prompt_tokens": m.prompt_tokens.load(Ordering::Relaxed),
-            "completion_tokens": m.completion_tokens.load(Ordering::Relaxed),
         })
     }
 
@@ -158,8 +158,6 @@ impl AppState {
             "timeouts",
             "engine_errors",
             "stuck",
-            "prompt_tokens",
-            "completion_tokens",
         ] {
             out.push_str(&format!("chrysalis_guest_{k} {}\n", h[k]));
         }
@@ -590,12 +588,7 @@ fn make_receipt(
     stream: bool,
     usage: Usage,
 ) -> Option<String> {
-    let m = &state.metrics;
-    m.served.fetch_add(1, Ordering::Relaxed);
-    m.prompt_tokens
-        .fetch_add(usage.prompt_tokens, Ordering::Relaxed);
-    m.completion_tokens
-        .fetch_add(usage.completion_tokens, Ordering::Relaxed);
+    state.metrics.served.fetch_add(1, Ordering::Relaxed);
     let ex = Exchange {
         request_sha256,
         response_sha256,
@@ -1005,6 +998,66 @@ mod tests {
             String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         assert_eq!(state.metrics().served.load(Ordering::SeqCst), 2);
+    }
+
+    /// The public port serves no figure derived from content: a host polling `/healthz` or
+    /// `/metrics` around one connection must not learn that request's token counts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_and_metrics_carry_no_per_request_sizes() {
+        let engine = ScriptedEngine::new("m", Duration::from_millis(1));
+        let (addr, state) = start(engine, ServerConfig::default()).await;
+        let before = (state.health(), state.prometheus());
+        let (r, _c) = send(&addr, &chat(7, false)).await;
+        assert_eq!(r.status(), 200);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        // The client that asked sees its own usage.
+        assert_eq!(v["usage"]["completion_tokens"], 7);
+        until(&state, |s| s.in_flight() == 0).await;
+
+        let health = state.health();
+        let mut keys: Vec<&str> = health
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "cancelled",
+                "capacity",
+                "engine_error",
+                "engine_errors",
+                "in_flight",
+                "model",
+                "rejected_busy",
+                "served",
+                "status",
+                "stuck",
+                "timeouts"
+            ]
+        );
+        assert_eq!(health["served"], 1);
+        let metrics = state.prometheus();
+        assert!(!metrics.contains("token"), "{metrics}");
+        // Apart from the request count, nothing moved with the request.
+        let strip = |mut h: Value| {
+            h["served"] = Value::Null;
+            h
+        };
+        assert_eq!(strip(before.0), strip(health));
+        let changed: Vec<_> = before
+            .1
+            .lines()
+            .zip(metrics.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(
+            changed,
+            [("chrysalis_guest_served 0", "chrysalis_guest_served 1")]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

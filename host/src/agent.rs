@@ -18,7 +18,7 @@ use crate::image::{ImageError, LoadedImage};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::metrics::Metrics;
 use crate::relay::{Observer, Relay};
-use crate::services::{self, QuoteSigner, Service, ServiceLimits};
+use crate::services::{self, Admission, LaunchedGuest, QuoteSigner, Service, ServiceLimits};
 use crate::sim::{SimSignerError, SimTdxSigner};
 use crate::supervisor::{Supervisor, VmStatus};
 use crate::transport::{
@@ -241,6 +241,8 @@ pub async fn run(
     let mut tasks = JoinSet::new();
 
     // Guest→host services first: the guest may ask for a quote as soon as it boots.
+    // The VM the sim quote service answers; the supervisor keeps its multiplexer's pid current.
+    let launched = LaunchedGuest::new(cfg.vm.guest_cid);
     let clock = opts.clock.unwrap_or(SystemTime::now);
     let mut quoter: Option<Arc<SimTdxSigner>> = None;
     if cfg.sim_quote_enabled() {
@@ -263,9 +265,10 @@ pub async fn run(
             (None, None) => return Err(AgentError::NoQuoteSigner),
         };
         let listener = transport.listen(cfg.services.sim_quote.port).await?;
-        tasks.spawn(services::serve(
+        tasks.spawn(services::serve_only(
             listener,
             Service::SimQuote(signer),
+            Admission::LaunchedGuest(launched.clone()),
             ServiceLimits::default(),
             metrics.clone(),
             stopped(stop_rx.clone()),
@@ -341,7 +344,8 @@ pub async fn run(
                 .supervisor
                 .ready_probe
                 .then(|| (transport.clone(), cfg.relay.guest_port));
-            let mut s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe);
+            let mut s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe)
+                .with_multiplexer_pid(launched.multiplexer_pid());
             if let Some(image) = manifest.clone() {
                 s = s.with_restart_check(Arc::new(move || {
                     image.verify_artifacts().map_err(|e| {

@@ -48,10 +48,10 @@ pub use image::{ImageError, LoadedImage};
 pub use launch::{CommandLine, LaunchError, LaunchPlan};
 pub use metrics::Metrics;
 pub use relay::{CopyMode, Direction, Observer, Relay, RelayConfig, RelayError};
-pub use services::{QuoteSigner, SimQuote};
+pub use services::{Admission, LaunchedGuest, QuoteSigner, SimQuote};
 pub use sim::{SimMeasurements, SimSignerError, SimTdxSigner};
 pub use supervisor::{Supervisor, VmState, VmStatus};
 pub use transport::{
-    GuestListener, GuestStream, HybridVsockTransport, TcpTransport, Transport, TransportError,
-    VsockTransport,
+    GuestListener, GuestPeer, GuestStream, HybridVsockTransport, TcpTransport, Transport,
+    TransportError, VsockTransport,
 };

@@ -8,8 +8,14 @@
 //!
 //! The sim quote signer sits behind the [`QuoteSigner`] seam: the agent's binary wires the simulated
 //! PKI (`attestation::sim`) with the measurements of the artifacts it launched.
+//!
+//! The sim quote service answers only the VM this agent launched ([`LaunchedGuest`]): a quote
+//! carries that VM's measurements, so another VM on the same host that obtained one could pass for
+//! it with any key it likes. What identifies the peer depends on the transport; see
+//! [`LaunchedGuest::admits`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrysalis_attestation::ReportData;
@@ -21,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::collateral::CollateralCache;
 use crate::metrics::{Metrics, inc};
-use crate::transport::{GuestListener, GuestStream};
+use crate::transport::{GuestListener, GuestPeer, GuestStream};
 
 /// A signed simulated quote and, optionally, collateral that verifies it.
 #[derive(Clone, Debug)]
@@ -73,6 +79,86 @@ impl Default for ServiceLimits {
         Self {
             max_concurrent: 16,
             request_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The VM this agent launched, as a guest→host connection can identify it.
+///
+/// Cheap to clone; clones share the multiplexer pid, which the supervisor updates on every
+/// (re)start ([`crate::Supervisor::with_multiplexer_pid`]).
+#[derive(Clone, Debug)]
+pub struct LaunchedGuest {
+    cid: u32,
+    multiplexer_pid: Arc<AtomicU32>,
+    agent_uid: u32,
+}
+
+impl LaunchedGuest {
+    /// The VM with context id `cid` (`vm.guest_cid`), launched by this process.
+    pub fn new(cid: u32) -> Self {
+        Self {
+            cid,
+            multiplexer_pid: Arc::new(AtomicU32::new(0)),
+            agent_uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    /// The cell holding the pid of the hybrid vsock multiplexer (vhost-device-vsock) now serving
+    /// this VM; 0 while none runs.
+    pub fn multiplexer_pid(&self) -> Arc<AtomicU32> {
+        self.multiplexer_pid.clone()
+    }
+
+    /// Whether `peer` is this VM; the error says why not.
+    ///
+    /// * AF_VSOCK: the peer's CID must be `vm.guest_cid`. The host kernel assigns CIDs, so no
+    ///   other VM can present this one.
+    /// * Hybrid vsock: the protocol carries no CID. A guest's connection to host port P arrives on
+    ///   the Unix socket `<uds>_P`, opened by the multiplexer for its VM; the only identity is the
+    ///   connecting process (`SO_PEERCRED`). While this agent runs a multiplexer (it launched the
+    ///   VM), the peer must be that process: it serves exactly one VM, `guest-cid=vm.guest_cid`.
+    ///   With no multiplexer of ours running (`vm.launch = false`: the guest or its VMM was started
+    ///   by someone else) the peer must run as this agent's user.
+    /// * TCP (development): nothing identifies a VM; every peer is admitted.
+    pub fn admits(&self, peer: &GuestPeer) -> Result<(), String> {
+        match *peer {
+            GuestPeer::Vsock { cid, .. } if cid == self.cid => Ok(()),
+            GuestPeer::Vsock { cid, .. } => Err(format!(
+                "vsock CID {cid} is not the VM this agent launched (CID {})",
+                self.cid
+            )),
+            GuestPeer::Unix { pid, uid } => match self.multiplexer_pid.load(Ordering::SeqCst) {
+                0 if uid == self.agent_uid => Ok(()),
+                0 => Err(format!(
+                    "peer uid {uid} is not this agent's ({}) and no multiplexer of this agent runs",
+                    self.agent_uid
+                )),
+                m if pid.and_then(|p| u32::try_from(p).ok()) == Some(m) => Ok(()),
+                m => Err(format!(
+                    "{peer} is not the vhost-device-vsock (pid {m}) serving the VM this agent                      launched (CID {})",
+                    self.cid
+                )),
+            },
+            GuestPeer::Tcp(_) => Ok(()),
+        }
+    }
+}
+
+/// Which peers a service port answers.
+#[derive(Clone, Debug)]
+pub enum Admission {
+    /// Everyone: for what is public anyway (collateral).
+    Anyone,
+    /// Only the VM this agent launched.
+    LaunchedGuest(LaunchedGuest),
+}
+
+impl Admission {
+    fn admits(&self, peer: &GuestPeer) -> Result<(), String> {
+        match self {
+            Admission::Anyone => Ok(()),
+            Admission::LaunchedGuest(g) => g.admits(peer),
         }
     }
 }
@@ -191,10 +277,31 @@ async fn write_response(stream: &mut GuestStream, response: &Response) -> Result
     Ok(())
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves.
+/// Serves `service` on `listener` to everyone until `shutdown` resolves.
 pub async fn serve(
     listener: GuestListener,
     service: Service,
+    limits: ServiceLimits,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_only(
+        listener,
+        service,
+        Admission::Anyone,
+        limits,
+        metrics,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, to the peers `admission` admits.
+/// Any other peer gets an `error` response naming why, and nothing else.
+pub async fn serve_only(
+    listener: GuestListener,
+    service: Service,
+    admission: Admission,
     limits: ServiceLimits,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
@@ -212,9 +319,9 @@ pub async fn serve(
             biased;
             () = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            s = listener.accept() => s,
+            s = listener.accept_peer() => s,
         };
-        let stream = match stream {
+        let (mut stream, peer) = match stream {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(service = service.name(), error = %e, "accept failed");
@@ -227,9 +334,34 @@ pub async fn serve(
         };
         let service = service.clone();
         let metrics = metrics.clone();
+        let admitted = admission.admits(&peer);
         tasks.spawn(async move {
             let _permit = permit;
             let (ok, err) = service.counters(&metrics);
+            if let Err(why) = admitted {
+                inc(err);
+                tracing::warn!(service = service.name(), %peer, %why, "connection refused");
+                // Before reading anything: the request is not this peer's to make.
+                let r = Response::Error {
+                    message: format!("refused: {why}"),
+                };
+                let _ = tokio::time::timeout(limits.request_deadline, async {
+                    write_response(&mut stream, &r).await?;
+                    // Read what the peer sent (bounded) until it closes: closing with its request
+                    // unread would reset the connection and lose the answer.
+                    let mut sink = [0u8; 4096];
+                    let mut left = hostcall::MAX_MESSAGE + 4;
+                    while left > 0 {
+                        match stream.read(&mut sink).await? {
+                            0 => break,
+                            n => left = left.saturating_sub(n),
+                        }
+                    }
+                    Ok::<_, ServiceError>(())
+                })
+                .await;
+                return;
+            }
             match service.serve_connection(stream, limits).await {
                 Ok(Response::Error { message }) => {
                     inc(err);
@@ -341,6 +473,87 @@ mod tests {
 
         assert_eq!(crate::metrics::get(&metrics.service_requests.quote), 1);
         assert_eq!(crate::metrics::get(&metrics.service_errors.quote), 5);
+        tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn only_the_launched_cid_is_admitted_over_vsock() {
+        let g = LaunchedGuest::new(3);
+        assert!(g.admits(&GuestPeer::Vsock { cid: 3, port: 1024 }).is_ok());
+        for cid in [2, 4, 1, u32::MAX] {
+            let err = g.admits(&GuestPeer::Vsock { cid, port: 1024 }).unwrap_err();
+            assert!(err.contains(&format!("CID {cid} ")), "{err}");
+        }
+        // Without a multiplexer of ours, a Unix peer must be this agent's user.
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(
+            g.admits(&GuestPeer::Unix {
+                pid: Some(1),
+                uid: me
+            })
+            .is_ok()
+        );
+        assert!(
+            g.admits(&GuestPeer::Unix {
+                pid: Some(1),
+                uid: me.wrapping_add(1)
+            })
+            .is_err()
+        );
+    }
+
+    /// Over hybrid vsock the sim quote port answers only the multiplexer serving the launched VM:
+    /// the peer is identified by SO_PEERCRED on the real socket.
+    #[tokio::test]
+    async fn sim_quotes_only_for_the_launched_guests_multiplexer() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = HybridVsockTransport::new(dir.path().join("v.sock"));
+        let l = t.listen(hostcall::SIM_QUOTE_PORT).await.unwrap();
+        let path = t.listener_path(hostcall::SIM_QUOTE_PORT);
+        let metrics = Arc::new(Metrics::default());
+        let guest = LaunchedGuest::new(3);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_only(
+            l,
+            Service::SimQuote(Arc::new(FixedSigner)),
+            Admission::LaunchedGuest(guest.clone()),
+            ServiceLimits::default(),
+            metrics.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let req = hostcall::encode(&Request::SimQuote {
+            report_data: ReportData([7; 64]),
+        })
+        .unwrap();
+        // Another process is the multiplexer: this one is refused, with no quote.
+        let other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        guest.multiplexer_pid().store(other.id(), Ordering::SeqCst);
+        match roundtrip(&path, &req).await {
+            Response::Error { message } => {
+                assert!(message.contains("refused"), "{message}");
+                assert!(message.contains(&other.id().to_string()), "{message}");
+            }
+            r => panic!("answered another peer: {r:?}"),
+        }
+        // This process as the multiplexer: answered.
+        guest
+            .multiplexer_pid()
+            .store(std::process::id(), Ordering::SeqCst);
+        assert!(matches!(
+            roundtrip(&path, &req).await,
+            Response::Quote { .. }
+        ));
+        assert_eq!(crate::metrics::get(&metrics.service_requests.quote), 1);
+        assert_eq!(crate::metrics::get(&metrics.service_errors.quote), 1);
+        let mut other = other;
+        let _ = other.kill();
+        let _ = other.wait();
         tx.send(()).unwrap();
         server.await.unwrap();
     }

@@ -345,8 +345,8 @@ mod tests {
             .trust
             .dangerous_simulated_intel_roots
             .push(s.status().sim_root_sha256);
-        let ok = policy.evaluate(verdict).unwrap();
-        let _ = ok;
+        let ok = policy.evaluate(verdict, &rd).unwrap();
+        assert_eq!(ok.verdict().report_data, rd);
 
         // The same quote under a policy pinning another RTMR2 is rejected.
         let q = s.quote(&rd).unwrap();
@@ -359,7 +359,7 @@ mod tests {
             .trust
             .dangerous_simulated_intel_roots
             .push(s.status().sim_root_sha256);
-        assert!(policy.evaluate(verdict).is_err());
+        assert!(policy.evaluate(verdict, &rd).is_err());
     }
 
     #[test]

@@ -132,6 +132,18 @@ pub struct Supervisor {
     status: watch::Sender<VmStatus>,
     probe: Option<(Arc<dyn Transport>, u32)>,
     restart_check: Option<RestartCheck>,
+    multiplexer_pid: Option<Arc<std::sync::atomic::AtomicU32>>,
+}
+
+/// Publishes a running helper's pid; clears it when the run ends, however it ends.
+struct PublishedPid<'a>(Option<&'a std::sync::atomic::AtomicU32>);
+
+impl Drop for PublishedPid<'_> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.0 {
+            cell.store(0, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// A check run (on a blocking thread) before each restart; an error ends that run as a boot failure.
@@ -277,7 +289,16 @@ impl Supervisor {
             status,
             probe,
             restart_check: None,
+            multiplexer_pid: None,
         }
+    }
+
+    /// Keeps the pid of the vhost-device-vsock this supervisor runs in `cell` (0 while none
+    /// runs), so that guest→host services can tell its connections from anyone else's
+    /// ([`crate::services::LaunchedGuest`]).
+    pub fn with_multiplexer_pid(mut self, cell: Arc<std::sync::atomic::AtomicU32>) -> Self {
+        self.multiplexer_pid = Some(cell);
+        self
     }
 
     /// Runs `check` before every restart (not before the first start, which the caller checked):
@@ -407,6 +428,7 @@ impl Supervisor {
     ) -> RunEnd {
         let grace = Duration::from_secs(self.policy.stop_timeout_secs);
         let mut helper = None;
+        let _published = PublishedPid(self.multiplexer_pid.as_deref());
         if let (Some(cmd), Some(sock)) = (&self.plan.vhost_vsock, &self.plan.vhost_user_socket) {
             remove_stale_socket(sock);
             if let Some(h) = &self.plan.hybrid_socket {
@@ -421,6 +443,9 @@ impl Supervisor {
                 Ok(p) => p,
                 Err(e) => return RunEnd::Exited(format!("vhost-device-vsock did not start: {e}")),
             };
+            if let (Some(cell), Some(pid)) = (&self.multiplexer_pid, p.child.id()) {
+                cell.store(pid, std::sync::atomic::Ordering::SeqCst);
+            }
             // QEMU's vhost-user chardev is a client: the socket must exist before QEMU starts.
             let deadline = Instant::now() + VHOST_SOCKET_WAIT;
             loop {

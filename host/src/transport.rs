@@ -172,6 +172,44 @@ impl AsyncWrite for GuestStream {
     }
 }
 
+/// Who opened a guest→host connection, as far as the transport can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GuestPeer {
+    /// AF_VSOCK: the peer's context id and port, as the kernel records them (a guest cannot
+    /// choose its CID: the host assigns it at launch).
+    Vsock {
+        /// The peer's context id.
+        cid: u32,
+        /// The peer's port.
+        port: u32,
+    },
+    /// Hybrid vsock: the process that connected to `<uds>_<port>` (`SO_PEERCRED`). That is the
+    /// multiplexer acting for a guest; the protocol carries no guest CID.
+    Unix {
+        /// The peer process, when the kernel reports one.
+        pid: Option<i32>,
+        /// The peer process's effective user id.
+        uid: u32,
+    },
+    /// TCP: the peer address. It says nothing about which VM, if any, is behind it.
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for GuestPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestPeer::Vsock { cid, port } => write!(f, "vsock CID {cid} port {port}"),
+            GuestPeer::Unix {
+                pid: Some(pid),
+                uid,
+            } => write!(f, "process {pid} (uid {uid})"),
+            GuestPeer::Unix { pid: None, uid } => write!(f, "a process of uid {uid}"),
+            GuestPeer::Tcp(a) => write!(f, "TCP {a}"),
+        }
+    }
+}
+
 /// A bound host-side listener for streams the guest opens ([`Transport::listen`]).
 #[derive(Debug)]
 pub struct GuestListener {
@@ -221,6 +259,41 @@ impl GuestListener {
                 .accept()
                 .await
                 .map(|(s, _)| GuestStream::Vsock(s))
+                .map_err(accept_err),
+        }
+    }
+
+    /// Waits for the next connection from the guest and says who opened it.
+    pub async fn accept_peer(&self) -> Result<(GuestStream, GuestPeer), TransportError> {
+        let accept_err = |source| TransportError::Accept {
+            what: self.what.clone(),
+            source,
+        };
+        match &self.inner {
+            ListenerInner::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, a)| (GuestStream::Tcp(s), GuestPeer::Tcp(a)))
+                .map_err(accept_err),
+            ListenerInner::Unix { listener: l, .. } => {
+                let (s, _) = l.accept().await.map_err(accept_err)?;
+                let cred = s.peer_cred().map_err(accept_err)?;
+                let peer = GuestPeer::Unix {
+                    pid: cred.pid(),
+                    uid: cred.uid(),
+                };
+                Ok((GuestStream::Unix(s), peer))
+            }
+            ListenerInner::Vsock(l) => l
+                .accept()
+                .await
+                .map(|(s, a)| {
+                    let peer = GuestPeer::Vsock {
+                        cid: a.cid(),
+                        port: a.port(),
+                    };
+                    (GuestStream::Vsock(s), peer)
+                })
                 .map_err(accept_err),
         }
     }

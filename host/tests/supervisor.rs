@@ -247,17 +247,44 @@ fn start_agent_with(qemu_script: &str, supervisor: &str, extra: &str) -> AgentRu
         &d.join("fake-qemu"),
         &qemu_script.replace("{dir}", &d.display().to_string()),
     );
-    // vhost-device-vsock double: creates the vhost-user socket named in --vm and waits.
+    // vhost-device-vsock double: creates the vhost-user socket named in --vm, and plays the
+    // guest side of hybrid vsock for the tests: a connection to {dir}/guest.sock that sends
+    // "<port>\n" is carried to <uds-path>_<port>, opened by this process as the real multiplexer
+    // would.
     write_exec(
         &d.join("fake-vhost"),
-        &format!(
-            "#!/usr/bin/python3\nimport os, socket, sys, time\n\
-             opts = dict(kv.split('=', 1) for kv in sys.argv[2].split(','))\n\
-             s = socket.socket(socket.AF_UNIX); s.bind(opts['socket']); s.listen()\n\
-             open('{0}/pids', 'a').write(f'{{os.getpid()}}\\n')\n\
-             time.sleep(600)\n",
-            d.display()
-        ),
+        &r#"#!/usr/bin/python3
+import os, socket, sys, threading
+opts = dict(kv.split('=', 1) for kv in sys.argv[2].split(','))
+# Bound before the vhost-user socket, which the agent waits for: it exists once the VM runs.
+if os.path.exists('{dir}/guest.sock'):
+    os.unlink('{dir}/guest.sock')  # left by the previous run
+g = socket.socket(socket.AF_UNIX); g.bind('{dir}/guest.sock'); g.listen()
+s = socket.socket(socket.AF_UNIX); s.bind(opts['socket']); s.listen()
+open('{dir}/pids', 'a').write(f'{os.getpid()}\n')
+def pump(a, b):
+    while True:
+        data = a.recv(65536)
+        if not data:
+            break
+        b.sendall(data)
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def guest(c):
+    port = b''
+    while not port.endswith(b'\n'):
+        port += c.recv(1)
+    h = socket.socket(socket.AF_UNIX)
+    h.connect(opts['uds-path'] + '_' + port.decode().strip())
+    threading.Thread(target=pump, args=(c, h), daemon=True).start()
+    pump(h, c)
+while True:
+    c, _ = g.accept()
+    threading.Thread(target=guest, args=(c,), daemon=True).start()
+"#
+        .replace("{dir}", &d.display().to_string()),
     );
     std::fs::write(
         d.join("host.toml"),
@@ -461,22 +488,40 @@ async fn the_agent_quotes_the_launched_image_over_hybrid_vsock() {
     assert_eq!(sim["firmware"], "manifest:tdx");
 
     async fn call(path: PathBuf, req: &Request) -> Response {
+        call_with(path, b"", req).await
+    }
+    async fn call_with(path: PathBuf, prefix: &[u8], req: &Request) -> Response {
         let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
+        s.write_all(prefix).await.unwrap();
         s.write_all(&hostcall::encode(req).unwrap()).await.unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
         hostcall::decode(&out).unwrap()
     }
-    // The guest's connections to host port P arrive on <uds_path>_P (vhost-device-vsock's convention).
+    // The guest's connections to host port P arrive on <uds_path>_P (vhost-device-vsock's
+    // convention), opened by the multiplexer the agent launched.
     let rd = ReportData([0x42; 64]);
-    let Response::Quote { quote, collateral } = call(
-        state.join(format!("vsock.sock_{}", hostcall::SIM_QUOTE_PORT)),
+    let Response::Quote { quote, collateral } = call_with(
+        state.parent().unwrap().join("guest.sock"),
+        format!("{}\n", hostcall::SIM_QUOTE_PORT).as_bytes(),
         &Request::SimQuote { report_data: rd },
     )
     .await
     else {
         panic!("no quote")
     };
+    // Any other process connecting to that socket is not the launched VM: refused, no quote.
+    match call(
+        state.join(format!("vsock.sock_{}", hostcall::SIM_QUOTE_PORT)),
+        &Request::SimQuote { report_data: rd },
+    )
+    .await
+    {
+        Response::Error { message } => {
+            assert!(message.contains("vhost-device-vsock"), "{message}")
+        }
+        other => panic!("a quote for another peer: {other:?}"),
+    }
     let parsed = TdxQuote::parse(&quote).unwrap();
     assert_eq!(parsed.report_data(), rd);
     let m = parsed.measurements();

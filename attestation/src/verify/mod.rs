@@ -6,6 +6,10 @@
 //! NOT say whether any of that is acceptable: [`crate::policy::Policy::evaluate`] decides, and
 //! only it produces the [`crate::VerifiedEvidence`] proof that downstream code requires.
 //!
+//! The verification functions return a [`CryptoVerified`]: a verdict sealed by this module, which
+//! only verification constructs. A `Verdict` is a plain value anyone can build or deserialize; a
+//! `CryptoVerified` is the only thing the policy turns into proof.
+//!
 //! Trust anchors and time are arguments. The production Intel and AMD roots are built in;
 //! a simulated root is accepted only when the caller's anchors name its fingerprint.
 
@@ -22,7 +26,7 @@ use crate::evidence::{Measurements, Platform, ReportData, Sha256};
 pub use snp::{
     AmdGeneration, AmdRoot, SnpCertificates, SnpSigner, SnpVerified, SnpVerifyError, verify_snp,
 };
-pub use tdx::{INTEL_SGX_ROOT_CA_SHA256, verify_tdx};
+pub use tdx::INTEL_SGX_ROOT_CA_SHA256;
 
 /// The root certificate a piece of evidence chains to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +167,47 @@ pub struct Verdict {
     pub valid_until: Option<u64>,
 }
 
+/// A [`Verdict`] that this module's verification produced: the signatures, certificate chain
+/// and collateral behind it verified against the caller's anchors. Only this crate constructs
+/// one (the field is private and there is no conversion from `Verdict`), so a hand-made or
+/// deserialized verdict can never reach [`crate::policy::Policy::evaluate`]:
+///
+/// ```compile_fail,E0423
+/// use chrysalis_attestation::verify::{CryptoVerified, Verdict};
+/// fn forge(v: Verdict) -> CryptoVerified {
+///     CryptoVerified(v)
+/// }
+/// ```
+///
+/// It reads as the verdict it wraps (`Deref`), and serializes as it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct CryptoVerified(Verdict);
+
+impl CryptoVerified {
+    /// Seals a verdict. Callers must have verified the evidence it describes.
+    pub(crate) fn new(verdict: Verdict) -> Self {
+        Self(verdict)
+    }
+
+    /// What was verified.
+    pub fn verdict(&self) -> &Verdict {
+        &self.0
+    }
+
+    /// The verdict as a plain value (no longer proof of anything).
+    pub fn into_verdict(self) -> Verdict {
+        self.0
+    }
+}
+
+impl std::ops::Deref for CryptoVerified {
+    type Target = Verdict;
+    fn deref(&self) -> &Verdict {
+        &self.0
+    }
+}
+
 /// Which roots verification may end in. Built from a policy; the vendor roots are built in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustAnchors {
@@ -270,17 +315,17 @@ pub fn verify(
     anchors: &TrustAnchors,
     collateral: Option<&dcap_qvl::QuoteCollateralV3>,
     now: u64,
-) -> Result<Verdict, VerifyError> {
-    match bundle.platform {
+) -> Result<CryptoVerified, VerifyError> {
+    let verdict = match bundle.platform {
         Platform::Tdx => {
             let collateral = collateral
                 .or(bundle.tdx_collateral.as_ref())
                 .ok_or(VerifyError::MissingCollateral)?;
-            verify_tdx(&bundle.evidence, collateral, anchors, now)
+            tdx::verify_tdx(&bundle.evidence, collateral, anchors, now)
         }
         Platform::Snp => {
             let vcek = bundle.snp_vcek.as_deref().ok_or(VerifyError::MissingVcek)?;
-            verify_snp_evidence(
+            snp_verdict(
                 &bundle.evidence,
                 vcek,
                 bundle.snp_chain.as_deref(),
@@ -288,14 +333,41 @@ pub fn verify(
                 now,
             )
         }
-    }
+    }?;
+    Ok(CryptoVerified::new(verdict))
 }
 
-/// Verifies an SNP report with its VCEK (and optional ASK/ARK chain) into a [`Verdict`].
+/// Verifies a TDX quote with `collateral` at `now` (unix seconds).
+///
+/// Returns Ok only if the quote's signature chain (attestation key → QE report → PCK
+/// certificate → PCK CA → root), the collateral's signatures (TCB info, QE identity, CRLs →
+/// the same root) and their validity at `now` all verify, and the root is among `anchors`.
+/// It does NOT judge the TCB status, debug flag or measurements: that is the policy's job.
+pub fn verify_tdx(
+    quote: &[u8],
+    collateral: &dcap_qvl::QuoteCollateralV3,
+    anchors: &TrustAnchors,
+    now: u64,
+) -> Result<CryptoVerified, VerifyError> {
+    tdx::verify_tdx(quote, collateral, anchors, now).map(CryptoVerified::new)
+}
+
+/// Verifies an SNP report with its VCEK (and optional ASK/ARK chain) into a sealed verdict.
 ///
 /// Only AMD's own ARKs are anchors: a chain file whose ARK is not one of them is refused.
 /// AMD publishes no TCB status, so the verdict's `tcb_status` is `None`; see [`TcbStatus`].
 pub fn verify_snp_evidence(
+    report: &[u8],
+    vcek_der: &[u8],
+    chain: Option<&[u8]>,
+    anchors: &TrustAnchors,
+    now: u64,
+) -> Result<CryptoVerified, VerifyError> {
+    snp_verdict(report, vcek_der, chain, anchors, now).map(CryptoVerified::new)
+}
+
+/// The unsealed verdict of [`verify_snp_evidence`].
+fn snp_verdict(
     report: &[u8],
     vcek_der: &[u8],
     chain: Option<&[u8]>,

@@ -90,7 +90,7 @@ fn next_update(json: &str) -> Option<u64> {
 /// It also refuses TD_ATTRIBUTES that no policy may accept ([`VerifyError::TdAttributes`]).
 /// It does NOT judge the TCB status, the "TD under debug" bits or measurements: that is the
 /// policy's job.
-pub fn verify_tdx(
+pub(crate) fn verify_tdx(
     quote: &[u8],
     collateral: &QuoteCollateralV3,
     anchors: &TrustAnchors,
