@@ -58,7 +58,8 @@ pub(crate) struct VerifyArgs {
     /// measurement pin — it proves genuine hardware, not which software runs there.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Print one JSON object (accepted, platform, tcb_status, advisory_ids, measurements, reasons).
+    /// Print one JSON object (accepted, platform, tcb_status, advisory_ids,
+    /// tcb_evaluation_data_number, collateral_issued, measurements, reasons).
     #[arg(long)]
     json: bool,
 }
@@ -144,6 +145,12 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 println!("ACCEPTED {} evidence v{}", d.platform, d.evidence_version);
                 println!("root        {}", d.root);
                 println!("tcb_status  {}", d.tcb_status);
+                if let Some(n) = d.tcb_evaluation_data_number {
+                    println!(
+                        "tcb_eval    {n} (collateral issued {})",
+                        d.collateral_issued.map_or("?".into(), |t| t.to_string())
+                    );
+                }
                 if !d.advisory_ids.is_empty() {
                     println!("advisories  {}", d.advisory_ids.join(", "));
                 }
