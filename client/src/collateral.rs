@@ -51,7 +51,7 @@ impl CollateralFetcher {
         let mut filled = 0;
         let mut first_err = None;
         for key in self.store.take_missing() {
-            if let Some(c) = self.from_disk(&key, now) {
+            if let Some(c) = self.read_disk(&key, now) {
                 self.store.insert(key, c);
                 filled += 1;
                 continue;
@@ -59,7 +59,7 @@ impl CollateralFetcher {
             match self.pcs.fetch(&key).await {
                 Ok(c) => {
                     tracing::info!(%key, pccs = self.pcs.base(), "fetched TDX collateral");
-                    self.to_disk(&key, &c);
+                    self.write_disk(&key, &c);
                     self.store.insert(key, c);
                     filled += 1;
                 }
@@ -79,14 +79,14 @@ impl CollateralFetcher {
         dir.join(format!("{}-{}.json", key.fmspc_hex(), key.ca.as_str()))
     }
 
-    fn from_disk(&self, key: &CollateralKey, now: u64) -> Option<QuoteCollateralV3> {
+    fn read_disk(&self, key: &CollateralKey, now: u64) -> Option<QuoteCollateralV3> {
         let path = Self::path(self.cache_dir.as_ref()?, key);
         let c: QuoteCollateralV3 = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
         (collateral_valid_until(&c)? > now).then_some(c)
     }
 
     /// Best effort: a cache that cannot be written costs a refetch, nothing else.
-    fn to_disk(&self, key: &CollateralKey, c: &QuoteCollateralV3) {
+    fn write_disk(&self, key: &CollateralKey, c: &QuoteCollateralV3) {
         let Some(dir) = &self.cache_dir else { return };
         let path = Self::path(dir, key);
         let tmp = path.with_extension("json.tmp");

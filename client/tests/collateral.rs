@@ -37,10 +37,10 @@ struct FakePccs {
     hits: Arc<AtomicUsize>,
 }
 
-fn routes(
-    c: &QuoteCollateralV3,
-    key: &CollateralKey,
-) -> HashMap<String, (Vec<(&'static str, String)>, Vec<u8>)> {
+/// Path and query → (response headers, body).
+type Routes = HashMap<String, (Vec<(&'static str, String)>, Vec<u8>)>;
+
+fn routes(c: &QuoteCollateralV3, key: &CollateralKey) -> Routes {
     // Percent-encode everything but alphanumerics, as PCCS headers carry PEM chains.
     let enc = |s: &str| {
         s.bytes()
