@@ -32,6 +32,10 @@
 //! * [`ratls`]: certificates carrying evidence bound to their own key (RFC 9999 `id-pe-cmw`),
 //!   rustls server and client verifiers with a verdict cache. Wire format: docs/ra-tls.md.
 //! * [`receipt`]: usage receipts (JWS ES256) signed with the attested key. Format: docs/receipts.md.
+//! * [`collateral`]: which platform a TDX quote needs collateral for, a verifier's own
+//!   collateral store, and the freshness floor of Intel's TCB evaluation data (with its table).
+//! * `pcs` (feature `pcs`): a PCS API v4 client that fetches TDX collateral from a PCCS or
+//!   Intel's PCS, for the host's collateral cache and the client (not linked by the guest).
 //! * [`hostcall`]: the guest→host service protocol (sim quotes, collateral), framed once here.
 //! * [`sim`]: a deterministic simulated Intel PKI that signs real-format TDX quotes. It is a
 //!   second trust anchor that a policy must name (`dangerous_simulated_intel_roots`), never a
@@ -83,6 +87,8 @@
 pub mod bootargs;
 #[cfg(feature = "full")]
 pub mod bundle;
+#[cfg(feature = "full")]
+pub mod collateral;
 pub mod error;
 pub mod evidence;
 #[cfg(feature = "full")]
@@ -91,6 +97,8 @@ pub mod hostcall;
 pub mod manifest;
 #[cfg(feature = "full")]
 pub mod measure;
+#[cfg(feature = "pcs")]
+pub mod pcs;
 #[cfg(feature = "full")]
 pub mod policy;
 #[cfg(feature = "full")]

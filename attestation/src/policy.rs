@@ -25,6 +25,12 @@
 //! genoa = { bootloader = 0, tee = 0, snp = 23, microcode = 84 }
 //! # turin = { fmc = 0, bootloader = 0, tee = 0, snp = 0, microcode = 0 }  # no built-in floor
 //!
+//! [collateral]                     # TDX collateral: where from, how fresh
+//! # pccs_url = "https://api.trustedservices.intel.com"   # fetch it when a node carries none
+//! # prefer_own = false             # true: use fetched collateral even when the node carries some
+//! # min_tcb_evaluation_data_number = 20   # default: collateral::DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER
+//! # max_age_days = 7               # default: none (nextUpdate, 30 days after issue, still applies)
+//!
 //! # dangerous_allow_debug = false
 //! # dangerous_accept_any_measurement = false
 //!
@@ -74,6 +80,9 @@ pub struct Policy {
     /// Which TCB states are acceptable.
     #[serde(default)]
     pub tcb: TcbConfig,
+    /// Where TDX collateral comes from and how fresh it must be.
+    #[serde(default, skip_serializing_if = "CollateralConfig::is_default")]
+    pub collateral: CollateralConfig,
     /// Accept guests under debug, whose host can read or profile them: TDX TD_ATTRIBUTES bits
     /// 0-7 (DEBUG, HGS_PLUS_PROF, PERF_PROF, PMT_PROF; the reserved ones fail verification
     /// anyway), SNP guest policy DEBUG. Also leaves those bits out of a pinned `td_attributes`.
@@ -199,6 +208,48 @@ impl Default for TcbConfig {
             allowed_advisories: Vec::new(),
             snp_minimum: None,
             snp_floor: SnpFloors::default(),
+        }
+    }
+}
+
+/// TDX collateral: a verifier's own source, and freshness rules that apply to all collateral
+/// (carried by the node, from its host, or fetched by the verifier).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollateralConfig {
+    /// A PCCS or Intel PCS base URL (`https://api.trustedservices.intel.com`) the verifier
+    /// fetches collateral from (PCS API v4) for nodes that carry none. Fetched collateral is
+    /// verified against Intel's root like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pccs_url: Option<String>,
+    /// Use collateral from `pccs_url` even when the node carries some.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub prefer_own: bool,
+    /// The lowest `tcbEvaluationDataNumber` accepted in the TCB info and QE identity. Unset:
+    /// [`crate::collateral::DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER`] for Intel's production
+    /// root, none for simulated roots. 0 turns the rule off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tcb_evaluation_data_number: Option<u32>,
+    /// The oldest collateral accepted, in days since the earlier `issueDate` of its TCB info and
+    /// QE identity. Unset: no limit beyond `nextUpdate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_days: Option<u32>,
+}
+
+impl CollateralConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The `tcbEvaluationDataNumber` floor for evidence chaining to `root`, if any.
+    pub fn min_tcb_evaluation_data_number_for(&self, root: &TrustRoot) -> Option<u32> {
+        match (self.min_tcb_evaluation_data_number, root) {
+            (Some(0), _) => None,
+            (Some(n), _) => Some(n),
+            (None, TrustRoot::IntelSgxRootCa) => {
+                Some(crate::collateral::DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER)
+            }
+            (None, _) => None,
         }
     }
 }
@@ -350,6 +401,23 @@ pub enum RejectReason {
         /// The report's VMPL.
         vmpl: u32,
     },
+    /// The collateral's `tcbEvaluationDataNumber` is below the policy's floor
+    /// (`collateral.min_tcb_evaluation_data_number`): it predates a TCB recovery.
+    TcbEvaluationDataNumber {
+        /// The collateral's number (None: it carries none).
+        found: Option<u32>,
+        /// The floor.
+        minimum: u32,
+    },
+    /// The collateral was issued longer ago than `collateral.max_age_days` allows.
+    CollateralTooOld {
+        /// The earlier `issueDate` of TCB info and QE identity (unix seconds; None: undated).
+        issued: Option<u64>,
+        /// When verification ran (unix seconds).
+        at: u64,
+        /// The limit in days.
+        max_age_days: u32,
+    },
     /// The guest is debuggable (a verdict whose `debug` is set without naming a flag).
     Debug,
     /// The guest is under debug: the host can read or profile it. Names each set flag (TDX
@@ -431,6 +499,36 @@ impl fmt::Display for RejectReason {
                 f,
                 "SNP report requested at VMPL {vmpl}: the policy requires VMPL 0"
             ),
+            RejectReason::TcbEvaluationDataNumber { found, minimum } => match found {
+                Some(n) => write!(
+                    f,
+                    "collateral.min_tcb_evaluation_data_number: collateral has \
+                     tcbEvaluationDataNumber {n}, the policy requires at least {minimum} \
+                     (collateral from before a TCB recovery)"
+                ),
+                None => write!(
+                    f,
+                    "collateral.min_tcb_evaluation_data_number: collateral has no \
+                     tcbEvaluationDataNumber, the policy requires at least {minimum}"
+                ),
+            },
+            RejectReason::CollateralTooOld {
+                issued,
+                at,
+                max_age_days,
+            } => match issued {
+                Some(i) => write!(
+                    f,
+                    "collateral.max_age_days: collateral issued at {i} is {} days old at {at}, \
+                     the policy allows {max_age_days}",
+                    at.saturating_sub(*i) / 86_400
+                ),
+                None => write!(
+                    f,
+                    "collateral.max_age_days: collateral has no issueDate, the policy allows \
+                     {max_age_days} days"
+                ),
+            },
             RejectReason::Debug => {
                 f.write_str("guest is debuggable (debug is forbidden by policy)")
             }
@@ -605,6 +703,7 @@ impl Policy {
             version: POLICY_VERSION,
             trust: TrustConfig::default(),
             tcb: TcbConfig::default(),
+            collateral: CollateralConfig::default(),
             dangerous_allow_debug: false,
             dangerous_accept_any_measurement: false,
             tdx,
@@ -637,6 +736,14 @@ impl Policy {
             return Err(PolicyError::Invalid {
                 key: "tcb.accepted_statuses",
                 message: "must list at least one status (an empty list accepts nothing)".into(),
+            });
+        }
+        if let Some(url) = &self.collateral.pccs_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(PolicyError::Invalid {
+                key: "collateral.pccs_url",
+                message: format!("{url:?} is not an http(s) URL"),
             });
         }
         if !self.trust.intel
@@ -760,6 +867,9 @@ impl Policy {
                     .filter_map(|(_, r)| r),
             );
         }
+        if verdict.platform == Platform::Tdx {
+            reasons.extend(self.collateral_freshness(&verdict));
+        }
         // SNP's DEBUG bit is refused by name in snp_checks.
         if !self.dangerous_allow_debug && verdict.platform != Platform::Snp {
             // The flags are read from the measurements as well as the verdict's own fields, so a
@@ -810,6 +920,37 @@ impl Policy {
                 .collect(),
             Measurements::Tdx(_) => Vec::new(),
         }
+    }
+
+    /// The `[collateral]` freshness rules for a TDX verdict.
+    fn collateral_freshness(&self, verdict: &Verdict) -> Vec<RejectReason> {
+        let mut reasons = Vec::new();
+        if let Some(minimum) = self
+            .collateral
+            .min_tcb_evaluation_data_number_for(&verdict.root)
+            && verdict
+                .tcb_evaluation_data_number
+                .is_none_or(|n| n < minimum)
+        {
+            reasons.push(RejectReason::TcbEvaluationDataNumber {
+                found: verdict.tcb_evaluation_data_number,
+                minimum,
+            });
+        }
+        if let Some(max_age_days) = self.collateral.max_age_days {
+            let too_old = match verdict.collateral_issued {
+                Some(i) => verdict.verified_at.saturating_sub(i) > u64::from(max_age_days) * 86_400,
+                None => true,
+            };
+            if too_old {
+                reasons.push(RejectReason::CollateralTooOld {
+                    issued: verdict.collateral_issued,
+                    at: verdict.verified_at,
+                    max_age_days,
+                });
+            }
+        }
+        reasons
     }
 
     fn match_pins(&self, m: &Measurements) -> Result<String, RejectReason> {
@@ -971,6 +1112,11 @@ mod tests {
             debug_flags: vec![],
             report_data: ReportData([0; 64]),
             valid_until: None,
+            tcb_evaluation_data_number: Some(
+                crate::collateral::DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER,
+            ),
+            collateral_issued: Some(1_790_000_000),
+            verified_at: 1_790_000_000 + 2 * 86_400,
         }
     }
 
@@ -1481,6 +1627,92 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn collateral_freshness_rules_name_themselves() {
+        let p = Policy::pinned(vec![pin()], vec![]);
+        let floor = crate::collateral::DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER;
+        // The default floor applies to Intel's root, not to simulated roots.
+        let old = Verdict {
+            tcb_evaluation_data_number: Some(floor - 1),
+            ..tdx_verdict()
+        };
+        let err = p.check(&old.clone()).unwrap_err();
+        assert_eq!(
+            err.reasons,
+            vec![RejectReason::TcbEvaluationDataNumber {
+                found: Some(floor - 1),
+                minimum: floor
+            }]
+        );
+        assert!(
+            err.to_string()
+                .contains("collateral.min_tcb_evaluation_data_number"),
+            "{err}"
+        );
+        let sim = Verdict {
+            root: TrustRoot::SimulatedIntel {
+                sha256: Sha256([5; 32]),
+            },
+            ..old.clone()
+        };
+        let mut p_sim = p.clone();
+        p_sim
+            .trust
+            .dangerous_simulated_intel_roots
+            .push(Sha256([5; 32]));
+        assert!(p_sim.check(&sim.clone()).is_ok());
+        p_sim.collateral.min_tcb_evaluation_data_number = Some(floor);
+        assert!(p_sim.check(&sim).is_err());
+        // An explicit lower floor accepts; 0 turns the rule off; a missing number is refused.
+        let mut lower = p.clone();
+        lower.collateral.min_tcb_evaluation_data_number = Some(floor - 1);
+        assert!(lower.check(&old.clone()).is_ok());
+        lower.collateral.min_tcb_evaluation_data_number = Some(0);
+        assert!(lower.check(&old).is_ok());
+        let none = Verdict {
+            tcb_evaluation_data_number: None,
+            ..tdx_verdict()
+        };
+        assert!(
+            p.check(&none)
+                .unwrap_err()
+                .to_string()
+                .contains("no tcbEvaluationDataNumber")
+        );
+        // Age: issued 2 days before verification.
+        let mut aged = p.clone();
+        aged.collateral.max_age_days = Some(2);
+        assert!(aged.check(&tdx_verdict()).is_ok());
+        aged.collateral.max_age_days = Some(1);
+        let err = aged.check(&tdx_verdict()).unwrap_err();
+        assert!(
+            matches!(
+                err.reasons[..],
+                [RejectReason::CollateralTooOld {
+                    max_age_days: 1,
+                    ..
+                }]
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("collateral.max_age_days"), "{err}");
+        assert!(err.to_string().contains("2 days old"), "{err}");
+        // The section round-trips through TOML and refuses unknown keys.
+        let text = "version = 1\n[collateral]\npccs_url = \"http://127.0.0.1:1\"\n\
+                    min_tcb_evaluation_data_number = 17\nmax_age_days = 7\n";
+        let parsed = Policy::from_toml(text).unwrap();
+        assert_eq!(parsed.collateral.min_tcb_evaluation_data_number, Some(17));
+        assert_eq!(
+            Policy::from_toml(&parsed.to_toml().unwrap()).unwrap(),
+            parsed
+        );
+        assert!(Policy::from_toml("version = 1\n[collateral]\nfloor = 1\n").is_err());
+        let err = Policy::from_toml("version = 1\n[collateral]\npccs_url = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("collateral.pccs_url"), "{err}");
     }
 
     #[test]

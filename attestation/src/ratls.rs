@@ -30,9 +30,10 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use thiserror::Error;
 
 use crate::bundle::EvidenceBundle;
-use crate::evidence::{ReportData, Sha256};
+use crate::collateral::{CollateralKey, CollateralStore};
+use crate::evidence::{Platform, ReportData, Sha256};
 use crate::policy::{Policy, RejectReason, Rejection, VerifiedEvidence};
-use crate::verify;
+use crate::verify::{self, VerifyError};
 
 /// Domain tag hashed before the SPKI: names the protocol and its version, so evidence made for
 /// this purpose can never be replayed for another.
@@ -408,6 +409,9 @@ pub fn verify_certificate(
 struct VerdictCache {
     policy: Arc<Policy>,
     collateral: Option<dcap_qvl::QuoteCollateralV3>,
+    /// Collateral the verifier's owner fetched per platform, and whether it is required over
+    /// what certificates carry (`[collateral] prefer_own`).
+    own: Option<(CollateralStore, bool)>,
     accepted: Mutex<HashMap<Sha256, VerifiedPeer>>,
     last_rejection: Mutex<Option<Rejection>>,
 }
@@ -417,6 +421,7 @@ impl VerdictCache {
         Self {
             policy,
             collateral: None,
+            own: None,
             accepted: Mutex::new(HashMap::new()),
             last_rejection: Mutex::new(None),
         }
@@ -435,19 +440,65 @@ impl VerdictCache {
                 None => {}
             }
         }
-        match verify_certificate(cert.as_ref(), &self.policy, self.collateral.as_ref(), now) {
+        let own = match self.own_collateral(cert.as_ref(), now) {
+            Ok(own) => own,
+            Err(rejection) => return Err(self.reject(rejection)),
+        };
+        let collateral = own.as_deref().or(self.collateral.as_ref());
+        match verify_certificate(cert.as_ref(), &self.policy, collateral, now) {
             Ok(peer) => {
                 let mut map = self.accepted.lock().expect("verdict cache poisoned");
                 map.retain(|_, p| now <= p.valid_until());
                 map.insert(key, peer);
                 Ok(())
             }
-            Err(rejection) => {
-                *self.last_rejection.lock().expect("verdict cache poisoned") =
-                    Some(rejection.clone());
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(rejection))),
-                ))
+            Err(rejection) => Err(self.reject(rejection)),
+        }
+    }
+
+    fn reject(&self, rejection: Rejection) -> rustls::Error {
+        *self.last_rejection.lock().expect("verdict cache poisoned") = Some(rejection.clone());
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(rejection),
+        )))
+    }
+
+    /// The store's collateral for a TDX certificate that carries none (or for any TDX
+    /// certificate when the store is preferred). A miss is noted in the store; when the store is
+    /// preferred, it is a rejection (`MissingCollateral`) rather than a fall-back to the
+    /// carried collateral.
+    fn own_collateral(
+        &self,
+        cert_der: &[u8],
+        now: u64,
+    ) -> Result<Option<Arc<dcap_qvl::QuoteCollateralV3>>, Rejection> {
+        let Some((store, prefer_own)) = &self.own else {
+            return Ok(None);
+        };
+        // Unparseable certificates are left to verify_certificate to reject with its reasons.
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+            return Ok(None);
+        };
+        let Ok(bundle) = bundle_of(&cert) else {
+            return Ok(None);
+        };
+        if bundle.platform != Platform::Tdx || (bundle.tdx_collateral.is_some() && !prefer_own) {
+            return Ok(None);
+        }
+        let Ok(key) = CollateralKey::of_quote(&bundle.evidence) else {
+            return Ok(None);
+        };
+        match store.get(&key, now) {
+            Some(c) => Ok(Some(c)),
+            None => {
+                store.note_missing(key);
+                if *prefer_own {
+                    Err(Rejection::one(RejectReason::Verification(
+                        VerifyError::MissingCollateral,
+                    )))
+                } else {
+                    Ok(None)
+                }
             }
         }
     }
@@ -498,6 +549,14 @@ impl RaTlsServerVerifier {
     /// Uses this TDX collateral instead of what certificates carry (it must still verify).
     pub fn with_collateral(mut self, collateral: dcap_qvl::QuoteCollateralV3) -> Self {
         self.cache.collateral = Some(collateral);
+        self
+    }
+
+    /// Uses collateral from `store` (fetched by the caller, e.g. from a PCCS) for TDX
+    /// certificates that carry none, or for every TDX certificate when `prefer_own`. It must
+    /// still verify; a miss is noted in the store for the caller to fetch and retry.
+    pub fn with_collateral_store(mut self, store: CollateralStore, prefer_own: bool) -> Self {
+        self.cache.own = Some((store, prefer_own));
         self
     }
 

@@ -20,7 +20,7 @@ fn sample_quote_is_up_to_date_under_the_intel_root() {
     assert_eq!(v.root, TrustRoot::IntelSgxRootCa);
     assert_eq!(v.evidence_version, 4);
     assert!(!v.debug);
-    let ok = Policy::dangerous_unpinned()
+    let ok = floor(17)
         .appraise(
             &EvidenceBundle::tdx(quote, Some(collateral)),
             None,
@@ -48,8 +48,56 @@ fn a_recorded_quote_is_proof_only_for_its_own_report_data() {
     assert_eq!(ok.verdict().report_data, own);
 }
 
+/// The unpinned policy with an explicit `tcbEvaluationDataNumber` floor: the recorded samples
+/// predate the crate's default floor.
+fn floor(n: u32) -> Policy {
+    let mut p = Policy::dangerous_unpinned();
+    p.collateral.min_tcb_evaluation_data_number = Some(n);
+    p
+}
+
+#[test]
+fn recorded_collateral_freshness_is_in_the_verdict_and_judged() {
+    let (quote, collateral) = dcap_sample("tdx_quote");
+    let v = verify_tdx(&quote, &collateral, &TrustAnchors::vendor(), SAMPLE_NOW).unwrap();
+    assert_eq!(v.tcb_evaluation_data_number, Some(17));
+    // TCB info 2025-06-19T10:16:03Z, QE identity 2025-06-19T10:32:27Z: the earlier counts.
+    assert_eq!(v.collateral_issued, Some(1_750_328_163));
+    assert_eq!(v.verified_at, SAMPLE_NOW);
+    let bundle = EvidenceBundle::tdx(quote, Some(collateral));
+    // Accepted at its own number, refused one above it, and under the crate's default floor
+    // (which is newer than this 2025 recording), each time naming the rule.
+    assert!(floor(17).appraise(&bundle, None, SAMPLE_NOW).is_ok());
+    for policy in [floor(18), Policy::dangerous_unpinned()] {
+        let err = policy.appraise(&bundle, None, SAMPLE_NOW).unwrap_err();
+        assert!(
+            matches!(
+                err.reasons[..],
+                [RejectReason::TcbEvaluationDataNumber {
+                    found: Some(17),
+                    ..
+                }]
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("collateral.min_tcb_evaluation_data_number"),
+            "{err}"
+        );
+    }
+    // Age: 2 days old at SAMPLE_NOW (2025-06-21T09:46:40Z).
+    let mut aged = floor(17);
+    aged.collateral.max_age_days = Some(2);
+    assert!(aged.appraise(&bundle, None, SAMPLE_NOW).is_ok());
+    aged.collateral.max_age_days = Some(1);
+    let err = aged.appraise(&bundle, None, SAMPLE_NOW).unwrap_err();
+    assert!(err.to_string().contains("collateral.max_age_days"), "{err}");
+}
+
 #[test]
 fn v5_td15ex_quote_is_accepted() {
+    // Its collateral (2026-10) is at the default floor: accepted without lowering it.
     let (quote, collateral) = dcap_sample("tdx_quote_td15ex");
     let ok = Policy::dangerous_unpinned()
         .appraise(
@@ -59,6 +107,10 @@ fn v5_td15ex_quote_is_accepted() {
         )
         .unwrap();
     assert_eq!(ok.verdict().evidence_version, 5);
+    assert_eq!(
+        ok.verdict().tcb_evaluation_data_number,
+        Some(chrysalis_attestation::collateral::DEFAULT_MIN_TCB_EVALUATION_DATA_NUMBER)
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use chrysalis_attestation::pcs::PcsClient;
 use chrysalis_attestation::ratls::RaTlsServerVerifier;
 use chrysalis_attestation::{Policy, Rejection, VerifiedPeer};
 use http::header::{self, HeaderName, HeaderValue};
@@ -21,6 +22,7 @@ use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
 
+use crate::collateral::CollateralFetcher;
 use crate::connect::{AttestedConnector, ConnectError};
 use crate::ledger::{Ledger, LedgerError};
 use crate::metered::{Exchange, InFlight, MeteredBody, ReceiptSlot, VerifiedReceipt};
@@ -247,6 +249,9 @@ pub struct ClientBuilder {
     pool_idle_timeout: Duration,
     pooling: bool,
     max_body: usize,
+    pccs_url: Option<String>,
+    pccs_ca_file: Option<PathBuf>,
+    collateral_cache: Option<PathBuf>,
 }
 
 impl Default for ClientBuilder {
@@ -260,6 +265,9 @@ impl Default for ClientBuilder {
             pool_idle_timeout: Duration::from_secs(90),
             pooling: true,
             max_body: DEFAULT_MAX_REQUEST_BODY,
+            pccs_url: None,
+            pccs_ca_file: None,
+            collateral_cache: None,
         }
     }
 }
@@ -286,6 +294,27 @@ impl ClientBuilder {
     /// Adds several upstreams.
     pub fn upstreams<I: IntoIterator<Item = S>, S: Into<String>>(mut self, addrs: I) -> Self {
         self.upstreams.extend(addrs.into_iter().map(Into::into));
+        self
+    }
+
+    /// Fetches TDX collateral from this PCCS or Intel PCS base URL for nodes that carry none
+    /// (overrides the policy's `[collateral] pccs_url`). Applies with [`Self::policy`], not
+    /// with a caller-built [`Self::verifier`].
+    pub fn pccs_url(mut self, url: impl Into<String>) -> Self {
+        self.pccs_url = Some(url.into());
+        self
+    }
+
+    /// PEM bundle of the CAs that may sign the PCCS's TLS certificate (default: the system
+    /// bundle).
+    pub fn pccs_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pccs_ca_file = Some(path.into());
+        self
+    }
+
+    /// Keeps fetched collateral in this directory too, until its `nextUpdate`.
+    pub fn collateral_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.collateral_cache = Some(dir.into());
         self
     }
 
@@ -323,12 +352,31 @@ impl ClientBuilder {
     /// The client. Fails on a missing policy or upstream, a malformed address, an invalid
     /// policy, or a ledger that cannot be opened.
     pub fn build(self) -> Result<Client, ClientError> {
+        let mut fetcher = None;
         let verifier = match (self.verifier, self.policy) {
             (Some(v), _) => v,
             (None, Some(p)) => {
                 p.validate()
                     .map_err(|e| ClientError::Config(format!("policy: {e}")))?;
-                Arc::new(RaTlsServerVerifier::new(Arc::new(p)))
+                let prefer_own = p.collateral.prefer_own;
+                let url = self.pccs_url.or_else(|| p.collateral.pccs_url.clone());
+                let mut v = RaTlsServerVerifier::new(Arc::new(p));
+                if let Some(url) = url {
+                    let pcs = PcsClient::new(&url, self.pccs_ca_file.as_deref())
+                        .map_err(|e| ClientError::Config(format!("collateral source: {e}")))?;
+                    let mut f = CollateralFetcher::new(pcs);
+                    if let Some(dir) = self.collateral_cache {
+                        f = f.cache_dir(dir);
+                    }
+                    v = v.with_collateral_store(f.store().clone(), prefer_own);
+                    fetcher = Some(f);
+                } else if prefer_own {
+                    return Err(ClientError::Config(
+                        "policy: collateral.prefer_own needs collateral.pccs_url (or --pccs-url)"
+                            .into(),
+                    ));
+                }
+                Arc::new(v)
             }
             (None, None) => return Err(ClientError::Config("no policy given".into())),
         };
@@ -340,8 +388,11 @@ impl ClientBuilder {
             .iter()
             .map(|a| parse_upstream(a))
             .collect::<Result<Vec<_>, _>>()?;
-        let connector =
+        let mut connector =
             AttestedConnector::with_verifier(verifier).connect_timeout(self.connect_timeout);
+        if let Some(f) = fetcher {
+            connector = connector.with_collateral_fetcher(f);
+        }
         let mut b = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(self.pool_idle_timeout)
             .pool_timer(hyper_util::rt::TokioTimer::new());

@@ -14,11 +14,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrysalis_attestation::ratls::{self, RaTlsServerVerifier};
-use chrysalis_attestation::{Policy, Rejection, VerifiedPeer};
+use chrysalis_attestation::{Policy, RejectReason, Rejection, VerifiedPeer, VerifyError};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use thiserror::Error;
+
+use crate::collateral::CollateralFetcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -71,6 +73,7 @@ pub struct AttestedConnector {
     verifier: Arc<RaTlsServerVerifier>,
     tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
+    collateral: Option<CollateralFetcher>,
 }
 
 impl std::fmt::Debug for AttestedConnector {
@@ -95,6 +98,7 @@ impl AttestedConnector {
             verifier,
             tls,
             connect_timeout: Duration::from_secs(10),
+            collateral: None,
         }
     }
 
@@ -108,6 +112,7 @@ impl AttestedConnector {
             verifier,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             connect_timeout: Duration::from_secs(10),
+            collateral: None,
         }
     }
 
@@ -117,13 +122,50 @@ impl AttestedConnector {
         self
     }
 
+    /// Fetches TDX collateral with `fetcher` when the verifier found none for a node (the
+    /// verifier must read `fetcher.store()`), then retries the handshake once.
+    pub fn with_collateral_fetcher(mut self, fetcher: CollateralFetcher) -> Self {
+        self.collateral = Some(fetcher);
+        self
+    }
+
     /// The verifier (and its verdict cache).
     pub fn verifier(&self) -> &Arc<RaTlsServerVerifier> {
         &self.verifier
     }
 
-    /// Connects to `addr` (`host:port`) and completes a verified handshake.
+    /// Connects to `addr` (`host:port`) and completes a verified handshake. With a collateral
+    /// fetcher, a rejection for missing TDX collateral fetches it and tries once more.
     pub async fn connect(&self, addr: &str) -> Result<AttestedStream, ConnectError> {
+        let first = self.connect_once(addr).await;
+        let Some(fetcher) = &self.collateral else {
+            return first;
+        };
+        let missing = first
+            .as_ref()
+            .err()
+            .and_then(ConnectError::rejection)
+            .is_some_and(|r| {
+                r.reasons
+                    .contains(&RejectReason::Verification(VerifyError::MissingCollateral))
+            });
+        if !missing {
+            return first;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match fetcher.fill_missing(now).await {
+            Ok(n) if n > 0 => self.connect_once(addr).await,
+            Ok(_) => first,
+            Err(e) => {
+                tracing::warn!(addr, error = %e, "node carries no TDX collateral and fetching it failed");
+                first
+            }
+        }
+    }
+
+    async fn connect_once(&self, addr: &str) -> Result<AttestedStream, ConnectError> {
         let host = addr
             .rsplit_once(':')
             .map(|(h, _)| h)

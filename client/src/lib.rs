@@ -62,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod collateral;
 pub mod connect;
 pub mod ledger;
 pub mod metered;

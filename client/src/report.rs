@@ -108,6 +108,11 @@ pub fn verdict_json(platform: Platform, result: &Result<Appraisal, Rejection>) -
             o.insert("report_data".into(), json!(verdict.report_data.to_hex()));
             o.insert("matched_pin".into(), json!(v.matched_pin()));
             o.insert(
+                "tcb_evaluation_data_number".into(),
+                json!(verdict.tcb_evaluation_data_number),
+            );
+            o.insert("collateral_issued".into(), json!(verdict.collateral_issued));
+            o.insert(
                 "measurements".into(),
                 Value::Object(measurement_fields(&verdict.measurements)),
             );

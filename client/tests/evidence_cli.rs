@@ -94,23 +94,64 @@ fn show_snp_json_from_hex_input() {
     }
 }
 
+/// An unpinned policy whose `tcbEvaluationDataNumber` floor is `n` (the 2025 recording
+/// predates the crate's default floor).
+fn floor_policy(dir: &std::path::Path, n: u32) -> String {
+    let p = dir.join(format!("floor{n}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "version = 1\ndangerous_accept_any_measurement = true\n\
+             [collateral]\nmin_tcb_evaluation_data_number = {n}\n"
+        ),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
 #[test]
 fn verify_exit_codes_and_reasons() {
-    let ok = chrysalis(&[
-        "evidence",
-        "verify",
-        "--tdx-quote",
-        &dcap("tdx_quote"),
-        "--collateral",
-        &dcap("tdx_quote_collateral.json"),
-        "--now",
-        "1750500000",
-        "--json",
-    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let verify_sample = |policy: Option<&str>| {
+        let mut args = vec![
+            "evidence".to_string(),
+            "verify".into(),
+            "--tdx-quote".into(),
+            dcap("tdx_quote"),
+            "--collateral".into(),
+            dcap("tdx_quote_collateral.json"),
+            "--now".into(),
+            "1750500000".into(),
+            "--json".into(),
+        ];
+        if let Some(p) = policy {
+            args.extend(["--policy".into(), p.into()]);
+        }
+        chrysalis(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let ok = verify_sample(Some(floor_policy(dir.path(), 17).as_str()));
     assert_eq!(ok.status.code(), Some(0));
     let v = stdout_json(&ok);
     assert_eq!(v["accepted"], true);
     assert_eq!(v["tcb_status"], "UpToDate");
+    assert_eq!(v["tcb_evaluation_data_number"], 17);
+    assert_eq!(v["collateral_issued"], 1_750_328_163);
+    // A floor above the collateral's number, and the default floor, refuse it by rule name.
+    for stale in [
+        verify_sample(Some(floor_policy(dir.path(), 18).as_str())),
+        verify_sample(None),
+    ] {
+        assert_eq!(stale.status.code(), Some(1));
+        let v = stdout_json(&stale);
+        assert_eq!(v["accepted"], false);
+        assert!(
+            v["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("collateral.min_tcb_evaluation_data_number"),
+            "{v}"
+        );
+    }
 
     let expired = chrysalis(&[
         "evidence",
@@ -122,6 +163,8 @@ fn verify_exit_codes_and_reasons() {
         "--now",
         "1760000000",
         "--json",
+        "--policy",
+        &floor_policy(dir.path(), 17),
     ]);
     assert_eq!(expired.status.code(), Some(1));
     let v = stdout_json(&expired);

@@ -69,6 +69,9 @@ pub const HELP: &str = r#"chrysalis-guest configuration (TOML; unknown keys are 
   configfs_root = "/sys/kernel/config/tsm/report"
   configfs_entry = "chrysalis"   name of the report entry created under configfs_root
   sim_endpoint = "vsock:2:4050"  "vsock:CID:PORT", "tcp:ADDR:PORT" or "unix:PATH"
+  collateral_endpoint = "vsock:2:4051"   the host's collateral service, asked for TDX collateral to
+                                 embed next to configfs-tsm quotes ("" = never ask; clients then
+                                 need their own PCCS)
   timeout_secs = 30              deadline of one evidence request
 
 [model]                          (required) what the receipts name
@@ -206,6 +209,8 @@ pub struct EvidenceConfig {
     pub configfs_entry: String,
     /// Sim service endpoint.
     pub sim_endpoint: String,
+    /// The host's collateral service (empty: do not ask for TDX collateral).
+    pub collateral_endpoint: String,
     /// Deadline in seconds.
     pub timeout_secs: u64,
 }
@@ -217,6 +222,7 @@ impl Default for EvidenceConfig {
             configfs_root: PathBuf::from(crate::evidence::configfs::DEFAULT_ROOT),
             configfs_entry: "chrysalis".into(),
             sim_endpoint: "vsock:2:4050".into(),
+            collateral_endpoint: "vsock:2:4051".into(),
             timeout_secs: 30,
         }
     }

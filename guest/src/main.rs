@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use chrysalis_guest::config::{Config, Listen, ProviderKind};
 use chrysalis_guest::engine::{Engine, FailedEngine};
 use chrysalis_guest::evidence::EvidenceProvider;
+use chrysalis_guest::evidence::collateral::HostCollateral;
 use chrysalis_guest::evidence::configfs::ConfigfsTsm;
 use chrysalis_guest::evidence::sim::{SimEndpoint, SimQuoteClient};
 use chrysalis_guest::server::{self, AppState};
@@ -184,10 +185,22 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
         k => k,
     };
     let provider: Arc<dyn EvidenceProvider> = match kind {
-        ProviderKind::ConfigfsTsm => Arc::new(ConfigfsTsm::new(
-            &cfg.evidence.configfs_root,
-            &cfg.evidence.configfs_entry,
-        )),
+        ProviderKind::ConfigfsTsm => {
+            let p = ConfigfsTsm::new(&cfg.evidence.configfs_root, &cfg.evidence.configfs_entry);
+            Arc::new(if cfg.evidence.collateral_endpoint.is_empty() {
+                tracing::warn!(
+                    "evidence.collateral_endpoint is empty: TDX quotes are served without \
+                     collateral; clients need their own PCCS"
+                );
+                p
+            } else {
+                p.with_collateral(Arc::new(HostCollateral::new(
+                    sim_endpoint(&cfg.evidence.collateral_endpoint)
+                        .context("evidence.collateral_endpoint")?,
+                    Duration::from_secs(cfg.evidence.timeout_secs),
+                )))
+            })
+        }
         ProviderKind::Sim => Arc::new(SimQuoteClient::new(
             sim_endpoint(&cfg.evidence.sim_endpoint)?,
             Duration::from_secs(cfg.evidence.timeout_secs),

@@ -5,40 +5,19 @@
 //! signatures). It keeps the exact bytes Intel signed: the TCB info and QE identity objects are
 //! taken from the responses as raw JSON, never re-serialised.
 //!
-//! Fetching uses PCS API v4 for one platform, named by its FMSPC and PCK CA in host.toml:
-//! `sgx/certification/v4/pckcrl`, `tdx/certification/v4/tcb`, `tdx/certification/v4/qe/identity`,
-//! and the root CA CRL (`sgx/certification/v4/rootcacrl` on a PCCS; Intel's published DER for the
-//! PCS). Nothing is fetched unless a URL is configured.
+//! Fetching uses the attestation crate's PCS API v4 client (`chrysalis_attestation::pcs`, shared
+//! with the client) for one platform, named by its FMSPC and PCK CA in host.toml. Nothing is
+//! fetched unless a URL is configured.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use chrysalis_attestation::pcs::PcsClient;
 use dcap_qvl::QuoteCollateralV3;
-use http::{HeaderMap, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::metrics::{Metrics, inc};
-
-/// Intel PCS's host; its root CA CRL is published separately.
-const INTEL_PCS_HOST: &str = "api.trustedservices.intel.com";
-/// Where Intel publishes the SGX/TDX root CA's CRL (DER).
-const INTEL_ROOT_CA_CRL_URL: &str =
-    "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der";
-/// The largest response body accepted from a PCCS.
-const MAX_BODY: usize = 4 << 20;
-/// How long one HTTP request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// The system CA bundle on Debian.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Errors of the collateral area.
 #[derive(Debug, thiserror::Error)]
@@ -70,36 +49,12 @@ pub enum CollateralError {
         /// Why it could not be read.
         reason: String,
     },
-    /// The PCCS URL or CA settings are unusable.
+    /// The FMSPC in host.toml is unusable.
     #[error("PCCS client setup: {0}")]
     Setup(String),
-    /// An HTTP request failed (connection, TLS, protocol, timeout).
-    #[error("GET {url}: {reason}")]
-    Http {
-        /// The URL.
-        url: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The PCCS answered with an error status.
-    #[error("GET {url}: HTTP {status}")]
-    Status {
-        /// The URL.
-        url: String,
-        /// The status.
-        status: StatusCode,
-    },
-    /// A required response header is missing or not URL-encoded UTF-8.
-    #[error("GET {url}: header {header} missing or malformed")]
-    Header {
-        /// The URL.
-        url: String,
-        /// The header.
-        header: &'static str,
-    },
-    /// A field could not be decoded (hex signature, hex CRL).
-    #[error("{0}")]
-    Decode(String),
+    /// Fetching from the PCCS failed.
+    #[error(transparent)]
+    Pcs(#[from] PcsError),
 }
 
 /// The collateral currently served to the guest. Cheap to read; replaced whole on refresh.
@@ -177,56 +132,16 @@ pub fn next_update(c: &QuoteCollateralV3) -> Result<SystemTime, CollateralError>
     Ok(tcb.min(qe))
 }
 
-/// Which PCK CA issued the platform's PCK certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PckCa {
-    /// Multi-package platforms.
-    Platform,
-    /// Single-package platforms.
-    Processor,
-}
+pub use chrysalis_attestation::collateral::PckCa;
+pub use chrysalis_attestation::pcs::PcsError;
 
-impl PckCa {
-    fn as_str(self) -> &'static str {
-        match self {
-            PckCa::Platform => "platform",
-            PckCa::Processor => "processor",
-        }
-    }
-}
-
-/// A PCCS / PCS client for one platform's collateral.
-#[derive(Clone)]
+/// A PCCS / PCS client for one platform's collateral (the attestation crate's PCS client, bound
+/// to the FMSPC and PCK CA of host.toml).
+#[derive(Clone, Debug)]
 pub struct PccsClient {
-    base: String,
+    pcs: PcsClient,
     fmspc: String,
     ca: PckCa,
-    tls: Arc<rustls::ClientConfig>,
-}
-
-impl std::fmt::Debug for PccsClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PccsClient")
-            .field("base", &self.base)
-            .field("fmspc", &self.fmspc)
-            .field("ca", &self.ca)
-            .finish()
-    }
-}
-
-#[derive(Deserialize)]
-struct TcbInfoResponse<'a> {
-    #[serde(rename = "tcbInfo", borrow)]
-    tcb_info: &'a RawValue,
-    signature: String,
-}
-
-#[derive(Deserialize)]
-struct QeIdentityResponse<'a> {
-    #[serde(rename = "enclaveIdentity", borrow)]
-    enclave_identity: &'a RawValue,
-    signature: String,
 }
 
 impl PccsClient {
@@ -239,230 +154,22 @@ impl PccsClient {
         ca: PckCa,
         ca_file: Option<&Path>,
     ) -> Result<Self, CollateralError> {
-        let base = base_url
-            .trim_end_matches('/')
-            .trim_end_matches("/sgx/certification/v4")
-            .trim_end_matches("/tdx/certification/v4")
-            .to_string();
-        base.parse::<Uri>()
-            .map_err(|e| CollateralError::Setup(format!("{base_url:?} is not a URL: {e}")))?;
         if fmspc.len() != 12 || hex::decode(fmspc).is_err() {
             return Err(CollateralError::Setup(format!(
                 "fmspc {fmspc:?} is not 12 hex digits"
             )));
         }
-        let bundle = ca_file.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(bundle).map_err(|e| {
-            CollateralError::Setup(format!("reading CA bundle {}: {e}", bundle.display()))
-        })?;
-        for cert in certs {
-            let cert = cert.map_err(|e| {
-                CollateralError::Setup(format!("CA bundle {}: {e}", bundle.display()))
-            })?;
-            // Bundles carry certificates rustls cannot use; skipping them is what every client does.
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            return Err(CollateralError::Setup(format!(
-                "CA bundle {} holds no usable certificate",
-                bundle.display()
-            )));
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CollateralError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         Ok(Self {
-            base,
+            pcs: PcsClient::new(base_url, ca_file)?,
             fmspc: fmspc.to_ascii_uppercase(),
             ca,
-            tls: Arc::new(tls),
         })
-    }
-
-    fn is_intel_pcs(&self) -> bool {
-        self.base
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.host().map(|h| h.eq_ignore_ascii_case(INTEL_PCS_HOST)))
-            .unwrap_or(false)
     }
 
     /// Fetches the platform's current collateral.
     pub async fn fetch(&self) -> Result<QuoteCollateralV3, CollateralError> {
-        let header = |url: &str, headers: &HeaderMap, names: &[&'static str]| {
-            names
-                .iter()
-                .find_map(|n| headers.get(*n))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| urlencoding::decode(v).ok())
-                .map(|v| v.into_owned())
-                .ok_or(CollateralError::Header {
-                    url: url.into(),
-                    header: names[0],
-                })
-        };
-        let json_err = |what: &str| {
-            let what = what.to_string();
-            move |source| CollateralError::Json { what, source }
-        };
-
-        let url = format!(
-            "{}/sgx/certification/v4/pckcrl?ca={}&encoding=der",
-            self.base,
-            self.ca.as_str()
-        );
-        let (headers, pck_crl) = self.get(&url).await?;
-        let pck_crl_issuer_chain = header(&url, &headers, &["SGX-PCK-CRL-Issuer-Chain"])?;
-
-        let url = format!(
-            "{}/tdx/certification/v4/tcb?fmspc={}&update=standard",
-            self.base, self.fmspc
-        );
-        let (headers, body) = self.get(&url).await?;
-        let tcb_info_issuer_chain = header(
-            &url,
-            &headers,
-            &["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"],
-        )?;
-        let tcb: TcbInfoResponse<'_> =
-            serde_json::from_slice(&body).map_err(json_err("TCB info response"))?;
-        let tcb_info = tcb.tcb_info.get().to_string();
-        let tcb_info_signature = hex::decode(&tcb.signature)
-            .map_err(|e| CollateralError::Decode(format!("TCB info signature: {e}")))?;
-
-        let url = format!(
-            "{}/tdx/certification/v4/qe/identity?update=standard",
-            self.base
-        );
-        let (headers, body) = self.get(&url).await?;
-        let qe_identity_issuer_chain =
-            header(&url, &headers, &["SGX-Enclave-Identity-Issuer-Chain"])?;
-        let qe: QeIdentityResponse<'_> =
-            serde_json::from_slice(&body).map_err(json_err("QE identity response"))?;
-        let qe_identity = qe.enclave_identity.get().to_string();
-        let qe_identity_signature = hex::decode(&qe.signature)
-            .map_err(|e| CollateralError::Decode(format!("QE identity signature: {e}")))?;
-
-        let root_ca_crl = if self.is_intel_pcs() {
-            self.get(INTEL_ROOT_CA_CRL_URL).await?.1.to_vec()
-        } else {
-            // A PCCS answers with the DER CRL hex-encoded.
-            let (_, body) = self
-                .get(&format!("{}/sgx/certification/v4/rootcacrl", self.base))
-                .await?;
-            let text = std::str::from_utf8(&body).map(str::trim).unwrap_or("");
-            hex::decode(text).unwrap_or_else(|_| body.to_vec())
-        };
-
-        Ok(QuoteCollateralV3 {
-            pck_crl_issuer_chain,
-            root_ca_crl,
-            pck_crl: pck_crl.to_vec(),
-            tcb_info_issuer_chain,
-            tcb_info,
-            tcb_info_signature,
-            qe_identity_issuer_chain,
-            qe_identity,
-            qe_identity_signature,
-            pck_certificate_chain: None,
-        })
+        Ok(self.pcs.fetch_for(&self.fmspc, self.ca).await?)
     }
-
-    /// One GET over HTTP/1.1 (TLS for https), with a timeout and a body size limit.
-    async fn get(&self, url: &str) -> Result<(HeaderMap, Bytes), CollateralError> {
-        let http_err = |reason: String| CollateralError::Http {
-            url: url.into(),
-            reason,
-        };
-        let uri: Uri = url.parse().map_err(|e| http_err(format!("bad URL: {e}")))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| http_err("no host".into()))?
-            .to_string();
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            other => return Err(http_err(format!("unsupported scheme {other:?}"))),
-        };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let path = uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or(&host)
-            .to_string();
-        let fut = async {
-            let tcp =
-                TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
-                    .await
-                    .map_err(|e| http_err(format!("connect: {e}")))?;
-            if https {
-                let name = ServerName::try_from(
-                    host.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .to_string(),
-                )
-                .map_err(|e| http_err(format!("server name: {e}")))?;
-                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| http_err(format!("TLS: {e}")))?;
-                request(tls, &authority, &path).await.map_err(http_err)
-            } else {
-                request(tcp, &authority, &path).await.map_err(http_err)
-            }
-        };
-        let (status, headers, body) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| http_err(format!("no answer within {REQUEST_TIMEOUT:?}")))??;
-        if status != StatusCode::OK {
-            return Err(CollateralError::Status {
-                url: url.into(),
-                status,
-            });
-        }
-        Ok((headers, body))
-    }
-}
-
-async fn request<S>(
-    io: S,
-    authority: &str,
-    path: &str,
-) -> Result<(StatusCode, HeaderMap, Bytes), String>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(conn);
-    let req = Request::get(path)
-        .header(header::HOST, authority)
-        .header(
-            header::USER_AGENT,
-            concat!("chrysalis-host/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let (parts, body) = resp.into_parts();
-    let body = Limited::new(body, MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    driver.abort();
-    Ok((parts.status, parts.headers, body))
 }
 
 /// When to refresh: `margin` before `next_update`, but not sooner than `min_wait` from `now`.

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use chrysalis_attestation::hostcall::{self, Request, Response};
-use chrysalis_host::collateral::{self, CollateralCache, CollateralError, PccsClient, PckCa};
+use chrysalis_host::collateral::{
+    self, CollateralCache, CollateralError, PccsClient, PckCa, PcsError,
+};
 use chrysalis_host::metrics::Metrics;
 use chrysalis_host::services::{Service, ServiceLimits, serve};
 use chrysalis_host::transport::{HybridVsockTransport, Transport};
@@ -293,7 +295,7 @@ async fn pccs_errors_are_reported_not_hidden() {
     .unwrap();
     let e = client.fetch().await.unwrap_err();
     assert!(
-        matches!(e, CollateralError::Status { status, .. } if status == hyper::StatusCode::NOT_FOUND),
+        matches!(e, CollateralError::Pcs(PcsError::Status { status, .. }) if status == hyper::StatusCode::NOT_FOUND),
         "{e}"
     );
     // A server whose certificate the configured CA bundle does not vouch for.

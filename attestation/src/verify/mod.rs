@@ -165,6 +165,19 @@ pub struct Verdict {
     pub report_data: ReportData,
     /// When the first piece of collateral used expires (unix seconds), if it has a date.
     pub valid_until: Option<u64>,
+    /// TDX: the lower `tcbEvaluationDataNumber` of the collateral's TCB info and QE identity,
+    /// i.e. which of Intel's TCB evaluation data sets (TCB recoveries) the collateral reflects.
+    /// None for SNP.
+    #[serde(default)]
+    pub tcb_evaluation_data_number: Option<u32>,
+    /// TDX: the earlier `issueDate` of the collateral's TCB info and QE identity (unix seconds).
+    /// None for SNP.
+    #[serde(default)]
+    pub collateral_issued: Option<u64>,
+    /// The time verification ran at (the `now` the verifier was given, unix seconds); the policy
+    /// measures the collateral's age against it.
+    #[serde(default)]
+    pub verified_at: u64,
 }
 
 /// A [`Verdict`] that this module's verification produced: the signatures, certificate chain
@@ -306,6 +319,15 @@ pub enum VerifyError {
     },
 }
 
+/// The earliest `nextUpdate` of a collateral's TCB info and QE identity (unix seconds): when it
+/// must have been replaced. None when either has no readable date. Says nothing about whether
+/// the collateral verifies.
+pub fn collateral_valid_until(c: &dcap_qvl::QuoteCollateralV3) -> Option<u64> {
+    let tcb = tdx::next_update(&c.tcb_info)?;
+    let qe = tdx::next_update(&c.qe_identity)?;
+    Some(tcb.min(qe))
+}
+
 /// Verifies a bundle against `anchors` at `now` (unix seconds).
 ///
 /// `collateral` replaces the TDX collateral carried in the bundle when given (a verifier may
@@ -410,5 +432,8 @@ fn snp_verdict(
         report_data: v.report.report_data(),
         measurements: Measurements::Snp(measurements),
         valid_until: Some(v.valid_until),
+        tcb_evaluation_data_number: None,
+        collateral_issued: None,
+        verified_at: now,
     })
 }

@@ -54,16 +54,28 @@ fn rfc3339(s: &str) -> Option<u64> {
     u64::try_from(dt.unix_timestamp()).ok()
 }
 
-/// The `nextUpdate` of a TCB info or QE identity body, bare or wrapped as Intel's PCS serves it
+/// The dated fields of a TCB info or QE identity body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BodyDates {
+    next_update: Option<u64>,
+    issue_date: Option<u64>,
+    tcb_evaluation_data_number: Option<u32>,
+}
+
+/// The dated fields of a TCB info or QE identity body, bare or wrapped as Intel's PCS serves it
 /// (`{"tcbInfo": {...}}`, `{"enclaveIdentity": {...}}`).
 ///
-/// Deserializes into a struct that names only that field: serde skips the rest without building
+/// Deserializes into a struct that names only those fields: serde skips the rest without building
 /// it, where a `serde_json::Value` of the whole body cost about 5% of a first-contact verify.
-fn next_update(json: &str) -> Option<u64> {
+fn body_dates(json: &str) -> BodyDates {
     #[derive(serde::Deserialize)]
     struct Body {
         #[serde(rename = "nextUpdate")]
         next_update: Option<String>,
+        #[serde(rename = "issueDate")]
+        issue_date: Option<String>,
+        #[serde(rename = "tcbEvaluationDataNumber")]
+        tcb_evaluation_data_number: Option<u32>,
     }
     #[derive(serde::Deserialize)]
     struct Outer {
@@ -71,15 +83,26 @@ fn next_update(json: &str) -> Option<u64> {
         tcb_info: Option<Body>,
         #[serde(rename = "enclaveIdentity")]
         enclave_identity: Option<Body>,
-        #[serde(rename = "nextUpdate")]
-        next_update: Option<String>,
+        #[serde(flatten)]
+        bare: Body,
     }
-    let outer: Outer = serde_json::from_str(json).ok()?;
-    let next = match outer.tcb_info.or(outer.enclave_identity) {
-        Some(body) => body.next_update,
-        None => outer.next_update,
+    let Ok(outer) = serde_json::from_str::<Outer>(json) else {
+        return BodyDates::default();
     };
-    rfc3339(&next?)
+    let body = outer
+        .tcb_info
+        .or(outer.enclave_identity)
+        .unwrap_or(outer.bare);
+    BodyDates {
+        next_update: body.next_update.as_deref().and_then(rfc3339),
+        issue_date: body.issue_date.as_deref().and_then(rfc3339),
+        tcb_evaluation_data_number: body.tcb_evaluation_data_number,
+    }
+}
+
+/// The `nextUpdate` of a TCB info or QE identity body (see [`body_dates`]).
+pub(super) fn next_update(json: &str) -> Option<u64> {
+    body_dates(json).next_update
 }
 
 /// Verifies a TDX quote with `collateral` at `now` (unix seconds).
@@ -144,13 +167,22 @@ pub(crate) fn verify_tdx(
         serde_json::from_value(serde_json::Value::String(report.status.clone()))
             .map_err(|_| VerifyError::Tdx(format!("unknown TCB status {:?}", report.status)))?;
     let measurements = parsed.measurements();
-    let valid_until = [
-        next_update(&collateral.tcb_info),
-        next_update(&collateral.qe_identity),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    // dcap-qvl verified both bodies' signatures, so these fields are Intel's.
+    let (tcb, qe) = (
+        body_dates(&collateral.tcb_info),
+        body_dates(&collateral.qe_identity),
+    );
+    let valid_until = [tcb.next_update, qe.next_update]
+        .into_iter()
+        .flatten()
+        .min();
+    // The older of the two decides: a fresh TCB info next to a replayed QE identity is still
+    // a replay.
+    let tcb_evaluation_data_number = older(
+        tcb.tcb_evaluation_data_number,
+        qe.tcb_evaluation_data_number,
+    );
+    let collateral_issued = older(tcb.issue_date, qe.issue_date);
     Ok(Verdict {
         platform: Platform::Tdx,
         evidence_version: u32::from(parsed.version()),
@@ -162,7 +194,15 @@ pub(crate) fn verify_tdx(
         report_data: parsed.report_data(),
         measurements: Measurements::Tdx(measurements),
         valid_until,
+        tcb_evaluation_data_number,
+        collateral_issued,
+        verified_at: now,
     })
+}
+
+/// The lower of two values, or None when either is missing (a missing one cannot vouch).
+fn older<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    a.zip(b).map(|(a, b)| a.min(b))
 }
 
 fn map_status(s: dcap_qvl::TcbStatus) -> TcbStatus {
@@ -214,6 +254,33 @@ mod tests {
         ] {
             assert_eq!(next_update(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn dated_fields_of_bare_and_wrapped_bodies() {
+        let d = body_dates(
+            r#"{"tcbInfo":{"issueDate":"2025-06-19T10:16:03Z","nextUpdate":"2025-07-19T10:16:03Z","tcbEvaluationDataNumber":17}}"#,
+        );
+        assert_eq!(
+            d,
+            BodyDates {
+                next_update: Some(1_752_920_163),
+                issue_date: Some(1_750_328_163),
+                tcb_evaluation_data_number: Some(17),
+            }
+        );
+        let bare =
+            body_dates(r#"{"issueDate":"2025-06-19T10:16:03Z","tcbEvaluationDataNumber":18}"#);
+        assert_eq!(
+            (bare.issue_date, bare.tcb_evaluation_data_number),
+            (Some(1_750_328_163), Some(18))
+        );
+        assert_eq!(
+            body_dates(r#"{"tcbEvaluationDataNumber":"17"}"#),
+            BodyDates::default()
+        );
+        assert_eq!(older(Some(3), Some(2)), Some(2));
+        assert_eq!(older(Some(3), None::<u32>), None);
     }
 
     #[test]

@@ -58,9 +58,10 @@ pub(crate) struct VerifyArgs {
     /// measurement pin — it proves genuine hardware, not which software runs there.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Print one JSON object (accepted, platform, tcb_status, advisory_ids, measurements,
-    /// checks, reasons). `checks` lists each SNP platform check (TCB floor, guest-policy bits,
-    /// VMPL) with its outcome, passed or not; `tcb_status` is null for SNP.
+    /// Print one JSON object (accepted, platform, tcb_status, advisory_ids,
+    /// tcb_evaluation_data_number, collateral_issued, measurements, checks, reasons). `checks`
+    /// lists each SNP platform check (TCB floor, guest-policy bits, VMPL) with its outcome,
+    /// passed or not; `tcb_status` is null for SNP.
     #[arg(long)]
     json: bool,
 }
@@ -163,6 +164,12 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                         if c.passed { "ok" } else { "FAILED" },
                         c.check,
                         c.detail
+                    );
+                }
+                if let Some(n) = d.tcb_evaluation_data_number {
+                    println!(
+                        "tcb_eval    {n} (collateral issued {})",
+                        d.collateral_issued.map_or("?".into(), |t| t.to_string())
                     );
                 }
                 if !d.advisory_ids.is_empty() {

@@ -98,6 +98,11 @@ impl ProxyProcess {
     /// Starts `chrysalis proxy` on a free loopback port in front of `upstreams` with `policy`
     /// and a ledger in its temp dir; waits (bounded) until it is listening.
     pub fn start(upstreams: &[SocketAddr], policy: &str) -> Self {
+        Self::start_with(upstreams, policy, &[])
+    }
+
+    /// As [`Self::start`], with extra command-line arguments.
+    pub fn start_with(upstreams: &[SocketAddr], policy: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("policy.toml");
         std::fs::write(&p, policy).unwrap();
@@ -115,6 +120,7 @@ impl ProxyProcess {
         for u in upstreams {
             cmd.arg("--upstream").arg(u.to_string());
         }
+        cmd.args(extra);
         let child = cmd.spawn().unwrap();
         let mut me = Self {
             child,

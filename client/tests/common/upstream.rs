@@ -51,6 +51,8 @@ pub struct Options {
     pub gate: Option<Arc<Notify>>,
     /// Pause between a stream's `[DONE]` and its receipt trailer (the guest signs after it).
     pub trailer_delay: Duration,
+    /// Leave the collateral out of the evidence (as a hardware node whose host has none).
+    pub without_collateral: bool,
 }
 
 impl Options {
@@ -62,6 +64,7 @@ impl Options {
             token_delay: Duration::ZERO,
             gate: None,
             trailer_delay: Duration::ZERO,
+            without_collateral: false,
         }
     }
 }
@@ -84,7 +87,7 @@ struct Identity {
     cert_sha256: Sha256,
 }
 
-fn identity(pki: &SimPki, mr_td: Measurement) -> Identity {
+fn identity(pki: &SimPki, mr_td: Measurement, without_collateral: bool) -> Identity {
     let key = AttestedKey::generate().unwrap();
     let m = td_measurements(
         mr_td,
@@ -97,7 +100,7 @@ fn identity(pki: &SimPki, mr_td: Measurement) -> Identity {
     );
     let bundle = EvidenceBundle::tdx(
         pki.quote(&SimTdReport::new(m, key.report_data())),
-        Some(pki.collateral(now() - 3600, 86_400).unwrap()),
+        (!without_collateral).then(|| pki.collateral(now() - 3600, 86_400).unwrap()),
     );
     let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 3600).unwrap();
     let cert_sha256 = Sha256::digest(&cert);
@@ -131,7 +134,7 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     pub fn start(opts: Options) -> Self {
         let pki = SimPki::from_seed(DEFAULT_SEED);
-        let first = identity(&pki, opts.mr_td);
+        let first = identity(&pki, opts.mr_td, opts.without_collateral);
         let shared = Arc::new(Shared {
             opts,
             identity: Mutex::new(Arc::new(first)),
@@ -198,7 +201,8 @@ impl FakeUpstream {
     /// A new key and certificate over evidence of `mr_td`; open connections are closed.
     pub fn rotate(&self, mr_td: Measurement) {
         let pki = SimPki::from_seed(DEFAULT_SEED);
-        *self.shared.identity.lock().unwrap() = Arc::new(identity(&pki, mr_td));
+        *self.shared.identity.lock().unwrap() =
+            Arc::new(identity(&pki, mr_td, self.shared.opts.without_collateral));
         self.shared.generation.send_modify(|g| *g += 1);
     }
 

@@ -4,6 +4,10 @@
 //! (TDX) or report (SNP) from `outblob`, and the SNP certificate table from `auxblob` when the host
 //! supplied one. `generation` counts writes to the entry, so reading it around the exchange tells
 //! whether another writer raced us; then we try again.
+//!
+//! TDX quotes from the kernel carry no collateral; with [`ConfigfsTsm::with_collateral`] the
+//! provider asks a [`CollateralSource`] (the host's collateral service) for it and embeds it,
+//! or serves the bare quote and logs why (see [`super::collateral`]).
 
 use std::fs;
 use std::io;
@@ -12,6 +16,9 @@ use std::sync::{Arc, Mutex};
 
 use chrysalis_attestation::{Platform, ReportData};
 
+#[cfg(test)]
+use super::collateral::usable_collateral;
+use super::collateral::{CollateralSource, attach};
 use super::{EvidenceBundle, EvidenceError, EvidenceProvider};
 
 /// Where the kernel exposes report entries.
@@ -26,6 +33,7 @@ pub struct ConfigfsTsm {
     entry: PathBuf,
     // One exchange at a time per entry: our own requests must not race each other.
     lock: Arc<Mutex<()>>,
+    collateral: Option<Arc<dyn CollateralSource>>,
 }
 
 impl ConfigfsTsm {
@@ -36,7 +44,14 @@ impl ConfigfsTsm {
         Self {
             entry: root.as_ref().join(entry_name),
             lock: Arc::new(Mutex::new(())),
+            collateral: None,
         }
+    }
+
+    /// Also asks `source` for TDX collateral and embeds it next to each quote.
+    pub fn with_collateral(mut self, source: Arc<dyn CollateralSource>) -> Self {
+        self.collateral = Some(source);
+        self
     }
 
     /// The entry directory this provider uses.
@@ -223,10 +238,15 @@ impl EvidenceProvider for ConfigfsTsm {
     > {
         let this = self.clone();
         let entry = self.entry.clone();
+        let source = self.collateral.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.evidence_blocking(&report_data))
+            let bundle = tokio::task::spawn_blocking(move || this.evidence_blocking(&report_data))
                 .await
-                .map_err(|e| io_err(&entry, io::Error::other(e.to_string())))?
+                .map_err(|e| io_err(&entry, io::Error::other(e.to_string())))??;
+            Ok(match source {
+                Some(source) => attach(bundle, source.as_ref()).await,
+                None => bundle,
+            })
         })
     }
 
@@ -234,6 +254,10 @@ impl EvidenceProvider for ConfigfsTsm {
         "configfs-tsm"
     }
 }
+
+#[cfg(test)]
+#[path = "../../../attestation/src/testutil.rs"]
+mod testutil;
 
 #[cfg(test)]
 mod tests {
@@ -248,6 +272,8 @@ mod tests {
         aux: Option<Vec<u8>>,
         /// The outblob read numbers (1-based) during which another writer rewrites inblob.
         race_on: &'static [u32],
+        /// A recorded quote to return as outblob instead of the computed one.
+        recorded: Option<Vec<u8>>,
         state: RefCell<State>,
     }
 
@@ -288,6 +314,9 @@ mod tests {
                         s.inblob = vec![0xee; 64];
                         s.generation += 1;
                     }
+                    if let Some(q) = &self.recorded {
+                        return Ok(q.clone());
+                    }
                     Ok([&b"QUOTE"[..], &s.inblob].concat())
                 }
                 _ => Err(io::ErrorKind::NotFound.into()),
@@ -312,6 +341,134 @@ mod tests {
         assert_eq!(&b.evidence[5..], &rd.0[..]);
         assert_eq!((b.snp_vcek, b.snp_chain), (None, None));
         assert_eq!(k.outblob_reads(), 1);
+    }
+
+    use std::time::Duration;
+
+    use chrysalis_attestation::Policy;
+    use chrysalis_attestation::hostcall::Response;
+    use chrysalis_attestation::policy::RejectReason;
+    use chrysalis_attestation::verify::VerifyError;
+
+    use crate::evidence::collateral::{HostCollateral, serve_one_tcp};
+    use crate::evidence::sim::SimEndpoint;
+
+    /// When dcap-qvl's recorded `tdx_quote` collateral is valid (2025-06-21).
+    const SAMPLE_NOW: u64 = 1_750_500_000;
+
+    fn recorded(name: &str) -> (Vec<u8>, dcap_qvl::QuoteCollateralV3) {
+        let quote = super::testutil::registry_file("dcap-qvl", &format!("sample/{name}"));
+        let c =
+            super::testutil::registry_file("dcap-qvl", &format!("sample/{name}_collateral.json"));
+        (quote, serde_json::from_slice(&c).unwrap())
+    }
+
+    /// A hardware TD's exchange, modelled with a recorded quote from real hardware.
+    fn recorded_kernel_quote(quote: &[u8]) -> EvidenceBundle {
+        let k = Kernel {
+            recorded: Some(quote.to_vec()),
+            ..Kernel::new("tdx_guest", None, &[])
+        };
+        let b = exchange(&k, &ReportData([0; 64])).unwrap();
+        assert_eq!(
+            (b.platform, b.tdx_collateral.is_none()),
+            (Platform::Tdx, true)
+        );
+        b
+    }
+
+    /// A loopback stand-in for the host's collateral service answering `answer` once.
+    async fn fake_host(answer: Response) -> (HostCollateral, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            serve_one_tcp(l, answer).await.unwrap();
+        });
+        (
+            HostCollateral::new(SimEndpoint::Tcp(addr), Duration::from_secs(5)),
+            task,
+        )
+    }
+
+    fn floor(n: u32) -> Policy {
+        let mut p = Policy::dangerous_unpinned();
+        p.collateral.min_tcb_evaluation_data_number = Some(n);
+        p
+    }
+
+    #[tokio::test]
+    async fn a_hardware_quote_carries_the_hosts_collateral_and_clients_verify_it() {
+        let (quote, collateral) = recorded("tdx_quote");
+        let bare = recorded_kernel_quote(&quote);
+        // Without collateral, a client without its own source can only refuse.
+        let err = floor(17).appraise(&bare, None, SAMPLE_NOW).unwrap_err();
+        assert_eq!(
+            err.reasons,
+            vec![RejectReason::Verification(VerifyError::MissingCollateral)]
+        );
+        let (host, task) = fake_host(Response::Collateral {
+            collateral: collateral.clone(),
+        })
+        .await;
+        let b = attach(bare, &host).await;
+        task.await.unwrap();
+        assert_eq!(b.tdx_collateral.as_ref(), Some(&collateral));
+        assert_eq!(b.evidence, quote);
+        // The client checks it against Intel's root and its freshness floor.
+        let ok = floor(17).appraise(&b, None, SAMPLE_NOW).unwrap();
+        assert_eq!(ok.verdict().tcb_evaluation_data_number, Some(17));
+        let err = floor(18).appraise(&b, None, SAMPLE_NOW).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("collateral.min_tcb_evaluation_data_number"),
+            "{err}"
+        );
+        // Collateral a host tampered with fails verification, it is not believed.
+        let mut bad = collateral.clone();
+        bad.tcb_info = bad.tcb_info.replacen("UpToDate", "UpToDatE", 1);
+        let (host, task) = fake_host(Response::Collateral { collateral: bad }).await;
+        let b = attach(recorded_kernel_quote(&quote), &host).await;
+        task.await.unwrap();
+        assert!(b.tdx_collateral.is_some());
+        assert!(matches!(
+            floor(17)
+                .appraise(&b, None, SAMPLE_NOW)
+                .unwrap_err()
+                .reasons[..],
+            [RejectReason::Verification(VerifyError::Tdx(_))]
+        ));
+    }
+
+    #[tokio::test]
+    async fn without_usable_collateral_from_the_host_the_quote_is_served_bare() {
+        let (quote, _) = recorded("tdx_quote");
+        // The host has none.
+        let (host, task) = fake_host(Response::Error {
+            message: "no collateral available yet".into(),
+        })
+        .await;
+        let e = usable_collateral(&quote, &host).await.unwrap_err();
+        assert!(e.to_string().contains("no collateral available yet"), "{e}");
+        task.await.unwrap();
+        // The host serves another platform's collateral (the outdated sample's FMSPC).
+        let (_, foreign) = recorded("tdx_quote_outdated");
+        let (host, task) = fake_host(Response::Collateral {
+            collateral: foreign,
+        })
+        .await;
+        let b = attach(recorded_kernel_quote(&quote), &host).await;
+        task.await.unwrap();
+        assert!(b.tdx_collateral.is_none());
+        // The host does not answer at all.
+        let dir = tempfile::tempdir().unwrap();
+        let gone = HostCollateral::new(
+            SimEndpoint::Unix(dir.path().join("none.sock")),
+            Duration::from_secs(2),
+        );
+        let b = attach(recorded_kernel_quote(&quote), &gone).await;
+        assert!(b.tdx_collateral.is_none());
+        let e = usable_collateral(&quote, &gone).await.unwrap_err();
+        assert!(e.to_string().contains("none.sock"), "{e}");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! * [`configfs::ConfigfsTsm`]: the Linux configfs-tsm interface (TDX and SEV-SNP guests, Linux ≥ 6.7).
 //! * [`sim::SimQuoteClient`]: the host's simulated quote service (a second trust anchor, never a bypass:
 //!   clients accept its quotes only when their policy names the simulated root).
+//! * [`collateral::HostCollateral`]: not a provider; the host's collateral service, which the
+//!   configfs-tsm provider asks for the TDX collateral it embeds next to a hardware quote.
 //! * [`LocalSim`]: signs simulated quotes in this process, for tests only (see its warning).
 //!
 //! Every provider returns the attestation crate's [`EvidenceBundle`]; the TLS layer puts it in
 //! the certificate (`chrysalis_attestation::ratls`).
 
+pub mod collateral;
 pub mod configfs;
 pub mod sim;
 
@@ -47,6 +50,15 @@ pub enum EvidenceError {
     /// The host's sim quote service could not be reached or broke the protocol.
     #[error("sim quote service at {endpoint}: {reason}")]
     Sim {
+        /// Where we asked.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The host's collateral service could not be reached, refused, or served collateral for
+    /// another platform.
+    #[error("collateral service at {endpoint}: {reason}")]
+    Collateral {
         /// Where we asked.
         endpoint: String,
         /// What went wrong.
