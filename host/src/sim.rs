@@ -433,6 +433,8 @@ mod tests {
                     rtmr1: Measurement([2; 48]),
                     rtmr2: Measurement([3; 48]),
                     rtmr3: Measurement::ZERO,
+                    qemu_version: None,
+                    qemu_machine: None,
                 }],
                 snp: vec![],
             });
