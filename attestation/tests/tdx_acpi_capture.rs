@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrysalis_attestation::measure::tdx_acpi::{
     AcpiShape, QemuMachine, SUPPORTED_TDX_VMMS, capture_args, decode, encode, supported_shapes,
@@ -63,11 +64,12 @@ fn capture(
     shape: &AcpiShape,
     vsock: &str,
 ) -> Vec<(String, Vec<u8>)> {
+    // Unique per capture: the tests run in parallel.
+    static RUN: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "chrysalis-fwcfg-{}-{}-{}-{vsock}",
+        "chrysalis-fwcfg-{}-{}",
         std::process::id(),
-        shape.vcpus,
-        shape.memory_mib
+        RUN.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let dumper = dir.join("dump.bin");
