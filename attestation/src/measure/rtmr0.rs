@@ -175,7 +175,7 @@ impl AcpiFiles {
     /// The fw_cfg files the loader script allocates, in command order: the order in which
     /// OVMF's `ProcessCmdAllocate` downloads and measures them.
     pub fn allocated(&self) -> Result<Vec<(&str, &[u8])>, Rtmr0Error> {
-        if self.table_loader.len() % LOADER_ENTRY_LEN != 0 {
+        if !self.table_loader.len().is_multiple_of(LOADER_ENTRY_LEN) {
             return Err(Rtmr0Error::BadTableLoader(format!(
                 "size {} is not a multiple of {LOADER_ENTRY_LEN}",
                 self.table_loader.len()
