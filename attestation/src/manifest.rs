@@ -434,6 +434,8 @@ pub(crate) mod tests {
                 rtmr1: Measurement([2; 48]),
                 rtmr2: Measurement([3; 48]),
                 rtmr3: Measurement::ZERO,
+                qemu_version: None,
+                qemu_machine: None,
             }],
             snp: vec![SnpExpected {
                 shape,
@@ -525,10 +527,17 @@ pub struct TdxExpected {
     pub firmware: String,
     /// MRTD of that firmware.
     pub mr_td: crate::Measurement,
-    /// RTMR0, when a value captured on real hardware for this shape is pinned (it depends on the
-    /// VMM's ACPI tables); `None` means RTMR0 is not pinned.
+    /// RTMR0: computed for the QEMU release and machine type below, or captured on real
+    /// hardware for this shape (it depends on the VMM's ACPI tables and TD HOB); `None` means
+    /// RTMR0 is not pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtmr0: Option<crate::Measurement>,
+    /// The QEMU release (major.minor) RTMR0 was computed for, when it was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_version: Option<String>,
+    /// The QEMU machine type RTMR0 was computed for (`pc-q35-10.0`), when it was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_machine: Option<String>,
     /// RTMR1: the kernel, as TDVF measures a direct boot.
     pub rtmr1: crate::Measurement,
     /// RTMR2: the command line and initrd.

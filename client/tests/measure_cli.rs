@@ -67,11 +67,15 @@ fn measure_tdx_reproduces_the_calculator() {
         assert!(is_lower_hex48(&v[key]), "{key}: {}", v[key]);
         assert_eq!(v[key], want.to_hex(), "{key}");
     }
-    assert!(
-        v["rtmr0"].is_null(),
-        "RTMR0 is not computed: {}",
-        v["rtmr0"]
+    // RTMR0: computed for the tdx profile's QEMU release and machine type.
+    assert_eq!(v["rtmr0"], img.rtmr0(2, 4096).to_hex());
+    assert_ne!(
+        img.rtmr0(2, 4096),
+        img.rtmr0(2, 2048),
+        "memory enters RTMR0"
     );
+    assert_ne!(img.rtmr0(2, 4096), img.rtmr0(8, 65536));
+    assert_eq!(v["qemu_machine"], "pc-q35-10.0");
     assert_eq!(e.rtmr3, Measurement::ZERO);
 
     // A captured RTMR0 is passed through; text output names the registers.
@@ -104,7 +108,52 @@ fn measure_tdx_reproduces_the_calculator() {
     ]);
     let out = text(&o.stdout);
     assert!(out.contains(&format!("rtmr2        {}", e.rtmr2)), "{out}");
-    assert!(out.contains("rtmr0        not pinned"), "{out}");
+    assert!(
+        out.contains(&format!("rtmr0        {}", img.rtmr0(2, 4096))),
+        "{out}"
+    );
+}
+
+/// A shape whose ACPI tables are not modelled is refused by name: RTMR0 is never silently
+/// left unpinned.
+#[test]
+fn measure_tdx_refuses_a_shape_it_does_not_model() {
+    let img = Image::new(b"initramfs v1");
+    let o = chrysalis(&[
+        "measure",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+        "--vcpus",
+        "3",
+        "--memory",
+        "3000",
+        "--json",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = text(&o.stderr);
+    assert!(err.contains("3 vCPU, 3000 MiB"), "{err}");
+    assert!(err.contains("pc-q35-10.0"), "{err}");
+    assert!(o.stdout.is_empty());
+    // With a captured value for the shape, it is taken as given.
+    let r0 = "cd".repeat(48);
+    let o = chrysalis(&[
+        "measure",
+        "--manifest",
+        &img.path(),
+        "--platform",
+        "tdx",
+        "--vcpus",
+        "3",
+        "--memory",
+        "3000",
+        "--rtmr0",
+        &r0,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["rtmr0"], r0);
 }
 
 #[test]
@@ -235,6 +284,8 @@ fn measure_reports_a_manifest_that_records_other_values() {
                 rtmr1: e.rtmr1,
                 rtmr2: wrong,
                 rtmr3: e.rtmr3,
+                qemu_version: None,
+                qemu_machine: None,
             }],
             snp: vec![],
         });
@@ -293,7 +344,7 @@ fn verify_sim_quote_with(
     let now = 1_767_225_600;
     let mut m = td_measurements(
         e.mr_td,
-        [Measurement([0x5a; 48]), e.rtmr1, e.rtmr2, e.rtmr3],
+        [img.rtmr0(2, 2048), e.rtmr1, e.rtmr2, e.rtmr3],
     );
     edit(&mut m);
     let quote = pki.quote(&SimTdReport::new(m, ReportData([7; 64])));
@@ -331,10 +382,22 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
     assert!(!toml.contains("DANGEROUS"));
     let e = img.tdx();
     assert_eq!(strict.tdx.len(), 4, "one pin per default shape");
-    for pin in &strict.tdx {
+    for (pin, (vcpus, mib)) in
+        strict
+            .tdx
+            .iter()
+            .zip([(2, 2048), (2, 4096), (8, 65536), (16, 131072)])
+    {
         assert_eq!(
             (pin.mr_td, pin.rtmr0, pin.rtmr1, pin.rtmr2, pin.rtmr3),
-            (e.mr_td, None, Some(e.rtmr1), Some(e.rtmr2), Some(e.rtmr3))
+            (
+                e.mr_td,
+                Some(img.rtmr0(vcpus, mib)),
+                Some(e.rtmr1),
+                Some(e.rtmr2),
+                Some(e.rtmr3)
+            ),
+            "{vcpus} vCPU {mib} MiB"
         );
         // The full TD_ATTRIBUTES (SEPT_VE_DISABLE only) and XFAM every shape launches with.
         assert_eq!(
@@ -367,7 +430,7 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
     assert_eq!(sim.trust.dangerous_simulated_intel_roots, [root]);
 
     let work = tempfile::tempdir().unwrap();
-    // The same artifacts: accepted (RTMR0 is whatever the VMM made it; not pinned).
+    // The same artifacts and VMM: accepted.
     let o = verify_sim_quote(work.path(), &img, &sim_toml);
     assert_eq!(
         o.status.code(),
@@ -376,6 +439,11 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
         text(&o.stdout),
         text(&o.stderr)
     );
+    // Another VMM (other ACPI tables or TD HOB, hence another RTMR0): refused.
+    let o = verify_sim_quote_with(work.path(), &img, &sim_toml, |m| {
+        m.rtmr[0] = Measurement([0x5a; 48])
+    });
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
     // Another XFAM (CET state added): the pin refuses it.
     let o = verify_sim_quote_with(work.path(), &img, &sim_toml, |m| m.xfam.0[1] |= 0x18);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
@@ -493,10 +561,14 @@ fn explain_names_the_differing_events_of_a_recorded_boot() {
             "{reg} differs: {out}"
         );
     }
+    // RTMR0 is predicted (for the modelled shape the log matches best) and differs: that
+    // boot ran on another VMM with its own ACPI tables, HOB and firmware.
     assert!(
         out.lines()
-            .any(|l| l.contains("RTMR0") && l.contains("not pinned"))
+            .any(|l| l.trim_start().starts_with("RTMR0") && l.contains("DIFFERS")),
+        "{out}"
     );
+    assert!(out.contains("RTMR0 predicted for"), "{out}");
     assert!(
         out.lines()
             .any(|l| l.contains("RTMR3") && l.contains("match"))
@@ -553,10 +625,32 @@ fn explain_names_the_differing_events_of_a_recorded_boot() {
         sources.iter().any(|s| s.contains("artifacts.initramfs")),
         "{sources:?}"
     );
-    // RTMR0 events are listed with where they come from, not judged.
+    // RTMR0 events are predicted: the separator and the UiApp boot option match that boot's,
+    // its ACPI tables differ and are named as the VMM's.
+    let r0 = |status: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["register"] == "rtmr0" && e["status"] == status)
+            .collect()
+    };
     assert!(
-        events.iter().any(|e| e["status"] == "not_predicted"
-            && e["source"].as_str().unwrap().contains("ACPI tables"))
+        r0("match")
+            .iter()
+            .any(|e| e["actual"]["event_type"] == "EV_SEPARATOR"),
+        "{v:#}"
+    );
+    assert!(
+        r0("differs").iter().any(
+            |e| e["expected"]["event_type"] == "EV_PLATFORM_CONFIG_FLAGS"
+                && e["source"].as_str().unwrap().contains("ACPI tables")
+        ),
+        "{v:#}"
+    );
+    assert!(
+        v["rtmr0_predicted_for"]
+            .as_str()
+            .unwrap()
+            .contains("pc-q35-10.0")
     );
 }
 

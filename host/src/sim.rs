@@ -435,6 +435,8 @@ mod tests {
                     rtmr1: Measurement([2; 48]),
                     rtmr2: Measurement([3; 48]),
                     rtmr3: Measurement::ZERO,
+                    qemu_version: None,
+                    qemu_machine: None,
                 }],
                 snp: vec![],
             });
@@ -489,7 +491,9 @@ mod tests {
             (pin.mr_td, pin.rtmr1, pin.rtmr2, pin.rtmr3),
             (q.mr_td, Some(q.rtmr[1]), Some(q.rtmr[2]), Some(q.rtmr[3]))
         );
-        assert_eq!(pin.rtmr0, None);
+        // The image build computes RTMR0 for the shape; the sim quote carries the pinned value.
+        assert!(pin.rtmr0.is_some());
+        assert_eq!(pin.rtmr0, Some(q.rtmr[0]));
         // The quote carries exactly the TD attributes and XFAM the manifest's policy pins.
         assert_eq!(
             (pin.td_attributes, pin.xfam),

@@ -58,7 +58,7 @@ pub enum EventStatus {
     Missing,
     /// Logged but not expected.
     Unexpected,
-    /// In a register whose events are not predicted (RTMR0: the VMM's configuration).
+    /// In a register whose events are not predicted (RTMR0 when no VMM and VM shape was given).
     NotPredicted,
 }
 
@@ -192,9 +192,12 @@ fn unexpected_source(e: &Event) -> &'static str {
 /// Compares a quote's registers and its boot's event log with an expectation.
 ///
 /// `expected.events` must hold the predicted events of RTMR1 and RTMR2 (as
-/// [`super::tdx::expected_tdx`] returns them); RTMR0 events are never predicted, and RTMR3 is
-/// expected to have none. This does NOT verify the quote's signature: pass registers of a quote
-/// that was verified, or treat the result as a diagnosis only.
+/// [`super::tdx::expected_tdx`] returns them) and may hold those of RTMR0 (as
+/// [`super::image::tdx_image_for_shape`] adds them): RTMR0 events are then aligned like the
+/// others, so that a host with other ACPI tables or another TD HOB shows the differing ACPI or
+/// HOB event; without them RTMR0 events are listed as not predicted. RTMR3 is expected to have
+/// none. This does NOT verify the quote's signature: pass registers of a quote that was
+/// verified, or treat the result as a diagnosis only.
 pub fn explain_tdx(
     actual: &TdxMeasurements,
     log: &EventLog,
@@ -255,7 +258,12 @@ pub fn explain_tdx(
             .iter()
             .filter(|e| e.register == register && e.is_extended())
             .collect();
-        if register == Register::Rtmr0 {
+        let predicted: Vec<&Event> = expected
+            .events
+            .iter()
+            .filter(|e| e.register == register && e.is_extended())
+            .collect();
+        if register == Register::Rtmr0 && predicted.is_empty() {
             events.extend(logged.into_iter().map(|a| EventComparison {
                 register,
                 status: EventStatus::NotPredicted,
@@ -265,11 +273,6 @@ pub fn explain_tdx(
             }));
             continue;
         }
-        let predicted: Vec<&Event> = expected
-            .events
-            .iter()
-            .filter(|e| e.register == register && e.is_extended())
-            .collect();
         events.extend(align(register, &predicted, &logged));
     }
     Explanation {
@@ -487,6 +490,67 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// A host whose QEMU serves other ACPI tables than the predicted ones: RTMR0 differs and the
+    /// one ACPI event that differs is named, with the fw_cfg file in its description.
+    #[test]
+    fn a_host_with_other_acpi_tables_is_named_by_its_acpi_event() {
+        use crate::measure::rtmr0::{rtmr0, rtmr0_events};
+        use crate::measure::tdx::TdvfMetadata;
+        use crate::testutil::tdvf_from_sev_suffix;
+        let fw = tdvf_from_sev_suffix();
+        let md = TdvfMetadata::parse(&fw).unwrap();
+        let acpi = crate::measure::rtmr0::tests::sample_acpi();
+        let predicted = rtmr0_events(&fw, &md, 2048, &acpi, "QEMU test").unwrap();
+        let k = efi_pe(1, b"");
+        let mut exp = expectation(&k, b"i", "c");
+        exp.rtmr0 = Some(rtmr0(&predicted));
+        let mut all = predicted.clone();
+        all.append(&mut exp.events);
+        exp.events = all;
+
+        // The host's VMM adds a table: etc/acpi/tables differs, everything else is the same.
+        let mut hostile = acpi.clone();
+        let tables = hostile
+            .files
+            .iter_mut()
+            .find(|(n, _)| n == "etc/acpi/tables")
+            .unwrap();
+        tables.1[200] = 0x42;
+        let mut events = rtmr0_events(&fw, &md, 2048, &hostile, "host").unwrap();
+        // As logged: event data "ACPI DATA", no prediction's description.
+        for e in &mut events {
+            e.description = crate::measure::eventlog::describe(e.event_type, &e.data);
+        }
+        events.extend(direct_boot_events(&k, Some(b"i"), "c").unwrap());
+        let m = crate::sim::td_measurements(Measurement([7; 48]), replay_events(&events));
+        let (_, mut log) = boot(&k, b"i", "c");
+        log.events = events;
+        let x = explain_tdx(&m, &log, &exp);
+        assert!(!x.matches());
+        assert_eq!(x.registers[1].status, RegisterStatus::Differs);
+        let diff: Vec<_> = x.differing_events().collect();
+        assert_eq!(diff.len(), 1, "{diff:#?}");
+        assert_eq!(diff[0].status, EventStatus::Differs);
+        assert_eq!(diff[0].register, Register::Rtmr0);
+        assert_eq!(
+            diff[0].source,
+            "VMM: ACPI tables (vCPUs, memory, devices, QEMU version)"
+        );
+        let expected = diff[0].expected.as_ref().unwrap();
+        assert!(
+            expected.description.contains("etc/acpi/tables"),
+            "{}",
+            expected.description
+        );
+        // Every other RTMR0 event matches.
+        let matched = x
+            .events
+            .iter()
+            .filter(|e| e.register == Register::Rtmr0 && e.status == EventStatus::Match)
+            .count();
+        assert_eq!(matched, predicted.len() - 1);
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //!
 //! * TDX: MRTD, RTMR1, RTMR2 and RTMR3 depend only on the firmware, kernel, initrd and command
 //!   line. RTMR0 depends on the VMM's ACPI tables and TD HOB (vCPUs, memory, devices, QEMU
-//!   version), so it is not computed: it is `None` (not pinned) unless a value captured on
-//!   hardware for that shape is supplied ([`TdxShape::rtmr0`]; procedure in
-//!   `docs/measurements.md`).
+//!   version and machine type): it is computed ([`tdx_rtmr0_events`], [`super::rtmr0`]) for the
+//!   QEMU releases, machine types and shapes whose ACPI tables [`super::tdx_acpi`] holds, and
+//!   any other shape is an error naming it, unless a value captured on hardware for that shape
+//!   is supplied ([`TdxShape::rtmr0`]; procedure in `docs/measurements.md`).
 //! * SEV-SNP: the launch digest depends on the vCPU count (one VMSA each), the vCPU model
 //!   (its CPUID signature is in every VMSA) and SEV_FEATURES, not on the memory size.
 //!
@@ -35,11 +36,16 @@ use std::error::Error as StdError;
 use thiserror::Error;
 
 use super::MeasureError;
+use super::eventlog::Event;
+use super::rtmr0::{Rtmr0Error, rtmr0, rtmr0_events};
 use super::snp::{
     SEV_FEATURES_SNP_ACTIVE, SnpLaunchInputs, SnpMeasureError, SnpVcpuType, snp_launch_digest,
     snp_ovmf_hash,
 };
-use super::tdx::{ExpectedTdx, PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx};
+use super::tdx::{
+    ExpectedTdx, PageAddOrder, Rtmr0Source, TdvfMetadata, TdxBootInputs, expected_tdx,
+};
+use super::tdx_acpi::{AcpiShape, QemuMachine, TDX_VMM, UnsupportedVmm, acpi_files};
 use crate::evidence::{Measurement, Platform, Sha256};
 use crate::manifest::{
     Artifact, ExpectedMeasurements, Manifest, SnpExpected, TdxExpected, VmShape,
@@ -60,8 +66,8 @@ pub const DEFAULT_SNP_GUEST_FEATURES: u64 = SEV_FEATURES_SNP_ACTIVE;
 pub struct TdxShape {
     /// vCPUs and memory.
     pub shape: VmShape,
-    /// RTMR0 captured for exactly this shape (firmware, QEMU version, devices), or `None`: the
-    /// register is then not pinned.
+    /// RTMR0 captured for exactly this shape (firmware, QEMU version, devices), or `None`: it is
+    /// then computed, and a shape the calculator does not model is an error.
     pub rtmr0: Option<Measurement>,
 }
 
@@ -78,7 +84,8 @@ pub struct SnpShape {
 
 const DEFAULT_SHAPES: [(u32, u64); 4] = [(2, 2048), (2, 4096), (8, 65536), (16, 131072)];
 
-/// The documented default TDX shapes (see the module docs); RTMR0 is not pinned for any.
+/// The documented default TDX shapes (see the module docs). No RTMR0 is given: it is computed
+/// for the `tdx` profile's QEMU and machine type ([`tdx_expected`]).
 pub fn default_tdx_shapes() -> Vec<TdxShape> {
     DEFAULT_SHAPES
         .iter()
@@ -160,6 +167,12 @@ pub enum ImageMeasureError {
     /// The SNP calculator refused the artifacts.
     #[error("SNP measurement")]
     Snp(#[from] SnpMeasureError),
+    /// RTMR0 is not modelled for the VMM or VM shape (and no captured value was supplied).
+    #[error("TDX RTMR0")]
+    UnsupportedVmm(#[from] UnsupportedVmm),
+    /// The RTMR0 calculator refused the firmware or the ACPI files.
+    #[error("TDX RTMR0")]
+    Rtmr0(#[from] Rtmr0Error),
 }
 
 /// An artifact whose bytes differ from its manifest entry.
@@ -277,7 +290,8 @@ impl ImageInputs {
         })
     }
 
-    fn firmware(&self, platform: Platform) -> Result<&[u8], ImageMeasureError> {
+    /// The verified firmware of `platform`, or [`ImageMeasureError::NoFirmware`].
+    pub fn firmware(&self, platform: Platform) -> Result<&[u8], ImageMeasureError> {
         let fw = match platform {
             Platform::Tdx => &self.tdx_firmware,
             Platform::Snp => &self.snp_firmware,
@@ -311,7 +325,8 @@ pub fn tdx_image(inputs: &ImageInputs) -> Result<ExpectedTdx, ImageMeasureError>
     Ok(expected_tdx(&boot)?)
 }
 
-/// The manifest entry for one TDX shape, from [`tdx_image`]'s result.
+/// The manifest entry for one TDX shape, from [`tdx_image`]'s result, with the shape's RTMR0 as
+/// given (no calculation: see [`tdx_expected`] for the entry with RTMR0 computed).
 pub fn tdx_for_shape(image: &ExpectedTdx, shape: &TdxShape) -> TdxExpected {
     TdxExpected {
         shape: shape.shape.clone(),
@@ -321,7 +336,69 @@ pub fn tdx_for_shape(image: &ExpectedTdx, shape: &TdxShape) -> TdxExpected {
         rtmr1: image.rtmr1,
         rtmr2: image.rtmr2,
         rtmr3: image.rtmr3,
+        qemu_version: None,
+        qemu_machine: None,
     }
+}
+
+/// The RTMR0 events of the image's TDVF booted under `vmm` with `shape` (no GPUs), in log
+/// order: computed from the firmware's TDVF metadata and CFV, the TD HOB QEMU builds for the
+/// memory size, and QEMU's captured ACPI tables. An unmodelled VMM or shape is an error naming
+/// it.
+pub fn tdx_rtmr0_events(
+    inputs: &ImageInputs,
+    shape: &VmShape,
+    vmm: &QemuMachine,
+) -> Result<Vec<Event>, ImageMeasureError> {
+    let acpi_shape = AcpiShape {
+        vcpus: shape.vcpus,
+        memory_mib: shape.memory_mib,
+        gpus: 0,
+    };
+    let acpi = acpi_files(vmm, &acpi_shape)?;
+    let firmware = inputs.firmware(Platform::Tdx)?;
+    let metadata = TdvfMetadata::parse(firmware)?;
+    let label = format!("{vmm}, {acpi_shape}");
+    Ok(rtmr0_events(
+        firmware,
+        &metadata,
+        shape.memory_mib,
+        &acpi,
+        &label,
+    )?)
+}
+
+/// The TDX expectation of the image for one VM shape under `vmm`: [`tdx_image`] with RTMR0
+/// computed and its events added (before the RTMR1/RTMR2 events), for `explain`.
+pub fn tdx_image_for_shape(
+    inputs: &ImageInputs,
+    shape: &VmShape,
+    vmm: &QemuMachine,
+) -> Result<ExpectedTdx, ImageMeasureError> {
+    let mut image = tdx_image(inputs)?;
+    let mut events = tdx_rtmr0_events(inputs, shape, vmm)?;
+    image.rtmr0 = Some(rtmr0(&events));
+    events.append(&mut image.events);
+    image.events = events;
+    Ok(image)
+}
+
+/// The manifest entry for one TDX shape with RTMR0: the shape's captured value when it has one,
+/// otherwise computed for the `tdx` profile's VMM ([`TDX_VMM`]); a shape that is not modelled
+/// is an error, never an unpinned RTMR0.
+pub fn tdx_expected(
+    inputs: &ImageInputs,
+    image: &ExpectedTdx,
+    shape: &TdxShape,
+) -> Result<TdxExpected, ImageMeasureError> {
+    let mut e = tdx_for_shape(image, shape);
+    if e.rtmr0.is_none() {
+        let events = tdx_rtmr0_events(inputs, &shape.shape, &TDX_VMM)?;
+        e.rtmr0 = Some(rtmr0(&events));
+        e.qemu_version = Some(TDX_VMM.qemu_version.into());
+        e.qemu_machine = Some(TDX_VMM.machine_type.into());
+    }
+    Ok(e)
 }
 
 /// The launch digest of the image for one SNP shape. `ovmf_hash` ([`snp_ovmf_hash`] of the
@@ -374,8 +451,8 @@ pub fn expected_measurements(
         let image = tdx_image(&inputs)?;
         out.tdx = tdx_shapes
             .iter()
-            .map(|s| tdx_for_shape(&image, s))
-            .collect();
+            .map(|s| tdx_expected(&inputs, &image, s))
+            .collect::<Result<_, _>>()?;
     }
     if !snp_shapes.is_empty() {
         let ovmf_hash = snp_ovmf_hash(inputs.firmware(Platform::Snp)?)?;
@@ -462,8 +539,42 @@ mod tests {
                 (t.mr_td, t.rtmr1, t.rtmr2, t.rtmr3),
                 (direct.mr_td, direct.rtmr1, direct.rtmr2, direct.rtmr3)
             );
-            assert_eq!(t.rtmr0, None, "RTMR0 is not computed");
+            // RTMR0: the calculator's, for the tdx profile's QEMU and the shape.
+            let fw = &files["tdvf.fd"];
+            let md = crate::measure::tdx::TdvfMetadata::parse(fw).unwrap();
+            let acpi = acpi_files(
+                &TDX_VMM,
+                &AcpiShape {
+                    vcpus: t.shape.vcpus,
+                    memory_mib: t.shape.memory_mib,
+                    gpus: 0,
+                },
+            )
+            .unwrap();
+            let events = rtmr0_events(fw, &md, t.shape.memory_mib, &acpi, "x").unwrap();
+            assert_eq!(t.rtmr0, Some(rtmr0(&events)), "{:?}", t.shape);
+            assert_eq!(t.qemu_machine.as_deref(), Some("pc-q35-10.0"));
         }
+        // Every shape has its own RTMR0 (vCPUs reach the ACPI tables, memory the TD HOB and
+        // the DSDT).
+        let mut r0: Vec<_> = e.tdx.iter().map(|t| t.rtmr0).collect();
+        r0.dedup();
+        assert_eq!(r0.len(), 4);
+        // A shape that is not modelled is an error naming it, even among modelled ones.
+        let mut shapes = default_tdx_shapes();
+        shapes[1].shape.vcpus = 3;
+        let err = expected_measurements(&m, &shapes, &[], &mut source(&files)).unwrap_err();
+        assert!(
+            matches!(err, ImageMeasureError::UnsupportedVmm(_)),
+            "{err:?}"
+        );
+        let chain = std::error::Error::source(&err).unwrap().to_string();
+        assert!(chain.contains("3 vCPU, 4096 MiB"), "{chain}");
+        // A captured value is taken as given.
+        shapes[1].rtmr0 = Some(Measurement([9; 48]));
+        let captured = expected_measurements(&m, &shapes, &[], &mut source(&files)).unwrap();
+        assert_eq!(captured.tdx[1].rtmr0, Some(Measurement([9; 48])));
+        assert_eq!(captured.tdx[1].qemu_machine, None);
         for s in &e.snp {
             let vcpu_type: SnpVcpuType = s.vcpu_type.parse().unwrap();
             let direct = snp_launch_digest(&SnpLaunchInputs {

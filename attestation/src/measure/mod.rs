@@ -5,8 +5,10 @@
 //!   RTMR0-3. Checked against real hardware evidence: a recorded CCEL replays to exactly the
 //!   RTMRs of the quote taken in the same boot.
 //! * [`tdx`]: expected MRTD, RTMR1, RTMR2 and RTMR3 for a TDVF (edk2 `OvmfPkg/IntelTdx`) direct
-//!   kernel boot under QEMU, and the events the firmware and the Linux EFI stub log on the way;
-//!   RTMR0 is pinned per VM shape.
+//!   kernel boot under QEMU, and the events the firmware and the Linux EFI stub log on the way.
+//! * [`rtmr0`]: expected RTMR0 (TD HOB, CFV, secure-boot and boot variables, QEMU's ACPI tables)
+//!   and its events; [`tdx_acpi`]: the QEMU releases, machine types and VM shapes whose ACPI
+//!   tables were captured, and those tables.
 //! * [`snp`]: the SEV-SNP launch digest (through the sev crate's measurement module).
 //! * [`image`]: both, for a chrysalis image: a manifest, its verified artifact bytes and a list
 //!   of VM shapes (with the documented defaults) give the manifest's `expected_measurements`.
@@ -18,8 +20,10 @@
 pub mod eventlog;
 pub mod explain;
 pub mod image;
+pub mod rtmr0;
 pub mod snp;
 pub mod tdx;
+pub mod tdx_acpi;
 
 use thiserror::Error;
 

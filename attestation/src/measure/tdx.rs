@@ -825,8 +825,9 @@ pub struct ExpectedTdx {
     pub rtmr2: Measurement,
     /// RTMR3: zero (nothing extends it).
     pub rtmr3: Measurement,
-    /// The expected RTMR1 and RTMR2 events in log order (RTMR0 events are not predicted), for an
-    /// event-by-event comparison with a recorded log.
+    /// The expected RTMR1 and RTMR2 events in log order, for an event-by-event comparison with a
+    /// recorded log; RTMR0 events only when a VMM and VM shape were given
+    /// (`measure::image::tdx_image_for_shape`).
     pub events: Vec<Event>,
 }
 

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use chrysalis_attestation::manifest::VmShape;
 use chrysalis_attestation::measure::eventlog::EventLog;
+use chrysalis_attestation::measure::eventlog::Register;
 use chrysalis_attestation::measure::explain::{EventStatus, RegisterStatus, explain_tdx};
-use chrysalis_attestation::measure::image::tdx_image;
+use chrysalis_attestation::measure::image::{tdx_image, tdx_image_for_shape};
+use chrysalis_attestation::measure::tdx_acpi::{TDX_VMM, supported_shapes};
 use chrysalis_attestation::{Measurement, Platform, TdxQuote};
 use clap::Args;
 
@@ -26,9 +29,18 @@ pub(crate) struct ExplainArgs {
     /// The image's manifest.json (artifacts in the same directory).
     #[arg(long, value_name = "FILE")]
     manifest: PathBuf,
-    /// An RTMR0 captured on hardware for the node's VM shape; without it RTMR0 is not compared.
-    #[arg(long, value_name = "HEX")]
+    /// An RTMR0 captured on hardware for the node's VM shape. Without it RTMR0 and its events
+    /// are predicted for the `tdx` profile's QEMU and machine type and the shape given by
+    /// --vcpus/--memory, or, without those, for the modelled shape whose events the log matches
+    /// best (named in the output).
+    #[arg(long, value_name = "HEX", conflicts_with_all = ["vcpus", "memory"])]
     rtmr0: Option<Measurement>,
+    /// vCPUs of the node's VM (with --memory): predict RTMR0 for this shape.
+    #[arg(long, value_name = "N", requires = "memory")]
+    vcpus: Option<u32>,
+    /// Memory in MiB of the node's VM (with --vcpus).
+    #[arg(long, value_name = "MIB", requires = "vcpus")]
+    memory: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -46,13 +58,49 @@ pub(crate) fn run(ctx: &Ctx, a: ExplainArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{} is not a TCG2 event log", a.eventlog.display()))?;
     let loaded = LoadedManifest::load(&a.manifest)?;
     let inputs = loaded.inputs(&[Platform::Tdx])?;
-    let mut expected = tdx_image(&inputs)?;
-    expected.rtmr0 = a.rtmr0;
-    let x = explain_tdx(&quote.measurements(), &log, &expected);
+    let measurements = quote.measurements();
+    let mut predicted_for = None;
+    let x = if let Some(rtmr0) = a.rtmr0 {
+        let mut expected = tdx_image(&inputs)?;
+        expected.rtmr0 = Some(rtmr0);
+        explain_tdx(&measurements, &log, &expected)
+    } else {
+        let shapes = match a.vcpus.zip(a.memory) {
+            Some((vcpus, memory_mib)) => vec![VmShape { vcpus, memory_mib }],
+            None => supported_shapes(&TDX_VMM)
+                .iter()
+                .map(|s| VmShape {
+                    vcpus: s.vcpus,
+                    memory_mib: s.memory_mib,
+                })
+                .collect(),
+        };
+        // The shape whose RTMR0 events the log matches best (the one given, if one was).
+        let mut best = None;
+        for shape in shapes {
+            let expected = tdx_image_for_shape(&inputs, &shape, &TDX_VMM)?;
+            let x = explain_tdx(&measurements, &log, &expected);
+            let score = x
+                .events
+                .iter()
+                .filter(|e| e.register == Register::Rtmr0 && e.status == EventStatus::Match)
+                .count();
+            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                best = Some((score, shape, x));
+            }
+        }
+        let (_, shape, x) = best.context("no VM shape to predict RTMR0 for")?;
+        predicted_for = Some(format!(
+            "{} vCPU, {} MiB under {}",
+            shape.vcpus, shape.memory_mib, TDX_VMM
+        ));
+        x
+    };
 
     if a.json {
         let mut v = serde_json::to_value(&x)?;
         v["matches"] = serde_json::json!(x.matches());
+        v["rtmr0_predicted_for"] = serde_json::json!(predicted_for);
         println!("{v}");
     } else {
         println!(
@@ -93,9 +141,14 @@ pub(crate) fn run(ctx: &Ctx, a: ExplainArgs) -> anyhow::Result<ExitCode> {
                 regs.join(", ")
             );
         }
-        println!(
-            "\nevents (RTMR0 is not predicted; RTMR1-3 compared with the image's expected events):"
-        );
+        match &predicted_for {
+            Some(p) => println!(
+                "\nevents (RTMR0 predicted for {p}; RTMR1-3 compared with the image's expected events):"
+            ),
+            None => println!(
+                "\nevents (RTMR0 compared as a captured value only; RTMR1-3 compared with the image's expected events):"
+            ),
+        }
         for e in &x.events {
             let status = match e.status {
                 EventStatus::Match => "match",

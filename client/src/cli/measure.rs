@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use chrysalis_attestation::manifest::{Artifact, Manifest, VmShape};
 use chrysalis_attestation::measure::image::{
-    DEFAULT_SNP_GUEST_FEATURES, ImageInputs, SnpShape, TdxShape, snp_for_shape, tdx_for_shape,
+    DEFAULT_SNP_GUEST_FEATURES, ImageInputs, SnpShape, TdxShape, snp_for_shape, tdx_expected,
     tdx_image,
 };
 use chrysalis_attestation::measure::snp::SnpVcpuType;
@@ -53,7 +53,8 @@ pub(crate) struct MeasureArgs {
     /// vCPUs of the VM.
     #[arg(long, value_name = "N")]
     vcpus: u32,
-    /// Memory of the VM in MiB (labels the shape; enters no register this tool computes).
+    /// Memory of the VM in MiB (TDX: enters RTMR0 through the TD HOB and ACPI tables; SNP:
+    /// labels the shape).
     #[arg(long, value_name = "MIB")]
     memory: u64,
     /// SNP: the QEMU vCPU model (EPYC-v4, EPYC-Milan, EPYC-Genoa, EPYC-Turin, ...).
@@ -63,7 +64,8 @@ pub(crate) struct MeasureArgs {
     #[arg(long, value_name = "HEX")]
     guest_features: Option<String>,
     /// TDX: an RTMR0 value captured on hardware for exactly this shape (docs/measurements.md).
-    /// Without it RTMR0 is not computed (it depends on the VMM's ACPI tables) and shown as null.
+    /// Without it RTMR0 is computed for the `tdx` profile's QEMU release and machine type; a
+    /// shape whose ACPI tables are not modelled is an error naming it.
     #[arg(long, value_name = "HEX")]
     rtmr0: Option<Measurement>,
     /// Print one JSON object (lowercase hex).
@@ -144,19 +146,21 @@ pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
     let (value, differs_from_manifest) = match a.platform {
         PlatformArg::Tdx => {
             let image = tdx_image(&inputs)?;
-            let t = tdx_for_shape(
+            let t = tdx_expected(
+                &inputs,
                 &image,
                 &TdxShape {
                     shape: shape.clone(),
                     rtmr0: a.rtmr0,
                 },
-            );
+            )?;
             let differs = recorded
                 .into_iter()
                 .flat_map(|r| r.tdx.iter())
                 .find(|r| r.shape == shape)
                 .filter(|r| {
                     (r.mr_td, r.rtmr1, r.rtmr2, r.rtmr3) != (t.mr_td, t.rtmr1, t.rtmr2, t.rtmr3)
+                        || (r.rtmr0.is_some() && r.rtmr0 != t.rtmr0)
                 })
                 .is_some();
             let v = json!({
@@ -168,6 +172,8 @@ pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
                 "rtmr1": t.rtmr1.to_hex(),
                 "rtmr2": t.rtmr2.to_hex(),
                 "rtmr3": t.rtmr3.to_hex(),
+                "qemu_version": t.qemu_version,
+                "qemu_machine": t.qemu_machine,
             });
             (v, differs)
         }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use chrysalis_attestation::manifest::{ExpectedMeasurements, VmShape};
 use chrysalis_attestation::measure::image::{
-    SnpShape, TdxShape, default_snp_shapes, default_tdx_shapes, snp_for_shape, tdx_for_shape,
+    SnpShape, TdxShape, default_snp_shapes, default_tdx_shapes, snp_for_shape, tdx_expected,
     tdx_image,
 };
 use chrysalis_attestation::measure::snp::{CHRYSALIS_GUEST_POLICY, snp_ovmf_hash};
@@ -78,7 +78,10 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 None => default_tdx_shapes(),
             };
             let image = tdx_image(&inputs)?;
-            computed.tdx = shapes.iter().map(|s| tdx_for_shape(&image, s)).collect();
+            computed.tdx = shapes
+                .iter()
+                .map(|s| tdx_expected(&inputs, &image, s))
+                .collect::<Result<_, _>>()?;
         }
         PlatformArg::Snp => {
             let features = guest_features(a.guest_features.as_deref())?;
@@ -192,11 +195,16 @@ fn disagreements(
     let mut out = Vec::new();
     for c in &computed.tdx {
         if let Some(r) = recorded.tdx.iter().find(|r| r.shape == c.shape)
-            && (r.mr_td, r.rtmr1, r.rtmr2, r.rtmr3) != (c.mr_td, c.rtmr1, c.rtmr2, c.rtmr3)
+            && ((r.mr_td, r.rtmr1, r.rtmr2, r.rtmr3) != (c.mr_td, c.rtmr1, c.rtmr2, c.rtmr3)
+                || (r.rtmr0.is_some() && r.rtmr0 != c.rtmr0))
         {
+            let show = |m: Option<chrysalis_attestation::Measurement>| {
+                m.map_or_else(|| "none".to_string(), |m| m.to_string())
+            };
             out.push(format!(
-                "tdx {} vCPU {} MiB: recorded mr_td {} rtmr1 {} rtmr2 {}, recomputed mr_td {} rtmr1 {} rtmr2 {}",
-                c.shape.vcpus, c.shape.memory_mib, r.mr_td, r.rtmr1, r.rtmr2, c.mr_td, c.rtmr1, c.rtmr2
+                "tdx {} vCPU {} MiB: recorded mr_td {} rtmr0 {} rtmr1 {} rtmr2 {}, recomputed mr_td {} rtmr0 {} rtmr1 {} rtmr2 {}",
+                c.shape.vcpus, c.shape.memory_mib, r.mr_td, show(r.rtmr0), r.rtmr1, r.rtmr2,
+                c.mr_td, show(c.rtmr0), c.rtmr1, c.rtmr2
             ));
         }
     }

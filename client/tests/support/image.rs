@@ -149,6 +149,23 @@ impl Image {
         .unwrap()
     }
 
+    /// The RTMR0 calculator called directly on the bytes, for the `tdx` profile's QEMU.
+    pub fn rtmr0(&self, vcpus: u32, memory_mib: u64) -> Measurement {
+        use chrysalis_attestation::manifest::VmShape;
+        use chrysalis_attestation::measure::image::{ImageInputs, tdx_rtmr0_events};
+        use chrysalis_attestation::measure::rtmr0::rtmr0;
+        use chrysalis_attestation::measure::tdx_acpi::TDX_VMM;
+        let inputs = ImageInputs {
+            kernel: self.read("vmlinuz"),
+            initrd: self.read("initramfs.cpio.gz"),
+            cmdline: self.manifest.kernel_cmdline.clone(),
+            tdx_firmware: Some(self.read("tdvf.fd")),
+            snp_firmware: None,
+        };
+        let shape = VmShape { vcpus, memory_mib };
+        rtmr0(&tdx_rtmr0_events(&inputs, &shape, &TDX_VMM).unwrap())
+    }
+
     /// The SNP calculator called directly on the bytes.
     pub fn snp(&self, vcpus: u32, t: SnpVcpuType) -> Measurement {
         let (fw, k, i) = (
