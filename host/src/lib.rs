@@ -48,8 +48,8 @@ pub use image::{ImageError, LoadedImage};
 pub use launch::{CommandLine, LaunchError, LaunchPlan};
 pub use metrics::Metrics;
 pub use relay::{CopyMode, Direction, Observer, Relay, RelayConfig, RelayError};
-pub use services::{QuoteSigner, SimQuote};
-pub use sim::{SimMeasurements, SimSignerError, SimTdxSigner};
+pub use services::{QuoteSigner, SimQuote, SimSnpEvidence, SnpReportSigner};
+pub use sim::{SimMeasurements, SimSignerError, SimSnpMeasurements, SimSnpSigner, SimTdxSigner};
 pub use supervisor::{Supervisor, VmState, VmStatus};
 pub use transport::{
     GuestListener, GuestStream, HybridVsockTransport, TcpTransport, Transport, TransportError,
