@@ -214,9 +214,9 @@ fn against_the_guest_runtime(kind: SimKind) {
         let req = ChatRequest::new(MODEL_ID, vec![ChatMessage::user("Say hi.")]).max_tokens(4);
         cross.chat_completion(&req).await
     });
-    let err = refused
-        .err()
-        .expect("a policy for the other platform refuses the guest");
+    let Err(err) = refused else {
+        panic!("a policy for the other platform must refuse the {kind:?} guest")
+    };
     eprintln!("proxy_guest: {kind:?} guest under a {other:?} policy: {err}");
     phase.done("4b. the other platform's policy refuses");
 
