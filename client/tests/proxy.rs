@@ -187,7 +187,10 @@ async fn an_snp_sim_upstream_is_verified_and_its_receipts_recorded() {
     assert_eq!(status, 502, "{}", wrong.log());
     let err: Value = serde_json::from_slice(&body).unwrap();
     assert!(
-        err["error"]["message"].as_str().unwrap().contains("SNP"),
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("snp evidence chains to an untrusted root"),
         "{err}"
     );
     assert!(
