@@ -1,5 +1,5 @@
-//! The guest→host service protocol: how a guest asks its host for a simulated quote or for
-//! collateral, defined once for both sides.
+//! The guest→host service protocol: how a guest asks its host for a simulated TDX quote, a
+//! simulated SEV-SNP report, or collateral, defined once for both sides.
 //!
 //! The host is untrusted. Nothing it answers is believed: a sim quote is verified by clients
 //! against a root their policy names, and collateral is verified against the vendor root by
@@ -38,6 +38,12 @@ pub enum Request {
     },
     /// Current TDX collateral for the platform (QuoteCollateralV3 as JSON).
     Collateral,
+    /// Sign a simulated SEV-SNP report over this report_data with the launch digest of what the
+    /// host launched (the `sim-snp` profile: the host plays the AMD PSP).
+    SimSnpReport {
+        /// The 64 bytes to bind (for RA-TLS: the key binding of the guest's TLS key).
+        report_data: ReportData,
+    },
 }
 
 /// A host service's answer.
@@ -52,6 +58,17 @@ pub enum Response {
         quote: Vec<u8>,
         /// Collateral for the quote, if the host has it.
         collateral: Option<dcap_qvl::QuoteCollateralV3>,
+    },
+    /// An SEV-SNP report (raw bytes, hex in JSON) and the certificates that verify it.
+    SnpReport {
+        /// The 1184-byte attestation report.
+        #[serde(with = "hex_bytes")]
+        report: Vec<u8>,
+        /// The VCEK certificate, DER.
+        #[serde(with = "hex_bytes")]
+        vcek: Vec<u8>,
+        /// The ASK and ARK certificates (PEM), when the host has them.
+        chain: Option<String>,
     },
     /// Collateral.
     Collateral {
@@ -171,5 +188,18 @@ mod tests {
         };
         assert_eq!(decode::<Response>(&encode(&resp).unwrap()).unwrap(), resp);
         assert!(decode::<Request>(&encode(&"nonsense").unwrap()).is_err());
+
+        let req = Request::SimSnpReport {
+            report_data: ReportData([8; 64]),
+        };
+        let frame = encode(&req).unwrap();
+        assert!(String::from_utf8_lossy(&frame[4..]).contains("\"sim_snp_report\""));
+        assert_eq!(decode::<Request>(&frame).unwrap(), req);
+        let resp = Response::SnpReport {
+            report: vec![4; 8],
+            vcek: vec![5; 3],
+            chain: Some("-----BEGIN CERTIFICATE-----".into()),
+        };
+        assert_eq!(decode::<Response>(&encode(&resp).unwrap()).unwrap(), resp);
     }
 }

@@ -14,6 +14,7 @@
 //! intel = true                     # Intel SGX Root CA (TDX)
 //! amd = true                       # AMD ARKs built into the sev crate (SNP)
 //! # dangerous_simulated_intel_roots = ["<sha256 of a simulated root>"]
+//! # dangerous_simulated_amd_roots = ["<sha256 of a simulated ARK>"]
 //!
 //! [tcb]
 //! accepted_statuses = ["UpToDate"]      # TDX only: AMD assigns SNP no status
@@ -122,6 +123,10 @@ pub struct TrustConfig {
     /// development only: a simulated quote proves nothing about hardware.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dangerous_simulated_intel_roots: Vec<Sha256>,
+    /// Simulated AMD ARKs (by SHA-256 of the ARK certificate) to accept for SNP. For CI and
+    /// development only: a simulated report proves nothing about hardware.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dangerous_simulated_amd_roots: Vec<Sha256>,
 }
 
 impl Default for TrustConfig {
@@ -130,6 +135,7 @@ impl Default for TrustConfig {
             intel: true,
             amd: true,
             dangerous_simulated_intel_roots: Vec::new(),
+            dangerous_simulated_amd_roots: Vec::new(),
         }
     }
 }
@@ -749,6 +755,7 @@ impl Policy {
         if !self.trust.intel
             && !self.trust.amd
             && self.trust.dangerous_simulated_intel_roots.is_empty()
+            && self.trust.dangerous_simulated_amd_roots.is_empty()
         {
             return Err(PolicyError::Invalid {
                 key: "trust",
@@ -765,6 +772,9 @@ impl Policy {
             .with_amd(self.trust.amd);
         for r in &self.trust.dangerous_simulated_intel_roots {
             a = a.dangerous_with_simulated_intel_root(*r);
+        }
+        for r in &self.trust.dangerous_simulated_amd_roots {
+            a = a.dangerous_with_simulated_amd_root(*r);
         }
         a
     }
@@ -835,6 +845,9 @@ impl Policy {
             TrustRoot::AmdArk { .. } => self.trust.amd,
             TrustRoot::SimulatedIntel { sha256 } => {
                 self.trust.dangerous_simulated_intel_roots.contains(sha256)
+            }
+            TrustRoot::SimulatedAmd { sha256 } => {
+                self.trust.dangerous_simulated_amd_roots.contains(sha256)
             }
         };
         if !root_ok {

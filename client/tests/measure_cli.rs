@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use chrysalis_attestation::measure::snp::SnpVcpuType;
-use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+use chrysalis_attestation::sim::{
+    DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
+};
 use chrysalis_attestation::{Measurement, Policy, ReportData, Sha256};
 use image::Image;
 
@@ -473,7 +475,9 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
     let out = text(&o.stdout);
     assert!(out.to_lowercase().contains("measurement"), "{out}");
 
-    // The sim root is TDX-only.
+    // For snp the sim root is the simulated AMD ARK (profile sim-snp): a sim report with the
+    // recomputed launch digest is accepted, one of another digest is not, and the strict
+    // policy refuses the simulated ARK.
     let o = chrysalis(&[
         "policy",
         "from-manifest",
@@ -483,7 +487,35 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
         "snp",
         "--dangerous-sim-root",
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("SIMULATED AMD ARK"),
+        "loud on stderr"
+    );
+    let sim_snp = Policy::from_toml(&text(&o.stdout)).unwrap();
+    let amd = SimAmdPki::from_seed(DEFAULT_SEED);
+    assert_eq!(
+        sim_snp.trust.dangerous_simulated_amd_roots,
+        [amd.ark_sha256()]
+    );
+    assert!(sim_snp.trust.dangerous_simulated_intel_roots.is_empty());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = amd.bundle(&SimSnpReport::new(
+        img.snp(2, SnpVcpuType::EPYC_V4),
+        ReportData([1; 64]),
+    ));
+    sim_snp.appraise(&good, None, now).unwrap();
+    let bad = amd.bundle(&SimSnpReport::new(
+        Measurement([9; 48]),
+        ReportData([1; 64]),
+    ));
+    assert!(sim_snp.appraise(&bad, None, now).is_err());
+    let mut strict_snp = sim_snp.clone();
+    strict_snp.trust.dangerous_simulated_amd_roots.clear();
+    assert!(strict_snp.appraise(&good, None, now).is_err());
     // SNP pins: every default shape.
     let o = chrysalis(&[
         "policy",

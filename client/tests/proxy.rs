@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrysalis_attestation::Measurement;
 use common::upstream::{FakeUpstream, MODEL, Options, Receipts};
-use common::{ProxyProcess, chat, plain_client, post_json, sim_policy_toml};
+use common::{ProxyProcess, chat, plain_client, post_json, sim_policy_toml, sim_snp_policy_toml};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
@@ -142,6 +142,63 @@ async fn passthrough_with_verified_receipts_and_pooled_connections() {
         up.handshakes()
     );
     assert_eq!(proxy.ledger(22).len(), 22);
+}
+
+/// SEV-SNP evidence from the simulated AMD PKI travels the same chain: RA-TLS certificate,
+/// the proxy's verification, signed receipts in the ledger. Without the simulated AMD root
+/// named (the TDX sim root is not enough), the prompt never leaves the proxy.
+#[tokio::test]
+async fn an_snp_sim_upstream_is_verified_and_its_receipts_recorded() {
+    let up = FakeUpstream::start(Options {
+        snp: true,
+        ..Options::new(PINNED)
+    });
+    let proxy = ProxyProcess::start(&[up.addr], &sim_snp_policy_toml(up.root, PINNED));
+    let c = plain_client();
+    let (status, _, body) = post_json(
+        &c,
+        &proxy.url("/v1/chat/completions"),
+        &chat("hello snp", 3, false),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", proxy.log());
+    let plain: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(plain["choices"][0]["message"]["content"], "tok0 tok1 tok2 ");
+    let records = proxy.ledger(1);
+    assert!(records[0].verified, "{records:?}");
+    assert_eq!(records[0].cert_sha256, up.cert_sha256());
+
+    // The TDX sim root named instead of the AMD one: refused before the prompt is sent.
+    let canary = "snp-canary-never-forwarded";
+    let wrong = ProxyProcess::start(
+        &[up.addr],
+        &sim_policy_toml(
+            chrysalis_attestation::sim::SimPki::from_seed(chrysalis_attestation::sim::DEFAULT_SEED)
+                .root_sha256(),
+            PINNED,
+        ),
+    );
+    let (status, _, body) = post_json(
+        &c,
+        &wrong.url("/v1/chat/completions"),
+        &chat(canary, 3, false),
+    )
+    .await;
+    assert_eq!(status, 502, "{}", wrong.log());
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("snp evidence chains to an untrusted root"),
+        "{err}"
+    );
+    assert!(
+        !up.received()
+            .iter()
+            .any(|b| String::from_utf8_lossy(b).contains(canary)),
+        "the prompt must not reach an unverified node"
+    );
 }
 
 #[tokio::test]

@@ -72,6 +72,11 @@ pub const HELP: &str = r#"chrysalis-guest configuration (TOML; unknown keys are 
   collateral_endpoint = "vsock:2:4051"   the host's collateral service, asked for TDX collateral to
                                  embed next to configfs-tsm quotes ("" = never ask; clients then
                                  need their own PCCS)
+  sim_platform = "host"          which simulated evidence to ask for: "tdx" (a TDX quote), "snp"
+                                 (an SEV-SNP report), or "host": whichever the host's profile
+                                 simulates (sim: TDX, sim-snp: SNP). The host signs sim evidence
+                                 either way; a client accepts it only if its policy names that
+                                 platform's simulated root and pins its measurement
   timeout_secs = 30              deadline of one evidence request
 
 [model]                          (required) what the receipts name
@@ -85,7 +90,7 @@ pub const HELP: &str = r#"chrysalis-guest configuration (TOML; unknown keys are 
   model_path = "/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 Development only (command line, never in the image): --listen overrides [server].listen and
---evidence overrides [evidence].provider/sim_endpoint.
+--evidence overrides [evidence].provider/sim_endpoint ("sim-tdx:…"/"sim-snp:…" also sim_platform).
 "#;
 
 /// The whole configuration.
@@ -211,6 +216,8 @@ pub struct EvidenceConfig {
     pub sim_endpoint: String,
     /// The host's collateral service (empty: do not ask for TDX collateral).
     pub collateral_endpoint: String,
+    /// Which simulated evidence to ask the sim service for.
+    pub sim_platform: crate::evidence::sim::SimPlatform,
     /// Deadline in seconds.
     pub timeout_secs: u64,
 }
@@ -223,6 +230,7 @@ impl Default for EvidenceConfig {
             configfs_entry: "chrysalis".into(),
             sim_endpoint: "vsock:2:4050".into(),
             collateral_endpoint: "vsock:2:4051".into(),
+            sim_platform: crate::evidence::sim::SimPlatform::Host,
             timeout_secs: 30,
         }
     }
@@ -414,6 +422,22 @@ model_path = "/x.gguf"
         }
         let e = parse(&format!("{MIN}\n[evidence]\nprovider = \"tpm\"\n")).unwrap_err();
         assert!(e.to_string().contains("tpm"), "{e}");
+    }
+
+    #[test]
+    fn sim_platform_defaults_to_the_hosts_and_parses() {
+        use crate::evidence::sim::SimPlatform;
+        assert_eq!(parse(MIN).unwrap().evidence.sim_platform, SimPlatform::Host);
+        for (name, p) in [
+            ("tdx", SimPlatform::Tdx),
+            ("snp", SimPlatform::Snp),
+            ("host", SimPlatform::Host),
+        ] {
+            let c = parse(&format!("{MIN}\n[evidence]\nsim_platform = \"{name}\"\n")).unwrap();
+            assert_eq!(c.evidence.sim_platform, p);
+        }
+        let e = parse(&format!("{MIN}\n[evidence]\nsim_platform = \"sev\"\n")).unwrap_err();
+        assert!(e.to_string().contains("sev"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrysalis_guest::engine::{Engine, FailedEngine};
 use chrysalis_guest::evidence::EvidenceProvider;
 use chrysalis_guest::evidence::collateral::HostCollateral;
 use chrysalis_guest::evidence::configfs::ConfigfsTsm;
-use chrysalis_guest::evidence::sim::{SimEndpoint, SimQuoteClient};
+use chrysalis_guest::evidence::sim::{SimEndpoint, SimPlatform, SimQuoteClient};
 use chrysalis_guest::server::{self, AppState};
 use chrysalis_guest::tls::CertStore;
 use clap::{Parser, Subcommand};
@@ -37,7 +37,8 @@ enum Cmd {
         /// Development: override [server].listen ("tcp:ADDR:PORT" or "vsock:PORT").
         #[arg(long)]
         listen: Option<Listen>,
-        /// Development: override [evidence] ("configfs-tsm", "sim:vsock", "sim:tcp:ADDR:PORT", "sim:unix:PATH").
+        /// Development: override [evidence] ("configfs-tsm", "sim:vsock", "sim:tcp:ADDR:PORT",
+        /// "sim:unix:PATH"; "sim-tdx:…" and "sim-snp:…" also set sim_platform).
         #[arg(long)]
         evidence: Option<String>,
         /// Write the bound address here (temp file + rename) once serving.
@@ -97,8 +98,18 @@ fn main() -> anyhow::Result<()> {
 fn apply_evidence_override(cfg: &mut Config, arg: &str) -> anyhow::Result<()> {
     if arg == "configfs-tsm" {
         cfg.evidence.provider = ProviderKind::ConfigfsTsm;
-    } else if let Some(rest) = arg.strip_prefix("sim:") {
+    } else if let Some((platform, rest)) = [
+        ("sim:", None),
+        ("sim-tdx:", Some(SimPlatform::Tdx)),
+        ("sim-snp:", Some(SimPlatform::Snp)),
+    ]
+    .into_iter()
+    .find_map(|(prefix, p)| arg.strip_prefix(prefix).map(|rest| (p, rest)))
+    {
         cfg.evidence.provider = ProviderKind::Sim;
+        if let Some(p) = platform {
+            cfg.evidence.sim_platform = p;
+        }
         cfg.evidence.sim_endpoint = if rest == "vsock" {
             "vsock:2:4050".to_owned()
         } else {
@@ -106,7 +117,8 @@ fn apply_evidence_override(cfg: &mut Config, arg: &str) -> anyhow::Result<()> {
         };
     } else {
         bail!(
-            "--evidence {arg:?}: expected configfs-tsm, sim:vsock, sim:tcp:ADDR:PORT or sim:unix:PATH"
+            "--evidence {arg:?}: expected configfs-tsm, sim:vsock, sim:tcp:ADDR:PORT or sim:unix:PATH \
+             (sim-tdx: or sim-snp: in place of sim: to choose the platform)"
         );
     }
     Ok(())
@@ -201,10 +213,13 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
                 )))
             })
         }
-        ProviderKind::Sim => Arc::new(SimQuoteClient::new(
-            sim_endpoint(&cfg.evidence.sim_endpoint)?,
-            Duration::from_secs(cfg.evidence.timeout_secs),
-        )),
+        ProviderKind::Sim => Arc::new(
+            SimQuoteClient::new(
+                sim_endpoint(&cfg.evidence.sim_endpoint)?,
+                Duration::from_secs(cfg.evidence.timeout_secs),
+            )
+            .with_platform(cfg.evidence.sim_platform),
+        ),
         _ => bail!("unsupported evidence provider"),
     };
     let certs = Arc::new(CertStore::generate()?);

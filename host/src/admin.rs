@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::relay::{ConnectionInfo, Relay};
-use crate::sim::SimMeasurements;
+use crate::sim::{SimMeasurements, SimSnpMeasurements};
 use crate::supervisor::VmStatus;
 
 /// What /status says about the image.
@@ -53,6 +53,8 @@ pub struct AdminState {
     pub relay_listen: Option<SocketAddr>,
     /// What the sim quote service quotes (sim profile).
     pub sim_quote: Option<SimMeasurements>,
+    /// What the sim service signs SNP reports over (sim-snp profile).
+    pub sim_snp: Option<SimSnpMeasurements>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -78,6 +80,8 @@ struct Status<'a> {
     vm: VmStatus,
     image: Option<&'a ImageInfo>,
     sim_quote: Option<&'a SimMeasurements>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sim_snp: Option<&'a SimSnpMeasurements>,
     relay: RelayStatus,
 }
 
@@ -100,6 +104,7 @@ impl AdminState {
             vm: self.vm.borrow().clone(),
             image: self.image.as_ref(),
             sim_quote: self.sim_quote.as_ref(),
+            sim_snp: self.sim_snp.as_ref(),
             relay,
         };
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -209,6 +214,7 @@ mod tests {
             relay: None,
             relay_listen: None,
             sim_quote: None,
+            sim_snp: None,
         };
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

@@ -13,13 +13,13 @@ use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState, ImageInfo};
 use crate::collateral::{CollateralCache, CollateralError, PccsClient, refresh_loop};
-use crate::config::{HostConfig, TransportKind};
+use crate::config::{HostConfig, PlatformProfile, TransportKind};
 use crate::image::{ImageError, LoadedImage};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::metrics::Metrics;
 use crate::relay::{Observer, Relay};
 use crate::services::{self, Admission, LaunchedGuest, QuoteSigner, Service, ServiceLimits};
-use crate::sim::{SimSignerError, SimTdxSigner};
+use crate::sim::{SimSignerError, SimSnpSigner, SimTdxSigner};
 use crate::supervisor::{Supervisor, VmStatus};
 use crate::transport::{
     HybridVsockTransport, TcpTransport, Transport, TransportError, VsockTransport,
@@ -157,6 +157,28 @@ pub fn sim_signer(
     )
 }
 
+/// The sim-snp report signer `run` builds for `cfg` and `image`: the simulated AMD PKI of
+/// `services.sim_quote.seed_hex` (default `sim::DEFAULT_SEED`) and the launch digest of the
+/// image's artifacts for `[vm]`'s vCPUs and `services.sim_quote.snp_vcpu_type`.
+pub fn sim_snp_signer(
+    cfg: &HostConfig,
+    image: &LoadedImage,
+) -> Result<SimSnpSigner, SimSignerError> {
+    let sq = &cfg.services.sim_quote;
+    let seed = SimTdxSigner::seed_bytes(sq.seed_hex.as_deref())?;
+    let shape = VmShape {
+        vcpus: cfg.vm.vcpus,
+        memory_mib: cfg.vm.memory_mib,
+    };
+    SimSnpSigner::new(
+        image,
+        &shape,
+        &sq.snp_vcpu_type,
+        &seed,
+        sq.snp_firmware.as_deref(),
+    )
+}
+
 /// Writes `contents` to `path` through a temporary file and a rename.
 fn write_atomic(path: &Path, contents: &str) -> Result<(), AgentError> {
     let err = |source| AgentError::State {
@@ -245,7 +267,30 @@ pub async fn run(
     let launched = LaunchedGuest::new(cfg.vm.guest_cid);
     let clock = opts.clock.unwrap_or(SystemTime::now);
     let mut quoter: Option<Arc<SimTdxSigner>> = None;
-    if cfg.sim_quote_enabled() {
+    let mut snp_quoter: Option<Arc<SimSnpSigner>> = None;
+    if cfg.sim_quote_enabled() && cfg.vm.platform == PlatformProfile::SimSnp {
+        let image = manifest.clone().ok_or(AgentError::NoQuoteSigner)?;
+        let cfg2 = cfg.clone();
+        let s = tokio::task::spawn_blocking(move || sim_snp_signer(&cfg2, &image))
+            .await
+            .expect("measuring does not panic")?;
+        let st = s.status();
+        tracing::info!(
+            measurement = %st.measurement, vcpu_type = %st.vcpu_type, sim_ark_sha256 = %st.sim_ark_sha256,
+            "sim-snp service: launch digest of the launched artifacts"
+        );
+        let s = Arc::new(s);
+        snp_quoter = Some(s.clone());
+        let listener = transport.listen(cfg.services.sim_quote.port).await?;
+        tasks.spawn(services::serve_only(
+            listener,
+            Service::SimSnp(s),
+            Admission::LaunchedGuest(launched.clone()),
+            ServiceLimits::default(),
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ));
+    } else if cfg.sim_quote_enabled() {
         let signer: Arc<dyn QuoteSigner> = match (&opts.quote_signer, &manifest) {
             (Some(s), _) => s.clone(),
             (None, Some(image)) => {
@@ -391,6 +436,7 @@ pub async fn run(
                     .and_then(|e| serde_json::to_value(e).ok()),
             }),
             sim_quote: quoter.as_ref().map(|s| s.status().clone()),
+            sim_snp: snp_quoter.as_ref().map(|s| s.status().clone()),
             relay: Some(relay.clone()),
             relay_listen: relay_addr,
         };

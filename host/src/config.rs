@@ -98,7 +98,7 @@ pub struct ImageConfig {
 
 /// The confidential-computing platform profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum PlatformProfile {
     /// Intel TDX (QEMU ≥ 10.1, TDVF firmware).
     Tdx,
@@ -106,6 +106,9 @@ pub enum PlatformProfile {
     Snp,
     /// No TEE: plain q35 under TCG or KVM, vhost-user vsock; the host's sim quote service plays the hardware.
     Sim,
+    /// As `sim`, but the sim service plays an AMD SEV-SNP PSP: it signs SNP reports with the
+    /// simulated AMD PKI over the launch digest of the launched artifacts.
+    SimSnp,
 }
 
 impl PlatformProfile {
@@ -115,7 +118,13 @@ impl PlatformProfile {
             PlatformProfile::Tdx => "tdx",
             PlatformProfile::Snp => "snp",
             PlatformProfile::Sim => "sim",
+            PlatformProfile::SimSnp => "sim-snp",
         }
+    }
+
+    /// True for the simulated profiles (`sim`, `sim-snp`): no TEE, the host signs the evidence.
+    pub fn is_sim(self) -> bool {
+        matches!(self, PlatformProfile::Sim | PlatformProfile::SimSnp)
     }
 }
 
@@ -498,10 +507,22 @@ pub struct SimQuoteConfig {
     /// A TDVF image to compute MRTD from when the manifest lists no `tdx` firmware.
     #[serde(default)]
     pub tdx_firmware: Option<PathBuf>,
+    /// sim-snp: an AmdSev OVMF image to compute the launch digest from when the manifest lists
+    /// no `snp` firmware.
+    #[serde(default)]
+    pub snp_firmware: Option<PathBuf>,
+    /// sim-snp: the vCPU model whose CPUID signature the launch digest covers, as
+    /// `chrysalis measure --platform snp --vcpu-type` names it. Default `EPYC-v4`.
+    #[serde(default = "default_sim_snp_vcpu_type")]
+    pub snp_vcpu_type: String,
     /// Seconds the simulated collateral (in each quote response and on the collateral port) stays
     /// valid after it is issued; it is reissued before then.
     #[serde(default = "default_sim_collateral_validity")]
     pub collateral_validity_secs: u64,
+}
+
+fn default_sim_snp_vcpu_type() -> String {
+    "EPYC-v4".into()
 }
 
 fn default_sim_collateral_validity() -> u64 {
@@ -515,6 +536,8 @@ impl Default for SimQuoteConfig {
             port: default_sim_quote_port(),
             seed_hex: None,
             tdx_firmware: None,
+            snp_firmware: None,
+            snp_vcpu_type: default_sim_snp_vcpu_type(),
             collateral_validity_secs: default_sim_collateral_validity(),
         }
     }
@@ -739,6 +762,7 @@ impl HostConfig {
             &mut self.services.collateral.file,
             &mut self.services.collateral.pccs_ca_file,
             &mut self.services.sim_quote.tdx_firmware,
+            &mut self.services.sim_quote.snp_firmware,
         ]
         .into_iter()
         .flatten()
@@ -751,7 +775,7 @@ impl HostConfig {
     pub fn transport_kind(&self) -> TransportKind {
         self.transport.kind.unwrap_or(match self.vm.platform {
             PlatformProfile::Tdx | PlatformProfile::Snp => TransportKind::Vsock,
-            PlatformProfile::Sim => TransportKind::Hybrid,
+            PlatformProfile::Sim | PlatformProfile::SimSnp => TransportKind::Hybrid,
         })
     }
 
@@ -768,7 +792,7 @@ impl HostConfig {
         self.services
             .sim_quote
             .enabled
-            .unwrap_or(self.vm.platform == PlatformProfile::Sim)
+            .unwrap_or(self.vm.platform.is_sim())
     }
 
     /// Checks ranges and consistency; the error names the first offending key.
@@ -826,7 +850,7 @@ impl HostConfig {
                 ));
             }
         }
-        if !vm.gpus.is_empty() && vm.platform == PlatformProfile::Sim {
+        if !vm.gpus.is_empty() && vm.platform.is_sim() {
             return Err(invalid(
                 "vm.gpus",
                 "GPU passthrough needs platform tdx or snp",
@@ -865,13 +889,13 @@ impl HostConfig {
                     ));
                 }
             }
-            PlatformProfile::Sim => {}
+            PlatformProfile::Sim | PlatformProfile::SimSnp => {}
         }
         let kind = self.transport_kind();
         if vm.launch {
             let expected = match vm.platform {
                 PlatformProfile::Tdx | PlatformProfile::Snp => TransportKind::Vsock,
-                PlatformProfile::Sim => TransportKind::Hybrid,
+                PlatformProfile::Sim | PlatformProfile::SimSnp => TransportKind::Hybrid,
             };
             if kind != expected {
                 return Err(invalid(
@@ -912,10 +936,10 @@ impl HostConfig {
             ));
         }
         if self.sim_quote_enabled() {
-            if vm.platform != PlatformProfile::Sim {
+            if !vm.platform.is_sim() {
                 return Err(invalid(
                     "services.sim_quote.enabled",
-                    "the sim quote service may only run with platform = \"sim\"; on tdx the QGS signs real quotes",
+                    "the sim quote service may only run with platform = \"sim\" or \"sim-snp\"; on tdx the QGS signs real quotes",
                 ));
             }
             if let Some(seed) = &self.services.sim_quote.seed_hex
@@ -936,6 +960,12 @@ impl HostConfig {
         let col = &self.services.collateral;
         if col.enabled {
             match (&col.file, &col.pccs_url) {
+                (None, None) if vm.platform == PlatformProfile::SimSnp => {
+                    return Err(invalid(
+                        "services.collateral",
+                        "sim-snp simulates SEV-SNP, which has no TDX collateral: set file or pccs_url, or disable it",
+                    ));
+                }
                 (None, None) if self.sim_quote_enabled() => {}
                 (None, None) => {
                     return Err(invalid(
@@ -1034,6 +1064,32 @@ mod tests {
             ConfigError::Invalid { key, .. } => key.to_string(),
             other => panic!("expected Invalid, got {other}"),
         }
+    }
+
+    #[test]
+    fn sim_snp_profile_is_a_sim_profile_with_its_own_name() {
+        let c = with_vm("platform = \"sim-snp\"\nvcpus = 2\nmemory_mib = 2048", "").unwrap();
+        assert_eq!(c.vm.platform, PlatformProfile::SimSnp);
+        assert_eq!(c.vm.platform.as_str(), "sim-snp");
+        assert!(c.vm.platform.is_sim() && PlatformProfile::Sim.is_sim());
+        assert!(!PlatformProfile::Snp.is_sim());
+        assert_eq!(c.transport_kind(), TransportKind::Hybrid);
+        assert!(c.sim_quote_enabled());
+        assert_eq!(c.services.sim_quote.snp_vcpu_type, "EPYC-v4");
+        // SNP has no TDX collateral for the sim service to issue.
+        let e = with_vm(
+            "platform = \"sim-snp\"\nvcpus = 2\nmemory_mib = 2048",
+            "[services.collateral]\nenabled = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(key_of(e), "services.collateral");
+        // GPUs need a real TEE.
+        let e = with_vm(
+            "platform = \"sim-snp\"\nvcpus = 2\nmemory_mib = 2048\ngpus = [\"0000:3b:00.0\"]",
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(key_of(e), "vm.gpus");
     }
 
     #[test]

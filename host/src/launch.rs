@@ -174,7 +174,7 @@ pub fn plan(
     let serial_log = state.join(format!("{}-serial.log", vm.name));
     let qemu_log = state.join(format!("{}-qemu.log", vm.name));
     let arts = &image.manifest.artifacts;
-    let cvm = platform != PlatformProfile::Sim;
+    let cvm = !platform.is_sim();
     // Confidential guests only accept virtio devices that use the DMA API (bounce buffers in shared memory).
     let virtio_cvm = if cvm {
         ",disable-legacy=on,iommu_platform=on"
@@ -241,7 +241,7 @@ pub fn plan(
             push(&["-smp", &vm.vcpus.to_string()]);
             push(&["-m", &format!("{mib}M")]);
         }
-        PlatformProfile::Sim => {
+        PlatformProfile::Sim | PlatformProfile::SimSnp => {
             let kvm = match cfg.sim.accel {
                 SimAccel::Kvm => true,
                 SimAccel::Tcg => false,
@@ -268,7 +268,7 @@ pub fn plan(
     let role = match platform {
         PlatformProfile::Tdx => Some(FIRMWARE_TDX),
         PlatformProfile::Snp => Some(FIRMWARE_SNP),
-        PlatformProfile::Sim => None,
+        PlatformProfile::Sim | PlatformProfile::SimSnp => None,
     };
     let firmware = cfg.qemu.firmware.clone().or_else(|| {
         role.and_then(|r| image.firmware(r))
@@ -278,7 +278,7 @@ pub fn plan(
         (Some(fw), _) => push(&["-bios", utf8("qemu.firmware", fw)?]),
         (None, PlatformProfile::Tdx) => return Err(LaunchError::NoFirmware("tdx")),
         (None, PlatformProfile::Snp) => return Err(LaunchError::NoFirmware("snp")),
-        (None, PlatformProfile::Sim) => {}
+        (None, PlatformProfile::Sim | PlatformProfile::SimSnp) => {}
     }
     push(&[
         "-kernel",
@@ -337,7 +337,7 @@ pub fn plan(
                 push(&["-fw_cfg", "name=opt/ovmf/X-PciMmio64Mb,string=262144"]);
             }
         }
-        PlatformProfile::Sim => {
+        PlatformProfile::Sim | PlatformProfile::SimSnp => {
             let vu_sock = state.join(format!("{}-vhost-user-vsock.sock", vm.name));
             let hybrid = cfg.uds_path();
             push(&[

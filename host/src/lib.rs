@@ -48,8 +48,10 @@ pub use image::{ImageError, LoadedImage};
 pub use launch::{CommandLine, LaunchError, LaunchPlan};
 pub use metrics::Metrics;
 pub use relay::{CopyMode, Direction, Observer, Relay, RelayConfig, RelayError};
-pub use services::{Admission, LaunchedGuest, QuoteSigner, SimQuote};
-pub use sim::{SimMeasurements, SimSignerError, SimTdxSigner};
+pub use services::{
+    Admission, LaunchedGuest, QuoteSigner, SimQuote, SimSnpEvidence, SnpReportSigner,
+};
+pub use sim::{SimMeasurements, SimSignerError, SimSnpMeasurements, SimSnpSigner, SimTdxSigner};
 pub use supervisor::{Supervisor, VmState, VmStatus};
 pub use transport::{
     GuestListener, GuestPeer, GuestStream, HybridVsockTransport, TcpTransport, Transport,

@@ -60,7 +60,16 @@ fn main() -> anyhow::Result<()> {
                     m.path.display(),
                     m.digest
                 );
-                if cfg.sim_quote_enabled() {
+                if cfg.sim_quote_enabled()
+                    && cfg.vm.platform == chrysalis_host::config::PlatformProfile::SimSnp
+                {
+                    // What the sim-snp service will sign, for a client policy.
+                    let s = agent::sim_snp_signer(&cfg, &m)?;
+                    println!(
+                        "sim_snp {}",
+                        serde_json::to_string(s.status()).context("encoding sim measurements")?
+                    );
+                } else if cfg.sim_quote_enabled() {
                     // What the sim quote service will quote, for a client policy (as /status shows it).
                     let s = agent::sim_signer(&cfg, &m, std::time::SystemTime::now)?;
                     println!(

@@ -50,6 +50,29 @@ pub trait QuoteSigner: Send + Sync {
     ) -> Result<SimQuote, Box<dyn std::error::Error + Send + Sync>>;
 }
 
+/// A signed simulated SEV-SNP report and the certificates that verify it.
+#[derive(Clone, Debug)]
+pub struct SimSnpEvidence {
+    /// The attestation report (1184 bytes).
+    pub report: Vec<u8>,
+    /// The VCEK, DER.
+    pub vcek: Vec<u8>,
+    /// ASK and ARK, PEM.
+    pub chain: String,
+}
+
+/// Signs simulated SEV-SNP reports: the host playing the AMD PSP in the `sim-snp` profile.
+///
+/// Implementations sign over `report_data` with the launch digest of what the host launched;
+/// they run on a blocking thread.
+pub trait SnpReportSigner: Send + Sync {
+    /// A report binding `report_data`.
+    fn snp_report(
+        &self,
+        report_data: &ReportData,
+    ) -> Result<SimSnpEvidence, Box<dyn std::error::Error + Send + Sync>>;
+}
+
 /// Errors of serving one guest connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -168,6 +191,9 @@ impl Admission {
 pub enum Service {
     /// The sim quote service.
     SimQuote(Arc<dyn QuoteSigner>),
+    /// The sim quote service of the `sim-snp` profile: SEV-SNP reports, for both `sim_snp_report`
+    /// and `sim_quote` requests (a guest whose `sim_platform` is `host` asks with the latter).
+    SimSnp(Arc<dyn SnpReportSigner>),
     /// The collateral service.
     Collateral(Arc<CollateralCache>),
 }
@@ -182,6 +208,7 @@ impl Service {
     fn name(&self) -> &'static str {
         match self {
             Service::SimQuote(_) => "sim_quote",
+            Service::SimSnp(_) => "sim_quote (sim-snp)",
             Service::Collateral(_) => "collateral",
         }
     }
@@ -194,7 +221,9 @@ impl Service {
         &'m std::sync::atomic::AtomicU64,
     ) {
         match self {
-            Service::SimQuote(_) => (&m.service_requests.quote, &m.service_errors.quote),
+            Service::SimQuote(_) | Service::SimSnp(_) => {
+                (&m.service_requests.quote, &m.service_errors.quote)
+            }
             Service::Collateral(_) => {
                 (&m.service_requests.collateral, &m.service_errors.collateral)
             }
@@ -216,6 +245,25 @@ impl Service {
                     Err(e) => error(format!("sim quote signer panicked: {e}")),
                 }
             }
+            (
+                Service::SimSnp(signer),
+                Request::SimSnpReport { report_data } | Request::SimQuote { report_data },
+            ) => {
+                let signer = signer.clone();
+                match tokio::task::spawn_blocking(move || signer.snp_report(&report_data)).await {
+                    Ok(Ok(r)) => Response::SnpReport {
+                        report: r.report,
+                        vcek: r.vcek,
+                        chain: Some(r.chain),
+                    },
+                    Ok(Err(e)) => error(format!("sim SNP report signer failed: {e}")),
+                    Err(e) => error(format!("sim SNP report signer panicked: {e}")),
+                }
+            }
+            (Service::SimQuote(_), Request::SimSnpReport { .. }) => error(
+                "this host simulates TDX (profile sim), not SEV-SNP: it signs sim_quote requests only"
+                    .into(),
+            ),
             (Service::Collateral(cache), Request::Collateral) => match cache.current() {
                 Some(c) => Response::Collateral {
                     collateral: (*c).clone(),
@@ -406,6 +454,59 @@ mod tests {
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
         hostcall::decode(&out).unwrap()
+    }
+
+    struct FixedSnp;
+    impl SnpReportSigner for FixedSnp {
+        fn snp_report(
+            &self,
+            rd: &ReportData,
+        ) -> Result<SimSnpEvidence, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(SimSnpEvidence {
+                report: rd.0.to_vec(),
+                vcek: vec![1],
+                chain: "chain".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn sim_snp_service_answers_both_request_kinds_and_sim_refuses_snp() {
+        let snp = Service::SimSnp(Arc::new(FixedSnp));
+        for req in [
+            Request::SimSnpReport {
+                report_data: ReportData([4; 64]),
+            },
+            Request::SimQuote {
+                report_data: ReportData([4; 64]),
+            },
+        ] {
+            match snp.answer(req).await {
+                Response::SnpReport {
+                    report,
+                    vcek,
+                    chain,
+                } => {
+                    assert_eq!(report, vec![4; 64]);
+                    assert_eq!((vcek, chain.as_deref()), (vec![1], Some("chain")));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            snp.answer(Request::Collateral).await,
+            Response::Error { .. }
+        ));
+        let tdx = Service::SimQuote(Arc::new(FixedSigner));
+        match tdx
+            .answer(Request::SimSnpReport {
+                report_data: ReportData([4; 64]),
+            })
+            .await
+        {
+            Response::Error { message } => assert!(message.contains("not SEV-SNP"), "{message}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -25,19 +25,31 @@
 //! The artifacts are read once, when the signer is built, and checked byte for byte against the
 //! manifest's digests, so the measured bytes are the manifest's bytes. Collateral is issued from
 //! the clock passed in (never a hidden one), a minute in the past, valid for a short period.
+//!
+//! In the `sim-snp` profile the host plays the AMD PSP instead ([`SimSnpSigner`]): every report
+//! carries MEASUREMENT = `measure::image::snp_for_shape` of the manifest's AmdSev OVMF
+//! (`firmware.snp`, or `services.sim_quote.snp_firmware`), kernel, initramfs and command line for
+//! the configured vCPUs and vCPU model (`services.sim_quote.snp_vcpu_type`, default EPYC-v4) with
+//! SEV_FEATURES = SNPActive: the value `chrysalis measure --platform snp` and the image build
+//! compute. HOST_DATA zero, guest policy 0x30000 (`sim::SIM_GUEST_POLICY`), VMPL 0, and reported,
+//! committed, launch and current TCB equal to the simulated VCEK's (`sim::SIM_SNP_TCB`); signed by
+//! the simulated AMD PKI (`sim::SimAmdPki`) of the same seed.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use chrysalis_attestation::manifest::VmShape;
-use chrysalis_attestation::measure::image::{ImageInputs, ImageMeasureError, tdx_image};
-use chrysalis_attestation::sim::{self, SimError, SimPki, SimTdReport};
+use chrysalis_attestation::measure::image::{
+    DEFAULT_SNP_GUEST_FEATURES, ImageInputs, ImageMeasureError, SnpShape, snp_for_shape, tdx_image,
+};
+use chrysalis_attestation::measure::snp::SnpVcpuType;
+use chrysalis_attestation::sim::{self, SimAmdPki, SimError, SimPki, SimSnpReport, SimTdReport};
 use chrysalis_attestation::{Measurement, ReportData, Sha256, TdxMeasurements};
 use dcap_qvl::QuoteCollateralV3;
 use serde::Serialize;
 
-use crate::image::{FIRMWARE_TDX, ImageError, LoadedImage};
-use crate::services::{QuoteSigner, SimQuote};
+use crate::image::{FIRMWARE_SNP, FIRMWARE_TDX, ImageError, LoadedImage};
+use crate::services::{QuoteSigner, SimQuote, SimSnpEvidence, SnpReportSigner};
 
 /// How far in the past collateral is dated, so that a verifier whose clock is a little behind the
 /// host's still accepts it.
@@ -73,6 +85,14 @@ pub enum SimSignerError {
     /// The simulated PKI could not issue collateral.
     #[error("issuing simulated collateral")]
     Collateral(#[from] SimError),
+    /// sim-snp: the manifest has no SNP firmware and host.toml names none.
+    #[error(
+        "services.sim_quote: the image manifest lists no firmware \"snp\" (AmdSev OVMF) to compute the launch digest from; set services.sim_quote.snp_firmware"
+    )]
+    NoSnpFirmware,
+    /// sim-snp: `services.sim_quote.snp_vcpu_type` is not a vCPU model the calculator knows.
+    #[error("services.sim_quote.snp_vcpu_type: {0}")]
+    VcpuType(String),
 }
 
 /// What the sim quote service quotes, as /status shows it.
@@ -563,5 +583,247 @@ mod tests {
         .unwrap();
         assert_eq!(s.measurements().mr_td, calculator(dir.path()).mr_td);
         assert_eq!(s.status().firmware, fw.display().to_string());
+    }
+}
+
+/// What the sim-snp service signs, as /status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SimSnpMeasurements {
+    /// The launch digest every report carries.
+    pub measurement: Measurement,
+    /// The vCPU model it was computed for.
+    pub vcpu_type: String,
+    /// SEV_FEATURES it was computed for.
+    pub guest_features: u64,
+    /// Which firmware was measured: `manifest:snp` or the configured file.
+    pub firmware: String,
+    /// SHA-256 of the simulated ARK: what a client policy names in
+    /// `dangerous_simulated_amd_roots`.
+    pub sim_ark_sha256: Sha256,
+    /// Whether the digest equals the manifest's `expected_measurements.snp` entry for this
+    /// shape and vCPU model (`None` when the manifest states none for it).
+    pub matches_manifest: Option<bool>,
+}
+
+/// The sim-snp report signer: the simulated AMD PKI of one seed and the launch digest of one
+/// image.
+pub struct SimSnpSigner {
+    pki: SimAmdPki,
+    status: SimSnpMeasurements,
+}
+
+impl std::fmt::Debug for SimSnpSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimSnpSigner")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimSnpSigner {
+    /// Builds the signer for `image` booted with `shape` on `vcpu_type` vCPUs. `seed` selects
+    /// the simulated AMD PKI; `snp_firmware` is used only when the manifest lists no `snp`
+    /// firmware. Reads the kernel, initramfs and firmware and fails if they differ from the
+    /// manifest.
+    pub fn new(
+        image: &LoadedImage,
+        shape: &VmShape,
+        vcpu_type: &str,
+        seed: &[u8],
+        snp_firmware: Option<&std::path::Path>,
+    ) -> Result<Self, SimSignerError> {
+        let vcpu: SnpVcpuType = vcpu_type.parse().map_err(
+            |e: chrysalis_attestation::measure::snp::SnpMeasureError| {
+                SimSignerError::VcpuType(e.to_string())
+            },
+        )?;
+        let (firmware, label) = match (image.firmware(FIRMWARE_SNP), snp_firmware) {
+            (Some(a), _) => (image.read_verified(a)?, format!("manifest:{FIRMWARE_SNP}")),
+            (None, Some(path)) => (
+                std::fs::read(path).map_err(|source| SimSignerError::FirmwareRead {
+                    path: path.into(),
+                    source,
+                })?,
+                path.display().to_string(),
+            ),
+            (None, None) => return Err(SimSignerError::NoSnpFirmware),
+        };
+        let arts = &image.manifest.artifacts;
+        let inputs = ImageInputs {
+            kernel: image.read_verified(&arts.kernel)?,
+            initrd: image.read_verified(&arts.initramfs)?,
+            cmdline: image.manifest.kernel_cmdline.clone(),
+            tdx_firmware: None,
+            snp_firmware: Some(firmware),
+        };
+        // The function the image build and `chrysalis measure --platform snp` use.
+        let expected = snp_for_shape(
+            &inputs,
+            &SnpShape {
+                shape: shape.clone(),
+                vcpu_type: vcpu,
+                guest_features: DEFAULT_SNP_GUEST_FEATURES,
+            },
+            None,
+        )?;
+        let matches_manifest = image
+            .manifest
+            .expected_measurements
+            .as_ref()
+            .and_then(|e| {
+                e.snp.iter().find(|s| {
+                    s.shape == *shape
+                        && s.vcpu_type == expected.vcpu_type
+                        && s.guest_features == expected.guest_features
+                        && s.firmware == FIRMWARE_SNP
+                })
+            })
+            .map(|s| s.measurement == expected.measurement);
+        if matches_manifest == Some(false) {
+            tracing::warn!(
+                "the sim launch digest of the verified artifacts differs from the manifest's expected_measurements for this shape; clients pinning the manifest will reject this guest"
+            );
+        }
+        let pki = SimAmdPki::from_seed(seed);
+        let status = SimSnpMeasurements {
+            measurement: expected.measurement,
+            vcpu_type: expected.vcpu_type,
+            guest_features: expected.guest_features,
+            firmware: label,
+            sim_ark_sha256: pki.ark_sha256(),
+            matches_manifest,
+        };
+        Ok(Self { pki, status })
+    }
+
+    /// What /status shows.
+    pub fn status(&self) -> &SimSnpMeasurements {
+        &self.status
+    }
+}
+
+impl SnpReportSigner for SimSnpSigner {
+    fn snp_report(
+        &self,
+        report_data: &ReportData,
+    ) -> Result<SimSnpEvidence, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(SimSnpEvidence {
+            report: self
+                .pki
+                .report(&SimSnpReport::new(self.status.measurement, *report_data)),
+            vcek: self.pki.vcek_der().to_vec(),
+            chain: self.pki.chain_pem(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod snp_tests {
+    use super::*;
+    use crate::testkit::image::TestImage;
+    use chrysalis_attestation::{EvidenceBundle, Policy, TrustAnchors};
+
+    const SHAPE: VmShape = VmShape {
+        vcpus: 2,
+        memory_mib: 2048,
+    };
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// The sev crate's recorded AmdSev OVMF (its tests/measurement), found with cargo metadata.
+    fn amdsev_ovmf() -> Vec<u8> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--locked"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cargo metadata failed");
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let manifest = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "sev")
+            .and_then(|p| p["manifest_path"].as_str())
+            .unwrap()
+            .to_owned();
+        let path = std::path::Path::new(&manifest)
+            .parent()
+            .unwrap()
+            .join("tests/measurement/ovmf_AmdSev_suffix.bin");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The test image with the recorded AmdSev OVMF as its `snp` firmware.
+    fn write_snp_image(dir: &std::path::Path) -> TestImage {
+        let ovmf = amdsev_ovmf();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("ovmf-snp.fd"), &ovmf).unwrap();
+        TestImage::write_with(dir, |m| {
+            m.firmware.insert(
+                FIRMWARE_SNP.into(),
+                chrysalis_attestation::manifest::Artifact {
+                    file: "ovmf-snp.fd".into(),
+                    size: ovmf.len() as u64,
+                    sha256: Sha256::digest(&ovmf),
+                },
+            );
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn sim_snp_reports_carry_the_calculators_launch_digest_and_verify_under_the_sim_ark() {
+        use chrysalis_attestation::measure::image::{default_snp_shapes, expected_measurements};
+        let dir = tempfile::tempdir().unwrap();
+        let t = write_snp_image(dir.path());
+        let mut m = t.parsed.clone();
+        let mut read =
+            |a: &chrysalis_attestation::manifest::Artifact| std::fs::read(dir.path().join(&a.file));
+        m.expected_measurements =
+            Some(expected_measurements(&m, &[], &default_snp_shapes(), &mut read).unwrap());
+        std::fs::write(&t.manifest, m.to_json()).unwrap();
+        let img = LoadedImage::load(&t.manifest).unwrap();
+        let s = SimSnpSigner::new(&img, &SHAPE, "EPYC-v4", sim::DEFAULT_SEED, None).unwrap();
+        assert_eq!(s.status().matches_manifest, Some(true));
+
+        let r = s.snp_report(&ReportData([0x33; 64])).unwrap();
+        let bundle = EvidenceBundle::snp(r.report, Some(r.vcek), Some(r.chain.into_bytes()));
+        // The manifest's own pins, with the sim ARK named: accepted.
+        let mut policy = Policy::pinned(vec![], img.manifest.snp_pins());
+        policy
+            .trust
+            .dangerous_simulated_amd_roots
+            .push(s.status().sim_ark_sha256);
+        let ok = policy.appraise(&bundle, None, unix_now()).unwrap();
+        assert_eq!(ok.verdict().report_data, ReportData([0x33; 64]));
+        // Not named: refused.
+        let vendor_only = Policy::pinned(vec![], img.manifest.snp_pins());
+        assert!(vendor_only.appraise(&bundle, None, unix_now()).is_err());
+        let anchors = TrustAnchors::vendor();
+        assert!(
+            chrysalis_attestation::verify::verify(&bundle, &anchors, None, unix_now()).is_err()
+        );
+
+        // Another vCPU model changes the digest; an unknown one is named.
+        let genoa = SimSnpSigner::new(&img, &SHAPE, "EPYC-Genoa", sim::DEFAULT_SEED, None).unwrap();
+        assert_ne!(genoa.status().measurement, s.status().measurement);
+        let err = SimSnpSigner::new(&img, &SHAPE, "Pentium", sim::DEFAULT_SEED, None).unwrap_err();
+        assert!(err.to_string().contains("snp_vcpu_type"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_without_snp_firmware_needs_the_configured_one() {
+        let dir = tempfile::tempdir().unwrap();
+        TestImage::write_with(dir.path(), |m| m.firmware.clear()).unwrap();
+        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        let err = SimSnpSigner::new(&img, &SHAPE, "EPYC-v4", sim::DEFAULT_SEED, None).unwrap_err();
+        assert!(err.to_string().contains("snp_firmware"), "{err}");
     }
 }

@@ -3,10 +3,12 @@
 //! chat completions answered by the real model inside the guest. Then what an attacker or a
 //! failure does to that chain:
 //!
-//! * `chain_*`: the answer comes back with a verified receipt; the host relay (a recording
-//!   forwarder in front of it) never sees the prompt's canary or the answer; a policy that does
-//!   not name the sim root is refused before the prompt leaves; QEMU killed mid-stream ends the
-//!   stream with an error, the agent restarts the VM, and the next request succeeds.
+//! * `chain_*` (profile sim, TDX evidence) and `snp_chain_*` (profile sim-snp, SEV-SNP evidence
+//!   signed over the image's launch digest): the answer comes back with a verified receipt; the
+//!   host relay (a recording forwarder in front of it) never sees the prompt's canary or the
+//!   answer; a policy that does not name the sim root is refused before the prompt leaves; QEMU
+//!   killed mid-stream ends the stream with an error, the agent restarts the VM, and the next
+//!   request succeeds.
 //! * `tampered_initramfs_*`: one changed initramfs byte (manifest rewritten to match): the guest
 //!   boots, its quote carries another RTMR2, the proxy answers "measurement not pinned" and the
 //!   guest serves nothing.
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use chrysalis_tests::chain::{
     self, AgentSpec, Boot, ChainError, Chat, Event, HostAgent, IMAGE_HINT, Image, Proxy, Recorder,
-    Tamper, Tools,
+    SimPlatform, Tamper, Tools,
 };
 use serde_json::Value;
 
@@ -161,24 +163,56 @@ fn model(proxy: &Proxy) -> String {
 #[test]
 fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root_and_survives_a_killed_qemu()
  {
+    main_chain(SimPlatform::Tdx);
+}
+
+/// The same chain with the agent in profile `sim-snp`: SEV-SNP evidence (simulated AMD PKI,
+/// the image's launch digest) through the guest's provider, its certificate, the proxy and the
+/// receipts, under a policy from `policy from-manifest --platform snp --dangerous-sim-root`.
+#[test]
+fn snp_chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root_and_survives_a_killed_qemu()
+ {
+    main_chain(SimPlatform::Snp);
+}
+
+fn main_chain(platform: SimPlatform) {
     let _turn = turn();
     let Some((image, tools)) = prerequisites() else {
         return;
     };
-    let mut t = Phases::new("chain");
+    let mut t = Phases::new(match platform {
+        SimPlatform::Tdx => "chain",
+        SimPlatform::Snp => "chain (sim-snp)",
+    });
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = AgentSpec::sim(&image.manifest_path);
+    let mut spec = match platform {
+        SimPlatform::Tdx => AgentSpec::sim(&image.manifest_path),
+        SimPlatform::Snp => AgentSpec::sim_snp(&image.manifest_path),
+    };
     // A killed QEMU is a boot failure (its run is shorter than stable_after_secs): allow restarts.
     spec.max_restarts = 3;
     let mut agent = HostAgent::start(&tools.host, &spec, &dir.path().join("agent")).unwrap();
     let st = ready(&mut agent);
     t.done("boot to ready (TCG, model loaded)");
-    eprintln!("sim quote: {}", st["sim_quote"]);
+    eprintln!("sim quote: {} {}", st["sim_quote"], st["sim_snp"]);
+    if platform == SimPlatform::Snp {
+        assert_eq!(
+            st["sim_snp"]["matches_manifest"], true,
+            "the agent's launch digest differs from the manifest's: {st}"
+        );
+    }
     let relay = agent.relay_addr().unwrap();
 
     // The client's policy, from the manifest alone: pinned registers + the (named) sim root.
     let policy = dir.path().join("policy.toml");
-    chain::derive_policy(&tools.chrysalis, &image.manifest_path, true, &policy).unwrap();
+    chain::derive_policy_for(
+        &tools.chrysalis,
+        &image.manifest_path,
+        platform,
+        true,
+        &policy,
+    )
+    .unwrap();
     let v = chain::verify(&tools.chrysalis, &relay, &policy).unwrap();
     assert!(
         v.accepted,
@@ -281,7 +315,14 @@ fn chain_answers_with_verified_receipts_hides_the_canary_refuses_an_unnamed_root
 
     // 2. A policy that pins the same measurements but does not name the sim root.
     let strict = dir.path().join("strict.toml");
-    chain::derive_policy(&tools.chrysalis, &image.manifest_path, false, &strict).unwrap();
+    chain::derive_policy_for(
+        &tools.chrysalis,
+        &image.manifest_path,
+        platform,
+        false,
+        &strict,
+    )
+    .unwrap();
     let sim_policy =
         chrysalis_attestation::Policy::from_toml(&std::fs::read_to_string(&policy).unwrap())
             .unwrap();

@@ -2,7 +2,9 @@
 //! `chrysalis proxy` to `chrysalis-guest serve` (sim evidence, llama_cpp adapter, the real
 //! SmolLM2-135M model), and the Rust SDK talking RA-TLS to it directly.
 //!
-//! One test, to load the model once per guest, covering issue 7's acceptance:
+//! One test per platform (the sim service plays TDX, then SEV-SNP: the guest's sim provider, its
+//! RA-TLS certificate, the proxy's verification and the receipts carry that platform's evidence),
+//! each loading the model once per guest, covering issue 7's acceptance:
 //! 1. models.list(), chat and streaming chat through the proxy work; the ledger holds one
 //!    verified receipt per completion whose usage is the usage the SDK reported.
 //! 2. A policy that does not pin the guest's measurement: the SDK raises an error naming the
@@ -25,8 +27,8 @@ use std::time::{Duration, Instant};
 use chrysalis_attestation::Measurement;
 use chrysalis_client::{ChatMessage, ChatRequest, Client};
 use guest::{
-    MODEL_ID, MR_TD, Proc, Venv, build_binaries, policy_toml, sim_quote_service, start_guest, venv,
-    workspace,
+    MODEL_ID, Proc, SimKind, Venv, build_binaries, policy_toml_for, sim_service, start_guest_on,
+    venv, workspace,
 };
 use serde_json::Value;
 
@@ -132,20 +134,30 @@ impl Phases {
 }
 
 #[test]
-fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
+fn openai_sdk_and_rust_sdk_against_the_guest_runtime_tdx() {
+    against_the_guest_runtime(SimKind::Tdx);
+}
+
+#[test]
+fn openai_sdk_and_rust_sdk_against_the_guest_runtime_snp() {
+    against_the_guest_runtime(SimKind::Snp);
+}
+
+fn against_the_guest_runtime(kind: SimKind) {
     let Some(v) = venv() else { return };
     let mut phase = Phases(Instant::now());
     let bins = build_binaries();
     phase.done("cargo build of chrysalis-guest and chrysalis");
-    let sim = sim_quote_service();
-    let g1 = start_guest(&bins["chrysalis-guest"], &sim, &v);
-    let mut g2 = start_guest(&bins["chrysalis-guest"], &sim, &v);
+    let sim = sim_service(kind);
+    let g1 = start_guest_on(&bins["chrysalis-guest"], &sim, &v, kind);
+    let mut g2 = start_guest_on(&bins["chrysalis-guest"], &sim, &v, kind);
+    let pinned = policy_toml_for(kind, kind.measurement());
     phase.done("two guests started (model loaded)");
     let chrysalis = &bins["chrysalis"];
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // 1. The official SDK through the proxy.
-    let proxy = start_proxy(chrysalis, &[&g1.addr], &policy_toml(MR_TD));
+    let proxy = start_proxy(chrysalis, &[&g1.addr], &pinned);
     let got = sdk(&v, &proxy, "ok");
     check_ok_run(&got, &ledger(&proxy, 2));
     let summary = Command::new(chrysalis)
@@ -158,7 +170,7 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
 
     // 4. The Rust SDK directly over RA-TLS: typed calls with verified receipts.
     let direct = Client::builder()
-        .policy(chrysalis_attestation::Policy::from_toml(&policy_toml(MR_TD)).unwrap())
+        .policy(chrysalis_attestation::Policy::from_toml(&pinned).unwrap())
         .upstream(&g1.addr)
         .build()
         .unwrap();
@@ -184,13 +196,37 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
     });
     phase.done("4. Rust SDK direct: chat, stream");
 
+    // The other platform's policy (its simulated root, its measurement) refuses this guest:
+    // the evidence in the certificate is of the platform the sim service played.
+    let other = match kind {
+        SimKind::Tdx => SimKind::Snp,
+        SimKind::Snp => SimKind::Tdx,
+    };
+    let cross = Client::builder()
+        .policy(
+            chrysalis_attestation::Policy::from_toml(&policy_toml_for(other, other.measurement()))
+                .unwrap(),
+        )
+        .upstream(&g1.addr)
+        .build()
+        .unwrap();
+    let refused = rt.block_on(async {
+        let req = ChatRequest::new(MODEL_ID, vec![ChatMessage::user("Say hi.")]).max_tokens(4);
+        cross.chat_completion(&req).await
+    });
+    let Err(err) = refused else {
+        panic!("a policy for the other platform must refuse the {kind:?} guest")
+    };
+    eprintln!("proxy_guest: {kind:?} guest under a {other:?} policy: {err}");
+    phase.done("4b. the other platform's policy refuses");
+
     // 2. An unpinned measurement: the SDK gets the reason; the guest never completes a
     //    handshake, serves nothing, and never sees the canary.
     let canary = "CANARY-51b7-must-not-reach-the-guest";
     let wrong = start_proxy(
         chrysalis,
         &[&g1.addr],
-        &policy_toml(Measurement([0x5b; 48])),
+        &policy_toml_for(kind, Measurement([0x5b; 48])),
     );
     let got = sdk(&v, &wrong, &format!("reject:{canary}"));
     for call in ["chat", "stream"] {
@@ -211,7 +247,7 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime() {
     phase.done("2. unpinned measurement refused");
 
     // 3. Two guests, one killed mid-test.
-    let both = start_proxy(chrysalis, &[&g1.addr, &g2.addr], &policy_toml(MR_TD));
+    let both = start_proxy(chrysalis, &[&g1.addr, &g2.addr], &pinned);
     let got = sdk(&v, &both, "ok");
     let first = ledger(&both, 2);
     check_ok_run(&got, &first);

@@ -1,5 +1,7 @@
 //! The simulated TEE: a deterministic, seeded stand-in for Intel's SGX/TDX PKI that signs TDX
-//! quotes in the real v4 format, for machines without TDX (CI, every dev box).
+//! quotes in the real v4 format, for machines without TDX (CI, every dev box); and its AMD
+//! counterpart, [`SimAmdPki`], which signs SEV-SNP reports under a simulated ARK → ASK → VCEK
+//! chain (see its module docs; everything below about roots holds for it as well).
 //!
 //! It is **not a bypass**. Its quotes and collateral go through exactly the production verifier,
 //! `dcap_qvl::verify::QuoteVerifier::new(root_der).verify(quote, collateral, now)`; the only
@@ -43,6 +45,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::evidence::{Flags64, Measurement, ReportData, Sha256, TdxMeasurements};
 
+mod amd;
 mod certs;
 mod collateral;
 mod keys;
@@ -51,6 +54,9 @@ mod quote;
 #[cfg(test)]
 mod tests;
 
+pub use amd::{
+    SIM_GUEST_POLICY, SIM_PRODUCT_NAME, SIM_RSA_BITS, SIM_SNP_TCB, SimAmdPki, SimSnpReport,
+};
 pub use platform::{
     SIM_FMSPC, TD_ATTRIBUTES, TEE_TCB_SVN_OUT_OF_DATE, TEE_TCB_SVN_UP_TO_DATE, XFAM,
 };

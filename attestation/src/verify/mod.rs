@@ -40,6 +40,11 @@ pub enum TrustRoot {
         /// SHA-256 of the root certificate's DER.
         sha256: Sha256,
     },
+    /// A simulated AMD ARK (see [`crate::sim::SimAmdPki`]): accepted only by policies naming it.
+    SimulatedAmd {
+        /// SHA-256 of the ARK certificate's DER.
+        sha256: Sha256,
+    },
     /// An AMD root key (ARK).
     AmdArk {
         /// Processor family of the ARK (Milan, Genoa, Turin) or "chain file".
@@ -54,6 +59,7 @@ impl std::fmt::Display for TrustRoot {
         match self {
             TrustRoot::IntelSgxRootCa => f.write_str("Intel SGX Root CA"),
             TrustRoot::SimulatedIntel { sha256 } => write!(f, "simulated Intel root {sha256}"),
+            TrustRoot::SimulatedAmd { sha256 } => write!(f, "simulated AMD ARK {sha256}"),
             TrustRoot::AmdArk { product, sha256 } => write!(f, "AMD ARK ({product}) {sha256}"),
         }
     }
@@ -227,6 +233,7 @@ pub struct TrustAnchors {
     pub(crate) intel: bool,
     pub(crate) amd: bool,
     pub(crate) simulated_intel: Vec<Sha256>,
+    pub(crate) simulated_amd: Vec<Sha256>,
 }
 
 impl TrustAnchors {
@@ -236,6 +243,7 @@ impl TrustAnchors {
             intel: true,
             amd: true,
             simulated_intel: Vec::new(),
+            simulated_amd: Vec::new(),
         }
     }
 
@@ -245,6 +253,7 @@ impl TrustAnchors {
             intel: false,
             amd: false,
             simulated_intel: Vec::new(),
+            simulated_amd: Vec::new(),
         }
     }
 
@@ -253,6 +262,16 @@ impl TrustAnchors {
     pub fn dangerous_with_simulated_intel_root(mut self, root_sha256: Sha256) -> Self {
         if !self.simulated_intel.contains(&root_sha256) {
             self.simulated_intel.push(root_sha256);
+        }
+        self
+    }
+
+    /// Also accept SNP reports whose chain file ends in a simulated AMD ARK
+    /// ([`crate::sim::SimAmdPki`]) with this SHA-256. Simulated evidence proves nothing about
+    /// hardware: never use this in production.
+    pub fn dangerous_with_simulated_amd_root(mut self, ark_sha256: Sha256) -> Self {
+        if !self.simulated_amd.contains(&ark_sha256) {
+            self.simulated_amd.push(ark_sha256);
         }
         self
     }
@@ -376,8 +395,11 @@ pub fn verify_tdx(
 
 /// Verifies an SNP report with its VCEK (and optional ASK/ARK chain) into a sealed verdict.
 ///
-/// Only AMD's own ARKs are anchors: a chain file whose ARK is not one of them is refused.
-/// AMD publishes no TCB status, so the verdict's `tcb_status` is `None`; see [`TcbStatus`].
+/// AMD's own ARKs are anchors when `anchors` trusts AMD; a chain file whose ARK is not one of
+/// them is refused unless `anchors` names its SHA-256 as a simulated AMD root
+/// ([`TrustAnchors::dangerous_with_simulated_amd_root`]). Either way the report, the chain and
+/// the VCEK go through the same checks ([`verify_snp`]). AMD publishes no TCB status, so the verdict's `tcb_status`
+/// is `None`; see [`TcbStatus`].
 pub fn verify_snp_evidence(
     report: &[u8],
     vcek_der: &[u8],
@@ -396,7 +418,7 @@ fn snp_verdict(
     anchors: &TrustAnchors,
     now: u64,
 ) -> Result<Verdict, VerifyError> {
-    if !anchors.amd {
+    if !anchors.amd && anchors.simulated_amd.is_empty() {
         return Err(VerifyError::PlatformNotTrusted(Platform::Snp));
     }
     let certs = SnpCertificates {
@@ -405,13 +427,22 @@ fn snp_verdict(
     };
     let v = verify_snp(report, &certs, now).map_err(|e| VerifyError::Snp(e.to_string()))?;
     let root = match v.root {
-        AmdRoot::BuiltIn(generation) => {
+        AmdRoot::BuiltIn(generation) if anchors.amd => {
             let (_, ark) = x509_parser::pem::parse_x509_pem(generation.builtin_ark_pem())
                 .map_err(|e| VerifyError::Snp(format!("built-in ARK: {e}")))?;
             TrustRoot::AmdArk {
                 product: generation.name().into(),
                 sha256: Sha256::digest(&ark.contents),
             }
+        }
+        AmdRoot::BuiltIn(generation) => {
+            return Err(VerifyError::UntrustedRoot {
+                platform: Platform::Snp,
+                root: format!("AMD ARK ({generation}): AMD's roots are not trusted"),
+            });
+        }
+        AmdRoot::ChainFile { ark_sha256 } if anchors.simulated_amd.contains(&ark_sha256) => {
+            TrustRoot::SimulatedAmd { sha256: ark_sha256 }
         }
         AmdRoot::ChainFile { ark_sha256 } => {
             return Err(VerifyError::UntrustedRoot {

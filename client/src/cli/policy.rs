@@ -12,7 +12,7 @@ use chrysalis_attestation::measure::image::{
 };
 use chrysalis_attestation::measure::snp::{CHRYSALIS_GUEST_POLICY, snp_ovmf_hash};
 use chrysalis_attestation::policy::SnpFloors;
-use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki};
+use chrysalis_attestation::sim::{DEFAULT_SEED, SimAmdPki, SimPki};
 use chrysalis_attestation::snp_policy::{TCB_FLOOR_SOURCE, TCB_FLOOR_TABLE_DATE};
 use chrysalis_attestation::tdx_attributes::{LAUNCH_TD_ATTRIBUTES, LAUNCH_XFAM};
 use chrysalis_attestation::{Policy, TdAttributes, Xfam};
@@ -51,19 +51,16 @@ pub(crate) struct FromManifestArgs {
     /// SNP: SEV_FEATURES (hex) of the shapes; default 0x1.
     #[arg(long, value_name = "HEX")]
     guest_features: Option<String>,
-    /// DANGEROUS: also trust the simulated Intel root of the sim profile (the well-known seed).
-    /// Anyone can sign quotes with it; for tests and demos only, never for real nodes.
+    /// DANGEROUS: also trust the simulated root of the platform's sim profile (the well-known
+    /// seed): the simulated Intel root for tdx (profile sim), the simulated AMD ARK for snp
+    /// (profile sim-snp). Anyone can sign evidence with it; for tests and demos only, never for
+    /// real nodes.
     #[arg(long)]
     dangerous_sim_root: bool,
 }
 
 pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     let PolicyCommand::FromManifest(a) = cmd;
-    if a.dangerous_sim_root && a.platform == PlatformArg::Snp {
-        bail!(
-            "--dangerous-sim-root is a simulated Intel (TDX) root; it cannot apply to --platform snp"
-        );
-    }
     let loaded = LoadedManifest::load(&a.manifest)?;
     let inputs = loaded.inputs(&[a.platform.into()])?;
     let one = a
@@ -155,15 +152,25 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         ));
     }
     if a.dangerous_sim_root {
-        let root = SimPki::from_seed(DEFAULT_SEED).root_sha256();
-        policy.trust.dangerous_simulated_intel_roots = vec![root];
+        let (vendor, root) = match a.platform {
+            PlatformArg::Tdx => {
+                let root = SimPki::from_seed(DEFAULT_SEED).root_sha256();
+                policy.trust.dangerous_simulated_intel_roots = vec![root];
+                ("Intel root", root)
+            }
+            PlatformArg::Snp => {
+                let root = SimAmdPki::from_seed(DEFAULT_SEED).ark_sha256();
+                policy.trust.dangerous_simulated_amd_roots = vec![root];
+                ("AMD ARK", root)
+            }
+        };
         header.push_str(&format!(
-            "#\n# !!! DANGEROUS: this policy trusts the SIMULATED Intel root {root}\n\
-             # !!! (chrysalis sim PKI, well-known seed). ANYONE can sign quotes that chain to it.\n\
+            "#\n# !!! DANGEROUS: this policy trusts the SIMULATED {vendor} {root}\n\
+             # !!! (chrysalis sim PKI, well-known seed). ANYONE can sign evidence that chains to it.\n\
              # !!! For tests and demos only; never use it to talk to a real node.\n"
         ));
         eprintln!(
-            "chrysalis: WARNING: --dangerous-sim-root: the policy trusts the SIMULATED Intel root {root}; anyone can forge evidence it accepts"
+            "chrysalis: WARNING: --dangerous-sim-root: the policy trusts the SIMULATED {vendor} {root}; anyone can forge evidence it accepts"
         );
     }
     policy.validate()?;

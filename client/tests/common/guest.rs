@@ -11,11 +11,34 @@ use std::time::{Duration, Instant};
 
 use chrysalis_attestation::Measurement;
 use chrysalis_attestation::hostcall::{self, Request, Response};
-use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+use chrysalis_attestation::sim::{
+    DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
+};
 use serde_json::Value;
 
 pub const MODEL_ID: &str = "smollm2-135m-instruct";
 pub const MR_TD: Measurement = Measurement([0x5a; 48]);
+/// The launch digest the SNP stand-in reports.
+pub const SNP_MEASUREMENT: Measurement = Measurement([0x5c; 48]);
+
+/// Which hardware the stand-in sim service plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimKind {
+    /// TDX quotes from the simulated Intel PKI.
+    Tdx,
+    /// SEV-SNP reports from the simulated AMD PKI.
+    Snp,
+}
+
+impl SimKind {
+    /// The measurement its evidence carries: MRTD or the SNP launch digest.
+    pub fn measurement(self) -> Measurement {
+        match self {
+            SimKind::Tdx => MR_TD,
+            SimKind::Snp => SNP_MEASUREMENT,
+        }
+    }
+}
 pub const RTMRS: [Measurement; 4] = [
     Measurement([1; 48]),
     Measurement([2; 48]),
@@ -81,10 +104,19 @@ pub fn venv() -> Option<Venv> {
 /// A stand-in for the host's sim quote service (loopback TCP, hostcall framing): TDX quotes
 /// from the simulated PKI over the guest's report_data, with [`MR_TD`] and [`RTMRS`].
 pub fn sim_quote_service() -> String {
+    sim_service(SimKind::Tdx)
+}
+
+/// A stand-in for the host's sim service of `kind` (loopback TCP, hostcall framing). `Tdx`:
+/// TDX quotes with [`MR_TD`] and [`RTMRS`] (answers `sim_quote`). `Snp`: SEV-SNP reports with
+/// [`SNP_MEASUREMENT`], the VCEK and the ASK/ARK chain (answers `sim_snp_report`, and
+/// `sim_quote` as the host's sim-snp profile does).
+pub fn sim_service(kind: SimKind) -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         let pki = SimPki::from_seed(DEFAULT_SEED);
+        let amd = (kind == SimKind::Snp).then(|| SimAmdPki::from_seed(DEFAULT_SEED));
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let mut prefix = [0u8; 4];
@@ -93,8 +125,16 @@ pub fn sim_quote_service() -> String {
             }
             let mut body = vec![0u8; hostcall::body_len(prefix).unwrap()];
             s.read_exact(&mut body).unwrap();
-            let resp = match hostcall::decode_body::<Request>(&body).unwrap() {
-                Request::SimQuote { report_data } => Response::Quote {
+            let resp = match (hostcall::decode_body::<Request>(&body).unwrap(), &amd) {
+                (
+                    Request::SimQuote { report_data } | Request::SimSnpReport { report_data },
+                    Some(amd),
+                ) => Response::SnpReport {
+                    report: amd.report(&SimSnpReport::new(SNP_MEASUREMENT, report_data)),
+                    vcek: amd.vcek_der().to_vec(),
+                    chain: Some(amd.chain_pem()),
+                },
+                (Request::SimQuote { report_data }, None) => Response::Quote {
                     quote: pki.quote(&SimTdReport::new(
                         td_measurements(MR_TD, RTMRS),
                         report_data,
@@ -201,6 +241,11 @@ pub fn build_binaries() -> HashMap<String, PathBuf> {
 }
 
 pub fn start_guest(bin: &Path, sim: &str, v: &Venv) -> Proc {
+    start_guest_on(bin, sim, v, SimKind::Tdx)
+}
+
+/// `chrysalis-guest serve` asking the sim service at `sim` for `kind`'s evidence.
+pub fn start_guest_on(bin: &Path, sim: &str, v: &Venv, kind: SimKind) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("guest.toml");
     std::fs::write(
@@ -220,9 +265,24 @@ pub fn start_guest(bin: &Path, sim: &str, v: &Venv) -> Proc {
     cmd.args(["serve", "--config"])
         .arg(&cfg)
         .args(["--listen", "tcp:127.0.0.1:0", "--evidence"])
-        .arg(format!("sim:tcp:{sim}"))
+        .arg(match kind {
+            SimKind::Tdx => format!("sim-tdx:tcp:{sim}"),
+            SimKind::Snp => format!("sim-snp:tcp:{sim}"),
+        })
         .env("RUST_LOG", "info,chrysalis_guest=debug");
     Proc::start(cmd, dir, "chrysalis-guest")
+}
+
+/// A policy naming `kind`'s simulated root and pinning `measurement` (MRTD with [`RTMRS`] 1 and
+/// 2, or the SNP launch digest with VMPL 0).
+pub fn policy_toml_for(kind: SimKind, measurement: Measurement) -> String {
+    match kind {
+        SimKind::Tdx => policy_toml(measurement),
+        SimKind::Snp => format!(
+            "version = 1\n[trust]\ndangerous_simulated_amd_roots = [\"{}\"]\n[[snp]]\nname = \"sim guest\"\nmeasurement = \"{measurement}\"\nvmpl = 0\n",
+            SimAmdPki::from_seed(DEFAULT_SEED).ark_sha256(),
+        ),
+    }
 }
 
 pub fn policy_toml(mr_td: Measurement) -> String {

@@ -85,6 +85,13 @@ pub fn sim_policy_toml(root: Sha256, mr_td: Measurement) -> String {
     )
 }
 
+/// A policy naming the simulated AMD root `ark` and pinning the SNP launch digest `measurement`.
+pub fn sim_snp_policy_toml(ark: Sha256, measurement: Measurement) -> String {
+    format!(
+        "version = 1\n[trust]\ndangerous_simulated_amd_roots = [\"{ark}\"]\n[[snp]]\nname = \"test node\"\nmeasurement = \"{measurement}\"\nvmpl = 0\n"
+    )
+}
+
 pub mod upstream;
 
 /// A running `chrysalis proxy`, killed on drop.

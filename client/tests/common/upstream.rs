@@ -11,7 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrysalis_attestation::ratls::{self, AttestedKey};
 use chrysalis_attestation::receipt::{self, RECEIPT_HEADER, ReceiptBody, StreamHasher, Usage};
-use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
+use chrysalis_attestation::sim::{
+    DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
+};
 use chrysalis_attestation::{EvidenceBundle, Measurement, Sha256};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::channel::{Channel, Sender};
@@ -42,6 +44,9 @@ pub enum Receipts {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub mr_td: Measurement,
+    /// Present SEV-SNP evidence from the simulated AMD PKI (with `mr_td` as the launch
+    /// digest) instead of a TDX quote.
+    pub snp: bool,
     pub receipts: Receipts,
     /// Answer every completion with this status (and an OpenAI error body).
     pub status: Option<u16>,
@@ -59,6 +64,7 @@ impl Options {
     pub fn new(mr_td: Measurement) -> Self {
         Self {
             mr_td,
+            snp: false,
             receipts: Receipts::Good,
             status: None,
             token_delay: Duration::ZERO,
@@ -87,7 +93,7 @@ struct Identity {
     cert_sha256: Sha256,
 }
 
-fn identity(pki: &SimPki, mr_td: Measurement, without_collateral: bool) -> Identity {
+fn identity(pki: &SimPki, mr_td: Measurement, snp: bool, without_collateral: bool) -> Identity {
     let key = AttestedKey::generate().unwrap();
     let m = td_measurements(
         mr_td,
@@ -98,10 +104,14 @@ fn identity(pki: &SimPki, mr_td: Measurement, without_collateral: bool) -> Ident
             Measurement::ZERO,
         ],
     );
-    let bundle = EvidenceBundle::tdx(
-        pki.quote(&SimTdReport::new(m, key.report_data())),
-        (!without_collateral).then(|| pki.collateral(now() - 3600, 86_400).unwrap()),
-    );
+    let bundle = if snp {
+        SimAmdPki::from_seed(DEFAULT_SEED).bundle(&SimSnpReport::new(mr_td, key.report_data()))
+    } else {
+        EvidenceBundle::tdx(
+            pki.quote(&SimTdReport::new(m, key.report_data())),
+            (!without_collateral).then(|| pki.collateral(now() - 3600, 86_400).unwrap()),
+        )
+    };
     let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 3600).unwrap();
     let cert_sha256 = Sha256::digest(&cert);
     let tls = ratls::server_config(Arc::new(Fixed(key.certified_key(cert).unwrap())));
@@ -134,7 +144,8 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     pub fn start(opts: Options) -> Self {
         let pki = SimPki::from_seed(DEFAULT_SEED);
-        let first = identity(&pki, opts.mr_td, opts.without_collateral);
+        let snp = opts.snp;
+        let first = identity(&pki, opts.mr_td, snp, opts.without_collateral);
         let shared = Arc::new(Shared {
             opts,
             identity: Mutex::new(Arc::new(first)),
@@ -166,7 +177,11 @@ impl FakeUpstream {
         });
         Self {
             addr,
-            root: pki.root_sha256(),
+            root: if snp {
+                SimAmdPki::from_seed(DEFAULT_SEED).ark_sha256()
+            } else {
+                pki.root_sha256()
+            },
             shared,
             stop: Some(stop),
             thread: Some(thread),
@@ -202,7 +217,12 @@ impl FakeUpstream {
     pub fn rotate(&self, mr_td: Measurement) {
         let pki = SimPki::from_seed(DEFAULT_SEED);
         *self.shared.identity.lock().unwrap() =
-            Arc::new(identity(&pki, mr_td, self.shared.opts.without_collateral));
+            Arc::new(identity(
+                &pki,
+                mr_td,
+                self.shared.opts.snp,
+                self.shared.opts.without_collateral,
+            ));
         self.shared.generation.send_modify(|g| *g += 1);
     }
 

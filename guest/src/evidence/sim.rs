@@ -1,8 +1,18 @@
-//! Evidence from the host's simulated quote service (the host plays the TDX hardware).
+//! Evidence from the host's simulated quote service (the host plays the TDX or SEV-SNP hardware).
 //!
 //! The guest sends its report_data with [`chrysalis_attestation::hostcall`] framing and gets back a
-//! TDX quote signed by the simulated Intel PKI over the measurements of what the host launched.
-//! Nothing here trusts the answer: clients verify it against the simulated root their policy names.
+//! TDX quote signed by the simulated Intel PKI, or an SEV-SNP report signed by the simulated AMD
+//! PKI, over the measurements of what the host launched. Nothing here trusts the answer: clients
+//! verify it against the simulated root their policy names.
+//!
+//! Which platform: [`SimPlatform`] (`[evidence] sim_platform`, in the measured guest
+//! configuration). `tdx` and `snp` ask for exactly that and refuse any other answer; `host` (the
+//! default, so one measured image serves under both sim profiles) asks with `sim_quote` and takes
+//! what the host's profile simulates. A hostile host gains nothing from choosing: it holds the
+//! simulated keys and could sign any evidence anyway, which is why sim evidence is accepted only
+//! by a policy naming the simulated root of that platform, and never proves anything about
+//! hardware. On hardware the configfs-tsm provider is used and the kernel's TSM provider, not the
+//! host, names the platform.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +24,20 @@ use chrysalis_attestation::hostcall::{self, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{EvidenceBundle, EvidenceError, EvidenceProvider};
+
+/// Which simulated evidence the guest asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SimPlatform {
+    /// A TDX quote (`sim_quote`); an SNP answer is refused.
+    Tdx,
+    /// An SEV-SNP report (`sim_snp_report`); a TDX answer is refused.
+    Snp,
+    /// Whatever the host's profile simulates (`sim_quote`, answered with either).
+    #[default]
+    Host,
+}
 
 /// Where the sim quote service listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,12 +72,24 @@ impl SimEndpoint {
 pub struct SimQuoteClient {
     endpoint: SimEndpoint,
     timeout: Duration,
+    platform: SimPlatform,
 }
 
 impl SimQuoteClient {
     /// A client for `endpoint`; each exchange (connect included) must finish within `timeout`.
+    /// Asks for whatever the host simulates ([`SimPlatform::Host`]).
     pub fn new(endpoint: SimEndpoint, timeout: Duration) -> Self {
-        Self { endpoint, timeout }
+        Self {
+            endpoint,
+            timeout,
+            platform: SimPlatform::Host,
+        }
+    }
+
+    /// Asks for `platform`'s evidence.
+    pub fn with_platform(mut self, platform: SimPlatform) -> Self {
+        self.platform = platform;
+        self
     }
 
     fn err(&self, reason: impl std::fmt::Display) -> EvidenceError {
@@ -68,8 +104,11 @@ impl SimQuoteClient {
         mut s: S,
         report_data: ReportData,
     ) -> Result<EvidenceBundle, EvidenceError> {
-        let frame =
-            hostcall::encode(&Request::SimQuote { report_data }).map_err(|e| self.err(e))?;
+        let request = match self.platform {
+            SimPlatform::Snp => Request::SimSnpReport { report_data },
+            SimPlatform::Tdx | SimPlatform::Host => Request::SimQuote { report_data },
+        };
+        let frame = hostcall::encode(&request).map_err(|e| self.err(e))?;
         s.write_all(&frame)
             .await
             .map_err(|e| self.err(format!("send: {e}")))?;
@@ -86,14 +125,31 @@ impl SimQuoteClient {
             .await
             .map_err(|e| self.err(format!("receive: {e}")))?;
         match hostcall::decode_body::<Response>(&body).map_err(|e| self.err(e))? {
-            Response::Quote { quote, collateral } => {
+            Response::Quote { quote, collateral } if self.platform != SimPlatform::Snp => {
                 if quote.is_empty() {
                     return Err(EvidenceError::Empty);
                 }
                 Ok(EvidenceBundle::tdx(quote, collateral))
             }
+            Response::SnpReport {
+                report,
+                vcek,
+                chain,
+            } if self.platform != SimPlatform::Tdx => {
+                if report.is_empty() {
+                    return Err(EvidenceError::Empty);
+                }
+                Ok(EvidenceBundle::snp(
+                    report,
+                    Some(vcek),
+                    chain.map(String::into_bytes),
+                ))
+            }
             Response::Error { message } => Err(EvidenceError::Refused(message)),
-            other => Err(self.err(format!("unexpected answer {other:?}"))),
+            other => Err(self.err(format!(
+                "unexpected answer to a {:?} request {other:?}",
+                self.platform
+            ))),
         }
     }
 
@@ -140,8 +196,9 @@ impl EvidenceProvider for SimQuoteClient {
     }
 }
 
-/// A minimal stand-in for the host's sim quote service, for tests: answers each request with
-/// `answer(report_data)`. It signs nothing; the host crate's service does that.
+/// A minimal stand-in for the host's sim quote service, for tests: answers one `sim_quote` or
+/// `sim_snp_report` request with `answer(report_data)`. It signs nothing; the host crate's
+/// service does that.
 pub async fn serve_one_tcp<F>(listener: tokio::net::TcpListener, answer: F) -> std::io::Result<()>
 where
     F: Fn(ReportData) -> Response,
@@ -153,7 +210,9 @@ where
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await?;
     let resp = match hostcall::decode_body::<Request>(&body).map_err(std::io::Error::other)? {
-        Request::SimQuote { report_data } => answer(report_data),
+        Request::SimQuote { report_data } | Request::SimSnpReport { report_data } => {
+            answer(report_data)
+        }
         other => Response::Error {
             message: format!("unsupported request {other:?}"),
         },
@@ -180,6 +239,59 @@ mod tests {
         assert_eq!(b.platform, Platform::Tdx);
         assert_eq!(b.evidence, vec![9; 64]);
         server.await.unwrap().unwrap();
+    }
+
+    /// Answers one request with an SNP report whose first bytes name the request kind.
+    async fn snp_server(l: tokio::net::TcpListener) {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut prefix = [0u8; 4];
+        s.read_exact(&mut prefix).await.unwrap();
+        let mut body = vec![0u8; hostcall::body_len(prefix).unwrap()];
+        s.read_exact(&mut body).await.unwrap();
+        let kind = match hostcall::decode_body::<Request>(&body).unwrap() {
+            Request::SimQuote { .. } => b"quote".to_vec(),
+            Request::SimSnpReport { .. } => b"snp".to_vec(),
+            _ => b"other".to_vec(),
+        };
+        let resp = Response::SnpReport {
+            report: kind,
+            vcek: vec![1, 2],
+            chain: Some("chain".into()),
+        };
+        s.write_all(&hostcall::encode(&resp).unwrap())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn snp_platform_asks_for_a_report_and_tdx_refuses_one() {
+        for (platform, want) in [
+            (SimPlatform::Snp, Some(&b"snp"[..])),
+            (SimPlatform::Host, Some(&b"quote"[..])),
+            (SimPlatform::Tdx, None),
+        ] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let server = tokio::spawn(snp_server(l));
+            let c = SimQuoteClient::new(SimEndpoint::Tcp(addr), Duration::from_secs(5))
+                .with_platform(platform);
+            let got = c.evidence(ReportData([3; 64])).await;
+            match want {
+                Some(kind) => {
+                    let b = got.unwrap();
+                    assert_eq!(b.platform, Platform::Snp);
+                    assert_eq!(b.evidence, kind, "{platform:?}");
+                    assert_eq!(b.snp_vcek, Some(vec![1, 2]));
+                    assert_eq!(b.snp_chain, Some(b"chain".to_vec()));
+                }
+                None => {
+                    let e = got.unwrap_err();
+                    assert!(e.to_string().contains("unexpected answer"), "{e}");
+                }
+            }
+            server.await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::process::{Guarded, check_interrupted, tail, write_atomic};
-use super::{ChainError, http_agent};
+use super::{ChainError, SimPlatform, http_agent};
 
 /// What to launch and how the supervisor treats failures.
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct AgentSpec {
     pub vhost_device_vsock: String,
     /// The QEMU binary (a path or a name on PATH).
     pub qemu: String,
+    /// The hardware the agent simulates (profile `sim` or `sim-snp`).
+    pub platform: SimPlatform,
 }
 
 impl AgentSpec {
@@ -45,6 +47,16 @@ impl AgentSpec {
             vhost_device_vsock: std::env::var("CHRYSALIS_VHOST_DEVICE_VSOCK")
                 .unwrap_or_else(|_| "vhost-device-vsock".into()),
             qemu: "qemu-system-x86_64".into(),
+            platform: SimPlatform::Tdx,
+        }
+    }
+
+    /// As [`sim`](Self::sim), in profile `sim-snp`: the agent signs SEV-SNP reports with the
+    /// launch digest of the image (2 vCPUs, EPYC-v4).
+    pub fn sim_snp(manifest: &Path) -> AgentSpec {
+        AgentSpec {
+            platform: SimPlatform::Snp,
+            ..AgentSpec::sim(manifest)
         }
     }
 
@@ -54,13 +66,14 @@ impl AgentSpec {
         format!(
             "# Written by the chrysalis e2e harness (tests/src/chain).\n\
              [image]\nmanifest = {}\n\
-             [vm]\nplatform = \"sim\"\nvcpus = {}\nmemory_mib = {}\nstate_dir = {}\n\
+             [vm]\nplatform = \"{}\"\nvcpus = {}\nmemory_mib = {}\nstate_dir = {}\n\
              [qemu]\nbinary = {}\n\
              [sim]\naccel = \"auto\"\nvhost_device_vsock = {}\n\
              [relay]\nlisten = \"127.0.0.1:0\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
              [supervisor]\nmax_restarts = {}\nstable_after_secs = {}\nbackoff_initial_ms = 500\n",
             s(&self.manifest),
+            self.platform.profile(),
             self.vcpus,
             self.memory_mib,
             s(state),

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use super::process::{Guarded, check_interrupted, write_atomic};
-use super::{ChainError, http_agent};
+use super::{ChainError, SimPlatform, http_agent};
 
 /// Runs `chrysalis policy from-manifest --manifest M --platform tdx --vcpus 2 --memory 2048`
 /// (plus `--dangerous-sim-root` when `sim_root`) and writes its output to `out` (temp file, then
@@ -23,10 +23,27 @@ pub fn derive_policy(
     sim_root: bool,
     out: &Path,
 ) -> Result<(), ChainError> {
+    derive_policy_for(chrysalis, manifest, SimPlatform::Tdx, sim_root, out)
+}
+
+/// As [`derive_policy`] for `platform`: `--platform tdx`, or `--platform snp --vcpu-type
+/// EPYC-v4` (the vCPU model the sim-snp agent measures by default); `--dangerous-sim-root`
+/// then names that platform's simulated root.
+pub fn derive_policy_for(
+    chrysalis: &Path,
+    manifest: &Path,
+    platform: SimPlatform,
+    sim_root: bool,
+    out: &Path,
+) -> Result<(), ChainError> {
     let mut cmd = Command::new(chrysalis);
     cmd.args(["policy", "from-manifest", "--manifest"])
         .arg(manifest)
-        .args(["--platform", "tdx", "--vcpus", "2", "--memory", "2048"]);
+        .args(["--platform", platform.policy_platform()])
+        .args(["--vcpus", "2", "--memory", "2048"]);
+    if platform == SimPlatform::Snp {
+        cmd.args(["--vcpu-type", "EPYC-v4"]);
+    }
     if sim_root {
         cmd.arg("--dangerous-sim-root");
     }

@@ -29,10 +29,42 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use agent::{AgentSpec, Boot, HostAgent, policy_from_status};
-pub use client::{Chat, ChatStream, Event, Proxy, Reply, Verification, derive_policy, verify};
+pub use client::{
+    Chat, ChatStream, Event, Proxy, Reply, Verification, derive_policy, derive_policy_for, verify,
+};
 pub use image::{IMAGE_HINT, Image, Tamper};
 pub use process::{Guarded, alive, check_interrupted, interrupt, interrupted, tail, write_atomic};
 pub use recorder::{Recorded, Recorder, contains};
+
+/// Which hardware the host agent simulates: its profile, and the platform a client policy pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimPlatform {
+    /// Profile `sim`: TDX quotes from the simulated Intel PKI.
+    Tdx,
+    /// Profile `sim-snp`: SEV-SNP reports from the simulated AMD PKI.
+    Snp,
+}
+
+impl SimPlatform {
+    /// Both, in the order the e2e suite runs them.
+    pub const ALL: [SimPlatform; 2] = [SimPlatform::Tdx, SimPlatform::Snp];
+
+    /// host.toml's `vm.platform`.
+    pub fn profile(self) -> &'static str {
+        match self {
+            SimPlatform::Tdx => "sim",
+            SimPlatform::Snp => "sim-snp",
+        }
+    }
+
+    /// `chrysalis policy from-manifest --platform`.
+    pub fn policy_platform(self) -> &'static str {
+        match self {
+            SimPlatform::Tdx => "tdx",
+            SimPlatform::Snp => "snp",
+        }
+    }
+}
 
 /// Why a step of the chain failed.
 #[derive(Debug, Error)]
