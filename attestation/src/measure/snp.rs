@@ -112,6 +112,11 @@ impl From<SnpVmm> for VMMType {
 pub const SEV_FEATURES_SNP_ACTIVE: u64 = 1;
 /// SEV_FEATURES bit 5, DebugSwap: QEMU sets it by default when KVM supports it.
 pub const SEV_FEATURES_DEBUG_SWAP: u64 = 1 << 5;
+/// The SNP guest policy chrysalis launches with (`sev-snp-guest,policy=`): bit 16 SMT allowed,
+/// bit 17 reserved-must-be-one; DEBUG (bit 19), MIGRATE_MA and SINGLE_SOCKET clear. The policy is
+/// not covered by the launch digest: the report carries it in its own field, so the manifest's SNP
+/// pins name this exact value and the host refuses any other.
+pub const CHRYSALIS_GUEST_POLICY: u64 = 0x30000;
 /// The most vCPUs accepted (x86 KVM's largest configurable KVM_MAX_VCPUS).
 pub const SNP_MAX_VCPUS: u32 = 4096;
 
