@@ -47,21 +47,8 @@ pub enum ImageError {
         source: Box<ManifestError>,
     },
     /// `[qemu] firmware` names a file that is not the manifest's firmware for the profile.
-    #[error(
-        "qemu.firmware: {path} has sha256 {actual}, but the image manifest's firmware \"{role}\" ({file}) has sha256 {expected}; remove qemu.firmware to boot the manifest's firmware, which the published measurements are computed from"
-    )]
-    FirmwareMismatch {
-        /// The configured file.
-        path: PathBuf,
-        /// The manifest's firmware role (`tdx`, `snp`).
-        role: String,
-        /// The manifest's file name for it.
-        file: String,
-        /// The manifest's SHA-256.
-        expected: Sha256,
-        /// The configured file's SHA-256.
-        actual: Sha256,
-    },
+    #[error(transparent)]
+    FirmwareMismatch(Box<FirmwareMismatch>),
     /// `[qemu] firmware` could not be read.
     #[error("qemu.firmware: reading {path}")]
     FirmwareRead {
@@ -71,6 +58,24 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// `[qemu] firmware` is not a copy of the manifest's firmware (boxed in [`ImageError`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "qemu.firmware: {path} has sha256 {actual}, but the image manifest's firmware \"{role}\" ({file}) has sha256 {expected}; remove qemu.firmware to boot the manifest's firmware, which the published measurements are computed from"
+)]
+pub struct FirmwareMismatch {
+    /// The configured file.
+    pub path: PathBuf,
+    /// The manifest's firmware role (`tdx`, `snp`).
+    pub role: String,
+    /// The manifest's file name for it.
+    pub file: String,
+    /// The manifest's SHA-256.
+    pub expected: Sha256,
+    /// The configured file's SHA-256.
+    pub actual: Sha256,
 }
 
 /// A manifest read from disk, with where it lives and its digest.
@@ -137,13 +142,13 @@ impl LoadedImage {
             source,
         })?;
         if actual != artifact.sha256 {
-            return Err(ImageError::FirmwareMismatch {
+            return Err(ImageError::FirmwareMismatch(Box::new(FirmwareMismatch {
                 path: path.into(),
                 role: role.into(),
                 file: artifact.file.clone(),
                 expected: artifact.sha256,
                 actual,
-            });
+            })));
         }
         Ok(())
     }

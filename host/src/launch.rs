@@ -789,7 +789,7 @@ pub fn mmio64_window(gpus: &[Vec<Bar>]) -> u64 {
             (align, sizes.iter().sum::<u64>())
         })
         .collect();
-    windows.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    windows.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
     let mut end = 0u64;
     for (align, size) in windows {
         end = end.div_ceil(align) * align + size;
