@@ -107,9 +107,9 @@ pub mod ratls;
 pub mod receipt;
 #[cfg(feature = "full")]
 pub mod sim;
-pub mod tdx_attributes;
 #[cfg(feature = "full")]
 pub mod snp_policy;
+pub mod tdx_attributes;
 #[cfg(feature = "full")]
 pub mod verify;
 

@@ -462,6 +462,10 @@ pub(crate) mod tests {
         );
         assert!(tdx[0].name.as_deref().unwrap().contains("2 vCPU"));
         assert_eq!(back.snp_pins()[0].measurement, Measurement([4; 48]));
+        assert_eq!(
+            back.snp_pins()[0].policy,
+            Some(crate::measure::snp::CHRYSALIS_GUEST_POLICY)
+        );
     }
 
     #[test]
@@ -607,7 +611,8 @@ impl Manifest {
             )),
             measurement: s.measurement,
             host_data: None,
-            policy: None,
+            // Not part of the launch digest: pinned on its own, as the host launches it.
+            policy: Some(crate::measure::snp::CHRYSALIS_GUEST_POLICY),
             vmpl: None,
         })
         .collect()

@@ -1375,9 +1375,7 @@ mod tests {
             microcode: 9,
         };
         let v = snp_verdict("Turin", turin);
-        let err = Policy::dangerous_unpinned()
-            .check(&v.clone())
-            .unwrap_err();
+        let err = Policy::dangerous_unpinned().check(&v.clone()).unwrap_err();
         assert!(
             matches!(&err.reasons[..], [RejectReason::SnpNoTcbFloor { product }] if product == "Turin"),
             "{err}"
@@ -1571,7 +1569,10 @@ mod tests {
             .check(&v)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("SNP guest policy bit 19 DEBUG is set"), "{msg}");
+        assert!(
+            msg.contains("SNP guest policy bit 19 DEBUG is set"),
+            "{msg}"
+        );
     }
 
     /// Sim quotes through verify and the policy: the TUD bits reach the policy by name, the

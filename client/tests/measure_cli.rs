@@ -344,10 +344,7 @@ fn verify_sim_quote_with(
     let e = img.tdx();
     let pki = SimPki::from_seed(DEFAULT_SEED);
     let now = 1_767_225_600;
-    let mut m = td_measurements(
-        e.mr_td,
-        [img.rtmr0(2, 2048), e.rtmr1, e.rtmr2, e.rtmr3],
-    );
+    let mut m = td_measurements(e.mr_td, [img.rtmr0(2, 2048), e.rtmr1, e.rtmr2, e.rtmr3]);
     edit(&mut m);
     let quote = pki.quote(&SimTdReport::new(m, ReportData([7; 64])));
     let collateral = pki.collateral(now - 3600, 86_400).unwrap();

@@ -91,6 +91,8 @@ pub struct AgentOptions {
     pub relay_observer: Option<Arc<dyn Observer>>,
     /// Counters to use (a test may keep a handle); fresh ones when absent.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where sysfs is read from (GPU BARs), `/` when absent; tests pass a faked tree.
+    pub root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -122,15 +124,40 @@ pub fn build_transport(cfg: &HostConfig) -> Arc<dyn Transport> {
 pub fn plan_from_config(
     cfg: &HostConfig,
 ) -> Result<(Option<LoadedImage>, Option<LaunchPlan>), AgentError> {
+    plan_from_config_in(cfg, Path::new("/"))
+}
+
+/// [`plan_from_config`], reading sysfs under `root`.
+pub fn plan_from_config_in(
+    cfg: &HostConfig,
+    root: &Path,
+) -> Result<(Option<LoadedImage>, Option<LaunchPlan>), AgentError> {
     let manifest = match &cfg.image {
         Some(image) => Some(LoadedImage::load(&image.manifest)?),
         None => None,
     };
     let plan = match (&manifest, cfg.vm.launch) {
-        (Some(m), true) => Some(launch::plan(cfg, m, launch::kvm_usable)?),
+        (Some(m), true) => Some(launch::plan_in(cfg, m, launch::kvm_usable, root)?),
         _ => None,
     };
     Ok((manifest, plan))
+}
+
+/// Re-hashes every file the VM boots: the manifest's artifacts and firmware and, on tdx and snp,
+/// host.toml's `[qemu] firmware` when it names a copy of the manifest's firmware. `check`, `run` and
+/// every restart call it.
+pub fn verify_image(cfg: &HostConfig, image: &LoadedImage) -> Result<(), ImageError> {
+    image.verify_artifacts()?;
+    let role = match cfg.vm.platform {
+        crate::PlatformProfile::Tdx => crate::image::FIRMWARE_TDX,
+        crate::PlatformProfile::Snp => crate::image::FIRMWARE_SNP,
+        // sim boots no measured firmware: its quotes are computed from the manifest's TDVF.
+        crate::PlatformProfile::Sim | crate::PlatformProfile::SimSnp => return Ok(()),
+    };
+    match &cfg.qemu.firmware {
+        Some(fw) => image.verify_firmware_copy(role, fw),
+        None => Ok(()),
+    }
 }
 
 /// The sim quote signer `run` builds for `cfg` and `image`: the PKI of
@@ -233,12 +260,13 @@ pub async fn run(
         source,
     })?;
 
-    let (manifest, plan) = plan_from_config(&cfg)?;
+    let root = opts.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let (manifest, plan) = plan_from_config_in(&cfg, &root)?;
     if let Some(m) = &manifest {
         // Every artifact, before anything starts: a stale or half-copied image is an error that
         // names the file and both digests, not a guest that clients reject.
-        let m = m.clone();
-        tokio::task::spawn_blocking(move || m.verify_artifacts())
+        let (m, cfg2) = (m.clone(), cfg.clone());
+        tokio::task::spawn_blocking(move || verify_image(&cfg2, &m))
             .await
             .expect("artifact check does not panic")?;
     }
@@ -248,6 +276,11 @@ pub async fn run(
                 key: "qemu.binary",
                 program: plan.qemu.program.clone(),
             });
+        }
+        if launch::min_qemu(cfg.vm.platform).is_some() {
+            // The machine type must exist and mean what it meant when RTMR0 was captured.
+            let v = launch::check_qemu_version(cfg.vm.platform, &plan.qemu.program)?;
+            tracing::info!(qemu = %v, machine = launch::machine_type(cfg.vm.platform), "QEMU version");
         }
         if let Some(v) = &plan.vhost_vsock
             && launch::find_program(&v.program).is_none()
@@ -392,8 +425,9 @@ pub async fn run(
             let mut s = Supervisor::new(plan, cfg.supervisor.clone(), metrics.clone(), probe)
                 .with_multiplexer_pid(launched.multiplexer_pid());
             if let Some(image) = manifest.clone() {
+                let cfg2 = cfg.clone();
                 s = s.with_restart_check(Arc::new(move || {
-                    image.verify_artifacts().map_err(|e| {
+                    verify_image(&cfg2, &image).map_err(|e| {
                         let mut msg = e.to_string();
                         let mut cur = std::error::Error::source(&e);
                         while let Some(c) = cur {

@@ -176,8 +176,9 @@ pub struct QemuConfig {
     /// The QEMU system emulator (a path, or a name looked up in PATH).
     #[serde(default = "default_qemu")]
     pub binary: PathBuf,
-    /// Firmware loaded with `-bios`: TDVF for tdx, AmdSev OVMF for snp; optional for sim (SeaBIOS).
-    /// When absent, the manifest's firmware artifact is used if it has one.
+    /// Firmware loaded with `-bios`. tdx and snp boot the manifest's firmware (TDVF, AmdSev OVMF):
+    /// leave this unset, or name a copy of that file (`check` and `run` refuse a file whose SHA-256
+    /// differs from the manifest's). Optional for sim (default: QEMU's SeaBIOS).
     #[serde(default)]
     pub firmware: Option<PathBuf>,
 }
@@ -259,11 +260,10 @@ impl TdxConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnpConfig {
-    /// The guest policy (hex; default `0x30000`, [`CHRYSALIS_GUEST_POLICY`]: SMT allowed,
-    /// MIGRATE_MA and DEBUG off). Not part of the launch digest: the report carries it in its
-    /// POLICY field, which policies from `chrysalis policy from-manifest` pin to the default.
-    ///
-    /// [`CHRYSALIS_GUEST_POLICY`]: chrysalis_attestation::measure::snp::CHRYSALIS_GUEST_POLICY
+    /// The guest policy (hex). Not covered by the launch digest: the report carries it and the
+    /// manifest's SNP pins require exactly
+    /// [`CHRYSALIS_GUEST_POLICY`](chrysalis_attestation::measure::snp::CHRYSALIS_GUEST_POLICY)
+    /// (0x30000: SMT allowed, MIGRATE_MA and DEBUG off), so no other value is accepted.
     #[serde(default = "default_snp_policy")]
     pub policy: String,
     /// The C-bit position of the host CPU (51 on Milan, Genoa, Turin).
@@ -272,7 +272,8 @@ pub struct SnpConfig {
     /// Physical address bits lost to encryption.
     #[serde(default = "default_reduced_phys_bits")]
     pub reduced_phys_bits: u32,
-    /// The vCPU model; its CPUID signature is part of the VMSA and thus of the measurement.
+    /// The vCPU model; its CPUID signature is part of the VMSA and thus of the measurement. Must be a
+    /// named model (`EPYC-v4`, `EPYC-Milan`, ...), never `host`.
     #[serde(default = "default_snp_cpu")]
     pub cpu: String,
 }
@@ -856,6 +857,15 @@ impl HostConfig {
                 "GPU passthrough needs platform tdx or snp",
             ));
         }
+        if vm.gpus.len() > 1 && vm.platform == PlatformProfile::Tdx {
+            return Err(invalid(
+                "vm.gpus",
+                format!(
+                    "{} GPUs listed; a TDX guest gets one GPU until more per TD is tested (run one VM per GPU)",
+                    vm.gpus.len()
+                ),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = vm
             .gpus
@@ -872,7 +882,16 @@ impl HostConfig {
                 self.tdx.qgs_address()?;
             }
             PlatformProfile::Snp => {
-                self.snp.policy_value()?;
+                let policy = self.snp.policy_value()?;
+                let pinned = chrysalis_attestation::measure::snp::CHRYSALIS_GUEST_POLICY;
+                if policy != pinned {
+                    return Err(invalid(
+                        "snp.policy",
+                        format!(
+                            "{policy:#x} is not {pinned:#x}, the policy the image's SNP pins require (the policy is not part of the launch digest; clients check the report's policy field against the pin)"
+                        ),
+                    ));
+                }
                 if !(32..=63).contains(&self.snp.cbitpos) {
                     return Err(invalid(
                         "snp.cbitpos",
@@ -886,6 +905,26 @@ impl HostConfig {
                     return Err(invalid(
                         "snp.cpu",
                         "must be a QEMU CPU model name without options",
+                    ));
+                }
+                if self.snp.cpu.eq_ignore_ascii_case("host") {
+                    return Err(invalid(
+                        "snp.cpu",
+                        "\"host\" cannot be measured: every VMSA carries the vCPU's CPUID signature, which with -cpu host is the host CPU's, so no launch digest can be published for it; name a model such as \"EPYC-v4\"",
+                    ));
+                }
+                if self
+                    .snp
+                    .cpu
+                    .parse::<chrysalis_attestation::measure::snp::SnpVcpuType>()
+                    .is_err()
+                {
+                    return Err(invalid(
+                        "snp.cpu",
+                        format!(
+                            "{:?} is not a vCPU model the launch digest can be computed for (EPYC-v4, EPYC-Milan, EPYC-Genoa, EPYC-Turin, ...)",
+                            self.snp.cpu
+                        ),
                     ));
                 }
             }
@@ -1214,6 +1253,58 @@ mod tests {
         assert_eq!(
             key_of(with("[supervisor]\nbackoff_initial_ms = 0\n").unwrap_err()),
             "supervisor.backoff_initial_ms"
+        );
+    }
+
+    #[test]
+    fn unmeasurable_snp_and_untested_tdx_settings_are_refused_with_the_reason() {
+        let snp = "platform = \"snp\"\nvcpus = 2\nmemory_mib = 2048";
+        let e = with_vm(snp, "[snp]\ncpu = \"host\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("snp.cpu: \"host\" cannot be measured") && e.contains("CPUID"),
+            "{e}"
+        );
+        let e = with_vm(snp, "[snp]\ncpu = \"qemu64\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("snp.cpu: \"qemu64\" is not a vCPU model"),
+            "{e}"
+        );
+        assert!(with_vm(snp, "[snp]\ncpu = \"EPYC-Genoa\"").is_ok());
+        // Valid SNP policies other than the pinned one: SINGLE_SOCKET, and SMT off.
+        for p in ["0x130000", "0x20000"] {
+            let e = with_vm(snp, &format!("[snp]\npolicy = \"{p}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("snp.policy: {p} is not 0x30000"))
+                    && e.contains("not part of the launch digest"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            SnpConfig::default().policy_value().unwrap(),
+            chrysalis_attestation::measure::snp::CHRYSALIS_GUEST_POLICY
+        );
+        let e = with_vm(
+            "platform = \"tdx\"\nvcpus = 2\nmemory_mib = 2048\ngpus = [\"0000:3b:00.0\", \"0000:86:00.0\"]",
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("vm.gpus: 2 GPUs listed; a TDX guest gets one GPU"),
+            "{e}"
+        );
+        assert!(
+            with_vm(
+                "platform = \"snp\"\nvcpus = 2\nmemory_mib = 2048\ngpus = [\"0000:3b:00.0\", \"0000:86:00.0\"]",
+                ""
+            )
+            .is_ok()
         );
     }
 

@@ -46,6 +46,36 @@ pub enum ImageError {
         #[source]
         source: Box<ManifestError>,
     },
+    /// `[qemu] firmware` names a file that is not the manifest's firmware for the profile.
+    #[error(transparent)]
+    FirmwareMismatch(Box<FirmwareMismatch>),
+    /// `[qemu] firmware` could not be read.
+    #[error("qemu.firmware: reading {path}")]
+    FirmwareRead {
+        /// The configured file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `[qemu] firmware` is not a copy of the manifest's firmware (boxed in [`ImageError`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "qemu.firmware: {path} has sha256 {actual}, but the image manifest's firmware \"{role}\" ({file}) has sha256 {expected}; remove qemu.firmware to boot the manifest's firmware, which the published measurements are computed from"
+)]
+pub struct FirmwareMismatch {
+    /// The configured file.
+    pub path: PathBuf,
+    /// The manifest's firmware role (`tdx`, `snp`).
+    pub role: String,
+    /// The manifest's file name for it.
+    pub file: String,
+    /// The manifest's SHA-256.
+    pub expected: Sha256,
+    /// The configured file's SHA-256.
+    pub actual: Sha256,
 }
 
 /// A manifest read from disk, with where it lives and its digest.
@@ -99,6 +129,28 @@ impl LoadedImage {
                 dir: self.dir.clone(),
                 source: Box::new(source),
             })
+    }
+
+    /// Checks that `path` (host.toml's `[qemu] firmware`) has the SHA-256 of the manifest's firmware
+    /// `role`. A manifest without that role is left to the launch plan, which refuses it.
+    pub fn verify_firmware_copy(&self, role: &str, path: &Path) -> Result<(), ImageError> {
+        let Some(artifact) = self.firmware(role) else {
+            return Ok(());
+        };
+        let actual = Sha256::of_file(path).map_err(|source| ImageError::FirmwareRead {
+            path: path.into(),
+            source,
+        })?;
+        if actual != artifact.sha256 {
+            return Err(ImageError::FirmwareMismatch(Box::new(FirmwareMismatch {
+                path: path.into(),
+                role: role.into(),
+                file: artifact.file.clone(),
+                expected: artifact.sha256,
+                actual,
+            })));
+        }
+        Ok(())
     }
 
     /// Where `artifact` lies on disk.

@@ -1,7 +1,11 @@
 //! Command lines for the VM: QEMU for the `tdx`, `snp` and `sim` profiles, and vhost-device-vsock for `sim`.
 //!
-//! Building a [`LaunchPlan`] is pure: it reads the config and the manifest and returns argv vectors,
-//! so `--dry-run` prints exactly what `run` executes and golden tests pin it.
+//! Building a [`LaunchPlan`] reads the config, the manifest and, for GPUs, their BAR sizes from
+//! sysfs (under a root that tests replace), and returns argv vectors, so `--dry-run` prints exactly
+//! what `run` executes and golden tests pin it. It refuses what would boot into measurements no
+//! client accepts: a VM shape the manifest has no expected measurement for, firmware the manifest
+//! does not list, and (SNP) a guest whose RAM and GPU BARs do not fit the firmware's 40-bit
+//! physical address space.
 //!
 //! Common to every profile: direct kernel boot (`-kernel`, `-initrd`, `-append` with the manifest's
 //! measured command line), the rootfs, model and config disks attached read-only as virtio-blk
@@ -10,6 +14,11 @@
 //! `<state_dir>/<name>-serial.log`, `-no-reboot` so that a guest that powers off or panics ends
 //! QEMU (the supervisor then sees the failure), and no default devices.
 //!
+//! * `tdx` and `snp` use the versioned machine type [`CVM_MACHINE_TYPE`] with `hpet=off` (tdx:
+//!   also `smm=off,pic=off`, as TDX forces them and as the RTMR0 calculator captured), so the
+//!   ACPI tables (measured into RTMR0 on TDX) do not change with a QEMU upgrade, and GPUs are
+//!   passed through with `rombar=0` (no option ROM runs in the guest) behind a 64-bit MMIO window
+//!   (`opt/ovmf/X-PciMmio64Mb`) sized from their BARs; `run` checks the QEMU version first.
 //! * `tdx`: KVM, `-cpu host`, a `tdx-guest` object (JSON syntax, the only one that takes the
 //!   `quote-generation-socket` address) pointing at the host's QGS, split irqchip, TDVF via `-bios`,
 //!   kernel vhost-vsock, VFIO GPUs behind PCIe root ports with iommufd.
@@ -22,10 +31,129 @@
 //!   device.
 
 use std::ffi::OsStr;
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+use chrysalis_attestation::manifest::VmShape;
+use chrysalis_attestation::measure::image::DEFAULT_SNP_GUEST_FEATURES;
+use chrysalis_attestation::measure::snp::SnpVcpuType;
+use chrysalis_attestation::measure::tdx_acpi::{TDX_MACHINE_OPTIONS, TDX_VMM};
 
 use crate::config::{HostConfig, PlatformProfile, QgsAddress, SimAccel};
 use crate::image::{FIRMWARE_SNP, FIRMWARE_TDX, LoadedImage};
+
+/// The QEMU machine type of the `tdx` and `snp` profiles: the one whose ACPI tables the RTMR0
+/// calculator models ([`TDX_VMM`]). A versioned type keeps the guest's ACPI tables, and with them
+/// RTMR0 on TDX, the same when QEMU is upgraded; a newer QEMU still offers it.
+pub const CVM_MACHINE_TYPE: &str = TDX_VMM.machine_type;
+
+/// The oldest QEMU with upstream TDX support (it also offers [`CVM_MACHINE_TYPE`]).
+pub const CVM_MIN_QEMU: QemuVersion = QemuVersion {
+    major: 10,
+    minor: 1,
+    micro: 0,
+};
+
+/// The guest physical address width the AmdSev OVMF build maps: RAM and the 64-bit PCI window of
+/// an SNP guest must end below 2^40.
+pub const SNP_GUEST_PHYS_BITS: u32 = 40;
+
+/// OVMF's 64-bit PCI MMIO window when no GPU is passed through (its PcdPciMmio64Size default).
+const OVMF_DEFAULT_MMIO64: u64 = 32 << 30;
+
+/// Room left in the 64-bit window beside the GPUs' BARs (virtio BARs, alignment slack).
+const MMIO64_RESERVE: u64 = 1 << 30;
+
+/// The machine type each profile launches (`sim` keeps the unversioned `q35`).
+pub fn machine_type(platform: PlatformProfile) -> &'static str {
+    match platform {
+        PlatformProfile::Tdx | PlatformProfile::Snp => CVM_MACHINE_TYPE,
+        PlatformProfile::Sim | PlatformProfile::SimSnp => "q35",
+    }
+}
+
+/// The oldest QEMU a profile runs on; `None` for `sim`, which runs on any recent QEMU.
+pub fn min_qemu(platform: PlatformProfile) -> Option<QemuVersion> {
+    match platform {
+        PlatformProfile::Tdx | PlatformProfile::Snp => Some(CVM_MIN_QEMU),
+        PlatformProfile::Sim | PlatformProfile::SimSnp => None,
+    }
+}
+
+/// A QEMU release, as `qemu-system-x86_64 --version` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QemuVersion {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+    /// Micro.
+    pub micro: u32,
+}
+
+impl fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}
+
+impl QemuVersion {
+    /// Parses the first line of `--version` (`QEMU emulator version 10.1.0 (Debian 1:10.1.0+ds-1)`).
+    pub fn parse_version_output(text: &str) -> Option<Self> {
+        let rest = text.lines().next()?.split("version ").nth(1)?;
+        let word = rest.split_whitespace().next()?;
+        let mut it = word.split('.').map(|p| {
+            let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u32>().ok()
+        });
+        let major = it.next()??;
+        let minor = it.next()??;
+        let micro = it.next().flatten().unwrap_or(0);
+        Some(Self {
+            major,
+            minor,
+            micro,
+        })
+    }
+}
+
+/// Runs `program --version` and parses it.
+pub fn qemu_version(program: &Path) -> Result<QemuVersion, LaunchError> {
+    let unusable = |reason: String| LaunchError::QemuUnusable {
+        program: program.into(),
+        reason,
+    };
+    let out = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| unusable(format!("cannot run it: {e}")))?;
+    if !out.status.success() {
+        return Err(unusable(format!("--version exited with {}", out.status)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    QemuVersion::parse_version_output(&text)
+        .ok_or_else(|| unusable(format!("--version printed no version: {:?}", text.trim())))
+}
+
+/// Checks `program`'s version against what `platform` needs; returns the version found.
+pub fn check_qemu_version(
+    platform: PlatformProfile,
+    program: &Path,
+) -> Result<QemuVersion, LaunchError> {
+    let found = qemu_version(program)?;
+    if let Some(need) = min_qemu(platform)
+        && found < need
+    {
+        return Err(LaunchError::QemuTooOld {
+            program: program.into(),
+            platform: platform.as_str(),
+            found,
+            need,
+        });
+    }
+    Ok(found)
+}
 
 /// Errors of building a launch plan.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +177,76 @@ pub enum LaunchError {
     /// The config does not describe a VM to launch (`vm.launch = false`).
     #[error("vm.launch is false: the agent does not launch a VM")]
     NotLaunched,
+    /// The manifest has no expected measurement for this VM shape: the guest would boot into
+    /// measurements that match no client's pin.
+    #[error(
+        "vm: the image manifest has no expected {platform} measurement for {shape}; it has: {available}. Use one of those shapes, or compute this shape's measurement ({measure}) and publish it in the manifest before serving"
+    )]
+    UnmeasuredShape {
+        /// `tdx` or `snp`.
+        platform: &'static str,
+        /// The configured shape, in words.
+        shape: String,
+        /// The shapes the manifest has, in words (or `none`).
+        available: String,
+        /// The `chrysalis measure` command that computes this shape's measurement.
+        measure: String,
+    },
+    /// A GPU's BARs could not be read from sysfs.
+    #[error("vm.gpus: reading the BARs of {gpu} from {path} (is the device present?)")]
+    GpuBars {
+        /// The PCI address.
+        gpu: String,
+        /// The sysfs `resource` file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sysfs `resource` file that does not parse.
+    #[error("vm.gpus: {path}: line {line} is not \"start end flags\" in hex")]
+    BadBars {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// An SNP guest's RAM and PCI window do not fit the firmware's physical address space.
+    #[error(
+        "vm: an snp guest with {memory_mib} MiB of RAM and a {mmio64_mib} MiB 64-bit PCI window (GPU BARs) would end at guest physical address {end:#x}, beyond the {bits}-bit address space the AmdSev OVMF firmware maps; use less memory or fewer GPUs"
+    )]
+    SnpAddressSpace {
+        /// Guest RAM.
+        memory_mib: u64,
+        /// The 64-bit MMIO window.
+        mmio64_mib: u64,
+        /// The first address past the window.
+        end: u64,
+        /// [`SNP_GUEST_PHYS_BITS`].
+        bits: u32,
+    },
+    /// The QEMU binary could not be run or did not print a version.
+    #[error("qemu.binary: {program}: {reason}")]
+    QemuUnusable {
+        /// The binary.
+        program: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The QEMU binary is older than the profile needs.
+    #[error(
+        "qemu.binary: {program} is QEMU {found}; the {platform} profile needs QEMU >= {need} (machine type {CVM_MACHINE_TYPE})"
+    )]
+    QemuTooOld {
+        /// The binary.
+        program: PathBuf,
+        /// The profile.
+        platform: &'static str,
+        /// The version found.
+        found: QemuVersion,
+        /// The oldest accepted.
+        need: QemuVersion,
+    },
 }
 
 /// One program and its arguments.
@@ -160,13 +358,38 @@ fn vm_opt_path(what: &'static str, p: &Path) -> Result<String, LaunchError> {
 
 /// Builds the command lines for `cfg` and the image's manifest. `kvm_usable` answers the sim profile's
 /// `accel = "auto"` (whether /dev/kvm can be opened); it is a parameter so tests are deterministic.
+/// GPU BARs are read from the real `/sys`; see [`plan_in`].
 pub fn plan(
     cfg: &HostConfig,
     image: &LoadedImage,
     kvm_usable: impl Fn() -> bool,
 ) -> Result<LaunchPlan, LaunchError> {
+    plan_in(cfg, image, kvm_usable, Path::new("/"))
+}
+
+/// [`plan`], reading GPU BARs from `<root>/sys/bus/pci/devices/<addr>/resource` (tests pass a
+/// directory tree that fakes sysfs).
+pub fn plan_in(
+    cfg: &HostConfig,
+    image: &LoadedImage,
+    kvm_usable: impl Fn() -> bool,
+    root: &Path,
+) -> Result<LaunchPlan, LaunchError> {
     if !cfg.vm.launch {
         return Err(LaunchError::NotLaunched);
+    }
+    check_measured_shape(cfg, image)?;
+    let mmio64 = if cfg.vm.gpus.is_empty() {
+        None
+    } else {
+        let mut bars = Vec::new();
+        for gpu in &cfg.vm.gpus {
+            bars.push(read_bars(root, gpu)?);
+        }
+        Some(mmio64_window(&bars))
+    };
+    if cfg.vm.platform == PlatformProfile::Snp {
+        snp_address_space(cfg.vm.memory_mib, mmio64.unwrap_or(OVMF_DEFAULT_MMIO64))?;
     }
     let vm = &cfg.vm;
     let platform = vm.platform;
@@ -212,7 +435,9 @@ pub fn plan(
             push(&["-accel", "kvm"]);
             push(&[
                 "-machine",
-                "q35,kernel-irqchip=split,confidential-guest-support=tdx0",
+                &format!(
+                    "{CVM_MACHINE_TYPE},kernel-irqchip=split,confidential-guest-support=tdx0,{TDX_MACHINE_OPTIONS}"
+                ),
             ]);
             push(&["-cpu", "host"]);
             push(&["-object", &tdx.to_string()]);
@@ -224,7 +449,9 @@ pub fn plan(
             push(&["-accel", "kvm"]);
             push(&[
                 "-machine",
-                "q35,confidential-guest-support=sev0,memory-backend=ram0",
+                &format!(
+                    "{CVM_MACHINE_TYPE},confidential-guest-support=sev0,memory-backend=ram0,hpet=off"
+                ),
             ]);
             push(&["-cpu", &cfg.snp.cpu]);
             push(&[
@@ -270,15 +497,22 @@ pub fn plan(
         PlatformProfile::Snp => Some(FIRMWARE_SNP),
         PlatformProfile::Sim | PlatformProfile::SimSnp => None,
     };
-    let firmware = cfg.qemu.firmware.clone().or_else(|| {
-        role.and_then(|r| image.firmware(r))
-            .map(|f| image.path_of(f))
-    });
-    match (&firmware, platform) {
-        (Some(fw), _) => push(&["-bios", utf8("qemu.firmware", fw)?]),
-        (None, PlatformProfile::Tdx) => return Err(LaunchError::NoFirmware("tdx")),
-        (None, PlatformProfile::Snp) => return Err(LaunchError::NoFirmware("snp")),
-        (None, PlatformProfile::Sim | PlatformProfile::SimSnp) => {}
+    // tdx and snp boot the manifest's firmware: qemu.firmware may only name a copy of it (`check`
+    // and `run` compare its SHA-256), and without a manifest entry nothing can be pinned.
+    let manifest_fw = role
+        .and_then(|r| image.firmware(r))
+        .map(|f| image.path_of(f));
+    if let Some(r) = role
+        && manifest_fw.is_none()
+    {
+        return Err(LaunchError::NoFirmware(if r == FIRMWARE_TDX {
+            "tdx"
+        } else {
+            "snp"
+        }));
+    }
+    if let Some(fw) = cfg.qemu.firmware.clone().or(manifest_fw) {
+        push(&["-bios", utf8("qemu.firmware", &fw)?]);
     }
     push(&[
         "-kernel",
@@ -328,13 +562,18 @@ pub fn plan(
                         "-device",
                         &format!("pcie-root-port,id=rp{i},bus=pcie.0,chassis={}", i + 1),
                     ]);
+                    // rombar=0: an option ROM would be measured into RTMR1 (TDX) or run
+                    // unmeasured (SNP); the driver does not need it.
                     push(&[
                         "-device",
-                        &format!("vfio-pci,host={gpu},bus=rp{i},iommufd=iommufd0"),
+                        &format!("vfio-pci,host={gpu},bus=rp{i},iommufd=iommufd0,rombar=0"),
                     ]);
                 }
-                // GPU BARs are large; let OVMF place them in a 256 GiB 64-bit MMIO window.
-                push(&["-fw_cfg", "name=opt/ovmf/X-PciMmio64Mb,string=262144"]);
+                let window_mib = mmio64.expect("GPUs were read") >> 20;
+                push(&[
+                    "-fw_cfg",
+                    &format!("name=opt/ovmf/X-PciMmio64Mb,string={window_mib}"),
+                ]);
             }
         }
         PlatformProfile::Sim | PlatformProfile::SimSnp => {
@@ -379,6 +618,211 @@ pub fn plan(
         qemu_log,
         vhost_vsock_log,
     })
+}
+
+/// The shape in words, as errors name it.
+fn describe_shape(shape: &VmShape, cpu: Option<&str>) -> String {
+    match cpu {
+        Some(cpu) => format!("{} vCPUs ({cpu}), {} MiB", shape.vcpus, shape.memory_mib),
+        None => format!("{} vCPUs, {} MiB", shape.vcpus, shape.memory_mib),
+    }
+}
+
+/// Refuses a tdx or snp (vCPUs, memory, CPU model) the manifest has no expected measurement for.
+/// TDX guests run `-cpu host` (the TD's CPUID is fixed by its attributes, not by a model); SNP
+/// entries must also match the CPU model and the VMSA features the launcher sets.
+pub fn check_measured_shape(cfg: &HostConfig, image: &LoadedImage) -> Result<(), LaunchError> {
+    let shape = VmShape {
+        vcpus: cfg.vm.vcpus,
+        memory_mib: cfg.vm.memory_mib,
+    };
+    let expected = image.manifest.expected_measurements.as_ref();
+    let measure = |platform: &str, cpu: &str| {
+        format!(
+            "chrysalis measure --manifest {} --platform {platform} --vcpus {} --memory {}{cpu}",
+            image.path.display(),
+            shape.vcpus,
+            shape.memory_mib
+        )
+    };
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join("; ")
+        }
+    };
+    match cfg.vm.platform {
+        PlatformProfile::Sim | PlatformProfile::SimSnp => Ok(()),
+        PlatformProfile::Tdx => {
+            let entries: Vec<_> = expected
+                .iter()
+                .flat_map(|e| e.tdx.iter())
+                .filter(|e| e.firmware == FIRMWARE_TDX)
+                .collect();
+            if entries.iter().any(|e| e.shape == shape) {
+                return Ok(());
+            }
+            Err(LaunchError::UnmeasuredShape {
+                platform: "tdx",
+                shape: describe_shape(&shape, None),
+                available: list(
+                    entries
+                        .iter()
+                        .map(|e| describe_shape(&e.shape, None))
+                        .collect(),
+                ),
+                measure: measure("tdx", ""),
+            })
+        }
+        PlatformProfile::Snp => {
+            let cpu: Option<SnpVcpuType> = cfg.snp.cpu.parse().ok();
+            let entries: Vec<_> = expected
+                .iter()
+                .flat_map(|e| e.snp.iter())
+                .filter(|e| {
+                    e.firmware == FIRMWARE_SNP && e.guest_features == DEFAULT_SNP_GUEST_FEATURES
+                })
+                .collect();
+            let same_cpu = |t: &str| cpu.is_some() && t.parse::<SnpVcpuType>().ok() == cpu;
+            if entries
+                .iter()
+                .any(|e| e.shape == shape && same_cpu(&e.vcpu_type))
+            {
+                return Ok(());
+            }
+            Err(LaunchError::UnmeasuredShape {
+                platform: "snp",
+                shape: describe_shape(&shape, Some(cfg.snp.cpu.as_str())),
+                available: list(
+                    entries
+                        .iter()
+                        .map(|e| describe_shape(&e.shape, Some(e.vcpu_type.as_str())))
+                        .collect(),
+                ),
+                measure: measure("snp", &format!(" --vcpu-type {}", cfg.snp.cpu)),
+            })
+        }
+    }
+}
+
+/// The launch digest of the configured SNP shape, computed from the manifest's (verified) firmware,
+/// kernel, initramfs and command line, for an owner who wants to publish a new shape.
+pub fn snp_digest_for_config(
+    cfg: &HostConfig,
+    image: &LoadedImage,
+) -> Result<chrysalis_attestation::Measurement, Box<dyn std::error::Error + Send + Sync>> {
+    use chrysalis_attestation::evidence::Platform;
+    use chrysalis_attestation::manifest::Artifact;
+    use chrysalis_attestation::measure::image::{ImageInputs, SnpShape, snp_for_shape};
+    let mut read = |a: &Artifact| image.read_verified(a);
+    let inputs = ImageInputs::read(&image.manifest, &[Platform::Snp], &mut read)?;
+    let shape = SnpShape {
+        shape: VmShape {
+            vcpus: cfg.vm.vcpus,
+            memory_mib: cfg.vm.memory_mib,
+        },
+        vcpu_type: cfg.snp.cpu.parse()?,
+        guest_features: DEFAULT_SNP_GUEST_FEATURES,
+    };
+    Ok(snp_for_shape(&inputs, &shape, None)?.measurement)
+}
+
+/// One memory BAR of a PCI device, from sysfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bar {
+    /// BAR index (0-5).
+    pub index: usize,
+    /// Size in bytes.
+    pub size: u64,
+    /// A 64-bit BAR (placed in the 64-bit MMIO window).
+    pub is_64: bool,
+}
+
+// Linux's IORESOURCE_* flags in sysfs `resource`.
+const IORESOURCE_MEM: u64 = 0x200;
+const IORESOURCE_MEM_64: u64 = 0x0010_0000;
+
+/// The memory BARs of `gpu`, from `<root>/sys/bus/pci/devices/<gpu>/resource` (one line per
+/// resource, `start end flags` in hex; the first six are the BARs).
+pub fn read_bars(root: &Path, gpu: &str) -> Result<Vec<Bar>, LaunchError> {
+    let path = root.join("sys/bus/pci/devices").join(gpu).join("resource");
+    let text = std::fs::read_to_string(&path).map_err(|source| LaunchError::GpuBars {
+        gpu: gpu.into(),
+        path: path.clone(),
+        source,
+    })?;
+    let mut bars = Vec::new();
+    for (i, line) in text.lines().enumerate().take(6) {
+        let bad = || LaunchError::BadBars {
+            path: path.clone(),
+            line: i + 1,
+        };
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        let [start, end, flags] = nums[..] else {
+            return Err(bad());
+        };
+        if flags & IORESOURCE_MEM == 0 || end <= start {
+            continue;
+        }
+        bars.push(Bar {
+            index: i,
+            size: end - start + 1,
+            is_64: flags & IORESOURCE_MEM_64 != 0,
+        });
+    }
+    Ok(bars)
+}
+
+/// The 64-bit MMIO window (bytes) OVMF must reserve for `gpus`: each GPU sits behind its own root
+/// port, whose bridge window holds its 64-bit BARs (largest first, naturally aligned) and is
+/// aligned to its largest BAR; the windows are packed largest alignment first, and
+/// [`MMIO64_RESERVE`] is added for everything else. Rounded up to 1 GiB.
+pub fn mmio64_window(gpus: &[Vec<Bar>]) -> u64 {
+    let mut windows: Vec<(u64, u64)> = gpus
+        .iter()
+        .map(|bars| {
+            let mut sizes: Vec<u64> = bars.iter().filter(|b| b.is_64).map(|b| b.size).collect();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            let align = sizes.first().copied().unwrap_or(1).max(1 << 20);
+            (align, sizes.iter().sum::<u64>())
+        })
+        .collect();
+    windows.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+    let mut end = 0u64;
+    for (align, size) in windows {
+        end = end.div_ceil(align) * align + size;
+    }
+    (end + MMIO64_RESERVE).div_ceil(1 << 30) << 30
+}
+
+/// Where OVMF puts an SNP guest's RAM and 64-bit PCI window, and whether it fits
+/// [`SNP_GUEST_PHYS_BITS`]. q35 keeps 2 GiB of RAM below 4 GiB when the guest has at least
+/// 2.75 GiB (all of it otherwise) and maps the rest from 4 GiB; OVMF starts the window at the next
+/// 1 GiB boundary above RAM, aligned to the largest power of two not above its size. Returns the
+/// first address past the window.
+pub fn snp_address_space(memory_mib: u64, mmio64: u64) -> Result<u64, LaunchError> {
+    const GIB: u64 = 1 << 30;
+    let mem = memory_mib << 20;
+    let high = if mem >= 0xb000_0000 { mem - 2 * GIB } else { 0 };
+    let ram_end = 4 * GIB + high;
+    let align = 1u64 << (63 - mmio64.max(1).leading_zeros());
+    let base = ram_end.div_ceil(GIB) * GIB;
+    let base = base.div_ceil(align) * align;
+    let end = base + mmio64;
+    if end > 1u64 << SNP_GUEST_PHYS_BITS {
+        return Err(LaunchError::SnpAddressSpace {
+            memory_mib,
+            mmio64_mib: mmio64 >> 20,
+            end,
+            bits: SNP_GUEST_PHYS_BITS,
+        });
+    }
+    Ok(end)
 }
 
 /// The sim profile's `accel = "auto"`: KVM when `/dev/kvm` can be opened for reading and writing
@@ -443,6 +887,118 @@ mod tests {
             shlex::split(&c.to_shell().replace("\\\n", "")).unwrap()[1..],
             c.args[..]
         );
+    }
+
+    #[test]
+    fn qemu_versions_parse() {
+        let v = |t| QemuVersion::parse_version_output(t);
+        assert_eq!(
+            v("QEMU emulator version 10.1.0 (Debian 1:10.1.0+ds-1)\nCopyright"),
+            Some(QemuVersion {
+                major: 10,
+                minor: 1,
+                micro: 0
+            })
+        );
+        assert_eq!(
+            v("QEMU emulator version 9.2.50 (v9.2.0-1234-gabc)"),
+            Some(QemuVersion {
+                major: 9,
+                minor: 2,
+                micro: 50
+            })
+        );
+        assert_eq!(
+            v("QEMU emulator version 10.1"),
+            Some(QemuVersion {
+                major: 10,
+                minor: 1,
+                micro: 0
+            })
+        );
+        assert_eq!(v("not qemu"), None);
+        assert!(v("QEMU emulator version 10.0.2").unwrap() < CVM_MIN_QEMU);
+    }
+
+    fn bar(size: u64) -> Bar {
+        Bar {
+            index: 1,
+            size,
+            is_64: true,
+        }
+    }
+
+    #[test]
+    fn the_mmio64_window_holds_the_bars_of_each_root_port() {
+        const G: u64 = 1 << 30;
+        const M: u64 = 1 << 20;
+        let h100 = vec![
+            Bar {
+                index: 0,
+                size: 16 * M,
+                is_64: false,
+            },
+            bar(128 * G),
+            bar(32 * M),
+        ];
+        // 128 GiB + 32 MiB, + 1 GiB, rounded up.
+        assert_eq!(mmio64_window(std::slice::from_ref(&h100)), 130 * G);
+        // The second root port's window starts at the next 128 GiB boundary.
+        assert_eq!(mmio64_window(&[h100.clone(), h100]), 386 * G);
+        assert_eq!(mmio64_window(&[vec![]]), G);
+    }
+
+    #[test]
+    fn snp_guests_must_end_below_1_tib() {
+        const G: u64 = 1 << 30;
+        // 64 GiB RAM ends at 66 GiB; a 130 GiB window is aligned to 128 GiB.
+        assert_eq!(snp_address_space(65536, 130 * G).unwrap(), 258 * G);
+        // Small guests keep all RAM below 4 GiB.
+        assert_eq!(snp_address_space(2048, 32 * G).unwrap(), 64 * G);
+        // 1 TiB of RAM does not fit.
+        assert!(matches!(
+            snp_address_space(1 << 20, 32 * G),
+            Err(LaunchError::SnpAddressSpace { bits: 40, .. })
+        ));
+        // A window that ends exactly at 2^40 fits; one more GiB does not.
+        assert_eq!(snp_address_space(2048, 512 * G).unwrap(), 1024 * G);
+        assert!(snp_address_space(2048, 513 * G).is_err());
+    }
+
+    #[test]
+    fn sysfs_resource_lines_become_bars() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("sys/bus/pci/devices/0000:3b:00.0");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("resource"),
+            "0x00000000e2000000 0x00000000e2ffffff 0x0000000000040200\n\
+             0x0000382000000000 0x0000383fffffffff 0x000000000014220c\n\
+             0x0000000000000000 0x0000000000000000 0x0000000000000000\n\
+             0x000000000000e000 0x000000000000e07f 0x0000000000040101\n",
+        )
+        .unwrap();
+        let bars = read_bars(dir.path(), "0000:3b:00.0").unwrap();
+        assert_eq!(
+            bars,
+            [
+                Bar {
+                    index: 0,
+                    size: 16 << 20,
+                    is_64: false
+                },
+                Bar {
+                    index: 1,
+                    size: 128 << 30,
+                    is_64: true
+                },
+            ]
+        );
+        std::fs::write(d.join("resource"), "0x1 zz 0x200\n").unwrap();
+        assert!(matches!(
+            read_bars(dir.path(), "0000:3b:00.0"),
+            Err(LaunchError::BadBars { line: 1, .. })
+        ));
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //!   by the simulated Intel PKI.
 //! * [`collateral`]: TDX collateral from a file or a PCCS, refreshed before `nextUpdate`.
 //! * [`metrics`] and [`admin`]: counters, `/metrics` and `/status`.
+//! * [`preflight`]: host prerequisites of a profile (KVM and TEE support, QEMU, QGS or SEV
+//!   firmware, IOMMU, GPUs on vfio-pci in CC mode, memory, ports), each with its fix.
 //! * [`agent`]: wires everything for `chrysalis-host run`.
 //! * [`testkit`]: a fake hybrid-vsock guest for tests and benchmarks.
 #![deny(unsafe_code)]
@@ -35,6 +37,7 @@ pub mod config;
 pub mod image;
 pub mod launch;
 pub mod metrics;
+pub mod preflight;
 pub mod relay;
 pub mod services;
 pub mod sim;

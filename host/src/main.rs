@@ -1,10 +1,11 @@
-//! `chrysalis-host`: the host agent binary (`run`, `run --dry-run`, `check`).
+//! `chrysalis-host`: the host agent binary (`run`, `run --dry-run`, `check`, `preflight`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use chrysalis_host::HostConfig;
-use chrysalis_host::agent::{self, AgentOptions};
+use chrysalis_host::agent::{self, AgentError, AgentOptions};
+use chrysalis_host::launch::{self, LaunchError};
+use chrysalis_host::{HostConfig, LoadedImage, PlatformProfile, preflight};
 use clap::{Parser, Subcommand};
 
 /// The chrysalis host agent: launches the confidential VM, relays ciphertext to it, serves its
@@ -12,6 +13,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// Read /sys, /proc, /dev and /etc below this directory instead of / (tests fake a host with it).
+    #[arg(long, global = true, hide = true, default_value = "/")]
+    root: PathBuf,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -33,6 +37,13 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/chrysalis/host.toml")]
         config: PathBuf,
     },
+    /// Check this host's prerequisites for the configured profile and say how to fix each;
+    /// exits non-zero when one fails.
+    Preflight {
+        /// The agent's configuration.
+        #[arg(long, short, default_value = "/etc/chrysalis/host.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,17 +55,38 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let root = cli.root;
     match cli.command {
+        Cmd::Preflight { config } => {
+            let cfg = HostConfig::load(&config)?;
+            println!(
+                "preflight for {} (platform {})",
+                config.display(),
+                cfg.vm.platform.as_str()
+            );
+            let checks = preflight::run(&cfg, &root);
+            print!("{}", preflight::report(&checks));
+            if preflight::failed(&checks) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Check { config } => {
             let cfg = HostConfig::load(&config)?;
-            let (manifest, plan) = agent::plan_from_config(&cfg)?;
+            let (manifest, plan) = match agent::plan_from_config_in(&cfg, &root) {
+                Ok(p) => p,
+                Err(e) => {
+                    explain_unmeasured_snp_shape(&cfg, &e);
+                    return Err(e.into());
+                }
+            };
             println!(
                 "{}: ok (platform {})",
                 config.display(),
                 cfg.vm.platform.as_str()
             );
             if let Some(m) = manifest {
-                m.verify_artifacts()?;
+                agent::verify_image(&cfg, &m)?;
                 println!(
                     "manifest {} sha256 {}: every artifact matches",
                     m.path.display(),
@@ -86,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config, dry_run } => {
             let cfg = HostConfig::load(&config)?;
             if dry_run {
-                let (_, plan) = agent::plan_from_config(&cfg)?;
+                let (_, plan) = agent::plan_from_config_in(&cfg, &root)?;
                 let plan =
                     plan.context("vm.launch is false: there is no VM command line to print")?;
                 print!("{}", plan.dry_run_text());
@@ -95,11 +127,36 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let opts = AgentOptions {
+                root: (root != Path::new("/")).then_some(root),
+                ..AgentOptions::default()
+            };
             rt.block_on(async move {
-                agent::run(cfg, AgentOptions::default(), shutdown_signal()).await?;
+                agent::run(cfg, opts, shutdown_signal()).await?;
                 Ok(())
             })
         }
+    }
+}
+
+/// For an SNP shape the manifest does not list, computes the launch digest it would have from the
+/// manifest's verified artifacts and prints it, so the image's owner can publish it.
+fn explain_unmeasured_snp_shape(cfg: &HostConfig, e: &AgentError) {
+    if cfg.vm.platform != PlatformProfile::Snp
+        || !matches!(e, AgentError::Launch(LaunchError::UnmeasuredShape { .. }))
+    {
+        return;
+    }
+    let Some(image) = &cfg.image else { return };
+    let digest = LoadedImage::load(&image.manifest)
+        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        .and_then(|m| launch::snp_digest_for_config(cfg, &m));
+    match digest {
+        Ok(d) => eprintln!(
+            "the launch digest of this shape ({} vCPUs, {}, {} MiB) is {d}: add it to the manifest's expected_measurements.snp to serve it",
+            cfg.vm.vcpus, cfg.snp.cpu, cfg.vm.memory_mib
+        ),
+        Err(err) => eprintln!("the launch digest of this shape could not be computed: {err}"),
     }
 }
 

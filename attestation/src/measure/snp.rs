@@ -119,7 +119,7 @@ pub const SNP_MAX_VCPUS: u32 = 4096;
 /// `[snp] policy`), which `policy from-manifest` pins: ABI 0.0 minimum, bit 16 SMT allowed,
 /// bit 17 reserved-must-be-one; MIGRATE_MA (18), DEBUG (19) and every other bit clear. The
 /// guest policy is not part of the launch digest, so the report's POLICY field must be pinned
-/// on its own.
+/// on its own: the manifest's SNP pins name this exact value and the host refuses any other.
 pub const CHRYSALIS_GUEST_POLICY: u64 = 0x3_0000;
 
 /// Everything the launch digest depends on.

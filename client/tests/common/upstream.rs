@@ -216,13 +216,12 @@ impl FakeUpstream {
     /// A new key and certificate over evidence of `mr_td`; open connections are closed.
     pub fn rotate(&self, mr_td: Measurement) {
         let pki = SimPki::from_seed(DEFAULT_SEED);
-        *self.shared.identity.lock().unwrap() =
-            Arc::new(identity(
-                &pki,
-                mr_td,
-                self.shared.opts.snp,
-                self.shared.opts.without_collateral,
-            ));
+        *self.shared.identity.lock().unwrap() = Arc::new(identity(
+            &pki,
+            mr_td,
+            self.shared.opts.snp,
+            self.shared.opts.without_collateral,
+        ));
         self.shared.generation.send_modify(|g| *g += 1);
     }
 
