@@ -592,6 +592,11 @@ impl Manifest {
             pin.rtmr1 = Some(t.rtmr1);
             pin.rtmr2 = Some(t.rtmr2);
             pin.rtmr3 = Some(t.rtmr3);
+            // Host-chosen launch values the launcher never sets: pinned to their zero default,
+            // so no host can carry its own identity or configuration id in a pinned TD.
+            pin.mr_config_id = Some(crate::evidence::Measurement::ZERO);
+            pin.mr_owner = Some(crate::evidence::Measurement::ZERO);
+            pin.mr_owner_config = Some(crate::evidence::Measurement::ZERO);
             // Every shape is launched with the same attributes and XFAM (the host launcher's
             // `tdx-guest` object and the sim quote service alike).
             pin.td_attributes = Some(crate::tdx_attributes::LAUNCH_TD_ATTRIBUTES);
@@ -610,7 +615,8 @@ impl Manifest {
                 self.flavor, self.version, s.shape.vcpus, s.vcpu_type, s.shape.memory_mib
             )),
             measurement: s.measurement,
-            host_data: None,
+            // The launcher sets no HOST_DATA: pinned to zero like TDX's MRCONFIGID.
+            host_data: Some(crate::evidence::HostData([0; 32])),
             // Not part of the launch digest: pinned on its own, as the host launches it.
             policy: Some(crate::measure::snp::CHRYSALIS_GUEST_POLICY),
             vmpl: None,

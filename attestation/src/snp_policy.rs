@@ -144,9 +144,15 @@ pub struct PolicyCheck {
 ///
 /// The ARK is the authority here: the VCEK was signed by that generation's ASK, and AMD derives
 /// the VCEK's TCB encoding per product. `None` for a root that names no known product.
+/// A simulated AMD root is the product its PKI models ([`crate::sim::SIM_PRODUCT_NAME`]).
 pub fn product_of(root: &TrustRoot) -> Option<AmdGeneration> {
     match root {
         TrustRoot::AmdArk { product, .. } => AmdGeneration::from_product_name(product),
+        // The simulated PKI models one product (its VCEK's productName): the sim profile is held
+        // to that product's floor like hardware, not waved through.
+        TrustRoot::SimulatedAmd { .. } => {
+            AmdGeneration::from_product_name(crate::sim::SIM_PRODUCT_NAME)
+        }
         _ => None,
     }
 }

@@ -88,7 +88,7 @@ const CPUID_STEPPING: u8 = 0x01;
 
 /// Guest policy of a production chrysalis guest: bit 17 (reserved, must be one) and SMT allowed
 /// (bit 16); ABI 0.0; DEBUG, MIGRATE_MA and SINGLE_SOCKET clear.
-pub const SIM_GUEST_POLICY: u64 = 0x3_0000;
+pub const SIM_GUEST_POLICY: u64 = crate::measure::snp::CHRYSALIS_GUEST_POLICY;
 
 /// SNP report format version the simulator writes (3: with the CPUID fields).
 const REPORT_VERSION: u32 = 3;
