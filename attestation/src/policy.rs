@@ -881,7 +881,7 @@ impl Policy {
             );
         }
         if verdict.platform == Platform::Tdx {
-            reasons.extend(self.collateral_freshness(&verdict));
+            reasons.extend(self.collateral_freshness(verdict));
         }
         // SNP's DEBUG bit is refused by name in snp_checks.
         if !self.dangerous_allow_debug && verdict.platform != Platform::Snp {
