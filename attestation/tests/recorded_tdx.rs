@@ -34,7 +34,7 @@ fn sample_quote_is_up_to_date_under_the_intel_root() {
 #[test]
 fn a_recorded_quote_is_proof_only_for_its_own_report_data() {
     let (quote, collateral) = dcap_sample("tdx_quote");
-    let policy = Policy::dangerous_unpinned();
+    let policy = floor(17);
     let verified = verify_tdx(&quote, &collateral, &TrustAnchors::vendor(), SAMPLE_NOW).unwrap();
     let own = verified.report_data;
     let mut other = own;
