@@ -37,19 +37,8 @@ use std::fmt;
 use thiserror::Error;
 
 use super::eventlog::{Event, EventType, Register, replay_events};
-use super::tdx::{TdvfMetadata, TdvfSectionType};
+use super::tdx::{TdvfMetadata, TdvfSectionType, guid};
 use crate::evidence::Measurement;
-
-/// Builds the on-disk byte order of an EFI_GUID from its text fields.
-const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
-    let a = a.to_le_bytes();
-    let b = b.to_le_bytes();
-    let c = c.to_le_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6],
-        d[7],
-    ]
-}
 
 /// EFI_GLOBAL_VARIABLE: SecureBoot, PK, KEK, BootOrder, Boot####.
 pub const EFI_GLOBAL_VARIABLE: [u8; 16] = guid(

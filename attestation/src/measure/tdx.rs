@@ -83,7 +83,7 @@ const PAGE_SIZE: u64 = 4096;
 const MR_EXTEND_CHUNK: usize = 256;
 
 /// Builds the on-disk byte order of an EFI_GUID from its text fields.
-const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
+pub(crate) const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     let a = a.to_le_bytes();
     let b = b.to_le_bytes();
     let c = c.to_le_bytes();
