@@ -18,7 +18,7 @@ use chrysalis_attestation::Platform;
 use chrysalis_attestation::collateral::{CollateralKey, tcb_info_fmspc};
 use chrysalis_attestation::hostcall::{self, Request, Response};
 use dcap_qvl::QuoteCollateralV3;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::sim::SimEndpoint;
 use super::{EvidenceBundle, EvidenceError};
@@ -67,23 +67,10 @@ impl HostCollateral {
         &self,
         mut s: S,
     ) -> Result<QuoteCollateralV3, EvidenceError> {
-        let frame = hostcall::encode(&Request::Collateral).map_err(|e| self.err(e))?;
-        s.write_all(&frame)
+        match super::sim::call(&mut s, &Request::Collateral)
             .await
-            .map_err(|e| self.err(format!("send: {e}")))?;
-        s.flush()
-            .await
-            .map_err(|e| self.err(format!("send: {e}")))?;
-        let mut prefix = [0u8; 4];
-        s.read_exact(&mut prefix)
-            .await
-            .map_err(|e| self.err(format!("receive: {e}")))?;
-        let len = hostcall::body_len(prefix).map_err(|e| self.err(e))?;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body)
-            .await
-            .map_err(|e| self.err(format!("receive: {e}")))?;
-        match hostcall::decode_body::<Response>(&body).map_err(|e| self.err(e))? {
+            .map_err(|e| self.err(e))?
+        {
             Response::Collateral { collateral } => Ok(collateral),
             Response::Error { message } => Err(self.err(format!("host refused: {message}"))),
             other => Err(self.err(format!("unexpected answer {other:?}"))),
@@ -179,6 +166,7 @@ pub(crate) async fn serve_one_tcp(
     listener: tokio::net::TcpListener,
     answer: Response,
 ) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut s, _) = listener.accept().await?;
     let mut prefix = [0u8; 4];
     s.read_exact(&mut prefix).await?;

@@ -108,23 +108,7 @@ impl SimQuoteClient {
             SimPlatform::Snp => Request::SimSnpReport { report_data },
             SimPlatform::Tdx | SimPlatform::Host => Request::SimQuote { report_data },
         };
-        let frame = hostcall::encode(&request).map_err(|e| self.err(e))?;
-        s.write_all(&frame)
-            .await
-            .map_err(|e| self.err(format!("send: {e}")))?;
-        s.flush()
-            .await
-            .map_err(|e| self.err(format!("send: {e}")))?;
-        let mut prefix = [0u8; 4];
-        s.read_exact(&mut prefix)
-            .await
-            .map_err(|e| self.err(format!("receive: {e}")))?;
-        let len = hostcall::body_len(prefix).map_err(|e| self.err(e))?;
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body)
-            .await
-            .map_err(|e| self.err(format!("receive: {e}")))?;
-        match hostcall::decode_body::<Response>(&body).map_err(|e| self.err(e))? {
+        match call(&mut s, &request).await.map_err(|e| self.err(e))? {
             Response::Quote { quote, collateral } if self.platform != SimPlatform::Snp => {
                 if quote.is_empty() {
                     return Err(EvidenceError::Empty);
@@ -220,6 +204,29 @@ where
     s.write_all(&hostcall::encode(&resp).map_err(std::io::Error::other)?)
         .await?;
     s.shutdown().await
+}
+
+/// One host call on a connected stream: the framed request out, one framed response back.
+/// The error is text for the caller to wrap with its endpoint (sim quotes, collateral).
+pub(crate) async fn call<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    request: &Request,
+) -> Result<Response, String> {
+    let frame = hostcall::encode(request).map_err(|e| e.to_string())?;
+    s.write_all(&frame)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    s.flush().await.map_err(|e| format!("send: {e}"))?;
+    let mut prefix = [0u8; 4];
+    s.read_exact(&mut prefix)
+        .await
+        .map_err(|e| format!("receive: {e}"))?;
+    let len = hostcall::body_len(prefix).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .await
+        .map_err(|e| format!("receive: {e}"))?;
+    hostcall::decode_body::<Response>(&body).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
