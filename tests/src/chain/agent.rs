@@ -105,7 +105,8 @@ pub enum Boot {
 }
 
 impl HostAgent {
-    /// Writes `<dir>/host.toml` for `spec` and starts `host_bin run --config` on it; the agent's
+    /// Writes `<dir>/host.toml` for `spec`, runs `host_bin preflight --config` on it (an error
+    /// if any check fails), and starts `host_bin run --config` on it; the agent's
     /// log goes to `<dir>/agent.log`, its state (sockets, serial console, QEMU log, relay.addr,
     /// admin.addr) to `<dir>/state`.
     pub fn start(host_bin: &Path, spec: &AgentSpec, dir: &Path) -> Result<HostAgent, ChainError> {
@@ -116,6 +117,28 @@ impl HostAgent {
         })?;
         let cfg = dir.join("host.toml");
         write_atomic(&cfg, spec.toml(&state).as_bytes())?;
+        // What a GPU owner runs first (docs/host.md): every prerequisite of the profile on this
+        // machine. A failed check stops the test with the checks' own fixes.
+        let pre = Command::new(host_bin)
+            .arg("preflight")
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .map_err(|source| ChainError::Spawn {
+                what: "chrysalis-host preflight".into(),
+                source,
+            })?;
+        if !pre.status.success() {
+            return Err(ChainError::Command {
+                what: format!("chrysalis-host preflight --config {}", cfg.display()),
+                status: pre.status.to_string(),
+                stderr: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&pre.stdout),
+                    String::from_utf8_lossy(&pre.stderr)
+                ),
+            });
+        }
         let mut cmd = Command::new(host_bin);
         cmd.arg("run").arg("--config").arg(&cfg).env(
             "RUST_LOG",
