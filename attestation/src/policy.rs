@@ -25,6 +25,7 @@
 //! milan = { bootloader = 0, tee = 0, snp = 24, microcode = 219 }
 //! genoa = { bootloader = 0, tee = 0, snp = 23, microcode = 84 }
 //! # turin = { fmc = 0, bootloader = 0, tee = 0, snp = 0, microcode = 0 }  # no built-in floor
+//! # dangerous_accept_milan = false  # [tcb]: Milan reports can be forged by the host's owner
 //!
 //! [collateral]                     # TDX collateral: where from, how fresh
 //! # pccs_url = "https://api.trustedservices.intel.com"   # fetch it when a node carries none
@@ -160,6 +161,10 @@ pub struct TcbConfig {
     /// refused unless listed here or `snp_minimum` is set.
     #[serde(default, skip_serializing_if = "SnpFloors::is_empty")]
     pub snp_floor: SnpFloors,
+    /// Accepts EPYC Milan reports although their platform's owner can forge them
+    /// ([`crate::snp_policy::MILAN_FORGERY`]): only where the owner is trusted anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dangerous_accept_milan: bool,
 }
 
 /// Per-product SNP TCB floors (`[tcb.snp_floor]`).
@@ -214,6 +219,7 @@ impl Default for TcbConfig {
             allowed_advisories: Vec::new(),
             snp_minimum: None,
             snp_floor: SnpFloors::default(),
+            dangerous_accept_milan: false,
         }
     }
 }
@@ -388,7 +394,14 @@ pub enum RejectReason {
         /// Where the floor comes from.
         source: FloorSource,
     },
-    /// Neither the built-in table nor the policy has a TCB floor for this SNP product.
+    /// The SNP product's reports can be forged by its owner, whatever their TCB.
+    SnpProductForgeable {
+        /// The AMD product.
+        product: String,
+        /// Why its reports prove nothing against its owner.
+        why: &'static str,
+    },
+    /// The policy names no SNP TCB floor for this product and the built-in table has none.
     SnpNoTcbFloor {
         /// The product (or the root, when it names none).
         product: String,
@@ -492,6 +505,10 @@ impl fmt::Display for RejectReason {
                     parts.join(", ")
                 )
             }
+            RejectReason::SnpProductForgeable { product, why } => write!(
+                f,
+                "SNP product {product} refused: {why}; only tcb.dangerous_accept_milan accepts it"
+            ),
             RejectReason::SnpNoTcbFloor { product } => write!(
                 f,
                 "SNP TCB floor unknown for {product}: the built-in table has none; \
@@ -1276,9 +1293,47 @@ mod tests {
         crate::snp_policy::builtin_tcb_floor(AmdGeneration::Milan).unwrap()
     }
 
+    fn genoa_floor() -> SnpTcb {
+        crate::snp_policy::builtin_tcb_floor(AmdGeneration::Genoa).unwrap()
+    }
+
+    /// The floor tests use the recorded Milan figures; Milan itself needs the dangerous switch.
+    fn accepting_milan() -> Policy {
+        let mut p = Policy::dangerous_unpinned();
+        p.tcb.dangerous_accept_milan = true;
+        p
+    }
+
+    #[test]
+    fn milan_is_refused_at_any_tcb_unless_dangerous_accept_milan() {
+        let high = SnpTcb {
+            fmc: None,
+            bootloader: 255,
+            tee: 255,
+            snp: 255,
+            microcode: 255,
+        };
+        let v = snp_verdict("Milan", high);
+        let err = Policy::dangerous_unpinned().check(&v).unwrap_err();
+        assert!(
+            matches!(&err.reasons[..], [RejectReason::SnpProductForgeable { product, .. }] if product == "Milan"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("arXiv 2605.12990"), "{err}");
+        let checks = Policy::dangerous_unpinned().checks(&v);
+        assert_eq!((checks[0].check, checks[0].passed), ("snp.product", false));
+        accepting_milan().check(&v).unwrap();
+        // The switch round-trips through TOML and is not written when off.
+        let text = accepting_milan().to_toml().unwrap();
+        assert!(text.contains("dangerous_accept_milan = true"), "{text}");
+        assert_eq!(Policy::from_toml(&text).unwrap(), accepting_milan());
+        let off = Policy::dangerous_unpinned().to_toml().unwrap();
+        assert!(!off.contains("dangerous_accept_milan"), "{off}");
+    }
+
     #[test]
     fn snp_has_no_tcb_status_and_accepted_statuses_do_not_apply() {
-        let v = snp_verdict("Milan", milan_floor());
+        let v = snp_verdict("Genoa", genoa_floor());
         let mut p = Policy::dangerous_unpinned();
         p.tcb.accepted_statuses = vec![TcbStatus::OutOfDate];
         p.check(&v).unwrap();
@@ -1292,7 +1347,7 @@ mod tests {
 
     #[test]
     fn builtin_floor_refuses_old_milan_firmware_by_component() {
-        let err = Policy::dangerous_unpinned()
+        let err = accepting_milan()
             .check(&snp_verdict("Milan", OLD_MILAN))
             .unwrap_err();
         let msgs = err.messages();
@@ -1307,10 +1362,10 @@ mod tests {
             "{msgs:?}"
         );
         // At the floor exactly: accepted. Genoa's floor is its own.
-        Policy::dangerous_unpinned()
+        accepting_milan()
             .check(&snp_verdict("Milan", milan_floor()))
             .unwrap();
-        let genoa = crate::snp_policy::builtin_tcb_floor(AmdGeneration::Genoa).unwrap();
+        let genoa = genoa_floor();
         Policy::dangerous_unpinned()
             .check(&snp_verdict("Genoa", genoa))
             .unwrap();
@@ -1330,12 +1385,12 @@ mod tests {
     fn committed_tcb_is_floored_too_and_launch_tcb_is_not() {
         let mut v = snp_verdict("Milan", milan_floor());
         snp_mut(&mut v).launch_tcb = OLD_MILAN;
-        Policy::dangerous_unpinned().check(&v.clone()).unwrap();
+        accepting_milan().check(&v.clone()).unwrap();
         snp_mut(&mut v).committed_tcb = SnpTcb {
             snp: 23,
             ..milan_floor()
         };
-        let err = Policy::dangerous_unpinned().check(&v).unwrap_err();
+        let err = accepting_milan().check(&v).unwrap_err();
         assert_eq!(
             err.messages(),
             [
@@ -1348,7 +1403,7 @@ mod tests {
     #[test]
     fn explicit_floors_override_the_table() {
         let v = snp_verdict("Milan", OLD_MILAN);
-        let mut p = Policy::dangerous_unpinned();
+        let mut p = accepting_milan();
         p.tcb.snp_floor.milan = Some(OLD_MILAN);
         p.check(&v.clone()).unwrap();
         // snp_minimum is the override for every product, above snp_floor.
@@ -1393,7 +1448,7 @@ mod tests {
 
     #[test]
     fn migrate_ma_debug_and_vmpl_are_refused_by_name_without_pins() {
-        let base = snp_verdict("Milan", milan_floor());
+        let base = snp_verdict("Genoa", genoa_floor());
         let p = Policy::dangerous_unpinned();
 
         let mut v = base.clone();
@@ -1444,7 +1499,7 @@ mod tests {
 
     #[test]
     fn pinned_guest_policy_mismatch_names_the_bits() {
-        let mut v = snp_verdict("Milan", milan_floor());
+        let mut v = snp_verdict("Genoa", genoa_floor());
         // SMT off: not refused by default, but a pin of the launch policy catches it.
         snp_mut(&mut v).policy = 0x2_0000;
         let pin = SnpPin {

@@ -45,6 +45,18 @@ pub const TCB_FLOOR_TABLE_DATE: &str = "2026-12";
 /// must name its floor (fmc, bootloader, tee, snp, microcode) explicitly.
 pub const TCB_FLOOR_SOURCE: &str = "AMD-SB-3019 (CVE-2024-56161)";
 
+/// Why EPYC Milan reports are refused by default, whatever their TCB.
+///
+/// "Insecure Despite Proven Updated: Extracting the Root VCEK Seed on EPYC Milan via a
+/// Software-Only Attack" (arXiv 2605.12990, May 2026) reports code execution on Milan's secure
+/// processor followed by a read of the fused root seed from which every VCEK is derived. With
+/// the seed, a platform's owner derives the VCEK of any TCB and signs any report: a forged
+/// report verifies up to AMD's ARK and no firmware floor can tell. Chrysalis's adversary is
+/// exactly that owner, so a Milan report proves nothing against it. The paper's claims were not
+/// reproduced here and AMD's answer was not available when this was written (2026-12).
+pub const MILAN_FORGERY: &str = "its owner can extract the root VCEK seed and sign reports \
+     for any TCB (arXiv 2605.12990, 2026-05)";
+
 /// The built-in minimum TCB of `product`, or `None` when the table has no verified values for
 /// it (Turin). See [`TCB_FLOOR_SOURCE`] for where the numbers come from and what they mean.
 pub fn builtin_tcb_floor(product: AmdGeneration) -> Option<SnpTcb> {
@@ -180,6 +192,25 @@ impl Policy {
         let mut out = Vec::new();
         let product = product_of(root);
         let product_name = product.map_or_else(|| root.to_string(), |p| p.name().to_owned());
+        if product == Some(AmdGeneration::Milan) {
+            let allowed = self.tcb.dangerous_accept_milan;
+            out.push((
+                PolicyCheck {
+                    check: "snp.product",
+                    passed: allowed,
+                    detail: match allowed {
+                        true => {
+                            format!("Milan accepted by tcb.dangerous_accept_milan: {MILAN_FORGERY}")
+                        }
+                        false => format!("Milan refused: {MILAN_FORGERY}"),
+                    },
+                },
+                (!allowed).then(|| RejectReason::SnpProductForgeable {
+                    product: product_name.clone(),
+                    why: MILAN_FORGERY,
+                }),
+            ));
+        }
         match self.snp_floor_for(product) {
             Some((floor, source)) => {
                 for (check, tcb, actual) in [

@@ -32,10 +32,18 @@ const RECORDED_TCB: SnpTcb = SnpTcb {
     microcode: 115,
 };
 
-/// Chain, signature and guest-policy rules, with the floor lowered to the recorded firmware.
+/// Chain, signature and guest-policy rules, with the floor lowered to the recorded firmware
+/// and Milan accepted although its owner can forge its reports (what these tests examine is
+/// the rest of the path).
 fn accepting_old_firmware() -> Policy {
-    let mut p = Policy::dangerous_unpinned();
+    let mut p = accepting_milan();
     p.tcb.snp_minimum = Some(RECORDED_TCB);
+    p
+}
+
+fn accepting_milan() -> Policy {
+    let mut p = Policy::dangerous_unpinned();
+    p.tcb.dangerous_accept_milan = true;
     p
 }
 
@@ -61,10 +69,16 @@ fn milan_verdict_has_no_tcb_status_and_carries_the_tcbs() {
 }
 
 #[test]
-fn default_policy_refuses_the_recorded_milan_firmware_by_component() {
+fn default_policy_refuses_the_recorded_milan_report_by_product_and_firmware() {
     let err = Policy::dangerous_unpinned()
         .appraise(&milan(), None, NOW)
         .unwrap_err();
+    assert!(
+        matches!(&err.reasons[0], RejectReason::SnpProductForgeable { product, .. } if product == "Milan"),
+        "{err}"
+    );
+    // Under the dangerous switch the firmware floor still applies, component by component.
+    let err = accepting_milan().appraise(&milan(), None, NOW).unwrap_err();
     let tcbs: Vec<_> = err
         .reasons
         .iter()
@@ -83,7 +97,7 @@ fn default_policy_refuses_the_recorded_milan_firmware_by_component() {
         "{err}"
     );
     // The same floor written out per product, as from-manifest writes it: same components.
-    let mut p = Policy::dangerous_unpinned();
+    let mut p = accepting_milan();
     p.tcb.snp_floor = chrysalis_attestation::policy::SnpFloors::builtin();
     let written = p.appraise(&milan(), None, NOW).unwrap_err().to_string();
     assert!(
@@ -98,12 +112,12 @@ fn recorded_milan_is_accepted_with_an_explicit_floor_and_every_check_is_shown() 
     let ok = p.appraise(&milan(), None, NOW).unwrap();
     let checks = p.checks(ok.verdict());
     assert!(checks.iter().all(|c| c.passed), "{checks:?}");
-    assert_eq!(checks.len(), 5);
-    let mut p = Policy::dangerous_unpinned();
+    assert_eq!(checks.len(), 6);
+    let mut p = accepting_milan();
     p.tcb.snp_floor.milan = Some(RECORDED_TCB);
     p.appraise(&milan(), None, NOW).unwrap();
     // A Genoa floor does not apply to a Milan report.
-    let mut p = Policy::dangerous_unpinned();
+    let mut p = accepting_milan();
     p.tcb.snp_floor.genoa = Some(RECORDED_TCB);
     assert!(p.appraise(&milan(), None, NOW).is_err());
 }

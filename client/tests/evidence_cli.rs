@@ -218,7 +218,8 @@ fn snp_verify_json_shows_each_check_and_the_tcb_floor() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         chrysalis(&args)
     };
-    // The recorded report's firmware (2023) is below the built-in Milan floor.
+    // Milan is refused by default (its owner can forge reports), and the recorded report's
+    // firmware (2023) is below the built-in Milan floor.
     let o = milan(&["--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v = stdout_json(&o);
@@ -229,16 +230,18 @@ fn snp_verify_json_shows_each_check_and_the_tcb_floor() {
         "{v}"
     );
     assert!(reasons.contains("snp 8 < 24, microcode 115 < 219"), "{v}");
+    assert!(reasons.contains("SNP product Milan refused"), "{v}");
     let checks: Vec<(String, bool)> = v["checks"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| (c["check"].as_str().unwrap().to_owned(), c["passed"] == true))
         .collect();
-    let expect = |tcb_ok: bool| {
+    let expect = |ok: bool| {
         vec![
-            ("snp.reported_tcb".to_owned(), tcb_ok),
-            ("snp.committed_tcb".to_owned(), tcb_ok),
+            ("snp.product".to_owned(), ok),
+            ("snp.reported_tcb".to_owned(), ok),
+            ("snp.committed_tcb".to_owned(), ok),
             ("snp.policy.migrate_ma".to_owned(), true),
             ("snp.policy.debug".to_owned(), true),
             ("snp.vmpl".to_owned(), true),
@@ -246,12 +249,14 @@ fn snp_verify_json_shows_each_check_and_the_tcb_floor() {
     };
     assert_eq!(checks, expect(false), "{v}");
 
-    // With the floor lowered explicitly, accepted; no TCB status, the TCBs are shown.
+    // With Milan accepted and the floor lowered explicitly, accepted; no TCB status, the TCBs
+    // are shown.
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        "version = 1\ndangerous_accept_any_measurement = true\n[tcb.snp_floor.milan]\n\
+        "version = 1\ndangerous_accept_any_measurement = true\n[tcb]\n\
+         dangerous_accept_milan = true\n[tcb.snp_floor.milan]\n\
          bootloader = 3\ntee = 0\nsnp = 8\nmicrocode = 115\n",
     )
     .unwrap();
@@ -276,7 +281,7 @@ fn snp_verify_json_shows_each_check_and_the_tcb_floor() {
         .collect();
     assert_eq!(checks, expect(true), "{v}");
     assert!(
-        v["checks"][0]["detail"]
+        v["checks"][1]["detail"]
             .as_str()
             .unwrap()
             .contains("policy tcb.snp_floor"),

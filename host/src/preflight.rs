@@ -96,6 +96,20 @@ fn cpu_flags(root: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The first CPU's `key` field in /proc/cpuinfo (`cpu family`, `model`), as a number.
+fn cpu_field(root: &Path, key: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(under(root, "/proc/cpuinfo")).ok()?;
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// EPYC Milan is family 19h, models 00h-0Fh (Genoa starts at 10h, Turin is family 1Ah).
+fn is_milan(family: u32, model: u32) -> bool {
+    family == 0x19 && model < 0x10
+}
+
 /// `key` in /proc/meminfo, in KiB (HugePages_* are counts).
 fn meminfo(root: &Path, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(under(root, "/proc/meminfo")).ok()?;
@@ -364,9 +378,24 @@ fn snp_checks(root: &Path, out: &mut Vec<Check>) {
             Status::Fail,
             "cpu",
             "svm or sev_snp missing from /proc/cpuinfo",
-            "enable SVM, SMEE, SEV-SNP and SNP memory coverage in the BIOS (EPYC Milan or newer) and boot a host kernel with SNP support (Linux >= 6.11)",
+            "enable SVM, SMEE, SEV-SNP and SNP memory coverage in the BIOS (EPYC Genoa or newer) and boot a host kernel with SNP support (Linux >= 6.11)",
         )
     });
+    match (cpu_field(root, "cpu family"), cpu_field(root, "model")) {
+        (Some(f), Some(m)) if is_milan(f, m) => out.push(bad(
+            Status::Fail,
+            "amd product",
+            format!("EPYC Milan (family {f:#x}, model {m:#x}): clients refuse Milan reports by default, because its owner can forge them (arXiv 2605.12990; docs/ra-tls.md)"),
+            "serve from EPYC Genoa or newer; a Milan node is only accepted by clients that set tcb.dangerous_accept_milan",
+        )),
+        (Some(f), Some(m)) => out.push(ok("amd product", format!("family {f:#x}, model {m:#x} (not Milan)"))),
+        _ => out.push(bad(
+            Status::Warn,
+            "amd product",
+            "no cpu family/model in /proc/cpuinfo",
+            "check that this is an AMD EPYC Genoa or newer (clients refuse Milan)",
+        )),
+    }
     out.push(dev_check(
         root,
         "kvm",
@@ -643,6 +672,31 @@ mod tests {
             under(Path::new("/r"), "/dev/kvm"),
             PathBuf::from("/r/dev/kvm")
         );
+    }
+
+    #[test]
+    fn milan_is_named_and_fails_the_snp_checks() {
+        assert!(is_milan(0x19, 0x01));
+        assert!(!is_milan(0x19, 0x11), "Genoa");
+        assert!(!is_milan(0x1a, 0x02), "Turin");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        let cpu = |model: u32| {
+            std::fs::write(
+                dir.path().join("proc/cpuinfo"),
+                format!(
+                    "processor\t: 0\ncpu family\t: 25\nmodel\t\t: {model}\nflags\t\t: svm sev_snp\n"
+                ),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            snp_checks(dir.path(), &mut out);
+            out.into_iter().find(|c| c.name == "amd product").unwrap()
+        };
+        let milan = cpu(1);
+        assert_eq!(milan.status, Status::Fail, "{milan:?}");
+        assert!(milan.detail.contains("EPYC Milan"), "{milan:?}");
+        assert_eq!(cpu(17).status, Status::Ok);
     }
 
     #[test]
