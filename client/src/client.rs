@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chrysalis_attestation::pcs::PcsClient;
 use chrysalis_attestation::ratls::RaTlsServerVerifier;
 use chrysalis_attestation::{Policy, Rejection, VerifiedPeer};
 use http::header::{self, HeaderName, HeaderValue};
@@ -22,7 +21,7 @@ use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
 
-use crate::collateral::CollateralFetcher;
+use crate::collateral::CollateralSource;
 use crate::connect::{AttestedConnector, ConnectError};
 use crate::ledger::{Ledger, LedgerError};
 use crate::metered::{Exchange, InFlight, MeteredBody, ReceiptSlot, VerifiedReceipt};
@@ -249,9 +248,7 @@ pub struct ClientBuilder {
     pool_idle_timeout: Duration,
     pooling: bool,
     max_body: usize,
-    pccs_url: Option<String>,
-    pccs_ca_file: Option<PathBuf>,
-    collateral_cache: Option<PathBuf>,
+    collateral: CollateralSource,
 }
 
 impl Default for ClientBuilder {
@@ -265,9 +262,7 @@ impl Default for ClientBuilder {
             pool_idle_timeout: Duration::from_secs(90),
             pooling: true,
             max_body: DEFAULT_MAX_REQUEST_BODY,
-            pccs_url: None,
-            pccs_ca_file: None,
-            collateral_cache: None,
+            collateral: CollateralSource::default(),
         }
     }
 }
@@ -301,20 +296,26 @@ impl ClientBuilder {
     /// (overrides the policy's `[collateral] pccs_url`). Applies with [`Self::policy`], not
     /// with a caller-built [`Self::verifier`].
     pub fn pccs_url(mut self, url: impl Into<String>) -> Self {
-        self.pccs_url = Some(url.into());
+        self.collateral.pccs_url = Some(url.into());
         self
     }
 
     /// PEM bundle of the CAs that may sign the PCCS's TLS certificate (default: the system
     /// bundle).
     pub fn pccs_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.pccs_ca_file = Some(path.into());
+        self.collateral.pccs_ca_file = Some(path.into());
+        self
+    }
+
+    /// Sets the whole collateral source at once (see [`Self::pccs_url`]).
+    pub fn collateral_source(mut self, source: CollateralSource) -> Self {
+        self.collateral = source;
         self
     }
 
     /// Keeps fetched collateral in this directory too, until its `nextUpdate`.
     pub fn collateral_cache(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.collateral_cache = Some(dir.into());
+        self.collateral.cache_dir = Some(dir.into());
         self
     }
 
@@ -358,24 +359,11 @@ impl ClientBuilder {
             (None, Some(p)) => {
                 p.validate()
                     .map_err(|e| ClientError::Config(format!("policy: {e}")))?;
-                let prefer_own = p.collateral.prefer_own;
-                let url = self.pccs_url.or_else(|| p.collateral.pccs_url.clone());
-                let mut v = RaTlsServerVerifier::new(Arc::new(p));
-                if let Some(url) = url {
-                    let pcs = PcsClient::new(&url, self.pccs_ca_file.as_deref())
-                        .map_err(|e| ClientError::Config(format!("collateral source: {e}")))?;
-                    let mut f = CollateralFetcher::new(pcs);
-                    if let Some(dir) = self.collateral_cache {
-                        f = f.cache_dir(dir);
-                    }
-                    v = v.with_collateral_store(f.store().clone(), prefer_own);
-                    fetcher = Some(f);
-                } else if prefer_own {
-                    return Err(ClientError::Config(
-                        "policy: collateral.prefer_own needs collateral.pccs_url (or --pccs-url)"
-                            .into(),
-                    ));
-                }
+                let (v, f) = self
+                    .collateral
+                    .verifier(p)
+                    .map_err(|e| ClientError::Config(chain(&e)))?;
+                fetcher = f;
                 Arc::new(v)
             }
             (None, None) => return Err(ClientError::Config("no policy given".into())),

@@ -9,10 +9,62 @@
 
 use std::path::{Path, PathBuf};
 
+use chrysalis_attestation::Policy;
 use chrysalis_attestation::collateral::{CollateralKey, CollateralStore};
 use chrysalis_attestation::pcs::{PcsClient, PcsError};
+use chrysalis_attestation::ratls::RaTlsServerVerifier;
 use chrysalis_attestation::verify::collateral_valid_until;
 use dcap_qvl::QuoteCollateralV3;
+
+/// Where a verifier gets TDX collateral of its own: the options of `chrysalis proxy` and
+/// `chrysalis verify` and of [`crate::client::ClientBuilder`], over the policy's `[collateral]`.
+#[derive(Clone, Debug, Default)]
+pub struct CollateralSource {
+    /// PCCS or Intel PCS base URL; overrides the policy's `[collateral] pccs_url`.
+    pub pccs_url: Option<String>,
+    /// PEM bundle of the CAs that may sign the PCCS's TLS certificate (default: the system's).
+    pub pccs_ca_file: Option<PathBuf>,
+    /// Also keep fetched collateral in this directory.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A collateral source that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollateralSourceError {
+    /// The PCCS URL or CA file is unusable.
+    #[error("collateral source")]
+    Pcs(#[from] PcsError),
+    /// `prefer_own` with nowhere to fetch from.
+    #[error("policy: collateral.prefer_own needs collateral.pccs_url (or --pccs-url)")]
+    PreferOwnWithoutUrl,
+}
+
+impl CollateralSource {
+    /// The verifier for `policy`, reading the store of the returned fetcher when this source or
+    /// the policy names a URL (the fetcher then goes to
+    /// [`crate::connect::AttestedConnector::with_collateral_fetcher`]).
+    pub fn verifier(
+        self,
+        policy: Policy,
+    ) -> Result<(RaTlsServerVerifier, Option<CollateralFetcher>), CollateralSourceError> {
+        let prefer_own = policy.collateral.prefer_own;
+        let url = self.pccs_url.or_else(|| policy.collateral.pccs_url.clone());
+        let verifier = RaTlsServerVerifier::new(std::sync::Arc::new(policy));
+        let Some(url) = url else {
+            return match prefer_own {
+                true => Err(CollateralSourceError::PreferOwnWithoutUrl),
+                false => Ok((verifier, None)),
+            };
+        };
+        let mut f = CollateralFetcher::new(PcsClient::new(&url, self.pccs_ca_file.as_deref())?);
+        if let Some(dir) = self.cache_dir {
+            f = f.cache_dir(dir);
+        }
+        let verifier = verifier.with_collateral_store(f.store().clone(), prefer_own);
+        Ok((verifier, Some(f)))
+    }
+}
 
 /// Fetches the collateral a verifier found missing and stores it for the next attempt.
 #[derive(Clone, Debug)]

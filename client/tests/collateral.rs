@@ -206,6 +206,82 @@ async fn the_proxy_fetches_collateral_for_a_node_that_carries_none() {
     assert_eq!(pccs.hits.load(Ordering::SeqCst), 8);
 }
 
+/// `chrysalis verify URL --policy FILE [extra...]`, run off the async runtime.
+async fn verify_cli(addr: std::net::SocketAddr, policy: &str, extra: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("policy.toml");
+    std::fs::write(&p, policy).unwrap();
+    let mut args = vec![
+        "verify".to_owned(),
+        format!("https://{addr}"),
+        "--policy".into(),
+        p.to_str().unwrap().into(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chrysalis"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chrysalis_verify_fetches_collateral_for_a_node_that_carries_none() {
+    let up = FakeUpstream::start(Options {
+        without_collateral: true,
+        ..Options::new(PINNED)
+    });
+    let (key, collateral) = sim_platform();
+    let pccs = fake_pccs(&collateral, &key).await;
+
+    let (code, out) = verify_cli(up.addr, &sim_policy_toml(up.root, PINNED), &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no collateral"), "{out}");
+
+    // The policy's [collateral] pccs_url: fetched, accepted, and the explanation uses it too.
+    let policy = format!(
+        "{}[collateral]\npccs_url = \"{}\"\n",
+        sim_policy_toml(up.root, PINNED),
+        pccs.url
+    );
+    let (code, out) = verify_cli(up.addr, &policy, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["accepted"], true, "{v}");
+    assert_eq!(v["tcb_status"], "UpToDate", "{v}");
+    assert_eq!(v["evidence_error"], serde_json::Value::Null, "{v}");
+    assert_eq!(pccs.hits.load(Ordering::SeqCst), 4);
+
+    // --pccs-url with a cache directory: fetched once, then read from disk by the next run.
+    let cache = tempfile::tempdir().unwrap();
+    let flags = ["--pccs-url", pccs.url.as_str(), "--collateral-cache"];
+    let mut args: Vec<&str> = flags.to_vec();
+    args.push(cache.path().to_str().unwrap());
+    let plain = sim_policy_toml(up.root, PINNED);
+    let (code, out) = verify_cli(up.addr, &plain, &args).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(pccs.hits.load(Ordering::SeqCst), 8);
+    let (code, out) = verify_cli(up.addr, &plain, &args).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        pccs.hits.load(Ordering::SeqCst),
+        8,
+        "the second run read the cache"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefer_own_uses_the_pccs_even_when_the_node_carries_collateral() {
     let up = FakeUpstream::start(Options::new(PINNED));

@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrysalis_attestation::InputEncoding;
 use chrysalis_attestation::evidence::decode_binary_or_hex;
-use clap::{Parser, Subcommand};
+use chrysalis_client::collateral::CollateralSource;
+use clap::{Args, Parser, Subcommand};
 
 /// Verify confidential-computing evidence and the chrysalis nodes that present it.
 #[derive(Debug, Parser)]
@@ -126,4 +127,31 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// Where `proxy` and `verify` fetch TDX collateral for nodes that carry none.
+#[derive(Debug, Args)]
+pub(crate) struct CollateralArgs {
+    /// Fetch TDX collateral from this PCCS or Intel PCS base URL (PCS API v4, e.g.
+    /// https://api.trustedservices.intel.com) for nodes that carry none; overrides the policy's
+    /// [collateral] pccs_url. Fetched collateral must verify against Intel's root like any other.
+    #[arg(long, value_name = "URL")]
+    pccs_url: Option<String>,
+    /// PEM bundle of CAs for the PCCS's TLS certificate (default: the system bundle).
+    #[arg(long, value_name = "FILE")]
+    pccs_ca_file: Option<std::path::PathBuf>,
+    /// Keep fetched collateral in this directory as well (one JSON file per platform, used
+    /// until its nextUpdate), so a later run does not fetch it again.
+    #[arg(long, value_name = "DIR")]
+    collateral_cache: Option<std::path::PathBuf>,
+}
+
+impl CollateralArgs {
+    fn source(&self) -> CollateralSource {
+        CollateralSource {
+            pccs_url: self.pccs_url.clone(),
+            pccs_ca_file: self.pccs_ca_file.clone(),
+            cache_dir: self.collateral_cache.clone(),
+        }
+    }
 }

@@ -48,18 +48,8 @@ pub(crate) struct ProxyArgs {
     /// request can move to another upstream.
     #[arg(long, value_name = "BYTES", default_value_t = chrysalis_client::client::DEFAULT_MAX_REQUEST_BODY)]
     max_body: usize,
-    /// Fetch TDX collateral from this PCCS or Intel PCS base URL (PCS API v4, e.g.
-    /// https://api.trustedservices.intel.com) for nodes that carry none; overrides the policy's
-    /// [collateral] pccs_url. Fetched collateral must verify against Intel's root like any other.
-    #[arg(long, value_name = "URL")]
-    pccs_url: Option<String>,
-    /// PEM bundle of CAs for the PCCS's TLS certificate (default: the system bundle).
-    #[arg(long, value_name = "FILE")]
-    pccs_ca_file: Option<PathBuf>,
-    /// Keep fetched collateral in this directory as well (one JSON file per platform, used
-    /// until its nextUpdate), so a restarted proxy does not fetch it again.
-    #[arg(long, value_name = "DIR")]
-    collateral_cache: Option<PathBuf>,
+    #[command(flatten)]
+    collateral: super::CollateralArgs,
     /// Once listening, write the bound address (HOST:PORT) to this file (temp file + rename).
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
@@ -93,18 +83,10 @@ pub(crate) async fn run(ctx: &Ctx, a: ProxyArgs) -> anyhow::Result<ExitCode> {
         .upstreams(a.upstreams.iter().cloned())
         .connect_timeout(Duration::from_secs(a.connect_timeout))
         .pool_idle_timeout(Duration::from_secs(a.pool_idle_timeout))
-        .max_request_body(a.max_body);
+        .max_request_body(a.max_body)
+        .collateral_source(a.collateral.source());
     if let Some(r) = &a.receipts {
         b = b.receipts_ledger(r);
-    }
-    if let Some(u) = &a.pccs_url {
-        b = b.pccs_url(u);
-    }
-    if let Some(f) = &a.pccs_ca_file {
-        b = b.pccs_ca_file(f);
-    }
-    if let Some(d) = &a.collateral_cache {
-        b = b.collateral_cache(d);
     }
     let client = b.build()?;
     let mut proxy = Proxy::new(client).max_request_body(a.max_body);

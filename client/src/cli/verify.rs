@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use chrysalis_attestation::collateral::{CollateralKey, CollateralStore};
 use chrysalis_attestation::ratls::{self, RaTlsServerVerifier};
 use chrysalis_attestation::{Measurements, Policy, verify};
 use chrysalis_client::connect::{AttestedConnector, ConnectError};
@@ -27,6 +28,8 @@ pub(crate) struct VerifyArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    collateral: super::CollateralArgs,
 }
 
 /// Records the certificate the server presented, then lets the real verifier decide.
@@ -86,7 +89,11 @@ pub(crate) async fn run(_ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
     if !addr.contains(':') {
         anyhow::bail!("{} has no port (expected https://HOST:PORT)", a.url);
     }
-    let verifier = Arc::new(RaTlsServerVerifier::new(Arc::new(policy.clone())));
+    policy
+        .validate()
+        .with_context(|| format!("policy {}", a.policy.display()))?;
+    let (verifier, fetcher) = a.collateral.source().verifier(policy.clone())?;
+    let verifier = Arc::new(verifier);
     let capture = Arc::new(Capture {
         inner: verifier.clone(),
         cert: Mutex::new(None),
@@ -98,7 +105,11 @@ pub(crate) async fn run(_ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         .with_custom_certificate_verifier(capture.clone())
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
-    let connector = AttestedConnector::with_tls_config(verifier, config);
+    let mut connector = AttestedConnector::with_tls_config(verifier, config);
+    let own = fetcher.as_ref().map(|f| f.store().clone());
+    if let Some(f) = fetcher {
+        connector = connector.with_collateral_fetcher(f);
+    }
     let result = connector.connect(&addr).await;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let cert = capture.cert.lock().expect("capture poisoned").clone();
@@ -114,7 +125,7 @@ pub(crate) async fn run(_ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("chrysalis: {addr} presented no certificate");
         return Ok(ExitCode::from(2));
     };
-    let details = explain(&cert, &policy, now);
+    let details = explain(&cert, &policy, own.as_ref(), now);
     if a.json {
         let mut v = details;
         v["accepted"] = json!(accepted);
@@ -131,8 +142,9 @@ pub(crate) async fn run(_ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Everything a reader needs to see why a node was accepted or not: the verdict, each
-/// measurement next to each pinned set, the key binding and the certificate validity.
-fn explain(cert: &[u8], policy: &Policy, now: u64) -> Value {
+/// measurement next to each pinned set, the key binding and the certificate validity. `own` is
+/// the collateral the verifier fetched itself, used as the handshake used it.
+fn explain(cert: &[u8], policy: &Policy, own: Option<&CollateralStore>, now: u64) -> Value {
     let mut out = json!({});
     if let Ok((_, c)) = x509_parser::parse_x509_certificate(cert) {
         let binding = ratls::report_data_for_spki(c.public_key().raw);
@@ -146,7 +158,11 @@ fn explain(cert: &[u8], policy: &Policy, now: u64) -> Value {
             Err(e) => out["evidence_error"] = json!(e.to_string()),
             Ok(bundle) => {
                 out["platform"] = json!(bundle.platform.as_str());
-                match verify::verify(&bundle, &policy.trust_anchors(), None, now) {
+                let carried = bundle.tdx_collateral.is_some();
+                let fetched = own
+                    .filter(|_| policy.collateral.prefer_own || !carried)
+                    .and_then(|s| s.get(&CollateralKey::of_quote(&bundle.evidence).ok()?, now));
+                match verify::verify(&bundle, &policy.trust_anchors(), fetched.as_deref(), now) {
                     Err(e) => out["evidence_error"] = json!(e.to_string()),
                     Ok(v) => {
                         out["key_binding"] = json!(v.report_data == binding);
