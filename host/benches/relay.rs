@@ -381,6 +381,8 @@ fn main() {
                         guest_port: PORT,
                         copy_mode: mode,
                         max_connections: 4096,
+                        // Every bench client comes from 127.0.0.1.
+                        max_per_source: 4096,
                         ..RelayConfig::default()
                     },
                     Arc::new(HybridVsockTransport::new(&relay_uds)),

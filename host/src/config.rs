@@ -418,7 +418,12 @@ pub struct RelayToml {
     /// The most connections open at once; more are closed at once and counted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Seconds without a byte either way before a connection is closed.
+    /// The most connections open at once from one IPv4 address or IPv6 /64.
+    #[serde(default = "default_max_per_source")]
+    pub max_connections_per_source: usize,
+    /// Seconds in which the guest delivers no byte to the client before a connection is closed
+    /// (bytes from the client do not count: they would let a client that stopped reading hold
+    /// its connection).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
     /// Milliseconds allowed to reach the guest port.
@@ -438,6 +443,7 @@ impl Default for RelayToml {
             listen: default_relay_listen(),
             guest_port: default_guest_port(),
             max_connections: default_max_connections(),
+            max_connections_per_source: default_max_per_source(),
             idle_timeout_secs: default_idle_timeout(),
             connect_timeout_ms: default_connect_timeout(),
             copy: CopyMode::Auto,
@@ -455,6 +461,9 @@ fn default_guest_port() -> u32 {
 fn default_max_connections() -> usize {
     1024
 }
+fn default_max_per_source() -> usize {
+    64
+}
 fn default_idle_timeout() -> u64 {
     300
 }
@@ -471,6 +480,7 @@ impl RelayToml {
         RelayConfig {
             guest_port: self.guest_port,
             max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             copy_mode: self.copy,
@@ -955,6 +965,12 @@ impl HostConfig {
         let relay = &self.relay;
         if relay.max_connections == 0 {
             return Err(invalid("relay.max_connections", "must be ≥ 1"));
+        }
+        if !(1..=relay.max_connections).contains(&relay.max_connections_per_source) {
+            return Err(invalid(
+                "relay.max_connections_per_source",
+                "must be between 1 and relay.max_connections",
+            ));
         }
         if relay.idle_timeout_secs == 0 {
             return Err(invalid("relay.idle_timeout_secs", "must be ≥ 1"));

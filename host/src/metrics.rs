@@ -15,6 +15,8 @@ pub struct Metrics {
     pub relay_total: AtomicU64,
     /// Relay connections closed at once because the connection cap was reached.
     pub relay_rejected: AtomicU64,
+    /// Relay connections closed at once because their source address had its most open.
+    pub relay_rejected_per_source: AtomicU64,
     /// Bytes forwarded from public clients to the guest.
     pub relay_bytes_to_guest: AtomicU64,
     /// Bytes forwarded from the guest to public clients.
@@ -23,7 +25,8 @@ pub struct Metrics {
     pub relay_errors: AtomicU64,
     /// Of [`Metrics::relay_errors`], those where the guest side could not be connected.
     pub relay_guest_connect_failures: AtomicU64,
-    /// Relay connections closed because neither side sent anything for the idle timeout.
+    /// Relay connections closed because the guest delivered nothing to the client for the idle
+    /// timeout.
     pub relay_idle_timeouts: AtomicU64,
     /// VM (QEMU and helper) restarts after an unexpected exit.
     pub vm_restarts: AtomicU64,
@@ -85,6 +88,12 @@ impl Metrics {
             "counter",
             "Relay connections closed at once because the connection cap was reached.",
             &[("", get(&self.relay_rejected))],
+        );
+        metric(
+            "chrysalis_relay_connections_rejected_per_source_total",
+            "counter",
+            "Relay connections closed at once because their source address had its most open.",
+            &[("", get(&self.relay_rejected_per_source))],
         );
         metric(
             "chrysalis_relay_bytes_total",

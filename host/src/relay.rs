@@ -7,11 +7,17 @@
 //! a pipe, so bulk bytes never enter user space, until the source runs dry. An [`Observer`] (tests
 //! that record what the host saw) forces the buffer copy.
 //!
-//! Limits: a connection cap (connections over it are closed at once and counted), an idle timeout
-//! (no byte in either direction for that long closes both sides), and a timeout for reaching the guest.
+//! Limits: a connection cap and a per-source cap (connections over either are closed at once and
+//! counted), an idle timeout, and a timeout for reaching the guest.
+//!
+//! Idle means "no progress", not "no byte": only bytes delivered from the guest to the client
+//! count. A client that stops reading stalls that direction, so it is cut after the idle timeout
+//! whatever it keeps sending; bytes trickled towards the guest never keep a connection alive (the
+//! guest's own deadlines bound how long it waits for them).
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,7 +81,10 @@ pub struct RelayConfig {
     pub guest_port: u32,
     /// The most connections open at once; more are closed at once and counted.
     pub max_connections: usize,
-    /// A connection with no byte in either direction for this long is closed.
+    /// The most connections open at once from one source: an IPv4 address, or an IPv6 /64
+    /// (what one client is usually given). More are closed at once and counted.
+    pub max_per_source: usize,
+    /// A connection to whose client the guest delivered no byte for this long is closed.
     pub idle_timeout: Duration,
     /// How long reaching the guest port may take.
     pub connect_timeout: Duration,
@@ -90,6 +99,7 @@ impl Default for RelayConfig {
         Self {
             guest_port: chrysalis_attestation::hostcall::GUEST_TLS_PORT,
             max_connections: 1024,
+            max_per_source: 64,
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             copy_mode: CopyMode::Auto,
@@ -135,6 +145,7 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     observer: Option<Arc<dyn Observer>>,
     open: Mutex<HashMap<u64, Open>>,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
     next_id: AtomicU64,
 }
 
@@ -164,8 +175,8 @@ pub enum RelayError {
         #[source]
         source: io::Error,
     },
-    /// Neither side sent a byte for the idle timeout.
-    #[error("idle for {0:?}")]
+    /// The guest delivered no byte to the client for the idle timeout.
+    #[error("no progress for {0:?}")]
     Idle(Duration),
 }
 
@@ -178,6 +189,7 @@ impl Relay {
             metrics,
             observer: None,
             open: Mutex::new(HashMap::new()),
+            per_source: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -233,6 +245,12 @@ impl Relay {
                     continue;
                 }
             };
+            let Some(source) = SourceSlot::take(&self, peer.ip()) else {
+                inc(&self.metrics.relay_rejected_per_source);
+                tracing::debug!(%peer, "per-source cap reached; closing");
+                drop(tcp);
+                continue;
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 inc(&self.metrics.relay_rejected);
                 tracing::debug!(%peer, "connection cap reached; closing");
@@ -241,7 +259,7 @@ impl Relay {
             };
             let relay = self.clone();
             tasks.spawn(async move {
-                let _permit = permit;
+                let _slots = (permit, source);
                 let id = relay.next_id.fetch_add(1, Ordering::Relaxed);
                 let _ = tcp.set_nodelay(true);
                 if let Err(e) = relay.handle(id, peer.to_string(), tcp).await {
@@ -346,6 +364,60 @@ impl Relay {
     }
 }
 
+/// One open connection counted against its source's cap, released when dropped.
+struct SourceSlot {
+    relay: Arc<Relay>,
+    source: IpAddr,
+}
+
+impl SourceSlot {
+    /// Counts a connection from `ip`, or `None` when its source has the most open already.
+    fn take(relay: &Arc<Relay>, ip: IpAddr) -> Option<Self> {
+        let source = source_of(ip);
+        let mut map = relay.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(source).or_insert(0);
+        if *n >= relay.config.max_per_source {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            relay: relay.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .relay
+            .per_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The source a connection is counted against: the IPv4 address (also when mapped into IPv6),
+/// or the IPv6 /64.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// An open connection's entry in the relay's table and active gauge, removed when dropped.
 struct Registered<'a> {
     relay: &'a Relay,
@@ -411,7 +483,7 @@ fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
-/// When either direction last moved a byte, for the idle timeout.
+/// When the guest last delivered a byte to the client, for the idle timeout.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
@@ -467,10 +539,15 @@ impl Pump {
             Direction::ToGuest => (&self.stats.to_guest, &self.metrics.relay_bytes_to_guest),
             Direction::FromGuest => (&self.stats.from_guest, &self.metrics.relay_bytes_from_guest),
         };
+        // Only delivery to the client is progress: bytes towards the guest are what a client
+        // that stopped reading would send to look alive.
+        let progress = direction == Direction::FromGuest;
         let count = |n: usize| {
             conn_counter.fetch_add(n as u64, Ordering::Relaxed);
             total_counter.fetch_add(n as u64, Ordering::Relaxed);
-            self.clock.touch();
+            if progress {
+                self.clock.touch();
+            }
         };
         let err = |source| RelayError::Io { direction, source };
         self.pump(&src, &dst, direction, &count)

@@ -73,6 +73,8 @@ fn config(mode: CopyMode) -> RelayConfig {
         copy_mode: mode,
         guest_port: GUEST_PORT,
         connect_timeout: HANG_GUARD,
+        // Every test client comes from 127.0.0.1.
+        max_per_source: 4096,
         ..RelayConfig::default()
     }
 }
@@ -292,6 +294,122 @@ async fn idle_connections_are_closed_and_counted() {
     })
     .await
     .unwrap();
+    s.stop().await;
+}
+
+/// A guest that accepts `CONNECT <port>` and then reads and discards everything, never
+/// answering: a server still waiting for the rest of a request.
+async fn sink_guest(path: &std::path::Path) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                let port = String::from_utf8_lossy(&line).replace("CONNECT ", "");
+                if s.write_all(format!("OK {port}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut sink = [0u8; 4096];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn bytes_trickled_towards_the_guest_do_not_keep_a_connection_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+    let guest = sink_guest(&uds).await;
+    let metrics = Arc::new(Metrics::default());
+    let relay = Arc::new(Relay::new(
+        RelayConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..config(CopyMode::Auto)
+        },
+        Arc::new(HybridVsockTransport::new(&uds)),
+        metrics.clone(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(relay.serve(listener, std::future::pending()));
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    // One byte every 50 ms, far more often than the idle timeout: before progress was what
+    // counted, this held the connection for as long as the client liked.
+    let closed = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if c.write_all(b"x").await.is_err() {
+                return;
+            }
+            let mut b = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(50), c.read(&mut b)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(_)) => panic!("the sink guest answered"),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a trickling client kept its connection");
+    tokio::time::timeout(HANG_GUARD, async {
+        while get(&metrics.relay_idle_timeouts) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    server.abort();
+    guest.abort();
+}
+
+#[tokio::test]
+async fn connections_over_the_per_source_cap_are_closed_and_other_sources_still_served() {
+    let cfg = RelayConfig {
+        max_per_source: 2,
+        ..config(CopyMode::Auto)
+    };
+    let s = Setup::new(cfg, None).await;
+    let round_trip = |mut c: TcpStream| async move {
+        c.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).await.unwrap();
+        c
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(round_trip(TcpStream::connect(s.addr).await.unwrap()).await);
+    }
+    let mut extra = TcpStream::connect(s.addr).await.unwrap();
+    let mut b = [0u8; 4];
+    let n = tokio::time::timeout(HANG_GUARD, extra.read(&mut b))
+        .await
+        .expect("over-cap connection left open");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(get(&s.metrics.relay_rejected_per_source), 1);
+    assert_eq!(get(&s.metrics.relay_rejected), 0);
+    // Another source (127.0.0.2 is loopback too) is not affected.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let other = round_trip(other.connect(s.addr).await.unwrap()).await;
+    assert_eq!(s.relay.connections().len(), 3);
+    // Closing one frees its source's slot.
+    drop(held.pop());
+    tokio::time::timeout(HANG_GUARD, async {
+        while get(&s.metrics.relay_active) != 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let again = round_trip(TcpStream::connect(s.addr).await.unwrap()).await;
+    drop((again, other, held));
     s.stop().await;
 }
 
