@@ -6,15 +6,13 @@
 
 mod support;
 
-#[path = "../src/testutil.rs"]
-mod testutil;
-
 use std::hint::black_box;
 
 use chrysalis_attestation::evidence::decode_binary_or_hex;
 use chrysalis_attestation::sim::{self, SimPki, SimTdReport};
 use chrysalis_attestation::verify::{TrustAnchors, verify};
 use chrysalis_attestation::{EvidenceBundle, Measurement, Platform, ReportData, TcbStatus};
+use chrysalis_testkit::fixtures;
 use support::{Op, Paired};
 
 /// The recorded dcap-qvl sample collateral is current at this time.
@@ -28,8 +26,8 @@ struct Inputs {
 }
 
 fn inputs() -> Inputs {
-    let quote = testutil::registry_file("dcap-qvl", "sample/tdx_quote");
-    let collateral: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(&testutil::registry_file(
+    let quote = fixtures::registry_file("dcap-qvl", "sample/tdx_quote");
+    let collateral: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(&fixtures::registry_file(
         "dcap-qvl",
         "sample/tdx_quote_collateral.json",
     ))
@@ -39,7 +37,7 @@ fn inputs() -> Inputs {
         sim::td_measurements(Measurement([0x42; 48]), [Measurement::ZERO; 4]),
         ReportData([7; 64]),
     ));
-    let (report, _) = decode_binary_or_hex(&testutil::registry_file(
+    let (report, _) = decode_binary_or_hex(&fixtures::registry_file(
         "sev",
         "tests/certs_data/report_milan.hex",
     ));
@@ -54,11 +52,11 @@ fn inputs() -> Inputs {
         ),
         snp_recorded: EvidenceBundle::snp(
             report,
-            Some(testutil::registry_file(
+            Some(fixtures::registry_file(
                 "sev",
                 "tests/certs_data/vcek_milan.der",
             )),
-            Some(testutil::registry_file(
+            Some(fixtures::registry_file(
                 "sev",
                 "tests/certs_data/cert_chain_milan",
             )),

@@ -2,17 +2,16 @@
 //! made now and recorded vectors read where they ship, so no recorded vector is copied into the
 //! repository: `cargo run -p chrysalis-attestation --example fuzz_seeds -- attestation/fuzz/corpus`.
 
-#[path = "../fuzz/src/fixtures.rs"]
-mod fixtures;
-
 use std::path::PathBuf;
+
+use chrysalis_testkit::fuzz;
 
 fn main() {
     let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
         eprintln!("usage: fuzz_seeds CORPUS_DIR");
         std::process::exit(2);
     };
-    for s in fixtures::seeds() {
+    for s in fuzz::seeds() {
         let target = dir.join(s.target);
         std::fs::create_dir_all(&target)
             .unwrap_or_else(|e| panic!("create {}: {e}", target.display()));

@@ -113,9 +113,6 @@ pub mod tdx_attributes;
 #[cfg(feature = "full")]
 pub mod verify;
 
-#[cfg(all(test, feature = "full"))]
-mod testutil;
-
 #[cfg(feature = "full")]
 pub use bundle::EvidenceBundle;
 pub use error::EvidenceError;

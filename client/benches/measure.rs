@@ -9,18 +9,12 @@
 //! recorded AmdSev suffix). `CHRYSALIS_BENCH_ROUNDS` (default 5) runs per case;
 //! figures are min and median.
 
-#[path = "../../xtask/bench_figure.rs"]
-mod bench_figure;
-#[path = "../tests/support/image.rs"]
-mod image;
-#[path = "../../attestation/src/testutil.rs"]
-mod testutil;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use image::{Image, snp_firmware};
-use testutil::{efi_pe, tdvf_from_sev_suffix};
+use chrysalis_testkit::bench_figure;
+use chrysalis_testkit::fixtures::{efi_pe, tdvf_from_sev_suffix};
+use chrysalis_testkit::measure_image::{Image, snp_firmware};
 
 fn bytes_from_env(var: &str, default: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
     match std::env::var(var) {

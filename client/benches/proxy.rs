@@ -20,19 +20,14 @@
 //! figures as JSON. Figures are medians over interleaved rounds; the `summary:` lines at the end
 //! carry them in one line each, with the machine they were taken on.
 
-#[path = "../../xtask/bench_figure.rs"]
-mod bench_figure;
-#[allow(unused_imports)]
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/common/guest.rs"]
-mod guest;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrysalis_attestation::{Measurement, Policy};
 use chrysalis_client::{ChatMessage, ChatRequest, Client, Proxy};
+use chrysalis_testkit::http::{PlainClient, plain_client, post_json};
+use chrysalis_testkit::policy::sim_policy_toml;
+use chrysalis_testkit::{bench_figure, guest, upstream};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
@@ -42,7 +37,7 @@ struct Target {
     model: String,
     /// What the upstream is, for the summary.
     kind: &'static str,
-    _fake: Option<common::upstream::FakeUpstream>,
+    _fake: Option<upstream::FakeUpstream>,
     _guest: Option<guest::Proc>,
 }
 
@@ -79,11 +74,11 @@ fn target() -> Target {
         };
     }
     let mr_td = Measurement([0x5a; 48]);
-    let fake = common::upstream::FakeUpstream::start(common::upstream::Options::new(mr_td));
+    let fake = upstream::FakeUpstream::start(upstream::Options::new(mr_td));
     Target {
         upstream: fake.addr.to_string(),
-        policy: Policy::from_toml(&common::sim_policy_toml(fake.root, mr_td)).unwrap(),
-        model: common::upstream::MODEL.into(),
+        policy: Policy::from_toml(&sim_policy_toml(fake.root, mr_td)).unwrap(),
+        model: upstream::MODEL.into(),
         kind: "fake attested node, no engine",
         _fake: Some(fake),
         _guest: None,
@@ -112,7 +107,7 @@ async fn stream_direct(c: &Client, req: &ChatRequest) -> StreamRun {
     (ttft.unwrap(), tokens, t0.elapsed())
 }
 
-async fn stream_via_proxy(c: &common::PlainClient, url: &str, req: &ChatRequest) -> StreamRun {
+async fn stream_via_proxy(c: &PlainClient, url: &str, req: &ChatRequest) -> StreamRun {
     let mut body = serde_json::to_value(req).unwrap();
     body["stream"] = true.into();
     body["stream_options"] = json!({"include_usage": true});
@@ -154,8 +149,8 @@ async fn small_request(c: &Client, req: &ChatRequest) {
 }
 
 /// A non-stream request through a proxy, over the caller's keep-alive connection.
-async fn small_via_proxy(c: &common::PlainClient, url: &str, req: &ChatRequest) {
-    let (status, _, body) = common::post_json(c, url, &serde_json::to_value(req).unwrap()).await;
+async fn small_via_proxy(c: &PlainClient, url: &str, req: &ChatRequest) {
+    let (status, _, body) = post_json(c, url, &serde_json::to_value(req).unwrap()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }
 
@@ -218,7 +213,7 @@ fn main() {
         };
         let url = spawn_proxy(client(true)).await;
         let url_unpooled = spawn_proxy(client(false)).await;
-        let plain = common::plain_client();
+        let plain = plain_client();
 
         // Warm both paths (connections, verdict cache), then alternate rounds.
         stream_direct(&direct, &req).await;

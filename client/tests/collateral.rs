@@ -2,9 +2,6 @@
 //! that carry none, through `chrysalis proxy` with simulated evidence, and for a recorded
 //! hardware quote with its recorded collateral, judged by the freshness rules.
 
-#[path = "../../attestation/src/testutil.rs"]
-mod testutil;
-
 mod common;
 
 use std::collections::HashMap;
@@ -19,6 +16,7 @@ use chrysalis_attestation::policy::RejectReason;
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
 use chrysalis_attestation::{EvidenceBundle, Measurement, Policy, ReportData};
 use chrysalis_client::collateral::CollateralFetcher;
+use chrysalis_testkit::fixtures;
 use common::upstream::{FakeUpstream, Options};
 use common::{ProxyProcess, now, plain_client, sim_policy_toml};
 use dcap_qvl::QuoteCollateralV3;
@@ -300,8 +298,8 @@ async fn prefer_own_uses_the_pccs_even_when_the_node_carries_collateral() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_hardware_collateral_is_fetched_cached_and_judged_for_freshness() {
-    let quote = testutil::registry_file("dcap-qvl", "sample/tdx_quote");
-    let recorded: QuoteCollateralV3 = serde_json::from_slice(&testutil::registry_file(
+    let quote = fixtures::registry_file("dcap-qvl", "sample/tdx_quote");
+    let recorded: QuoteCollateralV3 = serde_json::from_slice(&fixtures::registry_file(
         "dcap-qvl",
         "sample/tdx_quote_collateral.json",
     ))

@@ -1,12 +1,9 @@
 //! The `chrysalis evidence` and `chrysalis sim` commands, run as a user would.
 
-#[path = "../../attestation/src/testutil.rs"]
-mod testutil;
-
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use testutil::registry_package_dir;
+use chrysalis_testkit::fixtures::registry_package_dir;
 
 fn chrysalis(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chrysalis"))

@@ -1,11 +1,6 @@
 //! `chrysalis measure`, `chrysalis policy from-manifest` and `chrysalis explain`, run as a user
 //! would on an image built in a temporary directory from the sev crate's recorded OVMF vectors.
 
-#[path = "support/image.rs"]
-mod image;
-#[path = "../../attestation/src/testutil.rs"]
-mod testutil;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,7 +9,7 @@ use chrysalis_attestation::sim::{
     DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
 };
 use chrysalis_attestation::{Measurement, Policy, ReportData, Sha256};
-use image::Image;
+use chrysalis_testkit::measure_image::Image;
 
 fn chrysalis(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chrysalis"))

@@ -21,9 +21,10 @@ use chrysalis_guest::engine::python::PythonEngine;
 use chrysalis_guest::evidence::LocalSim;
 use chrysalis_guest::server::{self, AppState};
 use chrysalis_guest::tls::CertStore;
+use chrysalis_testkit::RecordingVerifier;
+use chrysalis_testkit::bench_figure::record;
 use http_body_util::{BodyExt, Full};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 
 const PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
 
@@ -76,52 +77,6 @@ fn direct(venv: &Path, model: &Path, runs: usize, max_tokens: u32) -> anyhow::Re
             })
         })
         .collect()
-}
-
-#[derive(Debug)]
-struct AnyCert;
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 async fn chain_run(
@@ -284,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])?
     .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AnyCert))
+    .with_custom_certificate_verifier(Arc::new(RecordingVerifier::default()))
     .with_no_client_auth();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
 
@@ -360,7 +315,3 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-#[path = "../../xtask/bench_figure.rs"]
-mod bench_figure;
-use bench_figure::record;

@@ -19,7 +19,7 @@
 //! * [`evidence`]: the [`evidence::EvidenceProvider`] seam and its implementations.
 //! * [`tls`]: the in-process key, certificate issuance and hitless renewal.
 //! * [`engine`]: the [`engine::Engine`] seam, the pyo3 bridge (feature `engine`), and a
-//!   scripted in-memory engine for tests.
+//!   scripted in-memory engine for tests (feature `test-util`).
 //! * [`api`]: OpenAI request validation, response and error bodies.
 //! * [`receipt`]: usage receipts over request and response hashes, signed with the attested key.
 //! * [`server`]: listeners, routing, limits and metrics.

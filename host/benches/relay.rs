@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use chrysalis_host::metrics::Metrics;
 use chrysalis_host::relay::{CopyMode, Relay, RelayConfig};
-use chrysalis_host::testkit::{FakeHybridGuest, echo, hybrid_handshake};
 use chrysalis_host::transport::HybridVsockTransport;
+use chrysalis_testkit::hybrid::{FakeHybridGuest, echo, hybrid_handshake};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
@@ -611,9 +611,6 @@ fn main() {
     }
 }
 
-#[path = "../../xtask/bench_figure.rs"]
-mod bench_figure;
-
 fn record(figure: &serde_json::Value) {
-    bench_figure::record(figure).expect("write CHRYSALIS_BENCH_FIGURES");
+    chrysalis_testkit::bench_figure::record(figure).expect("write CHRYSALIS_BENCH_FIGURES");
 }

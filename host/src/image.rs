@@ -191,7 +191,7 @@ impl LoadedImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::image::TestImage;
+    use chrysalis_testkit::image::TestImage;
 
     fn chain(e: &dyn std::error::Error) -> String {
         let mut s = e.to_string();

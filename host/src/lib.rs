@@ -27,7 +27,6 @@
 //! * [`preflight`]: host prerequisites of a profile (KVM and TEE support, QEMU, QGS or SEV
 //!   firmware, IOMMU, GPUs on vfio-pci in CC mode, memory, ports), each with its fix.
 //! * [`agent`]: wires everything for `chrysalis-host run`.
-//! * [`testkit`]: a fake hybrid-vsock guest for tests and benchmarks.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -42,7 +41,6 @@ pub mod relay;
 pub mod services;
 pub mod sim;
 pub mod supervisor;
-pub mod testkit;
 pub mod transport;
 
 pub use agent::{AgentError, AgentOptions};

@@ -289,12 +289,12 @@ impl QuoteSigner for SimTdxSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::image::TestImage;
     use chrysalis_attestation::measure::tdx::{
         PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx,
     };
     use chrysalis_attestation::policy::TdxPin;
     use chrysalis_attestation::{EvidenceBundle, Policy, TrustAnchors};
+    use chrysalis_testkit::image::TestImage;
 
     const SHAPE: VmShape = VmShape {
         vcpus: 2,
@@ -720,8 +720,8 @@ impl SnpReportSigner for SimSnpSigner {
 #[cfg(test)]
 mod snp_tests {
     use super::*;
-    use crate::testkit::image::TestImage;
     use chrysalis_attestation::{EvidenceBundle, Policy, TrustAnchors};
+    use chrysalis_testkit::image::TestImage;
 
     const SHAPE: VmShape = VmShape {
         vcpus: 2,

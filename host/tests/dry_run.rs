@@ -269,7 +269,7 @@ fn every_profile_boots_the_manifest_read_only() {
 #[test]
 fn check_verifies_every_artifact_and_names_a_mismatch() {
     let dir = tempfile::tempdir().unwrap();
-    let img = chrysalis_host::testkit::image::TestImage::write(&dir.path().join("image")).unwrap();
+    let img = chrysalis_testkit::image::TestImage::write(&dir.path().join("image")).unwrap();
     let cfg = dir.path().join("host.toml");
     std::fs::write(
         &cfg,

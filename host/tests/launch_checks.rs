@@ -10,10 +10,8 @@ use chrysalis_attestation::Measurement;
 use chrysalis_attestation::manifest::{
     Artifact, ExpectedMeasurements, SnpExpected, TdxExpected, VmShape,
 };
-use chrysalis_host::testkit::image::TestImage;
-
-#[path = "../../attestation/src/testutil.rs"]
-mod testutil;
+use chrysalis_testkit::fixtures;
+use chrysalis_testkit::image::TestImage;
 
 fn host(args: &[&str], config: &Path) -> Output {
     host_in(args, config, None)
@@ -39,7 +37,7 @@ const SHAPE: VmShape = VmShape {
 /// The SNP firmware of the test image: the sev crate's recorded AmdSev OVMF suffix (its launch
 /// digest is computable; it does not boot).
 fn snp_firmware() -> Vec<u8> {
-    testutil::registry_file("sev", "tests/measurement/ovmf_AmdSev_suffix.bin")
+    fixtures::registry_file("sev", "tests/measurement/ovmf_AmdSev_suffix.bin")
 }
 
 /// A test image with TDX and SNP firmware and expected measurements for [`SHAPE`] (SNP: EPYC-v4).

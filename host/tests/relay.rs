@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrysalis_host::metrics::Metrics;
 use chrysalis_host::relay::{CopyMode, Direction, Observer, Relay, RelayConfig};
-use chrysalis_host::testkit::FakeHybridGuest;
 use chrysalis_host::transport::HybridVsockTransport;
+use chrysalis_testkit::hybrid::FakeHybridGuest;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -234,14 +234,14 @@ fn start_agent() -> AgentRun {
     )
 }
 
-/// Starts the agent binary on a test image (`chrysalis_host::testkit::image`) with a QEMU double
+/// Starts the agent binary on a test image (`chrysalis_testkit::image`) with a QEMU double
 /// running `qemu_script` (`{dir}` is the test directory), extra `[supervisor]` lines and extra
 /// sections.
 fn start_agent_with(qemu_script: &str, supervisor: &str, extra: &str) -> AgentRun {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let state = d.join("state");
-    chrysalis_host::testkit::image::TestImage::write(d).unwrap();
+    chrysalis_testkit::image::TestImage::write(d).unwrap();
     // QEMU double: forks a grandchild into its process group, as QEMU's helpers would, and records both.
     write_exec(
         &d.join("fake-qemu"),

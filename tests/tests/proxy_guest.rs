@@ -17,16 +17,13 @@
 //! `CI=true`, where that is a failure. The binaries are built with the same cargo that runs the
 //! test.
 
-#[path = "../../client/tests/common/guest.rs"]
-mod guest;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrysalis_attestation::Measurement;
 use chrysalis_client::{ChatMessage, ChatRequest, Client};
-use guest::{
+use chrysalis_testkit::guest::{
     MODEL_ID, Proc, SimKind, Venv, build_binaries, policy_toml_for, sim_service, start_guest_on,
     venv, workspace,
 };

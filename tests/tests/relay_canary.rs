@@ -8,7 +8,7 @@
 //! hybrid vsock (the sim profile's): a Unix socket speaking vhost-device-vsock's `CONNECT`/`OK`
 //! protocol in front of the guest, with the guest's sim quote requests arriving on `<uds>_4050`. The only test
 //! double is the engine: it echoes the prompt, so that the canary is certainly in the response.
-//! The agent quotes the TDX measurements of a test image (`chrysalis_host::testkit::image`), and
+//! The agent quotes the TDX measurements of a test image (`chrysalis_testkit::image`), and
 //! the client pins exactly what the measurement calculator computes for those files.
 
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use chrysalis_guest::tls::CertStore;
 use chrysalis_host::HostConfig;
 use chrysalis_host::agent::{self, AgentOptions};
 use chrysalis_host::relay::{Direction, Observer};
-use chrysalis_host::testkit::image::TestImage;
+use chrysalis_testkit::image::TestImage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CANARY: &str = "CANARY-7f3a9c-do-not-leak";

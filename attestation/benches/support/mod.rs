@@ -224,10 +224,7 @@ pub fn machine() -> String {
     )
 }
 
-#[path = "../../../xtask/bench_figure.rs"]
-mod bench_figure;
-
-/// Appends one figure for `cargo xtask bench` (see xtask/bench_figure.rs).
+/// Appends one figure for `cargo xtask bench` (see `chrysalis_testkit::bench_figure`).
 pub fn record(figure: serde_json::Value) {
-    bench_figure::record(&figure).expect("write CHRYSALIS_BENCH_FIGURES");
+    chrysalis_testkit::bench_figure::record(&figure).expect("write CHRYSALIS_BENCH_FIGURES");
 }

@@ -2,4 +2,4 @@
 
 #![forbid(unsafe_code)]
 
-pub mod fixtures;
+pub use chrysalis_testkit::fuzz as fixtures;

@@ -390,7 +390,7 @@ mod tests {
     use super::*;
     use crate::measure::eventlog::{SpecIdEvent, replay_events};
     use crate::measure::tdx::direct_boot_events;
-    use crate::testutil::efi_pe;
+    use chrysalis_testkit::fixtures::efi_pe;
 
     fn expectation(kernel: &[u8], initrd: &[u8], cmdline: &str) -> ExpectedTdx {
         let events = direct_boot_events(kernel, Some(initrd), cmdline).unwrap();
@@ -498,7 +498,7 @@ mod tests {
     fn a_host_with_other_acpi_tables_is_named_by_its_acpi_event() {
         use crate::measure::rtmr0::{rtmr0, rtmr0_events};
         use crate::measure::tdx::TdvfMetadata;
-        use crate::testutil::tdvf_from_sev_suffix;
+        use chrysalis_testkit::fixtures::tdvf_from_sev_suffix;
         let fw = tdvf_from_sev_suffix();
         let md = TdvfMetadata::parse(&fw).unwrap();
         let acpi = crate::measure::rtmr0::tests::sample_acpi();

@@ -468,7 +468,7 @@ pub fn expected_measurements(
 mod tests {
     use super::*;
     use crate::manifest::tests::sample;
-    use crate::testutil::{efi_pe, registry_file, tdvf_from_sev_suffix};
+    use chrysalis_testkit::fixtures::{efi_pe, registry_file, tdvf_from_sev_suffix};
     use std::collections::BTreeMap;
 
     /// A manifest whose kernel, initramfs and firmware are real bytes held in a map.

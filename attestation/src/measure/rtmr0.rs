@@ -511,7 +511,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::measure::eventlog::{EventLog, sha384};
     use crate::measure::tdx::TdvfSection;
-    use crate::testutil::tdvf_from_sev_suffix;
+    use chrysalis_testkit::fixtures::tdvf_from_sev_suffix;
 
     fn recorded_log() -> EventLog {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -320,7 +320,7 @@ impl Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::registry_package_dir;
+    use chrysalis_testkit::fixtures::registry_package_dir;
 
     fn firmware(name: &str) -> Vec<u8> {
         let path = registry_package_dir("sev")

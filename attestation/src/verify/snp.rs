@@ -831,7 +831,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::evidence::decode_binary_or_hex;
-    use crate::testutil::registry_package_dir;
+    use chrysalis_testkit::fixtures::registry_package_dir;
 
     fn certs_data(file: &str) -> Vec<u8> {
         let path = registry_package_dir("sev")

@@ -2,10 +2,7 @@
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
-#[path = "../../src/testutil.rs"]
-mod testutil;
-
-pub use testutil::{registry_file, registry_package_dir};
+pub use chrysalis_testkit::fixtures::{registry_file, registry_package_dir};
 
 /// A dcap-qvl sample quote and its collateral.
 pub fn dcap_sample(quote: &str) -> (Vec<u8>, dcap_qvl::QuoteCollateralV3) {

@@ -1,98 +1,15 @@
-//! Test fixtures: an RA-TLS server with simulated evidence on loopback.
+//! Test fixtures of the client's integration tests: the `chrysalis proxy` process and its ledger.
+//! The fake upstream, the RA-TLS server, the sim policies and the plain client live in
+//! chrysalis-testkit; they are re-exported here under the names the tests use.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrysalis_attestation::ratls::{self, AttestedKey};
-use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
-use chrysalis_attestation::{EvidenceBundle, Measurement, Sha256};
-use tokio::io::AsyncWriteExt;
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-#[derive(Debug)]
-struct Fixed(Arc<rustls::sign::CertifiedKey>);
-impl rustls::server::ResolvesServerCert for Fixed {
-    fn resolve(
-        &self,
-        _: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
-    }
-}
-
-/// An RA-TLS server whose sim evidence reports `mr_td`, `rtmr[1] = [1;48]`; it answers every
-/// connection with a fixed HTTP response. Runs on its own thread until the process ends.
-pub fn spawn_sim_server(mr_td: Measurement) -> (SocketAddr, Sha256) {
-    let pki = SimPki::from_seed(DEFAULT_SEED);
-    let key = AttestedKey::generate().unwrap();
-    let m = td_measurements(
-        mr_td,
-        [
-            Measurement::ZERO,
-            Measurement([1; 48]),
-            Measurement::ZERO,
-            Measurement::ZERO,
-        ],
-    );
-    let bundle = EvidenceBundle::tdx(
-        pki.quote(&SimTdReport::new(m, key.report_data())),
-        Some(pki.collateral(now() - 3600, 86_400).unwrap()),
-    );
-    let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 3600).unwrap();
-    let config = ratls::server_config(Arc::new(Fixed(key.certified_key(cert).unwrap())));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut tls) = acceptor.accept(tcp).await {
-                        let _ = tls
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
-                        let _ = tls.shutdown().await;
-                    }
-                });
-            }
-        });
-    });
-    (addr, pki.root_sha256())
-}
-
-/// A policy naming the sim root and pinning `mr_td` and RTMR1.
-pub fn sim_policy_toml(root: Sha256, mr_td: Measurement) -> String {
-    format!(
-        "version = 1\n[trust]\ndangerous_simulated_intel_roots = [\"{root}\"]\n[[tdx]]\nname = \"test node\"\nmr_td = \"{mr_td}\"\nrtmr1 = \"{}\"\n",
-        Measurement([1; 48])
-    )
-}
-
-/// A policy naming the simulated AMD root `ark` and pinning the SNP launch digest `measurement`.
-pub fn sim_snp_policy_toml(ark: Sha256, measurement: Measurement) -> String {
-    format!(
-        "version = 1\n[trust]\ndangerous_simulated_amd_roots = [\"{ark}\"]\n[[snp]]\nname = \"test node\"\nmeasurement = \"{measurement}\"\nvmpl = 0\n"
-    )
-}
-
-pub mod upstream;
+pub use chrysalis_testkit::http::{PlainClient, plain_client, post_json};
+pub use chrysalis_testkit::policy::{sim_policy_toml, sim_snp_policy_toml};
+pub use chrysalis_testkit::ratls::spawn_sim_server;
+pub use chrysalis_testkit::{now, upstream};
 
 /// A running `chrysalis proxy`, killed on drop.
 pub struct ProxyProcess {
@@ -197,38 +114,6 @@ pub fn wait_ledger(
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-/// A plain HTTP/1.1 client for talking to the proxy.
-pub type PlainClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<bytes::Bytes>,
->;
-
-pub fn plain_client() -> PlainClient {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
-
-/// POSTs JSON and returns status, headers and the whole body.
-pub async fn post_json(
-    c: &PlainClient,
-    url: &str,
-    body: &serde_json::Value,
-) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
-    use http_body_util::BodyExt;
-    let req = http::Request::post(url)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes(),
-    )
 }
 
 /// A chat request for the fake upstream's model.

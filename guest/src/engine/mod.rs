@@ -7,12 +7,14 @@
 //! concurrency slot can keep it until the engine's resources are really free.
 //!
 //! * [`python::PythonEngine`] (feature `engine`): a Python adapter embedded with pyo3.
-//! * [`scripted::ScriptedEngine`]: an in-memory engine with scripted output, for tests.
+//! * `scripted::ScriptedEngine`: an in-memory engine with scripted output, for tests (compiled only
+//!   into tests and with the `test-util` feature).
 //! * [`FailedEngine`]: stands in when the adapter failed to start, so the server stays up and
 //!   reports why.
 
 #[cfg(feature = "engine")]
 pub mod python;
+#[cfg(any(test, feature = "test-util"))]
 pub mod scripted;
 
 use serde::Serialize;

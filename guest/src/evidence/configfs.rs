@@ -256,10 +256,6 @@ impl EvidenceProvider for ConfigfsTsm {
 }
 
 #[cfg(test)]
-#[path = "../../../attestation/src/testutil.rs"]
-mod testutil;
-
-#[cfg(test)]
 mod tests {
     //! `Kernel` models a configfs-tsm entry: a write to `inblob` bumps `generation`, and `outblob`
     //! is computed when read. A race is another writer's inblob landing during an outblob read.
@@ -357,9 +353,12 @@ mod tests {
     const SAMPLE_NOW: u64 = 1_750_500_000;
 
     fn recorded(name: &str) -> (Vec<u8>, dcap_qvl::QuoteCollateralV3) {
-        let quote = super::testutil::registry_file("dcap-qvl", &format!("sample/{name}"));
-        let c =
-            super::testutil::registry_file("dcap-qvl", &format!("sample/{name}_collateral.json"));
+        let quote =
+            chrysalis_testkit::fixtures::registry_file("dcap-qvl", &format!("sample/{name}"));
+        let c = chrysalis_testkit::fixtures::registry_file(
+            "dcap-qvl",
+            &format!("sample/{name}_collateral.json"),
+        );
         (quote, serde_json::from_slice(&c).unwrap())
     }
 

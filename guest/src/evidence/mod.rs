@@ -5,7 +5,8 @@
 //!   clients accept its quotes only when their policy names the simulated root).
 //! * [`collateral::HostCollateral`]: not a provider; the host's collateral service, which the
 //!   configfs-tsm provider asks for the TDX collateral it embeds next to a hardware quote.
-//! * [`LocalSim`]: signs simulated quotes in this process, for tests only (see its warning).
+//! * `LocalSim`: signs simulated quotes in this process, for tests only (see its warning); compiled
+//!   only into tests and with the `test-util` feature.
 //!
 //! Every provider returns the attestation crate's [`EvidenceBundle`]; the TLS layer puts it in
 //! the certificate (`chrysalis_attestation::ratls`).
@@ -16,11 +17,15 @@ pub mod sim;
 
 use std::future::Future;
 use std::pin::Pin;
+#[cfg(any(test, feature = "test-util"))]
 use std::sync::Mutex;
 
+use chrysalis_attestation::ReportData;
+#[cfg(any(test, feature = "test-util"))]
+use chrysalis_attestation::TdxMeasurements;
 pub use chrysalis_attestation::bundle::EvidenceBundle;
+#[cfg(any(test, feature = "test-util"))]
 use chrysalis_attestation::sim::{SimPki, SimTdReport};
-use chrysalis_attestation::{ReportData, TdxMeasurements};
 use thiserror::Error;
 
 /// Why evidence could not be obtained.
@@ -91,7 +96,9 @@ pub trait EvidenceProvider: Send + Sync + 'static {
 ///
 /// For tests and benchmarks only: a guest that signs its own quotes proves nothing about what it
 /// runs (in a deployment the *host* plays the hardware and signs over what it launched). Clients
-/// accept these quotes only if their policy names the simulated root.
+/// accept these quotes only if their policy names the simulated root. Compiled only into this
+/// crate's tests and with the `test-util` feature (which dev-dependencies enable).
+#[cfg(any(test, feature = "test-util"))]
 pub struct LocalSim {
     pki: SimPki,
     measurements: TdxMeasurements,
@@ -99,12 +106,14 @@ pub struct LocalSim {
     asked: Mutex<Vec<ReportData>>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl std::fmt::Debug for LocalSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalSim").finish_non_exhaustive()
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl LocalSim {
     /// Quotes with `measurements`, carrying collateral valid for 30 days from `collateral_from`
     /// (unix seconds).
@@ -123,6 +132,7 @@ impl LocalSim {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl EvidenceProvider for LocalSim {
     fn evidence(
         &self,

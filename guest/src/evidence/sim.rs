@@ -182,7 +182,8 @@ impl EvidenceProvider for SimQuoteClient {
 
 /// A minimal stand-in for the host's sim quote service, for tests: answers one `sim_quote` or
 /// `sim_snp_report` request with `answer(report_data)`. It signs nothing; the host crate's
-/// service does that.
+/// service does that. Compiled only into tests and with the `test-util` feature.
+#[cfg(any(test, feature = "test-util"))]
 pub async fn serve_one_tcp<F>(listener: tokio::net::TcpListener, answer: F) -> std::io::Result<()>
 where
     F: Fn(ReportData) -> Response,

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrysalis_attestation::ReportData;
 use chrysalis_attestation::hostcall::{self, Request, Response};
+pub use chrysalis_testkit::RecordingVerifier;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The repository root (guest/..).
@@ -234,61 +234,6 @@ pub fn llama_engine(v: &Venv, instances: u32) -> String {
         v.site_packages.display().to_string(),
         v.model.display().to_string(),
     )
-}
-
-/// Accepts any server certificate and records it: the tests then check it against the
-/// evidence binding themselves (the attestation crate's verifier does this for real clients).
-#[derive(Debug, Default)]
-pub struct RecordingVerifier {
-    pub seen: Mutex<Vec<CertificateDer<'static>>>,
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.seen
-            .lock()
-            .unwrap()
-            .push(end_entity.clone().into_owned());
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// An HTTPS/1.1 client for one server.

@@ -1,12 +1,10 @@
 //! Fixed inputs of the fuzz targets (time, simulated PKI, policy, recorded SNP certificates) and
 //! the seed corpus built from them.
 //!
-//! Shared by the fuzz crate and by `attestation/examples/fuzz_seeds.rs` (which includes this file
-//! with `#[path]`), so seeds and targets agree on every constant. Recorded vectors are read at run
+//! Shared by the fuzz crate and by `attestation/examples/fuzz_seeds.rs`, so seeds and targets
+//! agree on every constant. Recorded vectors are read at run
 //! time from the registry packages (located with `cargo metadata`) and from `shared/testvectors`;
 //! none is copied into the repository.
-
-#![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -20,8 +18,7 @@ use chrysalis_attestation::verify::{SnpCertificates, TrustAnchors};
 use chrysalis_attestation::{EvidenceBundle, Measurement, Policy, ReportData};
 use dcap_qvl::QuoteCollateralV3;
 
-#[path = "../../src/testutil.rs"]
-mod testutil;
+use crate::fixtures;
 
 /// The verification time of every target: inside the recorded dcap-qvl sample collateral's
 /// validity, the recorded Milan VCEK's, and the simulated certificates'.
@@ -112,8 +109,8 @@ fn sim_quote_of(mr_td: Measurement, report_data: ReportData) -> Vec<u8> {
 
 /// The recorded dcap-qvl sample collateral of `quote` (e.g. "tdx_quote").
 pub fn recorded_tdx(quote: &str) -> (Vec<u8>, QuoteCollateralV3) {
-    let q = testutil::registry_file("dcap-qvl", &format!("sample/{quote}"));
-    let c = testutil::registry_file("dcap-qvl", &format!("sample/{quote}_collateral.json"));
+    let q = fixtures::registry_file("dcap-qvl", &format!("sample/{quote}"));
+    let c = fixtures::registry_file("dcap-qvl", &format!("sample/{quote}_collateral.json"));
     (q, serde_json::from_slice(&c).expect("collateral JSON"))
 }
 
@@ -147,13 +144,13 @@ impl RecordedSnp {
 pub fn recorded_snp() -> &'static RecordedSnp {
     static R: OnceLock<RecordedSnp> = OnceLock::new();
     R.get_or_init(|| RecordedSnp {
-        report: decode_binary_or_hex(&testutil::registry_file(
+        report: decode_binary_or_hex(&fixtures::registry_file(
             "sev",
             "tests/certs_data/report_milan.hex",
         ))
         .0,
-        vcek: testutil::registry_file("sev", "tests/certs_data/vcek_milan.der"),
-        chain: testutil::registry_file("sev", "tests/certs_data/cert_chain_milan"),
+        vcek: fixtures::registry_file("sev", "tests/certs_data/vcek_milan.der"),
+        chain: fixtures::registry_file("sev", "tests/certs_data/cert_chain_milan"),
     })
 }
 
@@ -229,7 +226,7 @@ pub fn seeds() -> Vec<Seed> {
         out.push(seed(
             "tdx_quote",
             format!("recorded-{q}"),
-            testutil::registry_file("dcap-qvl", &format!("sample/{q}")),
+            fixtures::registry_file("dcap-qvl", &format!("sample/{q}")),
         ));
     }
 

@@ -1,4 +1,4 @@
-//! Test doubles for the guest side of hybrid vsock, shared by this crate's tests, its benchmark and
+//! A test double for the guest side of hybrid vsock, shared by the host's tests, its benchmark and
 //! the end-to-end tests.
 //!
 //! [`FakeHybridGuest`] listens on a Unix socket and speaks the multiplexer's protocol as
@@ -124,5 +124,3 @@ pub async fn hybrid_handshake(stream: &mut UnixStream, port: u32) -> io::Result<
         ))
     }
 }
-
-pub mod image;

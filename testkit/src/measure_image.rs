@@ -1,7 +1,5 @@
 //! A chrysalis image directory (manifest.json and artifacts) built in a temporary directory, for
-//! the measurement CLI tests and benchmark. Include with `#[path]` next to `testutil`.
-
-#![allow(dead_code, unreachable_pub)]
+//! the measurement CLI tests and benchmark.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +15,7 @@ use chrysalis_attestation::measure::tdx::{
 };
 use chrysalis_attestation::{Measurement, Sha256};
 
-use super::testutil::{efi_pe, registry_file, tdvf_from_sev_suffix};
+use crate::fixtures::{efi_pe, registry_file, tdvf_from_sev_suffix};
 
 /// The sev crate's recorded AmdSev OVMF suffix (SNP firmware with a kernel-hashes section).
 pub fn snp_firmware() -> Vec<u8> {
@@ -35,6 +33,7 @@ pub struct Image {
 }
 
 impl Image {
+    /// An image with the default kernel and firmware and `initrd`.
     pub fn new(initrd: &[u8]) -> Self {
         Self::with(
             &efi_pe(0x90, b"kernel"),
@@ -120,18 +119,22 @@ impl Image {
         image
     }
 
+    /// Writes the (changed) manifest back to manifest.json.
     pub fn write_manifest(&self) {
         std::fs::write(self.manifest_path(), self.manifest.to_json()).unwrap();
     }
 
+    /// The path of manifest.json.
     pub fn manifest_path(&self) -> PathBuf {
         self.dir.path().join("manifest.json")
     }
 
+    /// The path of manifest.json, as a command-line argument.
     pub fn path(&self) -> String {
         self.manifest_path().display().to_string()
     }
 
+    /// The bytes of a file of the image.
     pub fn read(&self, file: &str) -> Vec<u8> {
         std::fs::read(self.dir.path().join(file)).unwrap()
     }

@@ -159,7 +159,7 @@ impl TestImage {
             config_disk: put("config.img", &config_disk)?,
         };
         let firmware = BTreeMap::from([(
-            crate::image::FIRMWARE_TDX.to_string(),
+            chrysalis_attestation::measure::image::FIRMWARE_TDX.to_string(),
             put("ovmf-tdx.fd", &tdvf_firmware())?,
         )]);
         let base: Vec<String> = TEST_BASE_ARGS.iter().map(|s| s.to_string()).collect();

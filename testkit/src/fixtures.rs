@@ -1,10 +1,7 @@
-//! Test helpers shared by unit and integration tests: recorded vectors from registry packages.
+//! Recorded vectors from registry packages, and synthetic firmware and EFI images.
 //!
 //! Recorded evidence ships inside our dependencies' registry packages; tests find those
 //! packages with `cargo metadata` instead of copying the files into this repository.
-//! Integration tests include this file with `#[path]`, so it uses only std and serde_json.
-
-#![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,6 @@
 //! The real guest runtime for client tests and benchmarks: the test venv, a stand-in for the
 //! host's sim quote service, and `chrysalis-guest serve` with the llama_cpp adapter and SmolLM2.
-//! Shared by tests/tests/proxy_guest.rs (through `#[path]`) and client/benches/proxy.rs.
-#![allow(dead_code, unreachable_pub)]
+//! Used by tests/tests/proxy_guest.rs and client/benches/proxy.rs.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,7 +15,9 @@ use chrysalis_attestation::sim::{
 };
 use serde_json::Value;
 
+/// The model id the guest serves.
 pub const MODEL_ID: &str = "smollm2-135m-instruct";
+/// The MRTD the TDX stand-in quotes.
 pub const MR_TD: Measurement = Measurement([0x5a; 48]);
 /// The launch digest the SNP stand-in reports.
 pub const SNP_MEASUREMENT: Measurement = Measurement([0x5c; 48]);
@@ -39,6 +40,7 @@ impl SimKind {
         }
     }
 }
+/// RTMR0-3 the TDX stand-in quotes.
 pub const RTMRS: [Measurement; 4] = [
     Measurement([1; 48]),
     Measurement([2; 48]),
@@ -46,6 +48,7 @@ pub const RTMRS: [Measurement; 4] = [
     Measurement::ZERO,
 ];
 
+/// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -53,6 +56,7 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
+/// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -60,9 +64,13 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// The test venv (`CHRYSALIS_VENV`): interpreter, packages and model.
 pub struct Venv {
+    /// Its Python interpreter.
     pub python: PathBuf,
+    /// Its site-packages directory.
     pub site_packages: PathBuf,
+    /// The SmolLM2 GGUF file.
     pub model: PathBuf,
 }
 
@@ -153,8 +161,11 @@ pub fn sim_service(kind: SimKind) -> String {
 
 /// A running child process, killed on drop, with its log in a temp dir.
 pub struct Proc {
+    /// The process.
     pub child: Child,
+    /// Where it listens.
     pub addr: String,
+    /// Its working directory (config, log).
     pub dir: tempfile::TempDir,
 }
 
@@ -166,6 +177,7 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// What it has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
@@ -240,6 +252,7 @@ pub fn build_binaries() -> HashMap<String, PathBuf> {
         .collect()
 }
 
+/// Starts the TDX-sim guest (see [`start_guest_on`]).
 pub fn start_guest(bin: &Path, sim: &str, v: &Venv) -> Proc {
     start_guest_on(bin, sim, v, SimKind::Tdx)
 }
@@ -285,6 +298,7 @@ pub fn policy_toml_for(kind: SimKind, measurement: Measurement) -> String {
     }
 }
 
+/// A policy naming the simulated Intel root and pinning `mr_td`, RTMR1 and RTMR2.
 pub fn policy_toml(mr_td: Measurement) -> String {
     format!(
         "version = 1\n[trust]\ndangerous_simulated_intel_roots = [\"{}\"]\n[[tdx]]\nname = \"sim guest\"\nmr_td = \"{mr_td}\"\nrtmr1 = \"{}\"\nrtmr2 = \"{}\"\n",

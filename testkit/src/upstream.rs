@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::now;
+use crate::now;
 
 /// The model the fake serves.
 pub const MODEL: &str = "fake-model";
@@ -43,10 +43,12 @@ pub enum Receipts {
 /// What the fake does.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// The MRTD (or SNP launch digest) its evidence reports.
     pub mr_td: Measurement,
     /// Present SEV-SNP evidence from the simulated AMD PKI (with `mr_td` as the launch
     /// digest) instead of a TDX quote.
     pub snp: bool,
+    /// How it signs receipts.
     pub receipts: Receipts,
     /// Answer every completion with this status (and an OpenAI error body).
     pub status: Option<u16>,
@@ -61,6 +63,7 @@ pub struct Options {
 }
 
 impl Options {
+    /// Defaults: TDX evidence with `mr_td`, good receipts.
     pub fn new(mr_td: Measurement) -> Self {
         Self {
             mr_td,
@@ -134,7 +137,9 @@ struct Shared {
 
 /// A running fake upstream; killed on drop.
 pub struct FakeUpstream {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The fingerprint of the simulated root its evidence chains to.
     pub root: Sha256,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
@@ -142,6 +147,7 @@ pub struct FakeUpstream {
 }
 
 impl FakeUpstream {
+    /// Starts it on a free loopback port.
     pub fn start(opts: Options) -> Self {
         let pki = SimPki::from_seed(DEFAULT_SEED);
         let snp = opts.snp;

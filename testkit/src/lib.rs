@@ -1,0 +1,39 @@
+//! Test support shared by the tests and benchmarks of every chrysalis crate (dev-only, never
+//! published, never in a production build).
+//!
+//! * [`fixtures`]: recorded vectors located in registry packages with `cargo metadata`, and
+//!   synthetic firmware and EFI images.
+//! * [`image`]: a small well-formed image directory (host launch checks, sim measurements).
+//! * [`measure_image`]: an image directory for the measurement CLI tests and benchmark.
+//! * [`hybrid`]: a fake guest behind a hybrid-vsock Unix socket.
+//! * [`upstream`]: a fake attested OpenAI-compatible node (sim evidence, signed receipts).
+//! * [`ratls`]: a minimal RA-TLS server with sim evidence on loopback.
+//! * [`http`]: a plain HTTP/1.1 client for talking to the proxy.
+//! * [`policy`]: policies naming the simulated roots.
+//! * [`guest`]: the real guest runtime as a process, with a stand-in sim quote service.
+//! * [`verifier`]: a certificate verifier that accepts and records what it saw.
+//! * [`fuzz`]: the fixed inputs and seeds of the attestation fuzz targets.
+//! * [`bench_figure`]: appends one benchmark figure for `cargo xtask bench`.
+
+pub mod bench_figure;
+pub mod fixtures;
+pub mod fuzz;
+pub mod guest;
+pub mod http;
+pub mod hybrid;
+pub mod image;
+pub mod measure_image;
+pub mod policy;
+pub mod ratls;
+pub mod upstream;
+pub mod verifier;
+
+pub use verifier::RecordingVerifier;
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
