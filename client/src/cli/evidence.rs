@@ -16,7 +16,7 @@ pub(crate) enum EvidenceCommand {
     Show(ShowArgs),
     /// Verify a quote or report: signature chain to a vendor root, TCB, debug, and the
     /// measurements pinned by --policy. Exit 0 accepted, 1 rejected, 2 unusable input.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +94,7 @@ pub(crate) struct VerifyArgs {
 pub(crate) fn run(ctx: &Ctx, cmd: EvidenceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EvidenceCommand::Show(a) => show(ctx, a),
-        EvidenceCommand::Verify(a) => verify(ctx, a),
+        EvidenceCommand::Verify(a) => verify(ctx, *a),
     }
 }
 
