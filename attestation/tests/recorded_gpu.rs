@@ -408,7 +408,6 @@ fn nvidia_verifier_agrees() {
     let run = |nonce: &str| {
         let o = std::process::Command::new(&python)
             .arg(&script)
-            // NVIDIA's verifier writes verifier.log into its working directory.
             .current_dir(std::env::temp_dir())
             .env("NV_NONCE", nonce)
             .env("NV_TIME", NOW.to_string())
