@@ -36,6 +36,8 @@
 //!   collateral store, and the freshness floor of Intel's TCB evaluation data (with its table).
 //! * `pcs` (feature `pcs`): a PCS API v4 client that fetches TDX collateral from a PCCS or
 //!   Intel's PCS, for the host's collateral cache and the client (not linked by the guest).
+//! * [`gpu`]: NVIDIA H100 evidence (SPDM measurement report, device chain, signed RIMs),
+//!   verified offline with the nonce, roots, policy and time passed in. What it checks: docs/gpu.md.
 //! * [`hostcall`]: the guest→host service protocol (sim quotes, collateral), framed once here.
 //! * [`sim`]: a deterministic simulated Intel PKI that signs real-format TDX quotes. It is a
 //!   second trust anchor that a policy must name (`dangerous_simulated_intel_roots`), never a
@@ -91,6 +93,8 @@ pub mod bundle;
 pub mod collateral;
 pub mod error;
 pub mod evidence;
+#[cfg(feature = "full")]
+pub mod gpu;
 #[cfg(feature = "full")]
 pub mod hostcall;
 #[cfg(feature = "full")]

@@ -561,3 +561,122 @@ impl SimRoot {
         )
     }
 }
+
+fn gpu_vector(file: &str) -> String {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testvectors/nvidia-hopper");
+    assert!(
+        dir.is_dir(),
+        "recorded GPU vectors missing: {}",
+        dir.display()
+    );
+    dir.join(file).display().to_string()
+}
+
+const GPU_NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+
+fn gpu_verify(extra: &[&str]) -> Output {
+    let (report, chain, root) = (
+        gpu_vector("hopperAttestationReport.txt"),
+        gpu_vector("hopperCertChain.txt"),
+        gpu_vector("verifier_device_root.pem"),
+    );
+    let mut args = vec![
+        "evidence",
+        "verify",
+        "--gpu-report",
+        &report,
+        "--gpu-chain",
+        &chain,
+        "--gpu-root",
+        &root,
+        "--now",
+        "1717200000",
+    ];
+    args.extend_from_slice(extra);
+    chrysalis(&args)
+}
+
+fn gpu_policy(dir: &std::path::Path, body: &str) -> String {
+    let p = dir.join("gpu-policy.toml");
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn show_gpu_report_prints_the_parsed_fields() {
+    let o = chrysalis(&[
+        "evidence",
+        "show",
+        "--gpu-report",
+        &gpu_vector("hopperAttestationReport.txt"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = stdout_json(&o);
+    assert_eq!(v["request_nonce"], GPU_NONCE);
+    assert_eq!(v["opaque"]["driver_version"], "550.90.07");
+    assert_eq!(v["opaque"]["vbios_version"], "96.00.9f.00.01");
+    assert_eq!(v["blocks"].as_array().unwrap().len(), 64);
+}
+
+#[test]
+fn verify_gpu_accepts_under_a_policy_naming_what_is_not_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = gpu_policy(
+        dir.path(),
+        "[gpu]\ndangerous_no_ocsp = true\ndangerous_no_rims = true\n",
+    );
+    let o = gpu_verify(&["--gpu-nonce", GPU_NONCE, "--policy", &policy, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = stdout_json(&o);
+    assert_eq!(v["accepted"], true);
+    assert_eq!(v["revocation"], "dangerous_not_checked");
+    assert_eq!(v["driver_version"], "550.90.07");
+}
+
+#[test]
+fn verify_gpu_rejects_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = gpu_policy(
+        dir.path(),
+        "[gpu]\ndangerous_no_ocsp = true\ndangerous_no_rims = true\n",
+    );
+    // Strict default policy: no OCSP answers.
+    let o = gpu_verify(&["--gpu-nonce", GPU_NONCE]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("revocation unchecked"));
+    // Another nonce.
+    let o = gpu_verify(&["--gpu-nonce", &"00".repeat(32), "--policy", &policy]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nonce"));
+    // NVIDIA's sample driver RIM is for another version than the report's driver.
+    let (rim, rim_root) = (
+        gpu_vector("Driver_RIM_test_no_gpu.swidtag"),
+        gpu_vector("verifier_RIM_root.pem"),
+    );
+    let o = gpu_verify(&[
+        "--gpu-nonce",
+        GPU_NONCE,
+        "--policy",
+        &policy,
+        "--gpu-rim-root",
+        &rim_root,
+        "--driver-rim",
+        &rim,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("driver RIM is for version 545.00"));
+}
+
+#[test]
+fn verify_gpu_bad_input_exits_2() {
+    let o = gpu_verify(&["--gpu-nonce", "abcd"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--gpu-nonce"));
+}

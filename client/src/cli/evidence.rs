@@ -12,16 +12,19 @@ use super::Ctx;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum EvidenceCommand {
-    /// Parse a quote or report and print every field (nothing is verified).
+    /// Parse a quote or report (TDX, SEV-SNP, NVIDIA GPU) and print every field (nothing is verified).
     Show(ShowArgs),
     /// Verify a quote or report: signature chain to a vendor root, TCB, debug, and the
     /// measurements pinned by --policy. Exit 0 accepted, 1 rejected, 2 unusable input.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("input").required(true).args(["tdx_quote", "snp_report"])))]
+#[command(group(ArgGroup::new("input").required(true).args(["tdx_quote", "snp_report", "gpu_report"])))]
 pub(crate) struct ShowArgs {
+    /// An NVIDIA H100 SPDM attestation report (request ‖ response), raw binary or hex text.
+    #[arg(long, value_name = "FILE")]
+    gpu_report: Option<PathBuf>,
     /// A TDX quote (v4 or v5), raw binary or hex text.
     #[arg(long, value_name = "FILE")]
     tdx_quote: Option<PathBuf>,
@@ -34,8 +37,30 @@ pub(crate) struct ShowArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("input").required(true).args(["tdx_quote", "snp_report"])))]
+#[command(group(ArgGroup::new("input").required(true).args(["tdx_quote", "snp_report", "gpu_report"])))]
 pub(crate) struct VerifyArgs {
+    /// An NVIDIA H100 SPDM attestation report, raw binary or hex text; needs --gpu-chain,
+    /// --gpu-nonce and --gpu-root. What is checked: docs/gpu.md.
+    #[arg(long, value_name = "FILE", requires_all = ["gpu_chain", "gpu_nonce", "gpu_root"])]
+    gpu_report: Option<PathBuf>,
+    /// The GPU's certificate chain (PEM, attestation key certificate first).
+    #[arg(long, value_name = "FILE", requires = "gpu_report")]
+    gpu_chain: Option<PathBuf>,
+    /// The 32-byte nonce the report must answer, 64 hex digits.
+    #[arg(long, value_name = "HEX", requires = "gpu_report")]
+    gpu_nonce: Option<String>,
+    /// NVIDIA's device identity root CA (PEM); passed in, nothing is built in.
+    #[arg(long, value_name = "FILE", requires = "gpu_report")]
+    gpu_root: Option<PathBuf>,
+    /// NVIDIA's RIM signing root CA (PEM); needed with --driver-rim / --vbios-rim.
+    #[arg(long, value_name = "FILE", requires = "gpu_report")]
+    gpu_rim_root: Option<PathBuf>,
+    /// The driver's signed reference manifest (SWID tag XML).
+    #[arg(long, value_name = "FILE", requires_all = ["gpu_report", "gpu_rim_root"])]
+    driver_rim: Option<PathBuf>,
+    /// The VBIOS's signed reference manifest (SWID tag XML).
+    #[arg(long, value_name = "FILE", requires_all = ["gpu_report", "gpu_rim_root"])]
+    vbios_rim: Option<PathBuf>,
     /// A TDX quote (v4 or v5), raw binary or hex text; needs --collateral.
     #[arg(long, value_name = "FILE", requires = "collateral")]
     tdx_quote: Option<PathBuf>,
@@ -69,11 +94,14 @@ pub(crate) struct VerifyArgs {
 pub(crate) fn run(ctx: &Ctx, cmd: EvidenceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         EvidenceCommand::Show(a) => show(ctx, a),
-        EvidenceCommand::Verify(a) => verify(ctx, a),
+        EvidenceCommand::Verify(a) => verify(ctx, *a),
     }
 }
 
 fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &a.gpu_report {
+        return super::gpu::show(p, a.json);
+    }
     let (title, fields) = if let Some(p) = &a.tdx_quote {
         let q = TdxQuote::parse(&ctx.read_evidence(p, "TDX quote")?)
             .with_context(|| format!("{} is not a TDX quote", p.display()))?;
@@ -104,6 +132,20 @@ fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    if let Some(report) = &a.gpu_report {
+        return super::gpu::verify(super::gpu::GpuInputs {
+            report,
+            chain: a.gpu_chain.as_deref().expect("clap requires --gpu-chain"),
+            nonce: a.gpu_nonce.as_deref().expect("clap requires --gpu-nonce"),
+            device_root: a.gpu_root.as_deref().expect("clap requires --gpu-root"),
+            rim_root: a.gpu_rim_root.as_ref(),
+            driver_rim: a.driver_rim.as_ref(),
+            vbios_rim: a.vbios_rim.as_ref(),
+            policy: a.policy.as_ref(),
+            now: a.now,
+            json: a.json,
+        });
+    }
     let policy = match &a.policy {
         Some(p) => {
             let text = std::fs::read_to_string(p)

@@ -3,6 +3,7 @@
 mod eventlog;
 mod evidence;
 mod explain;
+mod gpu;
 mod measure;
 mod policy;
 mod proxy;
