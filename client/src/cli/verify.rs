@@ -145,9 +145,12 @@ fn explain(cert: &[u8], policy: &Policy, now: u64) -> Value {
         match ratls::extract_bundle(cert) {
             Err(e) => out["evidence_error"] = json!(e.to_string()),
             Ok(bundle) => {
-                out["platform"] = json!(bundle.platform.as_str());
+                out["platform"] = json!(bundle.platform().as_str());
                 match verify::verify(&bundle, &policy.trust_anchors(), None, now) {
-                    Err(e) => out["evidence_error"] = json!(e.to_string()),
+                    Err(e) => {
+                        out["evidence_error"] =
+                            json!(chrysalis_attestation::ErrorChain(&e).to_string())
+                    }
                     Ok(v) => {
                         out["key_binding"] = json!(v.report_data == binding);
                         out["root"] = json!(v.root.to_string());

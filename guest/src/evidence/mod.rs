@@ -7,7 +7,7 @@
 //!   configfs-tsm provider asks for the TDX collateral it embeds next to a hardware quote.
 //! * [`LocalSim`]: signs simulated quotes in this process, for tests only (see its warning).
 //!
-//! Every provider returns the attestation crate's [`EvidenceBundle`]; the TLS layer puts it in
+//! Every provider returns the attestation crate's [`Evidence`], parsed; the TLS layer puts it in
 //! the certificate (`chrysalis_attestation::ratls`).
 
 pub mod collateral;
@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-pub use chrysalis_attestation::bundle::EvidenceBundle;
+pub use chrysalis_attestation::bundle::Evidence;
 use chrysalis_attestation::sim::{SimPki, SimTdReport};
 use chrysalis_attestation::{ReportData, TdxMeasurements};
 use thiserror::Error;
@@ -67,6 +67,9 @@ pub enum EvidenceError {
     /// The evidence or its accompanying data does not decode.
     #[error("{0}")]
     Malformed(String),
+    /// The quote or report the TEE returned does not parse.
+    #[error(transparent)]
+    Unparseable(#[from] chrysalis_attestation::EvidenceError),
     /// The host's sim quote service refused.
     #[error("sim quote service refused: {0}")]
     Refused(String),
@@ -80,7 +83,7 @@ pub trait EvidenceProvider: Send + Sync + 'static {
     fn evidence(
         &self,
         report_data: ReportData,
-    ) -> Pin<Box<dyn Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Evidence, EvidenceError>> + Send + '_>>;
 
     /// A short name for logs and `/v1/attestation` (`configfs-tsm`, `sim`, `fixed`).
     fn name(&self) -> &'static str;
@@ -127,7 +130,7 @@ impl EvidenceProvider for LocalSim {
     fn evidence(
         &self,
         report_data: ReportData,
-    ) -> Pin<Box<dyn Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Evidence, EvidenceError>> + Send + '_>> {
         self.asked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -142,7 +145,7 @@ impl EvidenceProvider for LocalSim {
                 endpoint: "in-process".into(),
                 reason: e.to_string(),
             });
-        Box::pin(async move { Ok(EvidenceBundle::tdx(quote, Some(collateral?))) })
+        Box::pin(async move { Ok(Evidence::tdx(quote, Some(collateral?))?) })
     }
 
     fn name(&self) -> &'static str {
