@@ -95,3 +95,25 @@ impl std::fmt::Display for ErrorChain<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] ForeignError);
+
+    #[test]
+    fn a_chain_prints_every_cause_and_foreign_errors_compare_by_it() {
+        let io = || std::io::Error::other("inner");
+        let e = Outer(ForeignError::new(io()));
+        assert_eq!(e.to_string(), "outer");
+        assert_eq!(ErrorChain(&e).to_string(), "outer: inner");
+        assert_eq!(ForeignError::new(io()), ForeignError::new(io()));
+        assert_ne!(
+            ForeignError::new(io()),
+            ForeignError::new(std::io::Error::other("other"))
+        );
+    }
+}

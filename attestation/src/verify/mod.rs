@@ -447,6 +447,9 @@ pub fn verify_snp_evidence(
     anchors: &TrustAnchors,
     now: u64,
 ) -> Result<CryptoVerified, VerifyError> {
+    if !anchors.amd && anchors.simulated_amd.is_empty() {
+        return Err(VerifyError::PlatformNotTrusted(Platform::Snp));
+    }
     let report = SnpReport::parse(report).map_err(SnpVerifyError::from)?;
     snp_verdict(&report, vcek_der, chain, anchors, now).map(CryptoVerified::new)
 }
