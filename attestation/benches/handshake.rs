@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::ratls::{self, AttestedKey, RaTlsServerVerifier};
 use chrysalis_attestation::sim::{self, SimPki, SimTdReport};
-use chrysalis_attestation::{EvidenceBundle, Measurement, Policy};
+use chrysalis_attestation::{Evidence, Measurement, Policy};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use support::{Op, Paired};
@@ -86,7 +86,7 @@ impl RaTls {
             Measurement([2; 48]),
             Measurement::ZERO,
         ];
-        let bundle = EvidenceBundle::tdx(
+        let bundle = Evidence::tdx(
             pki.quote(&SimTdReport::new(
                 sim::td_measurements(MR_TD, rtmr),
                 key.report_data(),
@@ -95,7 +95,8 @@ impl RaTls {
                 pki.collateral(now() - 3600, 7 * 86_400)
                     .expect("sim collateral"),
             ),
-        );
+        )
+        .expect("evidence parses");
         let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 6 * 3600).expect("issue");
         let server = no_resumption_server(ratls::server_config(Arc::new(
             rustls::sign::SingleCertAndKey::from(key.certified_key(cert).expect("certified key")),

@@ -11,7 +11,7 @@ use std::hint::black_box;
 use chrysalis_attestation::evidence::decode_binary_or_hex;
 use chrysalis_attestation::sim::{self, SimPki, SimTdReport};
 use chrysalis_attestation::verify::{TrustAnchors, verify};
-use chrysalis_attestation::{EvidenceBundle, Measurement, Platform, ReportData, TcbStatus};
+use chrysalis_attestation::{Evidence, Measurement, Platform, ReportData, TcbStatus};
 use chrysalis_testkit::fixtures;
 use support::{Op, Paired};
 
@@ -19,9 +19,9 @@ use support::{Op, Paired};
 const NOW: u64 = 1_750_500_000;
 
 struct Inputs {
-    tdx_recorded: EvidenceBundle,
-    tdx_sim: EvidenceBundle,
-    snp_recorded: EvidenceBundle,
+    tdx_recorded: Evidence,
+    tdx_sim: Evidence,
+    snp_recorded: Evidence,
     anchors: TrustAnchors,
 }
 
@@ -42,15 +42,16 @@ fn inputs() -> Inputs {
         "tests/certs_data/report_milan.hex",
     ));
     let inputs = Inputs {
-        tdx_recorded: EvidenceBundle::tdx(quote, Some(collateral)),
-        tdx_sim: EvidenceBundle::tdx(
+        tdx_recorded: Evidence::tdx(quote, Some(collateral)).expect("evidence parses"),
+        tdx_sim: Evidence::tdx(
             sim_quote,
             Some(
                 pki.collateral(NOW - 3600, 30 * 86_400)
                     .expect("sim collateral"),
             ),
-        ),
-        snp_recorded: EvidenceBundle::snp(
+        )
+        .expect("evidence parses"),
+        snp_recorded: Evidence::snp(
             report,
             Some(fixtures::registry_file(
                 "sev",
@@ -60,7 +61,8 @@ fn inputs() -> Inputs {
                 "sev",
                 "tests/certs_data/cert_chain_milan",
             )),
-        ),
+        )
+        .expect("evidence parses"),
         anchors: TrustAnchors::vendor().dangerous_with_simulated_intel_root(pki.root_sha256()),
     };
     // A benchmark of a failing path would measure nothing useful.

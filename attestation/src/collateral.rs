@@ -103,9 +103,18 @@ impl CollateralKey {
     pub fn of_quote(quote: &[u8]) -> Result<Self, CollateralKeyError> {
         let q = dcap_qvl::quote::Quote::parse(quote)
             .map_err(|e| CollateralKeyError(format!("not a TDX quote: {e:#}")))?;
-        let fmspc = dcap_qvl::intel::quote_fmspc(&q)
+        Self::of_parsed(&q)
+    }
+
+    /// [`Self::of_quote`] for a quote already parsed (as [`crate::Evidence`] holds it).
+    pub fn of_tdx_quote(quote: &crate::TdxQuote) -> Result<Self, CollateralKeyError> {
+        Self::of_parsed(quote.inner())
+    }
+
+    fn of_parsed(q: &dcap_qvl::quote::Quote) -> Result<Self, CollateralKeyError> {
+        let fmspc = dcap_qvl::intel::quote_fmspc(q)
             .map_err(|e| CollateralKeyError(format!("FMSPC of the PCK certificate: {e:#}")))?;
-        let ca = match dcap_qvl::intel::quote_ca(&q)
+        let ca = match dcap_qvl::intel::quote_ca(q)
             .map_err(|e| CollateralKeyError(format!("PCK CA of the PCK certificate: {e:#}")))?
         {
             dcap_qvl::config::PckCa::Platform => PckCa::Platform,

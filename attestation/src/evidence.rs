@@ -382,6 +382,17 @@ impl TdxQuote {
 }
 
 #[cfg(feature = "full")]
+// The parsed form is a function of the bytes, so the bytes decide equality.
+impl PartialEq for TdxQuote {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+#[cfg(feature = "full")]
+impl Eq for TdxQuote {}
+
+#[cfg(feature = "full")]
 /// TEE type of a TDX quote header.
 pub(crate) const TDX_TEE_TYPE: u32 = 0x81;
 
@@ -481,6 +492,17 @@ impl SnpReport {
         ReportData(self.parsed.report_data)
     }
 }
+
+#[cfg(feature = "full")]
+// The parsed form is a function of the bytes, so the bytes decide equality.
+impl PartialEq for SnpReport {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+#[cfg(feature = "full")]
+impl Eq for SnpReport {}
 
 /// An SEV-SNP TCB version: the security version numbers of the firmware components.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -9,10 +9,10 @@
 //!  ──────────────────────                          ──────
 //!  AttestedKey::generate()                         Policy::from_toml(..)
 //!    └ report_data() ─▶ TEE (configfs-tsm, sim)      │
-//!          EvidenceBundle ◀─┘                        ▼
+//!                Evidence ◀─┘                        ▼
 //!  ratls::issue_certificate ──── TLS 1.3 ───▶ RaTlsServerVerifier (rustls)
 //!                                              └ ratls::verify_certificate
-//!                                                  ├ verify::verify(bundle, anchors, now)
+//!                                                  ├ verify::verify(evidence, anchors, now)
 //!                                                  │      ─▶ CryptoVerified (sealed Verdict)
 //!                                                  │      (dcap-qvl for TDX, sev for SNP)
 //!                                                  └ Policy::evaluate(verified, H(tag ‖ SPKI))
@@ -22,7 +22,8 @@
 //!
 //! ## Modules
 //! * [`evidence`]: platforms, 48/64-byte register newtypes, parsed TDX quotes and SNP reports.
-//! * [`bundle`]: evidence plus the collateral or certificates an offline verifier needs (DER).
+//! * [`bundle`]: [`Evidence`], an enum per platform (quote and collateral, or report, VCEK and
+//!   chain), parsed once from bytes or from its DER wire form, the evidence bundle.
 //! * [`verify`]: cryptographic verification into one structured [`Verdict`], sealed as
 //!   [`CryptoVerified`] so that only verification produces what the policy accepts; no judgement.
 //! * [`policy`]: what a client accepts (TOML), and the only constructor of
@@ -63,7 +64,7 @@
 //! use chrysalis_attestation::policy::TdxPin;
 //! use chrysalis_attestation::ratls::{self, AttestedKey};
 //! use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
-//! use chrysalis_attestation::{EvidenceBundle, Measurement, Policy};
+//! use chrysalis_attestation::{Evidence, Measurement, Policy};
 //!
 //! let now = 1_800_000_000;
 //! // Inside the guest: a key, and evidence over its binding (here from the simulated TEE).
@@ -71,8 +72,8 @@
 //! let pki = SimPki::from_seed(DEFAULT_SEED);
 //! let m = td_measurements(Measurement([1; 48]), [Measurement::ZERO; 4]);
 //! let quote = pki.quote(&SimTdReport::new(m, key.report_data()));
-//! let bundle = EvidenceBundle::tdx(quote, Some(pki.collateral(now - 60, 86_400)?));
-//! let cert = ratls::issue_certificate(&key, &bundle, now - 60, 3600)?;
+//! let evidence = Evidence::tdx(quote, Some(pki.collateral(now - 60, 86_400)?))?;
+//! let cert = ratls::issue_certificate(&key, &evidence, now - 60, 3600)?;
 //!
 //! // At the client: a policy that pins the measurement and names the simulated root.
 //! let mut policy = Policy::pinned(vec![TdxPin::new(Measurement([1; 48]))], vec![]);
@@ -118,8 +119,8 @@ pub mod tdx_attributes;
 pub mod verify;
 
 #[cfg(feature = "full")]
-pub use bundle::EvidenceBundle;
-pub use error::EvidenceError;
+pub use bundle::Evidence;
+pub use error::{ErrorChain, EvidenceError, ForeignError};
 pub use evidence::{
     ChipId, Flags64, HostData, InputEncoding, Measurement, Measurements, Platform, ReportData,
     Sha256, SnpMeasurements, SnpTcb, TdxMeasurements,
@@ -132,4 +133,7 @@ pub use policy::{Appraisal, Policy, PolicyError, RejectReason, Rejection, Verifi
 pub use ratls::{AttestedKey, RaTlsClientVerifier, RaTlsServerVerifier, VerifiedPeer};
 pub use tdx_attributes::{TdAttributes, Xfam};
 #[cfg(feature = "full")]
-pub use verify::{CryptoVerified, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
+pub use verify::{
+    CryptoVerified, FoundRoot, SnpVerifyError, TcbStatus, TdxVerifyError, TrustAnchors, TrustRoot,
+    Verdict, VerifyError,
+};

@@ -56,7 +56,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::bundle::EvidenceBundle;
+use crate::bundle::Evidence;
 use crate::evidence::{
     Flags64, HostData, Measurement, Measurements, Platform, ReportData, Sha256, SnpMeasurements,
     SnpTcb, TdxMeasurements,
@@ -460,9 +460,9 @@ pub enum RejectReason {
     /// The evidence's report_data does not bind the key being used.
     KeyBinding {
         /// What the key requires.
-        expected: String,
+        expected: Box<ReportData>,
         /// What the evidence carries.
-        actual: String,
+        actual: Box<ReportData>,
     },
     /// The RA-TLS certificate itself is unacceptable (expired, too long-lived, malformed...).
     Certificate(String),
@@ -471,7 +471,8 @@ pub enum RejectReason {
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RejectReason::Verification(e) => write!(f, "{e}"),
+            // The verifier's errors keep their causes as sources; show the whole chain.
+            RejectReason::Verification(e) => write!(f, "{}", crate::error::ErrorChain(e)),
             RejectReason::RootNotTrusted(r) => write!(f, "root not trusted by policy: {r}"),
             RejectReason::TcbStatus { status, accepted } => {
                 let acc: Vec<_> = accepted.iter().map(|s| s.as_str()).collect();
@@ -796,16 +797,16 @@ impl Policy {
         a
     }
 
-    /// Verifies a bundle against this policy's roots at `now` and applies every rule to the
+    /// Verifies evidence against this policy's roots at `now` and applies every rule to the
     /// verdict, without a key binding: a report, not proof (see [`Appraisal`]).
     /// `collateral` replaces carried TDX collateral when given.
     pub fn appraise(
         &self,
-        bundle: &EvidenceBundle,
+        evidence: &Evidence,
         collateral: Option<&dcap_qvl::QuoteCollateralV3>,
         now: u64,
     ) -> Result<Appraisal, Rejection> {
-        let verdict = verify::verify(bundle, &self.trust_anchors(), collateral, now)?;
+        let verdict = verify::verify(evidence, &self.trust_anchors(), collateral, now)?;
         let verdict = verdict.into_verdict();
         let matched_pin = self.rules(&verdict)?;
         Ok(Appraisal {
@@ -827,8 +828,8 @@ impl Policy {
         let mut reasons = Vec::new();
         if verdict.report_data != *expected_report_data {
             reasons.push(RejectReason::KeyBinding {
-                expected: expected_report_data.to_hex(),
-                actual: verdict.report_data.to_hex(),
+                expected: Box::new(*expected_report_data),
+                actual: Box::new(verdict.report_data),
             });
         }
         match self.rules(&verdict) {
@@ -1635,7 +1636,7 @@ mod tests {
     /// naming the bit, as dcap-qvl would.
     #[test]
     fn td_attributes_of_real_quotes_through_verify_and_policy() {
-        use crate::bundle::EvidenceBundle;
+        use crate::bundle::Evidence;
         use crate::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
         let pki = SimPki::from_seed(DEFAULT_SEED);
         let issued = 1_767_225_600;
@@ -1648,7 +1649,7 @@ mod tests {
             p.trust.dangerous_simulated_intel_roots = vec![pki.root_sha256()];
             p.dangerous_allow_debug = allow_debug;
             p.appraise(
-                &EvidenceBundle::tdx(quote, Some(collateral.clone())),
+                &Evidence::tdx(quote, Some(collateral.clone())).unwrap(),
                 None,
                 issued + 60,
             )

@@ -6,7 +6,7 @@
 //! 2. [`AttestedKey::report_data`] is SHA-512(`REPORT_DATA_DOMAIN` ‖ SPKI DER): the guest asks
 //!    its TEE for evidence over exactly these 64 bytes.
 //! 3. [`issue_certificate`] writes a certificate valid for at most 24 hours whose `id-pe-cmw`
-//!    extension (RFC 9999, OID 1.3.6.1.5.5.7.1.35) carries the [`EvidenceBundle`].
+//!    extension (RFC 9999, OID 1.3.6.1.5.5.7.1.35) carries the [`Evidence`] as an evidence bundle.
 //!
 //! Verifying (client): [`verify_certificate`] parses, checks the validity window, the
 //! self-signature, decodes the evidence, verifies it against the policy's roots, checks the
@@ -29,9 +29,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use thiserror::Error;
 
-use crate::bundle::EvidenceBundle;
+use crate::bundle::Evidence;
 use crate::collateral::{CollateralKey, CollateralStore};
-use crate::evidence::{Platform, ReportData, Sha256};
+use crate::error::EvidenceError;
+use crate::evidence::{ReportData, Sha256};
 use crate::policy::{Policy, RejectReason, Rejection, VerifiedEvidence};
 use crate::verify::{self, VerifyError};
 
@@ -77,6 +78,9 @@ pub enum RaTlsError {
     /// The requested lifetime is zero or longer than [`MAX_VALIDITY_SECS`].
     #[error("certificate lifetime of {0} s is outside 1..={MAX_VALIDITY_SECS} s")]
     Lifetime(u64),
+    /// The evidence could not be encoded as a bundle.
+    #[error("certificate issuance failed: cannot encode the evidence")]
+    Evidence(#[from] EvidenceError),
 }
 
 /// A P-256 key generated in this process, for TLS and for signing receipts. It has no export
@@ -167,21 +171,21 @@ fn cmw_record(bundle_der: &[u8]) -> String {
     .to_string()
 }
 
-/// Issues a self-signed certificate for `key` carrying `bundle`, valid from `not_before`
+/// Issues a self-signed certificate for `key` carrying `evidence`, valid from `not_before`
 /// (unix seconds) for `lifetime_secs` (at most 24 h).
 ///
-/// Refuses a bundle whose report_data does not bind `key`: such a certificate could never
+/// Refuses evidence whose report_data does not bind `key`: such a certificate could never
 /// verify, and issuing it would only hide the mistake.
 pub fn issue_certificate(
     key: &AttestedKey,
-    bundle: &EvidenceBundle,
+    evidence: &Evidence,
     not_before: u64,
     lifetime_secs: u64,
 ) -> Result<CertificateDer<'static>, RaTlsError> {
     if lifetime_secs == 0 || lifetime_secs > MAX_VALIDITY_SECS {
         return Err(RaTlsError::Lifetime(lifetime_secs));
     }
-    let actual = bundle_report_data(bundle).map_err(|e| RaTlsError::Issue(e.to_string()))?;
+    let actual = evidence.report_data();
     if actual != key.report_data() {
         return Err(RaTlsError::NotBound {
             expected: Box::new(key.report_data()),
@@ -196,9 +200,7 @@ pub fn issue_certificate(
     params.distinguished_name = dn;
     params.not_before = time_at(not_before)?;
     params.not_after = time_at(not_before + lifetime_secs)?;
-    let bundle_der = bundle
-        .to_der()
-        .map_err(|e| RaTlsError::Issue(e.to_string()))?;
+    let bundle_der = evidence.to_der()?;
     // CMW ::= CHOICE { json UTF8String, cbor OCTET STRING }: the JSON form.
     let value = der::Encode::to_der(&cmw_record(&bundle_der))
         .map_err(|e| RaTlsError::Issue(e.to_string()))?;
@@ -217,14 +219,6 @@ fn time_at(secs: u64) -> Result<time::OffsetDateTime, RaTlsError> {
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
         .ok_or_else(|| RaTlsError::Issue(format!("time {secs} out of range")))
-}
-
-/// The report_data inside a bundle's evidence (structure only, nothing verified).
-fn bundle_report_data(bundle: &EvidenceBundle) -> Result<ReportData, crate::EvidenceError> {
-    Ok(match bundle.platform {
-        crate::Platform::Tdx => crate::TdxQuote::parse(&bundle.evidence)?.report_data(),
-        crate::Platform::Snp => crate::SnpReport::parse(&bundle.evidence)?.report_data(),
-    })
 }
 
 /// A peer whose certificate verified and whose evidence a policy accepted, bound to the key
@@ -287,8 +281,8 @@ fn cert_reason(msg: impl Into<String>) -> Rejection {
     }
 }
 
-/// Extracts the evidence bundle of an RA-TLS certificate (structure only).
-pub fn extract_bundle(cert_der: &[u8]) -> Result<EvidenceBundle, Rejection> {
+/// Extracts the evidence of an RA-TLS certificate (structure only: parsed, not verified).
+pub fn extract_bundle(cert_der: &[u8]) -> Result<Evidence, Rejection> {
     let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| cert_reason(format!("not an X.509 certificate: {e}")))?;
     if !rest.is_empty() {
@@ -297,9 +291,7 @@ pub fn extract_bundle(cert_der: &[u8]) -> Result<EvidenceBundle, Rejection> {
     bundle_of(&cert)
 }
 
-fn bundle_of(
-    cert: &x509_parser::certificate::X509Certificate<'_>,
-) -> Result<EvidenceBundle, Rejection> {
+fn bundle_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Evidence, Rejection> {
     let oid = x509_parser::oid_registry::Oid::from(CMW_EXTENSION_OID).expect("valid OID");
     let mut found = cert.extensions().iter().filter(|e| e.oid == oid);
     let ext = found
@@ -324,7 +316,16 @@ fn bundle_of(
     let der = URL_SAFE_NO_PAD
         .decode(record.1)
         .map_err(|e| cert_reason(format!("evidence is not base64url: {e}")))?;
-    EvidenceBundle::from_der(&der).map_err(|e| cert_reason(e.to_string()))
+    Evidence::from_der(&der).map_err(|e| match e {
+        // The bundle's own structure is part of the certificate; a quote or report that does
+        // not parse is evidence that does not verify.
+        EvidenceError::Malformed {
+            what: "evidence bundle",
+            ..
+        }
+        | EvidenceError::UnknownPlatform(_) => cert_reason(e.to_string()),
+        e => Rejection::one(RejectReason::Verification(VerifyError::Evidence(e))),
+    })
 }
 
 /// Verifies an RA-TLS certificate at `now` (unix seconds) under `policy`.
@@ -482,10 +483,13 @@ impl VerdictCache {
         let Ok(bundle) = bundle_of(&cert) else {
             return Ok(None);
         };
-        if bundle.platform != Platform::Tdx || (bundle.tdx_collateral.is_some() && !prefer_own) {
+        let Evidence::Tdx { quote, collateral } = &bundle else {
+            return Ok(None);
+        };
+        if collateral.is_some() && !prefer_own {
             return Ok(None);
         }
-        let Ok(key) = CollateralKey::of_quote(&bundle.evidence) else {
+        let Ok(key) = CollateralKey::of_tdx_quote(quote) else {
             return Ok(None);
         };
         match store.get(&key, now) {
@@ -721,7 +725,7 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
-    fn sim_bundle(pki: &SimPki, report_data: ReportData, mr_td: Measurement) -> EvidenceBundle {
+    fn sim_bundle(pki: &SimPki, report_data: ReportData, mr_td: Measurement) -> Evidence {
         let m = td_measurements(
             mr_td,
             [
@@ -732,10 +736,11 @@ mod tests {
             ],
         );
         let quote = pki.quote(&SimTdReport::new(m, report_data));
-        EvidenceBundle::tdx(
+        Evidence::tdx(
             quote,
             Some(pki.collateral(NOW - 3600, 30 * 86_400).unwrap()),
         )
+        .unwrap()
     }
 
     fn sim_policy(pki: &SimPki, mr_td: Measurement) -> Policy {
@@ -781,7 +786,7 @@ mod tests {
         );
         assert_eq!(peer.spki_der(), key.spki_der());
         assert_eq!(
-            extract_bundle(&cert).unwrap().platform,
+            extract_bundle(&cert).unwrap().platform(),
             crate::Platform::Tdx
         );
     }

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::ratls::{self, AttestedKey, RaTlsServerVerifier};
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
-use chrysalis_attestation::{EvidenceBundle, Measurement, Policy};
+use chrysalis_attestation::{Evidence, Measurement, Policy};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +21,7 @@ fn now() -> u64 {
 
 const MR_TD: Measurement = Measurement([0x42; 48]);
 
-fn bundle_for(pki: &SimPki, key: &AttestedKey) -> EvidenceBundle {
+fn bundle_for(pki: &SimPki, key: &AttestedKey) -> Evidence {
     let m = td_measurements(
         MR_TD,
         [
@@ -31,10 +31,11 @@ fn bundle_for(pki: &SimPki, key: &AttestedKey) -> EvidenceBundle {
             Measurement::ZERO,
         ],
     );
-    EvidenceBundle::tdx(
+    Evidence::tdx(
         pki.quote(&SimTdReport::new(m, key.report_data())),
         Some(pki.collateral(now() - 3600, 7 * 86_400).unwrap()),
     )
+    .unwrap()
 }
 
 fn policy(pki: &SimPki, mr_td: Measurement) -> Arc<Policy> {

@@ -4,7 +4,8 @@ mod common;
 
 use chrysalis_attestation::policy::RejectReason;
 use chrysalis_attestation::{
-    EvidenceBundle, Policy, TcbStatus, TrustAnchors, TrustRoot, VerifyError, verify::verify_tdx,
+    ErrorChain, Evidence, Policy, TcbStatus, TrustAnchors, TrustRoot, VerifyError,
+    verify::verify_tdx,
 };
 use common::dcap_sample;
 
@@ -22,7 +23,7 @@ fn sample_quote_is_up_to_date_under_the_intel_root() {
     assert!(!v.debug);
     let ok = floor(17)
         .appraise(
-            &EvidenceBundle::tdx(quote, Some(collateral)),
+            &Evidence::tdx(quote, Some(collateral)).unwrap(),
             None,
             SAMPLE_NOW,
         )
@@ -64,7 +65,7 @@ fn recorded_collateral_freshness_is_in_the_verdict_and_judged() {
     // TCB info 2025-06-19T10:16:03Z, QE identity 2025-06-19T10:32:27Z: the earlier counts.
     assert_eq!(v.collateral_issued, Some(1_750_328_163));
     assert_eq!(v.verified_at, SAMPLE_NOW);
-    let bundle = EvidenceBundle::tdx(quote, Some(collateral));
+    let bundle = Evidence::tdx(quote, Some(collateral)).unwrap();
     // Accepted at its own number, refused one above it, and under the crate's default floor
     // (which is newer than this 2025 recording), each time naming the rule.
     assert!(floor(17).appraise(&bundle, None, SAMPLE_NOW).is_ok());
@@ -101,7 +102,7 @@ fn v5_td15ex_quote_is_accepted() {
     let (quote, collateral) = dcap_sample("tdx_quote_td15ex");
     let ok = Policy::dangerous_unpinned()
         .appraise(
-            &EvidenceBundle::tdx(quote, Some(collateral)),
+            &Evidence::tdx(quote, Some(collateral)).unwrap(),
             None,
             TD15EX_NOW,
         )
@@ -118,7 +119,7 @@ fn outdated_quote_is_rejected_naming_the_tcb() {
     let (quote, collateral) = dcap_sample("tdx_quote_outdated");
     let err = Policy::dangerous_unpinned()
         .appraise(
-            &EvidenceBundle::tdx(quote, Some(collateral)),
+            &Evidence::tdx(quote, Some(collateral)).unwrap(),
             None,
             OUTDATED_NOW,
         )
@@ -137,7 +138,13 @@ fn quote_after_next_update_is_rejected_as_expired() {
     let later = SAMPLE_NOW + 60 * 86_400;
     let err = verify_tdx(&quote, &collateral, &TrustAnchors::vendor(), later).unwrap_err();
     assert!(matches!(err, VerifyError::Tdx(_)), "{err:?}");
-    assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
+    // The outer message names the step; dcap-qvl's reason is its source.
+    let chain = ErrorChain(&err).to_string();
+    assert!(
+        chain.starts_with("TDX quote verification failed: "),
+        "{chain}"
+    );
+    assert!(chain.to_lowercase().contains("expired"), "{chain}");
 }
 
 #[test]

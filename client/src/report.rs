@@ -1,41 +1,17 @@
 //! Evidence fields and verdicts as flat JSON objects (lowercase hex) and readable text.
 
 use chrysalis_attestation::{
-    Appraisal, Measurements, Platform, Rejection, ReportData, SnpReport, TdAttributes, TdxQuote,
-    Xfam,
+    Appraisal, Evidence, Measurements, Platform, Rejection, TdAttributes, Xfam,
 };
 use serde_json::{Map, Value, json};
 
-/// The fields of a TDX quote, keyed as `chrysalis evidence show --json` documents them.
-pub fn tdx_fields(q: &TdxQuote) -> Map<String, Value> {
-    let m = q.measurements();
-    evidence_fields(
-        Platform::Tdx,
-        u32::from(q.version()),
-        &Measurements::Tdx(m),
-        q.report_data(),
-    )
-}
-
-/// The fields of an SNP report, keyed as `chrysalis evidence show --json` documents them.
-pub fn snp_fields(r: &SnpReport) -> Map<String, Value> {
-    evidence_fields(
-        Platform::Snp,
-        r.version(),
-        &Measurements::Snp(r.measurements()),
-        r.report_data(),
-    )
-}
-
-fn evidence_fields(
-    platform: Platform,
-    version: u32,
-    m: &Measurements,
-    report_data: ReportData,
-) -> Map<String, Value> {
+/// The fields of a TDX quote or SNP report, keyed as `chrysalis evidence show --json`
+/// documents them.
+pub fn evidence_fields(evidence: &Evidence) -> Map<String, Value> {
+    let m = &evidence.measurements();
     let mut o = Map::new();
-    o.insert("platform".into(), json!(platform.as_str()));
-    o.insert("version".into(), json!(version));
+    o.insert("platform".into(), json!(evidence.platform().as_str()));
+    o.insert("version".into(), json!(evidence.version()));
     o.extend(measurement_fields(m));
     o.insert("debug".into(), json!(m.debug()));
     o.insert("debug_flags".into(), json!(m.debug_flags()));
@@ -49,11 +25,11 @@ fn evidence_fields(
             json!(Xfam::from_flags(t.xfam).set_names()),
         );
     }
-    o.insert("report_data".into(), json!(report_data.to_hex()));
+    o.insert("report_data".into(), json!(evidence.report_data().to_hex()));
     o
 }
 
-/// Measurement fields of a verdict, flattened like [`tdx_fields`] / [`snp_fields`].
+/// Measurement fields of a verdict, flattened like [`evidence_fields`].
 pub fn measurement_fields(m: &Measurements) -> Map<String, Value> {
     let mut o = Map::new();
     match m {

@@ -14,7 +14,7 @@ use chrysalis_attestation::collateral::CollateralKey;
 use chrysalis_attestation::pcs::PcsClient;
 use chrysalis_attestation::policy::RejectReason;
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
-use chrysalis_attestation::{EvidenceBundle, Measurement, Policy, ReportData};
+use chrysalis_attestation::{Evidence, Measurement, Policy, ReportData};
 use chrysalis_client::collateral::CollateralFetcher;
 use chrysalis_testkit::fixtures;
 use common::upstream::{FakeUpstream, Options};
@@ -325,7 +325,7 @@ async fn recorded_hardware_collateral_is_fetched_cached_and_judged_for_freshness
 
     // The fetched collateral verifies the bare quote against Intel's root; the freshness floor
     // decides: accepted at the recording's number, refused above it and by the default.
-    let bare = EvidenceBundle::tdx(quote, None);
+    let bare = Evidence::tdx(quote, None).unwrap();
     let mut p = Policy::dangerous_unpinned();
     p.collateral.min_tcb_evaluation_data_number = Some(17);
     let ok = p.appraise(&bare, Some(&got), SAMPLE_NOW).unwrap();

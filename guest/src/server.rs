@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chrysalis_attestation::{Measurements, Platform, Sha256, SnpReport, TdxQuote};
+use chrysalis_attestation::{Evidence, Sha256};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -168,14 +168,6 @@ impl AppState {
         let Some(info) = self.certs.info() else {
             return json!({"error": "no certificate yet"});
         };
-        let measurements: Option<Measurements> = match info.bundle.platform {
-            Platform::Tdx => TdxQuote::parse(&info.bundle.evidence)
-                .ok()
-                .map(|q| Measurements::Tdx(q.measurements())),
-            Platform::Snp => SnpReport::parse(&info.bundle.evidence)
-                .ok()
-                .map(|r| Measurements::Snp(r.measurements())),
-        };
         let unix = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -184,18 +176,22 @@ impl AppState {
         use base64::Engine as _;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let b = &info.bundle;
+        let (vcek, chain) = match b {
+            Evidence::Tdx { .. } => (None, None),
+            Evidence::Snp { vcek, chain, .. } => (vcek.as_deref(), chain.as_deref()),
+        };
         json!({
             "evidence_provider": self.evidence_provider,
             "bundle": {
-                "platform": b.platform,
-                "evidence": hex::encode(&b.evidence),
-                "tdx_collateral": b.tdx_collateral,
-                "snp_vcek": b.snp_vcek.as_deref().map(hex::encode),
-                "snp_chain": b.snp_chain.as_deref().map(hex::encode),
+                "platform": b.platform(),
+                "evidence": hex::encode(b.raw()),
+                "tdx_collateral": b.tdx_collateral(),
+                "snp_vcek": vcek.map(hex::encode),
+                "snp_chain": chain.map(hex::encode),
                 "der_base64": b.to_der().ok().map(|d| b64(&d)),
             },
             "report_data": info.report_data,
-            "measurements": measurements,
+            "measurements": b.measurements(),
             "certificate": {
                 "der_base64": b64(&info.cert_der),
                 "sha256": info.cert_sha256,

@@ -12,7 +12,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrysalis_attestation::bundle::EvidenceBundle;
+use chrysalis_attestation::bundle::Evidence;
 use chrysalis_attestation::ratls::{self, AttestedKey, MAX_VALIDITY_SECS, RaTlsError};
 use chrysalis_attestation::{ReportData, Sha256};
 use rustls::pki_types::CertificateDer;
@@ -49,7 +49,7 @@ pub struct CertInfo {
     /// The report_data the evidence carries.
     pub report_data: ReportData,
     /// The evidence.
-    pub bundle: EvidenceBundle,
+    pub bundle: Evidence,
     /// Start of validity.
     pub not_before: SystemTime,
     /// End of validity.
@@ -273,11 +273,7 @@ mod tests {
                 &self,
                 _rd: ReportData,
             ) -> std::pin::Pin<
-                Box<
-                    dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>>
-                        + Send
-                        + '_,
-                >,
+                Box<dyn std::future::Future<Output = Result<Evidence, EvidenceError>> + Send + '_>,
             > {
                 self.0.evidence(ReportData([1; 64]))
             }

@@ -293,7 +293,7 @@ mod tests {
         PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx,
     };
     use chrysalis_attestation::policy::TdxPin;
-    use chrysalis_attestation::{EvidenceBundle, Policy, TrustAnchors};
+    use chrysalis_attestation::{Evidence, Policy, TrustAnchors};
     use chrysalis_testkit::image::TestImage;
 
     const SHAPE: VmShape = VmShape {
@@ -350,7 +350,7 @@ mod tests {
 
         let rd = ReportData([0x5a; 64]);
         let q = s.quote(&rd).unwrap();
-        let bundle = EvidenceBundle::tdx(q.quote, q.collateral);
+        let bundle = Evidence::tdx(q.quote, q.collateral).unwrap();
         let now = unix_now();
         let anchors =
             TrustAnchors::none().dangerous_with_simulated_intel_root(s.status().sim_root_sha256);
@@ -370,7 +370,7 @@ mod tests {
 
         // The same quote under a policy pinning another RTMR2 is rejected.
         let q = s.quote(&rd).unwrap();
-        let bundle = EvidenceBundle::tdx(q.quote, q.collateral);
+        let bundle = Evidence::tdx(q.quote, q.collateral).unwrap();
         let verdict = chrysalis_attestation::verify::verify(&bundle, &anchors, None, now).unwrap();
         let mut other = TdxPin::new(want.mr_td);
         other.rtmr2 = Some(Measurement([9; 48]));
@@ -720,7 +720,7 @@ impl SnpReportSigner for SimSnpSigner {
 #[cfg(test)]
 mod snp_tests {
     use super::*;
-    use chrysalis_attestation::{EvidenceBundle, Policy, TrustAnchors};
+    use chrysalis_attestation::{Evidence, Policy, TrustAnchors};
     use chrysalis_testkit::image::TestImage;
 
     const SHAPE: VmShape = VmShape {
@@ -794,7 +794,7 @@ mod snp_tests {
         assert_eq!(s.status().matches_manifest, Some(true));
 
         let r = s.snp_report(&ReportData([0x33; 64])).unwrap();
-        let bundle = EvidenceBundle::snp(r.report, Some(r.vcek), Some(r.chain.into_bytes()));
+        let bundle = Evidence::snp(r.report, Some(r.vcek), Some(r.chain.into_bytes())).unwrap();
         // The manifest's own pins, with the sim ARK named: accepted.
         let mut policy = Policy::pinned(vec![], img.manifest.snp_pins());
         policy

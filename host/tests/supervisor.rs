@@ -468,7 +468,7 @@ async fn a_guest_that_powers_off_is_reported_failed_in_status() {
 #[tokio::test]
 async fn the_agent_quotes_the_launched_image_over_hybrid_vsock() {
     use chrysalis_attestation::hostcall::{self, Request, Response};
-    use chrysalis_attestation::{EvidenceBundle, ReportData, TdxQuote, TrustAnchors};
+    use chrysalis_attestation::{Evidence, ReportData, TdxQuote, TrustAnchors};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut run = start_agent_with(
@@ -533,7 +533,7 @@ async fn the_agent_quotes_the_launched_image_over_hybrid_vsock() {
         .as_secs();
     let anchors = TrustAnchors::none().dangerous_with_simulated_intel_root(root);
     let verdict = chrysalis_attestation::verify::verify(
-        &EvidenceBundle::tdx(quote.clone(), collateral),
+        &Evidence::tdx(quote.clone(), collateral).unwrap(),
         &anchors,
         None,
         now,
@@ -551,7 +551,7 @@ async fn the_agent_quotes_the_launched_image_over_hybrid_vsock() {
     };
     assert!(
         chrysalis_attestation::verify::verify(
-            &EvidenceBundle::tdx(quote.clone(), Some(collateral.clone())),
+            &Evidence::tdx(quote.clone(), Some(collateral.clone())).unwrap(),
             &TrustAnchors::vendor(),
             None,
             now
@@ -559,7 +559,7 @@ async fn the_agent_quotes_the_launched_image_over_hybrid_vsock() {
         .is_err()
     );
     chrysalis_attestation::verify::verify(
-        &EvidenceBundle::tdx(quote, Some(collateral)),
+        &Evidence::tdx(quote, Some(collateral)).unwrap(),
         &anchors,
         None,
         now,

@@ -15,7 +15,7 @@ use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::ratls::{self, AttestedKey};
 use chrysalis_attestation::sim::{self, SimPki, SimTdReport};
 use chrysalis_attestation::verify::{SnpCertificates, TrustAnchors};
-use chrysalis_attestation::{EvidenceBundle, Measurement, Policy, ReportData};
+use chrysalis_attestation::{Evidence, Measurement, Policy, ReportData};
 use dcap_qvl::QuoteCollateralV3;
 
 use crate::fixtures;
@@ -188,10 +188,11 @@ pub fn sim_ratls_cert() -> Vec<u8> {
 /// An RA-TLS certificate with simulated evidence of `mr_td`, valid at [`NOW`].
 pub fn sim_ratls_cert_of(mr_td: Measurement) -> Vec<u8> {
     let key = AttestedKey::generate().expect("key");
-    let bundle = EvidenceBundle::tdx(
+    let bundle = Evidence::tdx(
         sim_quote_of(mr_td, key.report_data()),
         Some(sim_collateral().clone()),
-    );
+    )
+    .expect("evidence parses");
     ratls::issue_certificate(&key, &bundle, NOW - 60, 3600)
         .expect("issue")
         .to_vec()
@@ -259,26 +260,29 @@ pub fn seeds() -> Vec<Seed> {
     let bundles = [
         (
             "sim-tdx",
-            EvidenceBundle::tdx(sim_quote(ReportData::ZERO), Some(sim_collateral().clone())),
+            Evidence::tdx(sim_quote(ReportData::ZERO), Some(sim_collateral().clone()))
+                .expect("evidence parses"),
         ),
         ("sim-tdx-no-collateral", {
-            EvidenceBundle::tdx(sim_quote(ReportData::ZERO), None)
+            Evidence::tdx(sim_quote(ReportData::ZERO), None).expect("evidence parses")
         }),
         ("recorded-tdx", {
             let (q, c) = recorded_tdx("tdx_quote");
-            EvidenceBundle::tdx(q, Some(c))
+            Evidence::tdx(q, Some(c)).expect("evidence parses")
         }),
         (
             "recorded-snp-chain",
-            EvidenceBundle::snp(
+            Evidence::snp(
                 snp.report.clone(),
                 Some(snp.vcek.clone()),
                 Some(snp.chain.clone()),
-            ),
+            )
+            .expect("evidence parses"),
         ),
         (
             "recorded-snp-builtin",
-            EvidenceBundle::snp(snp.report.clone(), Some(snp.vcek.clone()), None),
+            Evidence::snp(snp.report.clone(), Some(snp.vcek.clone()), None)
+                .expect("evidence parses"),
         ),
     ];
     for (name, b) in bundles {

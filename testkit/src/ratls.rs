@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrysalis_attestation::ratls::{self, AttestedKey};
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
-use chrysalis_attestation::{EvidenceBundle, Measurement, Sha256};
+use chrysalis_attestation::{Evidence, Measurement, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::now;
@@ -35,10 +35,11 @@ pub fn spawn_sim_server(mr_td: Measurement) -> (SocketAddr, Sha256) {
             Measurement::ZERO,
         ],
     );
-    let bundle = EvidenceBundle::tdx(
+    let bundle = Evidence::tdx(
         pki.quote(&SimTdReport::new(m, key.report_data())),
         Some(pki.collateral(now() - 3600, 86_400).unwrap()),
-    );
+    )
+    .unwrap();
     let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 3600).unwrap();
     let config = ratls::server_config(Arc::new(Fixed(key.certified_key(cert).unwrap())));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -14,7 +14,7 @@ use chrysalis_attestation::receipt::{self, RECEIPT_HEADER, ReceiptBody, StreamHa
 use chrysalis_attestation::sim::{
     DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
 };
-use chrysalis_attestation::{EvidenceBundle, Measurement, Sha256};
+use chrysalis_attestation::{Evidence, Measurement, Sha256};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::channel::{Channel, Sender};
 use http_body_util::{BodyExt, Either, Full};
@@ -110,10 +110,11 @@ fn identity(pki: &SimPki, mr_td: Measurement, snp: bool, without_collateral: boo
     let bundle = if snp {
         SimAmdPki::from_seed(DEFAULT_SEED).bundle(&SimSnpReport::new(mr_td, key.report_data()))
     } else {
-        EvidenceBundle::tdx(
+        Evidence::tdx(
             pki.quote(&SimTdReport::new(m, key.report_data())),
             (!without_collateral).then(|| pki.collateral(now() - 3600, 86_400).unwrap()),
         )
+        .unwrap()
     };
     let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 3600).unwrap();
     let cert_sha256 = Sha256::digest(&cert);

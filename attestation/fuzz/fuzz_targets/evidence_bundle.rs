@@ -2,13 +2,13 @@
 //! carried collateral, VCEK and chain are fuzzed too.
 #![no_main]
 
-use chrysalis_attestation::EvidenceBundle;
+use chrysalis_attestation::Evidence;
 use chrysalis_attestation::verify::verify;
 use chrysalis_attestation_fuzz::fixtures::{self, NOW};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(bundle) = EvidenceBundle::from_der(data) else {
+    let Ok(bundle) = Evidence::from_der(data) else {
         return;
     };
     // DER is canonical: what decodes re-encodes to the same bytes.

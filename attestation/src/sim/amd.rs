@@ -62,7 +62,7 @@ use x509_cert::time::{Time, Validity};
 use x509_cert::{Certificate, TbsCertificate, Version};
 
 use super::{CERT_NOT_AFTER, CERT_NOT_BEFORE, SimError};
-use crate::bundle::EvidenceBundle;
+use crate::bundle::Evidence;
 use crate::evidence::{ChipId, HostData, Measurement, ReportData, Sha256, SnpTcb};
 
 /// RSA modulus size of the simulated ARK and ASK (AMD's are 4096; see the module docs).
@@ -531,13 +531,14 @@ impl SimAmdPki {
             .to_vec()
     }
 
-    /// The evidence bundle a guest would present: the report, the VCEK, and the ASK/ARK chain.
-    pub fn bundle(&self, r: &SimSnpReport) -> EvidenceBundle {
-        EvidenceBundle::snp(
+    /// The evidence a guest would present: the report, the VCEK, and the ASK/ARK chain.
+    pub fn bundle(&self, r: &SimSnpReport) -> Evidence {
+        Evidence::snp(
             self.report(r),
             Some(self.vcek.der.clone()),
             Some(self.chain_pem().into_bytes()),
         )
+        .expect("a simulated report parses")
     }
 }
 
@@ -581,7 +582,7 @@ mod tests {
 
         // The production verifier, chain file and all.
         let v = verify::verify_snp(
-            &bundle.evidence,
+            bundle.raw(),
             &verify::SnpCertificates {
                 vcek_der: pki.vcek_der().to_vec(),
                 chain: Some(pki.chain_pem().into_bytes()),
@@ -643,10 +644,30 @@ mod tests {
         verify::verify(&bundle, &anchors, None, NOW).unwrap();
 
         // One measurement bit (offset 0x90) flipped after signing.
-        let mut t = bundle.clone();
-        t.evidence[0x90] ^= 1;
+        let mut raw = bundle.raw().to_vec();
+        raw[0x90] ^= 1;
+        let t = Evidence::snp(
+            raw,
+            Some(pki.vcek_der().to_vec()),
+            Some(pki.chain_pem().into_bytes()),
+        )
+        .unwrap();
         let err = verify::verify(&t, &anchors, None, NOW).unwrap_err();
-        assert!(err.to_string().contains("signature"), "{err}");
+        // The sev path's own error, nested, not flattened to a string.
+        assert!(
+            matches!(
+                err,
+                VerifyError::Snp(verify::SnpVerifyError::ReportSignature { .. })
+            ),
+            "{err:?}"
+        );
+        let err = crate::error::ErrorChain(&err).to_string();
+        assert!(
+            err.starts_with(
+                "SNP report verification failed: report signature does not verify with the VCEK: "
+            ),
+            "{err}"
+        );
 
         // A report whose measurement is not pinned is refused by the policy.
         let other = pki.bundle(&SimSnpReport::new(
@@ -660,12 +681,15 @@ mod tests {
         let mut old = SimSnpReport::new(MEASUREMENT, ReportData([1; 64]));
         old.reported_tcb.snp -= 1;
         let err = verify::verify(&pki.bundle(&old), &anchors, None, NOW).unwrap_err();
-        assert!(err.to_string().contains("TCB"), "{err}");
+        let err = crate::error::ErrorChain(&err).to_string();
+        assert!(err.contains("TCB"), "{err}");
 
         // The VCEK of another seed (another chip, another chain).
         let stranger = SimAmdPki::from_seed(b"stranger");
         let mut t = bundle.clone();
-        t.snp_vcek = Some(stranger.vcek_der().to_vec());
+        if let Evidence::Snp { vcek, .. } = &mut t {
+            *vcek = Some(stranger.vcek_der().to_vec());
+        }
         assert!(verify::verify(&t, &anchors, None, NOW).is_err());
 
         // Before the certificates' notBefore.

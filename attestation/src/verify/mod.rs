@@ -19,14 +19,15 @@ mod tdx;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::bundle::EvidenceBundle;
+use crate::bundle::Evidence;
 use crate::error::EvidenceError;
-use crate::evidence::{Measurements, Platform, ReportData, Sha256};
+use crate::evidence::{Measurements, Platform, ReportData, Sha256, SnpReport, TdxQuote};
 
 pub use snp::{
     AmdGeneration, AmdRoot, SnpCertificates, SnpSigner, SnpVerified, SnpVerifyError, verify_snp,
+    verify_snp_report,
 };
-pub use tdx::INTEL_SGX_ROOT_CA_SHA256;
+pub use tdx::{DcapError, INTEL_SGX_ROOT_CA_SHA256, TdxVerifyError};
 
 /// The root certificate a piece of evidence chains to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,7 +290,45 @@ impl TrustAnchors {
     }
 }
 
+/// A root that a chain ends in but the trust anchors do not include.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FoundRoot {
+    /// The root certificate that a TDX collateral's issuer chain ends in.
+    IntelChain {
+        /// The certificate's subject ("unparseable certificate" when it does not parse).
+        subject: String,
+        /// SHA-256 of its DER.
+        sha256: Sha256,
+    },
+    /// AMD's built-in ARK of this generation, while AMD's roots are not trusted.
+    AmdBuiltIn(AmdGeneration),
+    /// An ARK from a chain file that is none of AMD's.
+    AmdChainFile {
+        /// SHA-256 of the ARK's DER.
+        ark_sha256: Sha256,
+    },
+}
+
+impl std::fmt::Display for FoundRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FoundRoot::IntelChain { subject, sha256 } => write!(f, "{subject} (sha256 {sha256})"),
+            FoundRoot::AmdBuiltIn(generation) => {
+                write!(f, "AMD ARK ({generation}): AMD's roots are not trusted")
+            }
+            FoundRoot::AmdChainFile { ark_sha256 } => write!(
+                f,
+                "ARK from the chain file (sha256 {ark_sha256}) is not an AMD root"
+            ),
+        }
+    }
+}
+
 /// Why evidence failed verification.
+///
+/// Messages do not repeat their source: print the chain ([`std::error::Error::source`]) to see
+/// the whole reason, as [`crate::RejectReason`]'s `Display` does.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum VerifyError {
@@ -301,8 +340,8 @@ pub enum VerifyError {
     UntrustedRoot {
         /// Platform of the evidence.
         platform: Platform,
-        /// Description of the root (subject and SHA-256).
-        root: String,
+        /// The root that was found.
+        root: FoundRoot,
     },
     /// The platform's roots are not among the anchors at all.
     #[error("{0} evidence is not accepted: no {0} root is trusted")]
@@ -320,12 +359,12 @@ pub enum VerifyError {
          (older than every listed level: out of date)"
     )]
     TcbNotListed,
-    /// The TDX quote or its collateral failed verification (dcap-qvl's reason).
-    #[error("TDX quote verification failed: {0}")]
-    Tdx(String),
+    /// The TDX quote or its collateral failed verification.
+    #[error("TDX quote verification failed")]
+    Tdx(#[from] TdxVerifyError),
     /// The SNP report or its certificates failed verification.
-    #[error("SNP report verification failed: {0}")]
-    Snp(String),
+    #[error("SNP report verification failed")]
+    Snp(#[from] SnpVerifyError),
     /// TD_ATTRIBUTES break a rule no policy can lift (see [`crate::tdx_attributes`]): a reserved
     /// bit set (TUD bits 1-3 and 7 included), MIGRATABLE or SERVTD_EXT set, SEPT_VE_DISABLE
     /// clear.
@@ -347,32 +386,33 @@ pub fn collateral_valid_until(c: &dcap_qvl::QuoteCollateralV3) -> Option<u64> {
     Some(tcb.min(qe))
 }
 
-/// Verifies a bundle against `anchors` at `now` (unix seconds).
+/// Verifies evidence against `anchors` at `now` (unix seconds).
 ///
-/// `collateral` replaces the TDX collateral carried in the bundle when given (a verifier may
+/// `collateral` replaces the TDX collateral carried in the evidence when given (a verifier may
 /// prefer its own cached copy); carried or not, it must verify against the anchors.
 pub fn verify(
-    bundle: &EvidenceBundle,
+    evidence: &Evidence,
     anchors: &TrustAnchors,
     collateral: Option<&dcap_qvl::QuoteCollateralV3>,
     now: u64,
 ) -> Result<CryptoVerified, VerifyError> {
-    let verdict = match bundle.platform {
-        Platform::Tdx => {
+    let verdict = match evidence {
+        Evidence::Tdx {
+            quote,
+            collateral: carried,
+        } => {
             let collateral = collateral
-                .or(bundle.tdx_collateral.as_ref())
+                .or(carried.as_ref())
                 .ok_or(VerifyError::MissingCollateral)?;
-            tdx::verify_tdx(&bundle.evidence, collateral, anchors, now)
+            tdx::verify_tdx(quote, collateral, anchors, now)
         }
-        Platform::Snp => {
-            let vcek = bundle.snp_vcek.as_deref().ok_or(VerifyError::MissingVcek)?;
-            snp_verdict(
-                &bundle.evidence,
-                vcek,
-                bundle.snp_chain.as_deref(),
-                anchors,
-                now,
-            )
+        Evidence::Snp {
+            report,
+            vcek,
+            chain,
+        } => {
+            let vcek = vcek.as_deref().ok_or(VerifyError::MissingVcek)?;
+            snp_verdict(report, vcek, chain.as_deref(), anchors, now)
         }
     }?;
     Ok(CryptoVerified::new(verdict))
@@ -390,7 +430,7 @@ pub fn verify_tdx(
     anchors: &TrustAnchors,
     now: u64,
 ) -> Result<CryptoVerified, VerifyError> {
-    tdx::verify_tdx(quote, collateral, anchors, now).map(CryptoVerified::new)
+    tdx::verify_tdx(&TdxQuote::parse(quote)?, collateral, anchors, now).map(CryptoVerified::new)
 }
 
 /// Verifies an SNP report with its VCEK (and optional ASK/ARK chain) into a sealed verdict.
@@ -407,12 +447,16 @@ pub fn verify_snp_evidence(
     anchors: &TrustAnchors,
     now: u64,
 ) -> Result<CryptoVerified, VerifyError> {
-    snp_verdict(report, vcek_der, chain, anchors, now).map(CryptoVerified::new)
+    if !anchors.amd && anchors.simulated_amd.is_empty() {
+        return Err(VerifyError::PlatformNotTrusted(Platform::Snp));
+    }
+    let report = SnpReport::parse(report).map_err(SnpVerifyError::from)?;
+    snp_verdict(&report, vcek_der, chain, anchors, now).map(CryptoVerified::new)
 }
 
 /// The unsealed verdict of [`verify_snp_evidence`].
 fn snp_verdict(
-    report: &[u8],
+    report: &SnpReport,
     vcek_der: &[u8],
     chain: Option<&[u8]>,
     anchors: &TrustAnchors,
@@ -425,20 +469,16 @@ fn snp_verdict(
         vcek_der: vcek_der.to_vec(),
         chain: chain.map(<[u8]>::to_vec),
     };
-    let v = verify_snp(report, &certs, now).map_err(|e| VerifyError::Snp(e.to_string()))?;
+    let v = verify_snp_report(report, &certs, now)?;
     let root = match v.root {
-        AmdRoot::BuiltIn(generation) if anchors.amd => {
-            let (_, ark) = x509_parser::pem::parse_x509_pem(generation.builtin_ark_pem())
-                .map_err(|e| VerifyError::Snp(format!("built-in ARK: {e}")))?;
-            TrustRoot::AmdArk {
-                product: generation.name().into(),
-                sha256: Sha256::digest(&ark.contents),
-            }
-        }
+        AmdRoot::BuiltIn(generation) if anchors.amd => TrustRoot::AmdArk {
+            product: generation.name().into(),
+            sha256: generation.builtin_ark_sha256()?,
+        },
         AmdRoot::BuiltIn(generation) => {
             return Err(VerifyError::UntrustedRoot {
                 platform: Platform::Snp,
-                root: format!("AMD ARK ({generation}): AMD's roots are not trusted"),
+                root: FoundRoot::AmdBuiltIn(generation),
             });
         }
         AmdRoot::ChainFile { ark_sha256 } if anchors.simulated_amd.contains(&ark_sha256) => {
@@ -447,7 +487,7 @@ fn snp_verdict(
         AmdRoot::ChainFile { ark_sha256 } => {
             return Err(VerifyError::UntrustedRoot {
                 platform: Platform::Snp,
-                root: format!("ARK from the chain file (sha256 {ark_sha256}) is not an AMD root"),
+                root: FoundRoot::AmdChainFile { ark_sha256 },
             });
         }
     };

@@ -20,8 +20,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::oid_registry::Oid;
 
 use crate::Sha256;
-use crate::error::EvidenceError;
-use crate::evidence::{SnpReport, SnpTcb};
+use crate::error::{EvidenceError, ForeignError};
+use crate::evidence::{ChipId, SnpReport, SnpTcb};
 
 /// An AMD EPYC generation whose ARK and ASK the sev crate ships.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +67,17 @@ impl AmdGeneration {
             AmdGeneration::Genoa => genoa::ARK,
             AmdGeneration::Turin => turin::ARK,
         }
+    }
+
+    /// SHA-256 of the built-in ARK's DER.
+    pub fn builtin_ark_sha256(self) -> Result<Sha256, SnpVerifyError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.builtin_ark_pem()).map_err(|e| {
+            SnpVerifyError::Certificate {
+                which: format!("{self} ARK (built-in)"),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Sha256::digest(&pem.contents))
     }
 
     /// The built-in ASK (AMD SEV signing key certificate, signed by the ARK), PEM.
@@ -167,7 +178,7 @@ pub struct SnpVerified {
 }
 
 /// Why an SNP report did not verify.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SnpVerifyError {
     /// The report does not parse.
@@ -212,14 +223,15 @@ pub enum SnpVerifyError {
         certificate: SnpSigner,
     },
     /// A signature in the chain does not verify.
-    #[error("{signee} does not verify under the {signer}: {reason}")]
+    #[error("{signee} does not verify under the {signer}")]
     ChainLink {
         /// The certificate that was checked ("ASK", "VCEK", "ARK (self-signature)").
         signee: String,
         /// The certificate whose key was used ("Milan ARK", "chain-file ASK", ...).
         signer: String,
         /// What the signature check reported.
-        reason: String,
+        #[source]
+        reason: ForeignError,
     },
     /// Without a chain file, the VCEK verifies under none of the built-in ASKs tried.
     #[error("{signer} verifies under none of the built-in {intermediate}s ({tried})")]
@@ -232,12 +244,13 @@ pub enum SnpVerifyError {
         tried: String,
     },
     /// The report's signature does not verify with the VCEK's key.
-    #[error("report signature does not verify with the {signer}: {reason}")]
+    #[error("report signature does not verify with the {signer}")]
     ReportSignature {
         /// VCEK or VLEK.
         signer: SnpSigner,
         /// What the signature check reported.
-        reason: String,
+        #[source]
+        reason: ForeignError,
     },
     /// A certificate is not yet valid at `now`.
     #[error("{which} certificate is not valid before {not_before} (now is {now})")]
@@ -282,24 +295,28 @@ pub enum SnpVerifyError {
         reason: String,
     },
     /// The TCB the VCEK was issued for differs from the report's reported_tcb.
-    #[error("{signer} TCB {component}={certificate} but report reported_tcb {component}={report}")]
+    #[error(
+        "{signer} TCB {component}={} but report reported_tcb {component}={}",
+        show(*.certificate),
+        show(*.report)
+    )]
     TcbMismatch {
         /// VCEK or VLEK.
         signer: SnpSigner,
         /// bootloader, tee, snp, microcode or fmc.
         component: &'static str,
-        /// The value in the certificate ("absent" when missing).
-        certificate: String,
-        /// The value in the report ("absent" when missing).
-        report: String,
+        /// The value in the certificate (None: the extension is absent).
+        certificate: Option<u8>,
+        /// The value in the report (None: the field is absent).
+        report: Option<u8>,
     },
     /// The VCEK was issued for another chip than the one that signed the report.
-    #[error("VCEK hwID {hwid} does not match report chip_id {chip_id}")]
+    #[error("VCEK hwID {} does not match report chip_id {chip_id}", hex::encode(.hwid))]
     ChipIdMismatch {
-        /// The VCEK's hwID, hex.
-        hwid: String,
-        /// The report's chip_id, hex.
-        chip_id: String,
+        /// The VCEK's hwID (1 to 64 bytes; Turin's is 8).
+        hwid: Vec<u8>,
+        /// The report's chip_id.
+        chip_id: ChipId,
     },
 }
 
@@ -340,7 +357,16 @@ pub fn verify_snp(
     certs: &SnpCertificates,
     now_unix: u64,
 ) -> Result<SnpVerified, SnpVerifyError> {
-    let report = SnpReport::parse(report)?;
+    verify_snp_report(&SnpReport::parse(report)?, certs, now_unix)
+}
+
+/// [`verify_snp`] for a report already parsed (as [`crate::Evidence`] holds it).
+pub fn verify_snp_report(
+    report: &SnpReport,
+    certs: &SnpCertificates,
+    now_unix: u64,
+) -> Result<SnpVerified, SnpVerifyError> {
+    let report = report.clone();
     check_report_canonical(&report)?;
     let report_signer = report_signer(&report)?;
     check_signature_encoding(&report)?;
@@ -365,7 +391,7 @@ pub fn verify_snp(
         .verify()
         .map_err(|e| SnpVerifyError::ReportSignature {
             signer,
-            reason: e.to_string(),
+            reason: ForeignError::new(e),
         })?;
 
     let mut valid_until = u64::MAX;
@@ -618,7 +644,7 @@ fn check_link(
         .map_err(|e| SnpVerifyError::ChainLink {
             signee: signee_name.to_owned(),
             signer: signer.which.clone(),
-            reason: e.to_string(),
+            reason: ForeignError::new(e),
         })
 }
 
@@ -778,8 +804,8 @@ fn check_tcb(signer: SnpSigner, cert: &SnpTcb, report: &SnpTcb) -> Result<(), Sn
             return Err(SnpVerifyError::TcbMismatch {
                 signer,
                 component,
-                certificate: show(c),
-                report: show(r),
+                certificate: c,
+                report: r,
             });
         }
     }
@@ -819,8 +845,8 @@ fn check_chip_id(
     let (head, tail) = chip_id.split_at(hwid.len());
     if head != hwid.as_slice() || tail.iter().any(|&b| b != 0) {
         return Err(SnpVerifyError::ChipIdMismatch {
-            hwid: hex::encode(&hwid),
-            chip_id: hex::encode(chip_id),
+            hwid,
+            chip_id: ChipId(*chip_id),
         });
     }
     Ok(true)

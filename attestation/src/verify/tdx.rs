@@ -3,9 +3,31 @@
 use dcap_qvl::QuoteCollateralV3;
 use dcap_qvl::verify::QuoteVerifier;
 
-use super::{TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
+use super::{FoundRoot, TcbStatus, TrustAnchors, TrustRoot, Verdict, VerifyError};
+use crate::error::ForeignError;
 use crate::evidence::{Measurements, Platform, Sha256, TdxQuote};
 use crate::tdx_attributes::TdAttributes;
+
+/// dcap-qvl's error, with its chain of causes.
+pub type DcapError = ForeignError;
+
+/// Why a TDX quote or its collateral did not verify.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TdxVerifyError {
+    /// The collateral's issuer chain is not PEM.
+    #[error("collateral issuer chain is not PEM")]
+    IssuerChainNotPem(#[source] ForeignError),
+    /// The collateral's issuer chain holds no certificate.
+    #[error("collateral issuer chain is empty")]
+    IssuerChainEmpty,
+    /// dcap-qvl refused the quote or its collateral (its reason is the source).
+    #[error(transparent)]
+    Dcap(DcapError),
+    /// dcap-qvl assigned a TCB status this crate does not know.
+    #[error("unknown TCB status {0:?}")]
+    UnknownTcbStatus(String),
+}
 
 /// SHA-256 of the DER of Intel's SGX Root CA (CN=Intel SGX Root CA, valid 2018-05-21 to
 /// 2049-12-31), the root of every production TDX quote. dcap-qvl embeds the certificate;
@@ -32,14 +54,13 @@ const fn hex_literal(s: &[u8; 64]) -> [u8; 32] {
 }
 
 /// The last certificate of a PEM chain: the root the chain claims.
-fn claimed_root(chain_pem: &str) -> Result<Vec<u8>, VerifyError> {
+fn claimed_root(chain_pem: &str) -> Result<Vec<u8>, TdxVerifyError> {
     let mut last = None;
     for item in x509_parser::pem::Pem::iter_from_buffer(chain_pem.as_bytes()) {
-        let pem =
-            item.map_err(|e| VerifyError::Tdx(format!("collateral issuer chain is not PEM: {e}")))?;
+        let pem = item.map_err(|e| TdxVerifyError::IssuerChainNotPem(ForeignError::new(e)))?;
         last = Some(pem.contents);
     }
-    last.ok_or_else(|| VerifyError::Tdx("collateral issuer chain is empty".into()))
+    last.ok_or(TdxVerifyError::IssuerChainEmpty)
 }
 
 fn root_subject(der: &[u8]) -> String {
@@ -114,12 +135,11 @@ pub(super) fn next_update(json: &str) -> Option<u64> {
 /// It does NOT judge the TCB status, the "TD under debug" bits or measurements: that is the
 /// policy's job.
 pub(crate) fn verify_tdx(
-    quote: &[u8],
+    parsed: &TdxQuote,
     collateral: &QuoteCollateralV3,
     anchors: &TrustAnchors,
     now: u64,
 ) -> Result<Verdict, VerifyError> {
-    let parsed = TdxQuote::parse(quote)?;
     let root_der = claimed_root(&collateral.tcb_info_issuer_chain)?;
     let root_sha = Sha256::digest(&root_der);
     let (root, verifier) = if root_sha == INTEL_SGX_ROOT_CA_SHA256 {
@@ -136,7 +156,10 @@ pub(crate) fn verify_tdx(
     } else {
         return Err(VerifyError::UntrustedRoot {
             platform: Platform::Tdx,
-            root: format!("{} (sha256 {root_sha})", root_subject(&root_der)),
+            root: FoundRoot::IntelChain {
+                subject: root_subject(&root_der),
+                sha256: root_sha,
+            },
         });
     };
     // dcap-qvl refuses these too; checking first makes the error name the bit.
@@ -152,20 +175,19 @@ pub(crate) fn verify_tdx(
     // policy refuses them by default and names the bits.
     let report = verifier
         .allow_debug(true)
-        .verify(quote, collateral, now)
+        .verify(parsed.raw(), collateral, now)
         .map_err(|e| {
-            let msg = format!("{e:#}");
             // dcap-qvl reports a platform below every TCB level only by this message; the
             // recorded outdated quote's test keeps the match honest.
-            if msg.contains("No matching TCB level") {
+            if format!("{e:#}").contains("No matching TCB level") {
                 VerifyError::TcbNotListed
             } else {
-                VerifyError::Tdx(msg)
+                VerifyError::Tdx(TdxVerifyError::Dcap(DcapError::new(e)))
             }
         })?;
     let tcb_status: dcap_qvl::TcbStatus =
         serde_json::from_value(serde_json::Value::String(report.status.clone()))
-            .map_err(|_| VerifyError::Tdx(format!("unknown TCB status {:?}", report.status)))?;
+            .map_err(|_| TdxVerifyError::UnknownTcbStatus(report.status.clone()))?;
     let measurements = parsed.measurements();
     // dcap-qvl verified both bodies' signatures, so these fields are Intel's.
     let (tcb, qe) = (
@@ -293,6 +315,7 @@ mod tests {
             crate::ReportData::ZERO,
         ));
         let anchors = TrustAnchors::none().dangerous_with_simulated_intel_root(pki.root_sha256());
+        let quote = TdxQuote::parse(&quote).unwrap();
         let v = verify_tdx(&quote, &collateral, &anchors, issued + 60).unwrap();
         assert_eq!(v.valid_until, Some(issued + 86_400));
     }

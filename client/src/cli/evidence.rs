@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrysalis_attestation::{EvidenceBundle, Platform, Policy, SnpReport, TdxQuote};
+use chrysalis_attestation::{Evidence, Platform, Policy, Rejection, VerifyError};
 use chrysalis_client::report;
 use clap::{ArgGroup, Args, Subcommand};
 
@@ -102,22 +102,17 @@ fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = &a.gpu_report {
         return super::gpu::show(p, a.json);
     }
-    let (title, fields) = if let Some(p) = &a.tdx_quote {
-        let q = TdxQuote::parse(&ctx.read_evidence(p, "TDX quote")?)
+    let (title, evidence) = if let Some(p) = &a.tdx_quote {
+        let q = Evidence::tdx(ctx.read_evidence(p, "TDX quote")?, None)
             .with_context(|| format!("{} is not a TDX quote", p.display()))?;
-        (
-            format!("TDX quote v{}", q.version()),
-            report::tdx_fields(&q),
-        )
+        (format!("TDX quote v{}", q.version()), q)
     } else {
         let p = a.snp_report.as_ref().expect("clap requires one input");
-        let r = SnpReport::parse(&ctx.read_evidence(p, "SNP report")?)
+        let r = Evidence::snp(ctx.read_evidence(p, "SNP report")?, None, None)
             .with_context(|| format!("{} is not an SEV-SNP report", p.display()))?;
-        (
-            format!("SEV-SNP report v{}", r.version()),
-            report::snp_fields(&r),
-        )
+        (format!("SEV-SNP report v{}", r.version()), r)
     };
+    let fields = report::evidence_fields(&evidence);
     if a.json {
         println!("{}", serde_json::Value::Object(fields));
     } else {
@@ -154,7 +149,9 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         None => Policy::dangerous_unpinned(),
     };
-    let bundle = if let Some(q) = &a.tdx_quote {
+    // Evidence that does not parse is rejected like evidence that does not verify (exit 1,
+    // the reason printed), not treated as unusable input.
+    let (platform, evidence) = if let Some(q) = &a.tdx_quote {
         let path = a.collateral.as_ref().expect("clap requires --collateral");
         let collateral: dcap_qvl::QuoteCollateralV3 =
             serde_json::from_slice(&read(path, "collateral")?).with_context(|| {
@@ -163,7 +160,10 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     path.display()
                 )
             })?;
-        EvidenceBundle::tdx(ctx.read_evidence(q, "TDX quote")?, Some(collateral))
+        (
+            Platform::Tdx,
+            Evidence::tdx(ctx.read_evidence(q, "TDX quote")?, Some(collateral)),
+        )
     } else {
         let r = a.snp_report.as_ref().expect("clap requires one input");
         let vcek = pem_or_der(read(
@@ -175,16 +175,24 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|c| read(c, "certificate chain"))
             .transpose()?;
-        EvidenceBundle::snp(ctx.read_evidence(r, "SNP report")?, Some(vcek), chain)
+        (
+            Platform::Snp,
+            Evidence::snp(ctx.read_evidence(r, "SNP report")?, Some(vcek), chain),
+        )
     };
-    let result = policy.appraise(&bundle, None, a.now);
-    let platform: Platform = bundle.platform;
+    let result = match &evidence {
+        Ok(evidence) => policy.appraise(evidence, None, a.now),
+        Err(e) => Err(Rejection::from(VerifyError::Evidence(e.clone()))),
+    };
     // Every check's outcome, also when another rule rejected the evidence; nothing when the
     // evidence does not verify at all (the reason says why).
-    let checks =
-        chrysalis_attestation::verify::verify(&bundle, &policy.trust_anchors(), None, a.now)
-            .map(|v| policy.checks(&v))
-            .unwrap_or_default();
+    let checks = evidence
+        .ok()
+        .and_then(|e| {
+            chrysalis_attestation::verify::verify(&e, &policy.trust_anchors(), None, a.now).ok()
+        })
+        .map(|v| policy.checks(&v))
+        .unwrap_or_default();
     if a.json {
         let mut out = report::verdict_json(platform, &result);
         out["checks"] = serde_json::to_value(&checks).context("checks as JSON")?;

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use chrysalis_attestation::collateral::{CollateralKey, CollateralStore};
 use chrysalis_attestation::ratls::{self, RaTlsServerVerifier};
-use chrysalis_attestation::{Measurements, Policy, verify};
+use chrysalis_attestation::{Evidence, Measurements, Policy, verify};
 use chrysalis_client::connect::{AttestedConnector, ConnectError};
 use chrysalis_client::report;
 use clap::Args;
@@ -157,13 +157,18 @@ fn explain(cert: &[u8], policy: &Policy, own: Option<&CollateralStore>, now: u64
         match ratls::extract_bundle(cert) {
             Err(e) => out["evidence_error"] = json!(e.to_string()),
             Ok(bundle) => {
-                out["platform"] = json!(bundle.platform.as_str());
-                let carried = bundle.tdx_collateral.is_some();
-                let fetched = own
-                    .filter(|_| policy.collateral.prefer_own || !carried)
-                    .and_then(|s| s.get(&CollateralKey::of_quote(&bundle.evidence).ok()?, now));
+                out["platform"] = json!(bundle.platform().as_str());
+                let fetched = match &bundle {
+                    Evidence::Tdx { quote, collateral } => own
+                        .filter(|_| policy.collateral.prefer_own || collateral.is_none())
+                        .and_then(|s| s.get(&CollateralKey::of_tdx_quote(quote).ok()?, now)),
+                    Evidence::Snp { .. } => None,
+                };
                 match verify::verify(&bundle, &policy.trust_anchors(), fetched.as_deref(), now) {
-                    Err(e) => out["evidence_error"] = json!(e.to_string()),
+                    Err(e) => {
+                        out["evidence_error"] =
+                            json!(chrysalis_attestation::ErrorChain(&e).to_string())
+                    }
                     Ok(v) => {
                         out["key_binding"] = json!(v.report_data == binding);
                         out["root"] = json!(v.root.to_string());

@@ -14,14 +14,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use chrysalis_attestation::Platform;
+use chrysalis_attestation::TdxQuote;
 use chrysalis_attestation::collateral::{CollateralKey, tcb_info_fmspc};
 use chrysalis_attestation::hostcall::{self, Request, Response};
 use dcap_qvl::QuoteCollateralV3;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::sim::SimEndpoint;
-use super::{EvidenceBundle, EvidenceError};
+use super::{Evidence, EvidenceError};
 
 /// Somewhere current TDX collateral can be asked for.
 pub trait CollateralSource: Send + Sync + std::fmt::Debug + 'static {
@@ -117,32 +117,42 @@ impl CollateralSource for HostCollateral {
     }
 }
 
-/// Asks `source` for collateral for a TDX bundle that carries none and embeds it when it is for
+/// Asks `source` for collateral for TDX evidence that carries none and embeds it when it is for
 /// the quote's platform (the FMSPC of its PCK certificate). Never fails: without usable
-/// collateral the bundle is returned as it was, and the reason is logged (clients can fetch
-/// their own). SNP bundles and bundles that already carry collateral are returned unchanged.
-pub async fn attach(bundle: EvidenceBundle, source: &dyn CollateralSource) -> EvidenceBundle {
-    if bundle.platform != Platform::Tdx || bundle.tdx_collateral.is_some() {
+/// collateral the evidence is returned as it was, and the reason is logged (clients can fetch
+/// their own). SNP evidence and evidence that already carries collateral is returned unchanged.
+pub async fn attach(bundle: Evidence, source: &dyn CollateralSource) -> Evidence {
+    let Evidence::Tdx {
+        quote,
+        collateral: None,
+    } = bundle
+    else {
         return bundle;
-    }
-    match usable_collateral(&bundle.evidence, source).await {
-        Ok(c) => EvidenceBundle::tdx(bundle.evidence, Some(c)),
+    };
+    match usable_collateral(&quote, source).await {
+        Ok(c) => Evidence::Tdx {
+            quote,
+            collateral: Some(c),
+        },
         Err(e) => {
             tracing::error!(
                 error = %e,
                 "serving the TDX quote WITHOUT collateral: clients must supply their own \
                  (policy [collateral] pccs_url or --pccs-url)"
             );
-            bundle
+            Evidence::Tdx {
+                quote,
+                collateral: None,
+            }
         }
     }
 }
 
 pub(crate) async fn usable_collateral(
-    quote: &[u8],
+    quote: &TdxQuote,
     source: &dyn CollateralSource,
 ) -> Result<QuoteCollateralV3, EvidenceError> {
-    let key = CollateralKey::of_quote(quote)
+    let key = CollateralKey::of_tdx_quote(quote)
         .map_err(|e| EvidenceError::Malformed(format!("TDX quote's PCK certificate: {e}")))?;
     let c = source.collateral().await?;
     // The host serves one platform's collateral; a mismatch would only fail verification later,

@@ -19,7 +19,7 @@ use chrysalis_attestation::{Platform, ReportData};
 #[cfg(test)]
 use super::collateral::usable_collateral;
 use super::collateral::{CollateralSource, attach};
-use super::{EvidenceBundle, EvidenceError, EvidenceProvider};
+use super::{Evidence, EvidenceError, EvidenceProvider};
 
 /// Where the kernel exposes report entries.
 pub const DEFAULT_ROOT: &str = "/sys/kernel/config/tsm/report";
@@ -60,10 +60,7 @@ impl ConfigfsTsm {
     }
 
     /// The blocking exchange; see the module documentation.
-    pub fn evidence_blocking(
-        &self,
-        report_data: &ReportData,
-    ) -> Result<EvidenceBundle, EvidenceError> {
+    pub fn evidence_blocking(&self, report_data: &ReportData) -> Result<Evidence, EvidenceError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         match fs::create_dir(&self.entry) {
             Ok(()) => {}
@@ -97,10 +94,7 @@ impl Attributes for Configfs<'_> {
     }
 }
 
-fn exchange(
-    attrs: &impl Attributes,
-    report_data: &ReportData,
-) -> Result<EvidenceBundle, EvidenceError> {
+fn exchange(attrs: &impl Attributes, report_data: &ReportData) -> Result<Evidence, EvidenceError> {
     let read = |name: &str| attrs.read(name).map_err(|e| io_err(&attrs.path(name), e));
     let generation = || -> Result<u64, EvidenceError> {
         let raw = read("generation")?;
@@ -151,13 +145,13 @@ fn exchange(
             return Err(EvidenceError::Empty);
         }
         return Ok(match platform {
-            Platform::Tdx => EvidenceBundle::tdx(evidence, None),
+            Platform::Tdx => Evidence::tdx(evidence, None)?,
             Platform::Snp => {
                 let (vcek, chain) = match aux {
                     Some(table) => snp_cert_table(&table)?,
                     None => (None, None),
                 };
-                EvidenceBundle::snp(evidence, vcek, chain)
+                Evidence::snp(evidence, vcek, chain)?
             }
         });
     }
@@ -234,7 +228,7 @@ impl EvidenceProvider for ConfigfsTsm {
         &self,
         report_data: ReportData,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>,
+        Box<dyn std::future::Future<Output = Result<Evidence, EvidenceError>> + Send + '_>,
     > {
         let this = self.clone();
         let entry = self.entry.clone();
@@ -260,6 +254,10 @@ mod tests {
     //! `Kernel` models a configfs-tsm entry: a write to `inblob` bumps `generation`, and `outblob`
     //! is computed when read. A race is another writer's inblob landing during an outblob read.
     use super::*;
+    use chrysalis_attestation::Measurement;
+    use chrysalis_attestation::sim::{
+        DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
+    };
     use std::cell::RefCell;
 
     #[derive(Default)]
@@ -313,7 +311,15 @@ mod tests {
                     if let Some(q) = &self.recorded {
                         return Ok(q.clone());
                     }
-                    Ok([&b"QUOTE"[..], &s.inblob].concat())
+                    // What the TEE would sign: simulated evidence over the inblob.
+                    let rd = ReportData::from_slice(&s.inblob).expect("64-byte inblob");
+                    Ok(if self.provider == "sev_guest" {
+                        SimAmdPki::from_seed(DEFAULT_SEED)
+                            .report(&SimSnpReport::new(Measurement::ZERO, rd))
+                    } else {
+                        let m = td_measurements(Measurement::ZERO, [Measurement::ZERO; 4]);
+                        SimPki::from_seed(DEFAULT_SEED).quote(&SimTdReport::new(m, rd))
+                    })
                 }
                 _ => Err(io::ErrorKind::NotFound.into()),
             }
@@ -332,10 +338,15 @@ mod tests {
         let k = Kernel::new("tdx_guest", None, &[]);
         let rd = ReportData([0x42; 64]);
         let b = exchange(&k, &rd).unwrap();
-        assert_eq!(b.platform, Platform::Tdx);
-        assert_eq!(&b.evidence[..5], b"QUOTE");
-        assert_eq!(&b.evidence[5..], &rd.0[..]);
-        assert_eq!((b.snp_vcek, b.snp_chain), (None, None));
+        assert_eq!(b.platform(), Platform::Tdx);
+        assert_eq!(b.report_data(), rd);
+        assert!(matches!(
+            b,
+            Evidence::Tdx {
+                collateral: None,
+                ..
+            }
+        ));
         assert_eq!(k.outblob_reads(), 1);
     }
 
@@ -363,14 +374,14 @@ mod tests {
     }
 
     /// A hardware TD's exchange, modelled with a recorded quote from real hardware.
-    fn recorded_kernel_quote(quote: &[u8]) -> EvidenceBundle {
+    fn recorded_kernel_quote(quote: &[u8]) -> Evidence {
         let k = Kernel {
             recorded: Some(quote.to_vec()),
             ..Kernel::new("tdx_guest", None, &[])
         };
         let b = exchange(&k, &ReportData([0; 64])).unwrap();
         assert_eq!(
-            (b.platform, b.tdx_collateral.is_none()),
+            (b.platform(), b.tdx_collateral().is_none()),
             (Platform::Tdx, true)
         );
         b
@@ -411,8 +422,8 @@ mod tests {
         .await;
         let b = attach(bare, &host).await;
         task.await.unwrap();
-        assert_eq!(b.tdx_collateral.as_ref(), Some(&collateral));
-        assert_eq!(b.evidence, quote);
+        assert_eq!(b.tdx_collateral(), Some(&collateral));
+        assert_eq!(b.raw(), quote);
         // The client checks it against Intel's root and its freshness floor.
         let ok = floor(17).appraise(&b, None, SAMPLE_NOW).unwrap();
         assert_eq!(ok.verdict().tcb_evaluation_data_number, Some(17));
@@ -428,7 +439,7 @@ mod tests {
         let (host, task) = fake_host(Response::Collateral { collateral: bad }).await;
         let b = attach(recorded_kernel_quote(&quote), &host).await;
         task.await.unwrap();
-        assert!(b.tdx_collateral.is_some());
+        assert!(b.tdx_collateral().is_some());
         assert!(matches!(
             floor(17)
                 .appraise(&b, None, SAMPLE_NOW)
@@ -446,7 +457,8 @@ mod tests {
             message: "no collateral available yet".into(),
         })
         .await;
-        let e = usable_collateral(&quote, &host).await.unwrap_err();
+        let parsed = chrysalis_attestation::TdxQuote::parse(&quote).unwrap();
+        let e = usable_collateral(&parsed, &host).await.unwrap_err();
         assert!(e.to_string().contains("no collateral available yet"), "{e}");
         task.await.unwrap();
         // The host serves another platform's collateral (the outdated sample's FMSPC).
@@ -457,7 +469,7 @@ mod tests {
         .await;
         let b = attach(recorded_kernel_quote(&quote), &host).await;
         task.await.unwrap();
-        assert!(b.tdx_collateral.is_none());
+        assert!(b.tdx_collateral().is_none());
         // The host does not answer at all.
         let dir = tempfile::tempdir().unwrap();
         let gone = HostCollateral::new(
@@ -465,8 +477,8 @@ mod tests {
             Duration::from_secs(2),
         );
         let b = attach(recorded_kernel_quote(&quote), &gone).await;
-        assert!(b.tdx_collateral.is_none());
-        let e = usable_collateral(&quote, &gone).await.unwrap_err();
+        assert!(b.tdx_collateral().is_none());
+        let e = usable_collateral(&parsed, &gone).await.unwrap_err();
         assert!(e.to_string().contains("none.sock"), "{e}");
     }
 
@@ -479,9 +491,13 @@ mod tests {
         ]);
         let k = Kernel::new("sev_guest", Some(&table), &[]);
         let b = exchange(&k, &ReportData([1; 64])).unwrap();
-        assert_eq!(b.platform, Platform::Snp);
-        assert_eq!(b.snp_vcek.as_deref(), Some(&b"VCEK-DER"[..]));
-        assert_eq!(b.snp_chain.as_deref(), Some(&b"ASKARK"[..]));
+        assert_eq!(b.platform(), Platform::Snp);
+        assert_eq!(b.report_data(), ReportData([1; 64]));
+        let Evidence::Snp { vcek, chain, .. } = b else {
+            panic!("not SNP evidence")
+        };
+        assert_eq!(vcek.as_deref(), Some(&b"VCEK-DER"[..]));
+        assert_eq!(chain.as_deref(), Some(&b"ASKARK"[..]));
     }
 
     fn guid_bytes(g: &str) -> Vec<u8> {
@@ -532,7 +548,7 @@ mod tests {
         let rd = ReportData([0x07; 64]);
         let b = exchange(&k, &rd).unwrap();
         // The first outblob carried the other writer's data; only the retry's is returned.
-        assert_eq!(&b.evidence[5..], &rd.0[..]);
+        assert_eq!(b.report_data(), rd);
         assert_eq!(k.outblob_reads(), 2);
     }
 
@@ -550,6 +566,17 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_outblob_that_is_no_quote_is_refused_naming_it() {
+        let k = Kernel {
+            recorded: Some(b"QUOTE".to_vec()),
+            ..Kernel::new("tdx_guest", None, &[])
+        };
+        let err = exchange(&k, &ReportData([0; 64])).unwrap_err();
+        assert!(matches!(err, EvidenceError::Unparseable(_)), "{err}");
+        assert!(err.to_string().contains("TDX quote"), "{err}");
     }
 
     #[test]

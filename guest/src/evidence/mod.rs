@@ -8,7 +8,7 @@
 //! * `LocalSim`: signs simulated quotes in this process, for tests only (see its warning); compiled
 //!   only into tests and with the `test-util` feature.
 //!
-//! Every provider returns the attestation crate's [`EvidenceBundle`]; the TLS layer puts it in
+//! Every provider returns the attestation crate's [`Evidence`], parsed; the TLS layer puts it in
 //! the certificate (`chrysalis_attestation::ratls`).
 
 pub mod collateral;
@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use chrysalis_attestation::ReportData;
 #[cfg(any(test, feature = "test-util"))]
 use chrysalis_attestation::TdxMeasurements;
-pub use chrysalis_attestation::bundle::EvidenceBundle;
+pub use chrysalis_attestation::bundle::Evidence;
 #[cfg(any(test, feature = "test-util"))]
 use chrysalis_attestation::sim::{SimPki, SimTdReport};
 use thiserror::Error;
@@ -72,6 +72,9 @@ pub enum EvidenceError {
     /// The evidence or its accompanying data does not decode.
     #[error("{0}")]
     Malformed(String),
+    /// The quote or report the TEE returned does not parse.
+    #[error(transparent)]
+    Unparseable(#[from] chrysalis_attestation::EvidenceError),
     /// The host's sim quote service refused.
     #[error("sim quote service refused: {0}")]
     Refused(String),
@@ -85,7 +88,7 @@ pub trait EvidenceProvider: Send + Sync + 'static {
     fn evidence(
         &self,
         report_data: ReportData,
-    ) -> Pin<Box<dyn Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Evidence, EvidenceError>> + Send + '_>>;
 
     /// A short name for logs and `/v1/attestation` (`configfs-tsm`, `sim`, `fixed`).
     fn name(&self) -> &'static str;
@@ -137,7 +140,7 @@ impl EvidenceProvider for LocalSim {
     fn evidence(
         &self,
         report_data: ReportData,
-    ) -> Pin<Box<dyn Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Evidence, EvidenceError>> + Send + '_>> {
         self.asked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -152,7 +155,7 @@ impl EvidenceProvider for LocalSim {
                 endpoint: "in-process".into(),
                 reason: e.to_string(),
             });
-        Box::pin(async move { Ok(EvidenceBundle::tdx(quote, Some(collateral?))) })
+        Box::pin(async move { Ok(Evidence::tdx(quote, Some(collateral?))?) })
     }
 
     fn name(&self) -> &'static str {

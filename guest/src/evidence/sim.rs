@@ -23,7 +23,7 @@ use chrysalis_attestation::ReportData;
 use chrysalis_attestation::hostcall::{self, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{EvidenceBundle, EvidenceError, EvidenceProvider};
+use super::{Evidence, EvidenceError, EvidenceProvider};
 
 /// Which simulated evidence the guest asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -103,7 +103,7 @@ impl SimQuoteClient {
         &self,
         mut s: S,
         report_data: ReportData,
-    ) -> Result<EvidenceBundle, EvidenceError> {
+    ) -> Result<Evidence, EvidenceError> {
         let request = match self.platform {
             SimPlatform::Snp => Request::SimSnpReport { report_data },
             SimPlatform::Tdx | SimPlatform::Host => Request::SimQuote { report_data },
@@ -113,7 +113,7 @@ impl SimQuoteClient {
                 if quote.is_empty() {
                     return Err(EvidenceError::Empty);
                 }
-                Ok(EvidenceBundle::tdx(quote, collateral))
+                Ok(Evidence::tdx(quote, collateral)?)
             }
             Response::SnpReport {
                 report,
@@ -123,11 +123,11 @@ impl SimQuoteClient {
                 if report.is_empty() {
                     return Err(EvidenceError::Empty);
                 }
-                Ok(EvidenceBundle::snp(
+                Ok(Evidence::snp(
                     report,
                     Some(vcek),
                     chain.map(String::into_bytes),
-                ))
+                )?)
             }
             Response::Error { message } => Err(EvidenceError::Refused(message)),
             other => Err(self.err(format!(
@@ -137,7 +137,7 @@ impl SimQuoteClient {
         }
     }
 
-    async fn exchange(&self, report_data: ReportData) -> Result<EvidenceBundle, EvidenceError> {
+    async fn exchange(&self, report_data: ReportData) -> Result<Evidence, EvidenceError> {
         match &self.endpoint {
             SimEndpoint::Vsock(cid, port) => {
                 let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port))
@@ -166,7 +166,7 @@ impl EvidenceProvider for SimQuoteClient {
         &self,
         report_data: ReportData,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<EvidenceBundle, EvidenceError>> + Send + '_>,
+        Box<dyn std::future::Future<Output = Result<Evidence, EvidenceError>> + Send + '_>,
     > {
         Box::pin(async move {
             tokio::time::timeout(self.timeout, self.exchange(report_data))
@@ -233,9 +233,33 @@ pub(crate) async fn call<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrysalis_attestation::Measurement;
+    use chrysalis_attestation::sim::{
+        DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
+    };
+
+    fn sim_quote(rd: ReportData) -> Vec<u8> {
+        let m = td_measurements(Measurement::ZERO, [Measurement::ZERO; 4]);
+        SimPki::from_seed(DEFAULT_SEED).quote(&SimTdReport::new(m, rd))
+    }
 
     #[tokio::test]
     async fn quote_comes_back_over_tcp_for_our_report_data() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = tokio::spawn(serve_one_tcp(l, |rd| Response::Quote {
+            quote: sim_quote(rd),
+            collateral: None,
+        }));
+        let c = SimQuoteClient::new(SimEndpoint::Tcp(addr), Duration::from_secs(5));
+        let b = c.evidence(ReportData([9; 64])).await.unwrap();
+        assert_eq!(b.platform(), Platform::Tdx);
+        assert_eq!(b.report_data(), ReportData([9; 64]));
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_quote_that_does_not_parse_is_refused_naming_it() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let server = tokio::spawn(serve_one_tcp(l, |rd| Response::Quote {
@@ -243,13 +267,18 @@ mod tests {
             collateral: None,
         }));
         let c = SimQuoteClient::new(SimEndpoint::Tcp(addr), Duration::from_secs(5));
-        let b = c.evidence(ReportData([9; 64])).await.unwrap();
-        assert_eq!(b.platform, Platform::Tdx);
-        assert_eq!(b.evidence, vec![9; 64]);
+        let e = c.evidence(ReportData([9; 64])).await.unwrap_err();
+        assert!(matches!(e, EvidenceError::Unparseable(_)), "{e}");
+        assert!(e.to_string().contains("TDX quote"), "{e}");
         server.await.unwrap().unwrap();
     }
 
-    /// Answers one request with an SNP report whose first bytes name the request kind.
+    /// Which report_data [`snp_server`] signs its SNP report over, per request kind.
+    fn kind_rd(kind: u8) -> ReportData {
+        ReportData([kind; 64])
+    }
+
+    /// Answers one request with an SNP report whose report_data names the request kind.
     async fn snp_server(l: tokio::net::TcpListener) {
         let (mut s, _) = l.accept().await.unwrap();
         let mut prefix = [0u8; 4];
@@ -257,12 +286,14 @@ mod tests {
         let mut body = vec![0u8; hostcall::body_len(prefix).unwrap()];
         s.read_exact(&mut body).await.unwrap();
         let kind = match hostcall::decode_body::<Request>(&body).unwrap() {
-            Request::SimQuote { .. } => b"quote".to_vec(),
-            Request::SimSnpReport { .. } => b"snp".to_vec(),
-            _ => b"other".to_vec(),
+            Request::SimQuote { .. } => 1,
+            Request::SimSnpReport { .. } => 2,
+            _ => 3,
         };
+        let report = SimAmdPki::from_seed(DEFAULT_SEED)
+            .report(&SimSnpReport::new(Measurement::ZERO, kind_rd(kind)));
         let resp = Response::SnpReport {
-            report: kind,
+            report,
             vcek: vec![1, 2],
             chain: Some("chain".into()),
         };
@@ -275,8 +306,8 @@ mod tests {
     #[tokio::test]
     async fn snp_platform_asks_for_a_report_and_tdx_refuses_one() {
         for (platform, want) in [
-            (SimPlatform::Snp, Some(&b"snp"[..])),
-            (SimPlatform::Host, Some(&b"quote"[..])),
+            (SimPlatform::Snp, Some(2)),
+            (SimPlatform::Host, Some(1)),
             (SimPlatform::Tdx, None),
         ] {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -288,10 +319,13 @@ mod tests {
             match want {
                 Some(kind) => {
                     let b = got.unwrap();
-                    assert_eq!(b.platform, Platform::Snp);
-                    assert_eq!(b.evidence, kind, "{platform:?}");
-                    assert_eq!(b.snp_vcek, Some(vec![1, 2]));
-                    assert_eq!(b.snp_chain, Some(b"chain".to_vec()));
+                    assert_eq!(b.platform(), Platform::Snp);
+                    assert_eq!(b.report_data(), kind_rd(kind), "{platform:?}");
+                    let Evidence::Snp { vcek, chain, .. } = b else {
+                        panic!("not SNP evidence")
+                    };
+                    assert_eq!(vcek, Some(vec![1, 2]));
+                    assert_eq!(chain, Some(b"chain".to_vec()));
                 }
                 None => {
                     let e = got.unwrap_err();
