@@ -681,6 +681,19 @@ pub struct TdxExpected {
     pub rtmr3: crate::Measurement,
 }
 
+impl TdxExpected {
+    /// The registers this entry states, as a pin: MRTD, RTMR1-3, and RTMR0 when it is pinned.
+    /// Nothing else is set (see [`Manifest::tdx_pins`] for the launch values a policy adds).
+    pub fn pin(&self) -> crate::policy::TdxPin {
+        let mut pin = crate::policy::TdxPin::new(self.mr_td);
+        pin.rtmr0 = self.rtmr0;
+        pin.rtmr1 = Some(self.rtmr1);
+        pin.rtmr2 = Some(self.rtmr2);
+        pin.rtmr3 = Some(self.rtmr3);
+        pin
+    }
+}
+
 /// The launch digest an SEV-SNP guest booted from this image reports, for one VM shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -714,15 +727,11 @@ impl Manifest {
     pub fn tdx_pins(&self) -> Vec<crate::policy::TdxPin> {
         let e = self.expected_measurements.iter().flat_map(|e| e.tdx.iter());
         e.map(|t| {
-            let mut pin = crate::policy::TdxPin::new(t.mr_td);
+            let mut pin = t.pin();
             pin.name = Some(format!(
                 "chrysalis {} {}, {} vCPU, {} MiB (tdx)",
                 self.flavor, self.version, t.shape.vcpus, t.shape.memory_mib
             ));
-            pin.rtmr0 = t.rtmr0;
-            pin.rtmr1 = Some(t.rtmr1);
-            pin.rtmr2 = Some(t.rtmr2);
-            pin.rtmr3 = Some(t.rtmr3);
             // Host-chosen launch values the launcher never sets: pinned to their zero default,
             // so no host can carry its own identity or configuration id in a pinned TD.
             pin.mr_config_id = Some(crate::evidence::Measurement::ZERO);

@@ -204,12 +204,8 @@ impl SimTdxSigner {
         };
         let (measurements, rtmr0_pinned) = tdx_measurements(image, &firmware, shape)?;
         let pki = SimPki::from_seed(seed);
-        let matches_manifest = shape_entry(image, shape).map(|e| {
-            e.mr_td == measurements.mr_td
-                && e.rtmr1 == measurements.rtmr[1]
-                && e.rtmr2 == measurements.rtmr[2]
-                && e.rtmr3 == measurements.rtmr[3]
-        });
+        let matches_manifest =
+            shape_entry(image, shape).map(|e| e.pin().diff(&measurements, false).is_empty());
         if matches_manifest == Some(false) {
             tracing::warn!(
                 "the sim measurements of the verified artifacts differ from the manifest's expected_measurements for this shape; clients pinning the manifest will reject this guest"

@@ -137,8 +137,12 @@ pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
                 .flat_map(|r| r.tdx.iter())
                 .find(|r| r.shape == shape)
                 .filter(|r| {
-                    (r.mr_td, r.rtmr1, r.rtmr2, r.rtmr3) != (t.mr_td, t.rtmr1, t.rtmr2, t.rtmr3)
-                        || (r.rtmr0.is_some() && r.rtmr0 != t.rtmr0)
+                    // An RTMR0 the manifest leaves unpinned is not compared.
+                    let mut computed = t.pin();
+                    if r.rtmr0.is_none() {
+                        computed.rtmr0 = None;
+                    }
+                    r.pin() != computed
                 })
                 .is_some();
             let v = json!({
