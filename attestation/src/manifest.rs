@@ -65,21 +65,44 @@ pub enum ManifestError {
         source: io::Error,
     },
     /// An artifact's bytes differ from the manifest.
-    #[error(
-        "artifact {file}: expected {expected_size} bytes sha256 {expected}, found {actual_size} bytes sha256 {actual}"
-    )]
-    ArtifactMismatch {
-        /// The artifact's file name.
-        file: String,
-        /// Size in the manifest.
-        expected_size: u64,
-        /// Digest in the manifest.
-        expected: Sha256Digest,
-        /// Size found.
-        actual_size: u64,
-        /// Digest found.
-        actual: Sha256Digest,
+    #[error(transparent)]
+    ArtifactMismatch(#[from] Box<ArtifactMismatch>),
+    /// The manifest file could not be read.
+    #[error("cannot read manifest {path}")]
+    Read {
+        /// The manifest file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
+    /// The manifest file is not a usable manifest.
+    #[error("manifest {path}")]
+    Invalid {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<ManifestError>,
+    },
+}
+
+/// An artifact whose size or SHA-256 differs from its manifest entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "artifact {file}: expected {expected_size} bytes sha256 {expected}, found {actual_size} bytes sha256 {actual}"
+)]
+pub struct ArtifactMismatch {
+    /// The artifact's file name.
+    pub file: String,
+    /// Size in the manifest.
+    pub expected_size: u64,
+    /// Digest in the manifest.
+    pub expected: Sha256Digest,
+    /// Size found.
+    pub actual_size: u64,
+    /// Digest found.
+    pub actual: Sha256Digest,
 }
 
 /// One file of the image.
@@ -111,19 +134,26 @@ impl Artifact {
         })
     }
 
-    /// Checks the file `dir/self.file` against this entry.
-    pub fn verify(&self, dir: &Path) -> Result<(), ManifestError> {
-        let now = Self::describe(dir, &self.file)?;
-        if now != *self {
-            return Err(ManifestError::ArtifactMismatch {
+    /// Returns Ok only if `size` and `sha256` (of bytes read, or of a file hashed) are this
+    /// entry's. The one comparison every artifact check goes through.
+    pub fn check(&self, size: u64, sha256: Sha256Digest) -> Result<(), Box<ArtifactMismatch>> {
+        if size != self.size || sha256 != self.sha256 {
+            return Err(Box::new(ArtifactMismatch {
                 file: self.file.clone(),
                 expected_size: self.size,
                 expected: self.sha256,
-                actual_size: now.size,
-                actual: now.sha256,
-            });
+                actual_size: size,
+                actual: sha256,
+            }));
         }
         Ok(())
+    }
+
+    /// Checks the file `dir/self.file` against this entry, hashing it as it streams (artifacts
+    /// such as the rootfs can be large).
+    pub fn verify(&self, dir: &Path) -> Result<(), ManifestError> {
+        let now = Self::describe(dir, &self.file)?;
+        Ok(self.check(now.size, now.sha256)?)
     }
 }
 
@@ -331,6 +361,73 @@ impl Manifest {
     }
 }
 
+/// A manifest and the directory its artifacts lie in: what a host boots, and what `chrysalis
+/// measure` and `chrysalis policy from-manifest` compute measurements from.
+#[derive(Clone, Debug)]
+pub struct ImageDir {
+    /// The parsed and validated manifest.
+    pub manifest: Manifest,
+    /// The manifest file, as given to [`ImageDir::load`].
+    pub path: PathBuf,
+    /// The manifest's directory, absolute: artifact `file` names are relative to it.
+    pub dir: PathBuf,
+    /// SHA-256 of the manifest file's bytes.
+    pub digest: Sha256Digest,
+}
+
+impl ImageDir {
+    /// Reads, parses and validates the manifest at `path`. Does not read the artifacts (see
+    /// [`verify_artifacts`](Self::verify_artifacts) and [`read_verified`](Self::read_verified)).
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let read_err = |source| ManifestError::Read {
+            path: path.into(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let manifest = Manifest::from_json(&text).map_err(|source| ManifestError::Invalid {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).map_err(read_err)?;
+        Ok(Self {
+            manifest,
+            path: path.into(),
+            dir,
+            digest: Sha256Digest::digest(text.as_bytes()),
+        })
+    }
+
+    /// Where `artifact` lies on disk.
+    pub fn path_of(&self, artifact: &Artifact) -> PathBuf {
+        self.dir.join(&artifact.file)
+    }
+
+    /// The firmware image of `role` (`tdx`, `snp`), if the manifest lists one.
+    pub fn firmware(&self, role: &str) -> Option<&Artifact> {
+        self.manifest.firmware.get(role)
+    }
+
+    /// Reads `artifact` and returns its bytes only if their size and SHA-256 are the
+    /// manifest's, so that what the caller boots or measures is exactly what the manifest names.
+    pub fn read_verified(&self, artifact: &Artifact) -> Result<Vec<u8>, ManifestError> {
+        let path = self.path_of(artifact);
+        let bytes = std::fs::read(&path).map_err(|source| ManifestError::Io { path, source })?;
+        artifact.check(bytes.len() as u64, Sha256Digest::digest(&bytes))?;
+        Ok(bytes)
+    }
+
+    /// Re-hashes every artifact (and firmware image) listed in the manifest. Returns Ok only if
+    /// each file exists with exactly the recorded size and SHA-256; the first mismatch is an
+    /// error naming the file and both digests.
+    pub fn verify_artifacts(&self) -> Result<(), ManifestError> {
+        self.manifest.verify_artifacts(&self.dir)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -497,6 +594,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_image_dir_reads_only_the_bytes_its_manifest_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vmlinuz"), b"kernel").unwrap();
+        let mut m = sample();
+        m.artifacts.kernel = Artifact::describe(dir.path(), "vmlinuz").unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, m.to_json()).unwrap();
+        let image = ImageDir::load(&path).unwrap();
+        assert_eq!(image.digest, Sha256Digest::digest(m.to_json().as_bytes()));
+        assert!(image.dir.is_absolute());
+        let kernel = &image.manifest.artifacts.kernel;
+        assert_eq!(image.read_verified(kernel).unwrap(), b"kernel");
+        std::fs::write(dir.path().join("vmlinuz"), b"kernel!").unwrap();
+        assert!(matches!(
+            image.read_verified(kernel),
+            Err(ManifestError::ArtifactMismatch(e)) if e.file == "vmlinuz" && e.actual_size == 7
+        ));
+        std::fs::remove_file(dir.path().join("vmlinuz")).unwrap();
+        assert!(matches!(
+            image.read_verified(kernel),
+            Err(ManifestError::Io { path, .. }) if path.ends_with("vmlinuz")
+        ));
+        assert!(matches!(
+            ImageDir::load(&dir.path().join("none.json")),
+            Err(ManifestError::Read { .. })
+        ));
+        std::fs::write(&path, "{}").unwrap();
+        assert!(matches!(
+            ImageDir::load(&path),
+            Err(ManifestError::Invalid { source, .. }) if matches!(*source, ManifestError::Parse(_))
+        ));
+    }
+
+    #[test]
     fn artifacts_are_verified_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("vmlinuz"), b"kernel").unwrap();
@@ -550,6 +681,19 @@ pub struct TdxExpected {
     pub rtmr3: crate::Measurement,
 }
 
+impl TdxExpected {
+    /// The registers this entry states, as a pin: MRTD, RTMR1-3, and RTMR0 when it is pinned.
+    /// Nothing else is set (see [`Manifest::tdx_pins`] for the launch values a policy adds).
+    pub fn pin(&self) -> crate::policy::TdxPin {
+        let mut pin = crate::policy::TdxPin::new(self.mr_td);
+        pin.rtmr0 = self.rtmr0;
+        pin.rtmr1 = Some(self.rtmr1);
+        pin.rtmr2 = Some(self.rtmr2);
+        pin.rtmr3 = Some(self.rtmr3);
+        pin
+    }
+}
+
 /// The launch digest an SEV-SNP guest booted from this image reports, for one VM shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -583,15 +727,11 @@ impl Manifest {
     pub fn tdx_pins(&self) -> Vec<crate::policy::TdxPin> {
         let e = self.expected_measurements.iter().flat_map(|e| e.tdx.iter());
         e.map(|t| {
-            let mut pin = crate::policy::TdxPin::new(t.mr_td);
+            let mut pin = t.pin();
             pin.name = Some(format!(
                 "chrysalis {} {}, {} vCPU, {} MiB (tdx)",
                 self.flavor, self.version, t.shape.vcpus, t.shape.memory_mib
             ));
-            pin.rtmr0 = t.rtmr0;
-            pin.rtmr1 = Some(t.rtmr1);
-            pin.rtmr2 = Some(t.rtmr2);
-            pin.rtmr3 = Some(t.rtmr3);
             // Host-chosen launch values the launcher never sets: pinned to their zero default,
             // so no host can carry its own identity or configuration id in a pinned TD.
             pin.mr_config_id = Some(crate::evidence::Measurement::ZERO);

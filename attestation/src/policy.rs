@@ -322,6 +322,57 @@ impl TdxPin {
             xfam: None,
         }
     }
+
+    /// The registers of `t` that differ from this pin, each as "`reg` is X, pinned Y"; empty
+    /// when `t` matches. With `allow_debug`, the "TD under debug" bits of TD_ATTRIBUTES are left
+    /// out of a pinned `td_attributes`, so that `dangerous_allow_debug` alone accepts a debug TD
+    /// of a pinned image; every other bit is still compared.
+    pub fn diff(&self, t: &TdxMeasurements, allow_debug: bool) -> Vec<String> {
+        let p = self;
+        let mut out = Vec::new();
+        diff(&mut out, "mr_td", Some(&p.mr_td), &t.mr_td);
+        for (i, pin) in [&p.rtmr0, &p.rtmr1, &p.rtmr2, &p.rtmr3]
+            .into_iter()
+            .enumerate()
+        {
+            diff(&mut out, &format!("rtmr{i}"), pin.as_ref(), &t.rtmr[i]);
+        }
+        diff(
+            &mut out,
+            "mr_config_id",
+            p.mr_config_id.as_ref(),
+            &t.mr_config_id,
+        );
+        diff(&mut out, "mr_owner", p.mr_owner.as_ref(), &t.mr_owner);
+        diff(
+            &mut out,
+            "mr_owner_config",
+            p.mr_owner_config.as_ref(),
+            &t.mr_owner_config,
+        );
+        let tud_free = |f: &Flags64| {
+            let mut a = TdAttributes::from_flags(*f);
+            if allow_debug {
+                a.0 &= !TdAttributes::TUD_MASK;
+            }
+            a.to_flags()
+        };
+        if let Some(pin) = &p.td_attributes
+            && tud_free(pin) != tud_free(&t.td_attributes)
+        {
+            out.push(format!(
+                "td_attributes is {} ({}), pinned {} ({})",
+                t.td_attributes,
+                TdAttributes::from_flags(t.td_attributes)
+                    .set_names()
+                    .join(" "),
+                pin,
+                TdAttributes::from_flags(*pin).set_names().join(" "),
+            ));
+        }
+        diff(&mut out, "xfam", p.xfam.as_ref(), &t.xfam);
+        out
+    }
 }
 
 /// A pinned set of SNP fields. `measurement` is required.
@@ -991,12 +1042,7 @@ impl Policy {
                 self.tdx
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| {
-                        (
-                            label(&p.name, i),
-                            tdx_diff(p, t, self.dangerous_allow_debug),
-                        )
-                    })
+                    .map(|(i, p)| (label(&p.name, i), p.diff(t, self.dangerous_allow_debug)))
                     .collect(),
             ),
             Measurements::Snp(s) => (
@@ -1039,55 +1085,6 @@ fn diff<T: PartialEq + fmt::Display>(
     {
         out.push(format!("{what} is {actual}, pinned {p}"));
     }
-}
-
-/// Registers of `t` that differ from the pin. With `allow_debug`, the "TD under debug" bits of
-/// TD_ATTRIBUTES are left out of a pinned `td_attributes`, so that `dangerous_allow_debug` alone
-/// accepts a debug TD of a pinned image; every other bit is still compared.
-fn tdx_diff(p: &TdxPin, t: &TdxMeasurements, allow_debug: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    diff(&mut out, "mr_td", Some(&p.mr_td), &t.mr_td);
-    for (i, pin) in [&p.rtmr0, &p.rtmr1, &p.rtmr2, &p.rtmr3]
-        .into_iter()
-        .enumerate()
-    {
-        diff(&mut out, &format!("rtmr{i}"), pin.as_ref(), &t.rtmr[i]);
-    }
-    diff(
-        &mut out,
-        "mr_config_id",
-        p.mr_config_id.as_ref(),
-        &t.mr_config_id,
-    );
-    diff(&mut out, "mr_owner", p.mr_owner.as_ref(), &t.mr_owner);
-    diff(
-        &mut out,
-        "mr_owner_config",
-        p.mr_owner_config.as_ref(),
-        &t.mr_owner_config,
-    );
-    let tud_free = |f: &Flags64| {
-        let mut a = TdAttributes::from_flags(*f);
-        if allow_debug {
-            a.0 &= !TdAttributes::TUD_MASK;
-        }
-        a.to_flags()
-    };
-    if let Some(pin) = &p.td_attributes
-        && tud_free(pin) != tud_free(&t.td_attributes)
-    {
-        out.push(format!(
-            "td_attributes is {} ({}), pinned {} ({})",
-            t.td_attributes,
-            TdAttributes::from_flags(t.td_attributes)
-                .set_names()
-                .join(" "),
-            pin,
-            TdAttributes::from_flags(*pin).set_names().join(" "),
-        ));
-    }
-    diff(&mut out, "xfam", p.xfam.as_ref(), &t.xfam);
-    out
 }
 
 fn snp_diff(p: &SnpPin, s: &SnpMeasurements) -> Vec<String> {

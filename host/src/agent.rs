@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::admin::{self, AdminState, ImageInfo};
 use crate::collateral::{CollateralCache, CollateralError, PccsClient, refresh_loop};
 use crate::config::{HostConfig, PlatformProfile, TransportKind};
-use crate::image::{ImageError, LoadedImage};
+use crate::image::{self, ImageError};
 use crate::launch::{self, LaunchError, LaunchPlan};
 use crate::metrics::Metrics;
 use crate::relay::{Observer, Relay};
@@ -24,6 +24,7 @@ use crate::supervisor::{Supervisor, VmStatus};
 use crate::transport::{
     HybridVsockTransport, TcpTransport, Transport, TransportError, VsockTransport,
 };
+use chrysalis_attestation::manifest::ImageDir;
 
 /// Errors that stop the agent from starting.
 #[derive(Debug, thiserror::Error)]
@@ -119,11 +120,11 @@ pub fn build_transport(cfg: &HostConfig) -> Arc<dyn Transport> {
 }
 
 /// Reads the manifest and builds the launch plan, as `run`, `check` and `--dry-run` do. Does not
-/// read the artifacts: `run` and `check` call [`LoadedImage::verify_artifacts`] next, `--dry-run`
+/// read the artifacts: `run` and `check` call [`image::verify_artifacts`] next, `--dry-run`
 /// only prints.
 pub fn plan_from_config(
     cfg: &HostConfig,
-) -> Result<(Option<LoadedImage>, Option<LaunchPlan>), AgentError> {
+) -> Result<(Option<ImageDir>, Option<LaunchPlan>), AgentError> {
     plan_from_config_in(cfg, Path::new("/"))
 }
 
@@ -131,9 +132,9 @@ pub fn plan_from_config(
 pub fn plan_from_config_in(
     cfg: &HostConfig,
     root: &Path,
-) -> Result<(Option<LoadedImage>, Option<LaunchPlan>), AgentError> {
+) -> Result<(Option<ImageDir>, Option<LaunchPlan>), AgentError> {
     let manifest = match &cfg.image {
-        Some(image) => Some(LoadedImage::load(&image.manifest)?),
+        Some(image) => Some(image::load(&image.manifest)?),
         None => None,
     };
     let plan = match (&manifest, cfg.vm.launch) {
@@ -146,8 +147,8 @@ pub fn plan_from_config_in(
 /// Re-hashes every file the VM boots: the manifest's artifacts and firmware and, on tdx and snp,
 /// host.toml's `[qemu] firmware` when it names a copy of the manifest's firmware. `check`, `run` and
 /// every restart call it.
-pub fn verify_image(cfg: &HostConfig, image: &LoadedImage) -> Result<(), ImageError> {
-    image.verify_artifacts()?;
+pub fn verify_image(cfg: &HostConfig, image: &ImageDir) -> Result<(), ImageError> {
+    image::verify_artifacts(image)?;
     let role = match cfg.vm.platform {
         crate::PlatformProfile::Tdx => crate::image::FIRMWARE_TDX,
         crate::PlatformProfile::Snp => crate::image::FIRMWARE_SNP,
@@ -155,7 +156,7 @@ pub fn verify_image(cfg: &HostConfig, image: &LoadedImage) -> Result<(), ImageEr
         crate::PlatformProfile::Sim | crate::PlatformProfile::SimSnp => return Ok(()),
     };
     match &cfg.qemu.firmware {
-        Some(fw) => image.verify_firmware_copy(role, fw),
+        Some(fw) => image::verify_firmware_copy(image, role, fw),
         None => Ok(()),
     }
 }
@@ -165,7 +166,7 @@ pub fn verify_image(cfg: &HostConfig, image: &LoadedImage) -> Result<(), ImageEr
 /// image's artifacts for the VM shape of `[vm]`. Reads and hashes the kernel, initramfs and firmware.
 pub fn sim_signer(
     cfg: &HostConfig,
-    image: &LoadedImage,
+    image: &ImageDir,
     clock: fn() -> SystemTime,
 ) -> Result<SimTdxSigner, SimSignerError> {
     let sq = &cfg.services.sim_quote;
@@ -187,10 +188,7 @@ pub fn sim_signer(
 /// The sim-snp report signer `run` builds for `cfg` and `image`: the simulated AMD PKI of
 /// `services.sim_quote.seed_hex` (default `sim::DEFAULT_SEED`) and the launch digest of the
 /// image's artifacts for `[vm]`'s vCPUs and `services.sim_quote.snp_vcpu_type`.
-pub fn sim_snp_signer(
-    cfg: &HostConfig,
-    image: &LoadedImage,
-) -> Result<SimSnpSigner, SimSignerError> {
+pub fn sim_snp_signer(cfg: &HostConfig, image: &ImageDir) -> Result<SimSnpSigner, SimSignerError> {
     let sq = &cfg.services.sim_quote;
     let seed = SimTdxSigner::seed_bytes(sq.seed_hex.as_deref())?;
     let shape = VmShape {

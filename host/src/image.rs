@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use chrysalis_attestation::Sha256;
-use chrysalis_attestation::manifest::{Artifact, Manifest, ManifestError};
+use chrysalis_attestation::manifest::{Artifact, ImageDir, ManifestError};
 
 /// The manifest's firmware roles for Intel TDX (TDVF) and AMD SEV-SNP (AmdSev OVMF), as the image
 /// build and the measurement calculators name them.
@@ -78,114 +78,60 @@ pub struct FirmwareMismatch {
     pub actual: Sha256,
 }
 
-/// A manifest read from disk, with where it lives and its digest.
-#[derive(Clone, Debug)]
-pub struct LoadedImage {
-    /// The parsed and validated manifest.
-    pub manifest: Manifest,
-    /// The manifest file.
-    pub path: PathBuf,
-    /// The manifest's directory: artifact `file` names are relative to it.
-    pub dir: PathBuf,
-    /// SHA-256 of the manifest file's bytes.
-    pub digest: Sha256,
+/// Loads the manifest at `path` ([`ImageDir::load`]); does not read the artifacts (see
+/// [`verify_artifacts`]).
+pub fn load(path: &Path) -> Result<ImageDir, ImageError> {
+    ImageDir::load(path).map_err(|e| match e {
+        ManifestError::Read { path, source } => ImageError::Read { path, source },
+        ManifestError::Invalid { path, source } => ImageError::Manifest { path, source },
+        other => ImageError::Manifest {
+            path: path.into(),
+            source: Box::new(other),
+        },
+    })
 }
 
-impl LoadedImage {
-    /// Reads, parses and validates the manifest at `path`. Does not read the artifacts (see
-    /// [`verify_artifacts`](Self::verify_artifacts)).
-    pub fn load(path: &Path) -> Result<Self, ImageError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImageError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let manifest = Manifest::from_json(&text).map_err(|source| ImageError::Manifest {
-            path: path.into(),
-            source: Box::new(source),
-        })?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let dir = std::path::absolute(dir).map_err(|source| ImageError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Ok(Self {
-            manifest,
-            path: path.into(),
-            dir,
-            digest: Sha256::digest(text.as_bytes()),
-        })
-    }
+/// [`ImageDir::verify_artifacts`], the error naming the image directory.
+pub fn verify_artifacts(image: &ImageDir) -> Result<(), ImageError> {
+    image
+        .verify_artifacts()
+        .map_err(|source| artifact_error(image, source))
+}
 
-    /// Re-hashes every artifact (and firmware image) listed in the manifest. Returns Ok only if each
-    /// file exists with exactly the recorded size and SHA-256; the first mismatch is an error naming
-    /// the file and both digests.
-    pub fn verify_artifacts(&self) -> Result<(), ImageError> {
-        self.manifest
-            .verify_artifacts(&self.dir)
-            .map_err(|source| ImageError::Artifact {
-                dir: self.dir.clone(),
-                source: Box::new(source),
-            })
-    }
+/// [`ImageDir::read_verified`], the error naming the image directory.
+pub fn read_verified(image: &ImageDir, artifact: &Artifact) -> Result<Vec<u8>, ImageError> {
+    image
+        .read_verified(artifact)
+        .map_err(|source| artifact_error(image, source))
+}
 
-    /// Checks that `path` (host.toml's `[qemu] firmware`) has the SHA-256 of the manifest's firmware
-    /// `role`. A manifest without that role is left to the launch plan, which refuses it.
-    pub fn verify_firmware_copy(&self, role: &str, path: &Path) -> Result<(), ImageError> {
-        let Some(artifact) = self.firmware(role) else {
-            return Ok(());
-        };
-        let actual = Sha256::of_file(path).map_err(|source| ImageError::FirmwareRead {
+fn artifact_error(image: &ImageDir, source: ManifestError) -> ImageError {
+    ImageError::Artifact {
+        dir: image.dir.clone(),
+        source: Box::new(source),
+    }
+}
+
+/// Checks that `path` (host.toml's `[qemu] firmware`) has the SHA-256 of the manifest's firmware
+/// `role`. A manifest without that role is left to the launch plan, which refuses it.
+pub fn verify_firmware_copy(image: &ImageDir, role: &str, path: &Path) -> Result<(), ImageError> {
+    let Some(artifact) = image.firmware(role) else {
+        return Ok(());
+    };
+    let actual = Sha256::of_file(path).map_err(|source| ImageError::FirmwareRead {
+        path: path.into(),
+        source,
+    })?;
+    if actual != artifact.sha256 {
+        return Err(ImageError::FirmwareMismatch(Box::new(FirmwareMismatch {
             path: path.into(),
-            source,
-        })?;
-        if actual != artifact.sha256 {
-            return Err(ImageError::FirmwareMismatch(Box::new(FirmwareMismatch {
-                path: path.into(),
-                role: role.into(),
-                file: artifact.file.clone(),
-                expected: artifact.sha256,
-                actual,
-            })));
-        }
-        Ok(())
+            role: role.into(),
+            file: artifact.file.clone(),
+            expected: artifact.sha256,
+            actual,
+        })));
     }
-
-    /// Where `artifact` lies on disk.
-    pub fn path_of(&self, artifact: &Artifact) -> PathBuf {
-        self.dir.join(&artifact.file)
-    }
-
-    /// The firmware image of `role` ([`FIRMWARE_TDX`], [`FIRMWARE_SNP`]), if the manifest lists one.
-    pub fn firmware(&self, role: &str) -> Option<&Artifact> {
-        self.manifest.firmware.get(role)
-    }
-
-    /// Reads `artifact` and checks the bytes read against the manifest, so that what the caller
-    /// measures is exactly what the manifest names.
-    pub fn read_verified(&self, artifact: &Artifact) -> Result<Vec<u8>, ImageError> {
-        let path = self.path_of(artifact);
-        let bytes = std::fs::read(&path).map_err(|source| ImageError::Artifact {
-            dir: self.dir.clone(),
-            source: Box::new(ManifestError::Io { path, source }),
-        })?;
-        let found = Sha256::digest(&bytes);
-        if found != artifact.sha256 || bytes.len() as u64 != artifact.size {
-            return Err(ImageError::Artifact {
-                dir: self.dir.clone(),
-                source: Box::new(ManifestError::ArtifactMismatch {
-                    file: artifact.file.clone(),
-                    expected_size: artifact.size,
-                    expected: artifact.sha256,
-                    actual_size: bytes.len() as u64,
-                    actual: found,
-                }),
-            });
-        }
-        Ok(bytes)
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -208,8 +154,8 @@ mod tests {
     fn a_written_image_loads_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let t = TestImage::write(dir.path()).unwrap();
-        let img = LoadedImage::load(&t.manifest).unwrap();
-        img.verify_artifacts().unwrap();
+        let img = load(&t.manifest).unwrap();
+        verify_artifacts(&img).unwrap();
         assert_eq!(
             img.path_of(&img.manifest.artifacts.kernel),
             std::path::absolute(dir.path()).unwrap().join("vmlinuz")
@@ -225,7 +171,7 @@ mod tests {
     fn a_changed_artifact_is_named_with_both_digests() {
         let dir = tempfile::tempdir().unwrap();
         let t = TestImage::write(dir.path()).unwrap();
-        let img = LoadedImage::load(&t.manifest).unwrap();
+        let img = load(&t.manifest).unwrap();
         let initrd = dir.path().join(&img.manifest.artifacts.initramfs.file);
         let mut bytes = std::fs::read(&initrd).unwrap();
         bytes[0] ^= 1;
@@ -233,9 +179,8 @@ mod tests {
         let expected = img.manifest.artifacts.initramfs.sha256.to_string();
         let actual = Sha256::digest(&bytes).to_string();
         for e in [
-            img.verify_artifacts().unwrap_err(),
-            img.read_verified(&img.manifest.artifacts.initramfs)
-                .unwrap_err(),
+            verify_artifacts(&img).unwrap_err(),
+            read_verified(&img, &img.manifest.artifacts.initramfs).unwrap_err(),
         ] {
             let msg = chain(&e);
             assert!(
@@ -252,11 +197,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = TestImage::write(dir.path()).unwrap();
         std::fs::remove_file(dir.path().join("model.img")).unwrap();
-        let img = LoadedImage::load(&t.manifest).unwrap();
-        assert!(chain(&img.verify_artifacts().unwrap_err()).contains("model.img"));
+        let img = load(&t.manifest).unwrap();
+        assert!(chain(&verify_artifacts(&img).unwrap_err()).contains("model.img"));
 
         std::fs::write(&t.manifest, "{\"format\": 1}").unwrap();
-        let msg = chain(&LoadedImage::load(&t.manifest).unwrap_err());
+        let msg = chain(&load(&t.manifest).unwrap_err());
         assert!(msg.contains("manifest.json"), "{msg}");
     }
 }

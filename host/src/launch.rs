@@ -40,7 +40,8 @@ use chrysalis_attestation::measure::snp::SnpVcpuType;
 use chrysalis_attestation::measure::tdx_acpi::{TDX_MACHINE_OPTIONS, TDX_VMM};
 
 use crate::config::{HostConfig, PlatformProfile, QgsAddress, SimAccel};
-use crate::image::{FIRMWARE_SNP, FIRMWARE_TDX, LoadedImage};
+use crate::image::{FIRMWARE_SNP, FIRMWARE_TDX};
+use chrysalis_attestation::manifest::ImageDir;
 
 /// The QEMU machine type of the `tdx` and `snp` profiles: the one whose ACPI tables the RTMR0
 /// calculator models ([`TDX_VMM`]). A versioned type keeps the guest's ACPI tables, and with them
@@ -361,7 +362,7 @@ fn vm_opt_path(what: &'static str, p: &Path) -> Result<String, LaunchError> {
 /// GPU BARs are read from the real `/sys`; see [`plan_in`].
 pub fn plan(
     cfg: &HostConfig,
-    image: &LoadedImage,
+    image: &ImageDir,
     kvm_usable: impl Fn() -> bool,
 ) -> Result<LaunchPlan, LaunchError> {
     plan_in(cfg, image, kvm_usable, Path::new("/"))
@@ -371,7 +372,7 @@ pub fn plan(
 /// directory tree that fakes sysfs).
 pub fn plan_in(
     cfg: &HostConfig,
-    image: &LoadedImage,
+    image: &ImageDir,
     kvm_usable: impl Fn() -> bool,
     root: &Path,
 ) -> Result<LaunchPlan, LaunchError> {
@@ -631,7 +632,7 @@ fn describe_shape(shape: &VmShape, cpu: Option<&str>) -> String {
 /// Refuses a tdx or snp (vCPUs, memory, CPU model) the manifest has no expected measurement for.
 /// TDX guests run `-cpu host` (the TD's CPUID is fixed by its attributes, not by a model); SNP
 /// entries must also match the CPU model and the VMSA features the launcher sets.
-pub fn check_measured_shape(cfg: &HostConfig, image: &LoadedImage) -> Result<(), LaunchError> {
+pub fn check_measured_shape(cfg: &HostConfig, image: &ImageDir) -> Result<(), LaunchError> {
     let shape = VmShape {
         vcpus: cfg.vm.vcpus,
         memory_mib: cfg.vm.memory_mib,
@@ -710,13 +711,11 @@ pub fn check_measured_shape(cfg: &HostConfig, image: &LoadedImage) -> Result<(),
 /// kernel, initramfs and command line, for an owner who wants to publish a new shape.
 pub fn snp_digest_for_config(
     cfg: &HostConfig,
-    image: &LoadedImage,
+    image: &ImageDir,
 ) -> Result<chrysalis_attestation::Measurement, Box<dyn std::error::Error + Send + Sync>> {
     use chrysalis_attestation::evidence::Platform;
-    use chrysalis_attestation::manifest::Artifact;
     use chrysalis_attestation::measure::image::{ImageInputs, SnpShape, snp_for_shape};
-    let mut read = |a: &Artifact| image.read_verified(a);
-    let inputs = ImageInputs::read(&image.manifest, &[Platform::Snp], &mut read)?;
+    let inputs = ImageInputs::from_dir(image, &[Platform::Snp])?;
     let shape = SnpShape {
         shape: VmShape {
             vcpus: cfg.vm.vcpus,

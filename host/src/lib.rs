@@ -44,8 +44,9 @@ pub mod supervisor;
 pub mod transport;
 
 pub use agent::{AgentError, AgentOptions};
+pub use chrysalis_attestation::manifest::ImageDir;
 pub use config::{ConfigError, HostConfig, PlatformProfile};
-pub use image::{ImageError, LoadedImage};
+pub use image::ImageError;
 pub use launch::{CommandLine, LaunchError, LaunchPlan};
 pub use metrics::Metrics;
 pub use relay::{CopyMode, Direction, Observer, Relay, RelayConfig, RelayError};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use chrysalis_host::agent::{self, AgentError, AgentOptions};
 use chrysalis_host::launch::{self, LaunchError};
-use chrysalis_host::{HostConfig, LoadedImage, PlatformProfile, preflight};
+use chrysalis_host::{HostConfig, PlatformProfile, preflight};
 use clap::{Parser, Subcommand};
 
 /// The chrysalis host agent: launches the confidential VM, relays ciphertext to it, serves its
@@ -148,7 +148,7 @@ fn explain_unmeasured_snp_shape(cfg: &HostConfig, e: &AgentError) {
         return;
     }
     let Some(image) = &cfg.image else { return };
-    let digest = LoadedImage::load(&image.manifest)
+    let digest = chrysalis_host::image::load(&image.manifest)
         .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
         .and_then(|m| launch::snp_digest_for_config(cfg, &m));
     match digest {

@@ -48,8 +48,9 @@ use chrysalis_attestation::{Measurement, ReportData, Sha256, TdxMeasurements};
 use dcap_qvl::QuoteCollateralV3;
 use serde::Serialize;
 
-use crate::image::{FIRMWARE_SNP, FIRMWARE_TDX, ImageError, LoadedImage};
+use crate::image::{self, FIRMWARE_SNP, FIRMWARE_TDX, ImageError};
 use crate::services::{QuoteSigner, SimQuote, SimSnpEvidence, SnpReportSigner};
+use chrysalis_attestation::manifest::ImageDir;
 
 /// How far in the past collateral is dated, so that a verifier whose clock is a little behind the
 /// host's still accepts it.
@@ -118,15 +119,15 @@ pub struct SimMeasurements {
 /// flag says whether RTMR0 came from the manifest's pin for `shape` (else it is zero). Reads the
 /// kernel and initramfs and fails if their bytes differ from the manifest.
 pub fn tdx_measurements(
-    image: &LoadedImage,
+    image: &ImageDir,
     firmware: &[u8],
     shape: &VmShape,
 ) -> Result<(TdxMeasurements, bool), SimSignerError> {
     let arts = &image.manifest.artifacts;
     // The same function the image build uses for `expected_measurements`, so the two agree.
     let expected = tdx_image(&ImageInputs {
-        kernel: image.read_verified(&arts.kernel)?,
-        initrd: image.read_verified(&arts.initramfs)?,
+        kernel: image::read_verified(image, &arts.kernel)?,
+        initrd: image::read_verified(image, &arts.initramfs)?,
         cmdline: image.manifest.kernel_cmdline.clone(),
         tdx_firmware: Some(firmware.to_vec()),
         snp_firmware: None,
@@ -145,7 +146,7 @@ pub fn tdx_measurements(
 }
 
 fn shape_entry<'a>(
-    image: &'a LoadedImage,
+    image: &'a ImageDir,
     shape: &VmShape,
 ) -> Option<&'a chrysalis_attestation::manifest::TdxExpected> {
     image
@@ -180,7 +181,7 @@ impl SimTdxSigner {
     /// no `tdx` firmware. Collateral is issued at `clock() - COLLATERAL_BACKDATE` and valid for
     /// `collateral_validity`.
     pub fn new(
-        image: &LoadedImage,
+        image: &ImageDir,
         shape: &VmShape,
         seed: &[u8],
         tdx_firmware: Option<&std::path::Path>,
@@ -188,7 +189,10 @@ impl SimTdxSigner {
         clock: fn() -> SystemTime,
     ) -> Result<Self, SimSignerError> {
         let (firmware, label) = match (image.firmware(FIRMWARE_TDX), tdx_firmware) {
-            (Some(a), _) => (image.read_verified(a)?, format!("manifest:{FIRMWARE_TDX}")),
+            (Some(a), _) => (
+                image::read_verified(image, a)?,
+                format!("manifest:{FIRMWARE_TDX}"),
+            ),
             (None, Some(path)) => (
                 std::fs::read(path).map_err(|source| SimSignerError::FirmwareRead {
                     path: path.into(),
@@ -200,12 +204,8 @@ impl SimTdxSigner {
         };
         let (measurements, rtmr0_pinned) = tdx_measurements(image, &firmware, shape)?;
         let pki = SimPki::from_seed(seed);
-        let matches_manifest = shape_entry(image, shape).map(|e| {
-            e.mr_td == measurements.mr_td
-                && e.rtmr1 == measurements.rtmr[1]
-                && e.rtmr2 == measurements.rtmr[2]
-                && e.rtmr3 == measurements.rtmr[3]
-        });
+        let matches_manifest =
+            shape_entry(image, shape).map(|e| e.pin().diff(&measurements, false).is_empty());
         if matches_manifest == Some(false) {
             tracing::warn!(
                 "the sim measurements of the verified artifacts differ from the manifest's expected_measurements for this shape; clients pinning the manifest will reject this guest"
@@ -302,7 +302,7 @@ mod tests {
     };
 
     fn signer(dir: &std::path::Path) -> SimTdxSigner {
-        let img = LoadedImage::load(&dir.join("manifest.json")).unwrap();
+        let img = image::load(&dir.join("manifest.json")).unwrap();
         SimTdxSigner::new(
             &img,
             &SHAPE,
@@ -395,7 +395,7 @@ mod tests {
         let mut bytes = std::fs::read(&initrd).unwrap();
         bytes[3] ^= 0x01;
         std::fs::write(&initrd, &bytes).unwrap();
-        let mut m = LoadedImage::load(&edited.path().join("manifest.json"))
+        let mut m = image::load(&edited.path().join("manifest.json"))
             .unwrap()
             .manifest;
         m.artifacts.initramfs.sha256 = Sha256::digest(&bytes);
@@ -412,7 +412,7 @@ mod tests {
         let stale = tempfile::tempdir().unwrap();
         TestImage::write(stale.path()).unwrap();
         std::fs::write(stale.path().join("initramfs.cpio.gz"), &bytes).unwrap();
-        let img = LoadedImage::load(&stale.path().join("manifest.json")).unwrap();
+        let img = image::load(&stale.path().join("manifest.json")).unwrap();
         let err = SimTdxSigner::new(
             &img,
             &SHAPE,
@@ -468,7 +468,7 @@ mod tests {
         // The stated values are made up, so they do not match what the artifacts give.
         assert_eq!(s.status().matches_manifest, Some(false));
 
-        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        let img = image::load(&dir.path().join("manifest.json")).unwrap();
         let other = SimTdxSigner::new(
             &img,
             &VmShape {
@@ -500,7 +500,7 @@ mod tests {
         // SHAPE (2 vCPUs, 2048 MiB) is one of the default shapes the build measures.
         let s = signer(dir.path());
         assert_eq!(s.status().matches_manifest, Some(true));
-        let img = LoadedImage::load(&t.manifest).unwrap();
+        let img = image::load(&t.manifest).unwrap();
         let pins = img.manifest.tdx_pins();
         let pin = pins
             .iter()
@@ -525,7 +525,7 @@ mod tests {
     fn collateral_is_short_lived_from_the_clock_given() {
         let dir = tempfile::tempdir().unwrap();
         TestImage::write(dir.path()).unwrap();
-        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        let img = image::load(&dir.path().join("manifest.json")).unwrap();
         fn then() -> SystemTime {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
         }
@@ -560,7 +560,7 @@ mod tests {
     fn a_manifest_without_tdx_firmware_needs_the_configured_one() {
         let dir = tempfile::tempdir().unwrap();
         TestImage::write_with(dir.path(), |m| m.firmware.clear()).unwrap();
-        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        let img = image::load(&dir.path().join("manifest.json")).unwrap();
         let err = SimTdxSigner::new(
             &img,
             &SHAPE,
@@ -626,7 +626,7 @@ impl SimSnpSigner {
     /// firmware. Reads the kernel, initramfs and firmware and fails if they differ from the
     /// manifest.
     pub fn new(
-        image: &LoadedImage,
+        image: &ImageDir,
         shape: &VmShape,
         vcpu_type: &str,
         seed: &[u8],
@@ -638,7 +638,10 @@ impl SimSnpSigner {
             },
         )?;
         let (firmware, label) = match (image.firmware(FIRMWARE_SNP), snp_firmware) {
-            (Some(a), _) => (image.read_verified(a)?, format!("manifest:{FIRMWARE_SNP}")),
+            (Some(a), _) => (
+                image::read_verified(image, a)?,
+                format!("manifest:{FIRMWARE_SNP}"),
+            ),
             (None, Some(path)) => (
                 std::fs::read(path).map_err(|source| SimSignerError::FirmwareRead {
                     path: path.into(),
@@ -650,8 +653,8 @@ impl SimSnpSigner {
         };
         let arts = &image.manifest.artifacts;
         let inputs = ImageInputs {
-            kernel: image.read_verified(&arts.kernel)?,
-            initrd: image.read_verified(&arts.initramfs)?,
+            kernel: image::read_verified(image, &arts.kernel)?,
+            initrd: image::read_verified(image, &arts.initramfs)?,
             cmdline: image.manifest.kernel_cmdline.clone(),
             tdx_firmware: None,
             snp_firmware: Some(firmware),
@@ -789,7 +792,7 @@ mod snp_tests {
         m.expected_measurements =
             Some(expected_measurements(&m, &[], &default_snp_shapes(), &mut read).unwrap());
         std::fs::write(&t.manifest, m.to_json()).unwrap();
-        let img = LoadedImage::load(&t.manifest).unwrap();
+        let img = image::load(&t.manifest).unwrap();
         let s = SimSnpSigner::new(&img, &SHAPE, "EPYC-v4", sim::DEFAULT_SEED, None).unwrap();
         assert_eq!(s.status().matches_manifest, Some(true));
 
@@ -822,7 +825,7 @@ mod snp_tests {
     fn a_manifest_without_snp_firmware_needs_the_configured_one() {
         let dir = tempfile::tempdir().unwrap();
         TestImage::write_with(dir.path(), |m| m.firmware.clear()).unwrap();
-        let img = LoadedImage::load(&dir.path().join("manifest.json")).unwrap();
+        let img = image::load(&dir.path().join("manifest.json")).unwrap();
         let err = SimSnpSigner::new(&img, &SHAPE, "EPYC-v4", sim::DEFAULT_SEED, None).unwrap_err();
         assert!(err.to_string().contains("snp_firmware"), "{err}");
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrysalis_host::HostConfig;
-use chrysalis_host::LoadedImage;
+
 use chrysalis_host::launch;
 
 fn golden_dir() -> PathBuf {
@@ -86,7 +86,7 @@ fn check_golden(profile: &str) {
 /// The argv that `run` would execute, straight from the library.
 fn argv(profile: &str) -> (Vec<String>, Option<Vec<String>>) {
     let cfg = HostConfig::load(&golden_dir().join(format!("{profile}.toml"))).unwrap();
-    let m = LoadedImage::load(&cfg.image.as_ref().unwrap().manifest).unwrap();
+    let m = chrysalis_host::image::load(&cfg.image.as_ref().unwrap().manifest).unwrap();
     let root = h100s();
     let plan = launch::plan_in(
         &cfg,
@@ -214,7 +214,7 @@ fn sim_golden() {
 
 #[test]
 fn every_profile_boots_the_manifest_read_only() {
-    let image = LoadedImage::load(&golden_dir().join("manifest.json")).unwrap();
+    let image = chrysalis_host::image::load(&golden_dir().join("manifest.json")).unwrap();
     for profile in ["tdx", "tdx-gpu", "snp", "snp-gpu", "sim"] {
         let (a, _) = argv(profile);
         assert_eq!(value_after(&a, "-kernel"), [at("vmlinuz")], "{profile}");

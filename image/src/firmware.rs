@@ -46,7 +46,7 @@ pub use fetch::{
     AptFetcher, DirFetcher, Fetcher, IndexEntry, SourceStore, check_index, parse_print_uris,
 };
 pub use lock::{FileRole, SourceFile, SourceLock, SourcePackage, sha256_file};
-pub use recipe::{CacheKey, Platform, Recipe, Toolchain, cache_key};
+pub use recipe::{BUILD_ORDER, CacheKey, Platform, Recipe, Toolchain, cache_key, dsc, file_name};
 
 use std::path::PathBuf;
 
@@ -187,9 +187,6 @@ pub enum FirmwareError {
         /// The serde error.
         source: serde_json::Error,
     },
-    /// An unknown platform name was given.
-    #[error("unknown firmware platform `{0}` (expected snp or tdx)")]
-    UnknownPlatform(String),
 }
 
 impl FirmwareError {

@@ -39,7 +39,7 @@ impl PlatformArg {
         match self {
             Self::Snp => vec![Platform::Snp],
             Self::Tdx => vec![Platform::Tdx],
-            Self::All => Platform::ALL.to_vec(),
+            Self::All => firmware::BUILD_ORDER.to_vec(),
         }
     }
 }
@@ -243,7 +243,7 @@ fn print_table(built: &[BuiltFirmware], elapsed: Duration) {
         let r = &b.record;
         println!(
             "{:<4} {:<12} {:>9}  {:<64}  {:>8.0}  {}",
-            r.platform.name(),
+            r.platform.as_str(),
             r.file,
             r.size,
             r.sha256,

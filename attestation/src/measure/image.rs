@@ -48,7 +48,8 @@ use super::tdx::{
 use super::tdx_acpi::{AcpiShape, QemuMachine, TDX_VMM, UnsupportedVmm, acpi_files};
 use crate::evidence::{Measurement, Platform, Sha256};
 use crate::manifest::{
-    Artifact, ExpectedMeasurements, Manifest, SnpExpected, TdxExpected, VmShape,
+    Artifact, ArtifactMismatch, ExpectedMeasurements, ImageDir, Manifest, SnpExpected, TdxExpected,
+    VmShape,
 };
 
 /// Key of [`Manifest::firmware`] for the TDVF image (edk2 `OvmfPkg/IntelTdx`).
@@ -148,8 +149,13 @@ pub enum ImageMeasureError {
         source: Box<dyn StdError + Send + Sync>,
     },
     /// An artifact's bytes are not those the manifest names.
-    #[error("{0}")]
-    ArtifactMismatch(Box<ArtifactMismatch>),
+    #[error("{role} {mismatch}")]
+    ArtifactMismatch {
+        /// Its role in the manifest (`kernel`, `initramfs`, `firmware tdx`, ...).
+        role: String,
+        /// The sizes and digests.
+        mismatch: Box<ArtifactMismatch>,
+    },
     /// The manifest lists no firmware for the platform, so nothing can be computed for it.
     #[error(
         "the manifest lists no {platform} firmware (firmware.{role}); build it with \
@@ -175,31 +181,9 @@ pub enum ImageMeasureError {
     Rtmr0(#[from] Rtmr0Error),
 }
 
-/// An artifact whose bytes differ from its manifest entry.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error(
-    "{role} artifact {file}: the manifest says {expected_size} bytes sha256 {expected}, \
-     the bytes read are {actual_size} bytes sha256 {actual}"
-)]
-pub struct ArtifactMismatch {
-    /// Its role in the manifest (`kernel`, `initramfs`, `firmware tdx`, ...).
-    pub role: String,
-    /// Its file name.
-    pub file: String,
-    /// Size in the manifest.
-    pub expected_size: u64,
-    /// SHA-256 in the manifest.
-    pub expected: Sha256,
-    /// Size read.
-    pub actual_size: u64,
-    /// SHA-256 of the bytes read.
-    pub actual: Sha256,
-}
-
-/// Reads one artifact and checks its size and SHA-256 against the manifest entry.
-///
-/// Returns the bytes only if both match; `role` names the artifact in errors.
-pub fn read_verified(
+/// Reads one artifact and checks its size and SHA-256 against the manifest entry
+/// ([`Artifact::check`]). Returns the bytes only if both match; `role` names the artifact in errors.
+fn read_verified(
     source: &mut dyn ArtifactSource,
     role: &str,
     artifact: &Artifact,
@@ -211,19 +195,12 @@ pub fn read_verified(
             file: artifact.file.clone(),
             source,
         })?;
-    let actual = Sha256::of_bytes(&bytes);
-    if bytes.len() as u64 != artifact.size || actual != artifact.sha256 {
-        return Err(ImageMeasureError::ArtifactMismatch(Box::new(
-            ArtifactMismatch {
-                role: role.into(),
-                file: artifact.file.clone(),
-                expected_size: artifact.size,
-                expected: artifact.sha256,
-                actual_size: bytes.len() as u64,
-                actual,
-            },
-        )));
-    }
+    artifact
+        .check(bytes.len() as u64, Sha256::of_bytes(&bytes))
+        .map_err(|mismatch| ImageMeasureError::ArtifactMismatch {
+            role: role.into(),
+            mismatch,
+        })?;
     Ok(bytes)
 }
 
@@ -288,6 +265,12 @@ impl ImageInputs {
             tdx_firmware,
             snp_firmware,
         })
+    }
+
+    /// [`ImageInputs::read`] from the files in `image`'s directory.
+    pub fn from_dir(image: &ImageDir, platforms: &[Platform]) -> Result<Self, ImageMeasureError> {
+        let mut read = |a: &Artifact| std::fs::read(image.path_of(a));
+        Self::read(&image.manifest, platforms, &mut read)
     }
 
     /// The verified firmware of `platform`, or [`ImageMeasureError::NoFirmware`].
@@ -601,8 +584,8 @@ mod tests {
         let want = m.artifacts.initramfs.sha256;
         let got = Sha256::of_bytes(&files["initramfs.cpio.gz"]);
         assert!(
-            matches!(&err, ImageMeasureError::ArtifactMismatch(m)
-                if m.role == "initramfs" && m.file == "initramfs.cpio.gz" && m.expected == want && m.actual == got),
+            matches!(&err, ImageMeasureError::ArtifactMismatch { role, mismatch: m }
+                if role == "initramfs" && m.file == "initramfs.cpio.gz" && m.expected == want && m.actual == got),
             "{err:?}"
         );
         let msg = err.to_string();

@@ -15,7 +15,7 @@ use chrysalis_attestation::{Measurement, Platform, TdxQuote};
 use clap::Args;
 
 use super::Ctx;
-use super::measure::LoadedManifest;
+use super::measure::load_inputs;
 
 #[derive(Debug, Args)]
 pub(crate) struct ExplainArgs {
@@ -56,8 +56,7 @@ pub(crate) fn run(ctx: &Ctx, a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let log_bytes = ctx.read_evidence(&a.eventlog, "event log")?;
     let log = EventLog::parse(&log_bytes)
         .with_context(|| format!("{} is not a TCG2 event log", a.eventlog.display()))?;
-    let loaded = LoadedManifest::load(&a.manifest)?;
-    let inputs = loaded.inputs(&[Platform::Tdx])?;
+    let (loaded, inputs) = load_inputs(&a.manifest, &[Platform::Tdx])?;
     let measurements = quote.measurements();
     let mut predicted_for = None;
     let x = if let Some(rtmr0) = a.rtmr0 {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chrysalis_attestation::manifest::{Artifact, Manifest, VmShape};
+use chrysalis_attestation::manifest::{ImageDir, VmShape};
 use chrysalis_attestation::measure::image::{
     DEFAULT_SNP_GUEST_FEATURES, ImageInputs, SnpShape, TdxShape, snp_for_shape, tdx_expected,
     tdx_image,
@@ -24,12 +24,6 @@ pub(crate) enum PlatformArg {
     Tdx,
     /// AMD SEV-SNP: the launch digest.
     Snp,
-}
-
-impl PlatformArg {
-    pub(crate) fn as_str(self) -> &'static str {
-        Platform::from(self).as_str()
-    }
 }
 
 impl From<PlatformArg> for Platform {
@@ -73,32 +67,16 @@ pub(crate) struct MeasureArgs {
     json: bool,
 }
 
-/// A manifest and the directory its artifacts are in.
-pub(crate) struct LoadedManifest {
-    pub(crate) manifest: Manifest,
-    pub(crate) dir: PathBuf,
-}
-
-impl LoadedManifest {
-    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let manifest =
-            Manifest::from_json(&text).with_context(|| format!("manifest {}", path.display()))?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        Ok(Self { manifest, dir })
-    }
-
-    /// Reads and verifies the artifacts measuring on `platforms` needs.
-    pub(crate) fn inputs(&self, platforms: &[Platform]) -> anyhow::Result<ImageInputs> {
-        let dir = &self.dir;
-        let mut read = |a: &Artifact| std::fs::read(dir.join(&a.file));
-        ImageInputs::read(&self.manifest, platforms, &mut read)
-            .with_context(|| format!("artifacts of the manifest in {}", dir.display()))
-    }
+/// Loads the manifest at `path` and reads and verifies the artifacts measuring on `platforms`
+/// needs.
+pub(crate) fn load_inputs(
+    path: &Path,
+    platforms: &[Platform],
+) -> anyhow::Result<(ImageDir, ImageInputs)> {
+    let image = ImageDir::load(path)?;
+    let inputs = ImageInputs::from_dir(&image, platforms)
+        .with_context(|| format!("artifacts of the manifest in {}", image.dir.display()))?;
+    Ok((image, inputs))
 }
 
 /// Parses an SNP vCPU type (default EPYC-v4, the host's default).
@@ -119,6 +97,7 @@ pub(crate) fn guest_features(f: Option<&str>) -> anyhow::Result<u64> {
 }
 
 pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
+    let platform = Platform::from(a.platform);
     let shape = VmShape {
         vcpus: a.vcpus,
         memory_mib: a.memory,
@@ -126,25 +105,24 @@ pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
     if a.vcpus == 0 {
         bail!("--vcpus must be at least 1");
     }
-    match a.platform {
-        PlatformArg::Tdx => {
+    match platform {
+        Platform::Tdx => {
             if a.vcpu_type.is_some() || a.guest_features.is_some() {
                 bail!(
                     "--vcpu-type and --guest-features are SNP settings; not valid with --platform tdx"
                 );
             }
         }
-        PlatformArg::Snp => {
+        Platform::Snp => {
             if a.rtmr0.is_some() {
                 bail!("--rtmr0 is a TDX register; not valid with --platform snp");
             }
         }
     }
-    let loaded = LoadedManifest::load(&a.manifest)?;
-    let inputs = loaded.inputs(&[a.platform.into()])?;
+    let (loaded, inputs) = load_inputs(&a.manifest, &[platform])?;
     let recorded = loaded.manifest.expected_measurements.as_ref();
-    let (value, differs_from_manifest) = match a.platform {
-        PlatformArg::Tdx => {
+    let (value, differs_from_manifest) = match platform {
+        Platform::Tdx => {
             let image = tdx_image(&inputs)?;
             let t = tdx_expected(
                 &inputs,
@@ -159,8 +137,12 @@ pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
                 .flat_map(|r| r.tdx.iter())
                 .find(|r| r.shape == shape)
                 .filter(|r| {
-                    (r.mr_td, r.rtmr1, r.rtmr2, r.rtmr3) != (t.mr_td, t.rtmr1, t.rtmr2, t.rtmr3)
-                        || (r.rtmr0.is_some() && r.rtmr0 != t.rtmr0)
+                    // An RTMR0 the manifest leaves unpinned is not compared.
+                    let mut computed = t.pin();
+                    if r.rtmr0.is_none() {
+                        computed.rtmr0 = None;
+                    }
+                    r.pin() != computed
                 })
                 .is_some();
             let v = json!({
@@ -177,7 +159,7 @@ pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
             });
             (v, differs)
         }
-        PlatformArg::Snp => {
+        Platform::Snp => {
             let s = snp_for_shape(
                 &inputs,
                 &SnpShape {

@@ -15,11 +15,11 @@ use chrysalis_attestation::policy::SnpFloors;
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimAmdPki, SimPki};
 use chrysalis_attestation::snp_policy::{TCB_FLOOR_SOURCE, TCB_FLOOR_TABLE_DATE};
 use chrysalis_attestation::tdx_attributes::{LAUNCH_TD_ATTRIBUTES, LAUNCH_XFAM};
-use chrysalis_attestation::{Policy, TdAttributes, Xfam};
+use chrysalis_attestation::{Platform, Policy, TdAttributes, Xfam};
 use clap::{Args, Subcommand};
 
 use super::Ctx;
-use super::measure::{LoadedManifest, PlatformArg, guest_features, vcpu_type};
+use super::measure::{PlatformArg, guest_features, load_inputs, vcpu_type};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PolicyCommand {
@@ -61,15 +61,15 @@ pub(crate) struct FromManifestArgs {
 
 pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     let PolicyCommand::FromManifest(a) = cmd;
-    let loaded = LoadedManifest::load(&a.manifest)?;
-    let inputs = loaded.inputs(&[a.platform.into()])?;
+    let platform = Platform::from(a.platform);
+    let (loaded, inputs) = load_inputs(&a.manifest, &[platform])?;
     let one = a
         .vcpus
         .zip(a.memory)
         .map(|(vcpus, memory_mib)| VmShape { vcpus, memory_mib });
     let mut computed = ExpectedMeasurements::default();
-    match a.platform {
-        PlatformArg::Tdx => {
+    match platform {
+        Platform::Tdx => {
             let shapes = match one {
                 Some(shape) => vec![TdxShape { shape, rtmr0: None }],
                 None => default_tdx_shapes(),
@@ -80,7 +80,7 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 .map(|s| tdx_expected(&inputs, &image, s))
                 .collect::<Result<_, _>>()?;
         }
-        PlatformArg::Snp => {
+        Platform::Snp => {
             let features = guest_features(a.guest_features.as_deref())?;
             let shapes = match one {
                 Some(shape) => vec![SnpShape {
@@ -111,9 +111,9 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     let disagreements = disagreements(loaded.manifest.expected_measurements.as_ref(), &computed);
     let mut manifest = loaded.manifest;
     manifest.expected_measurements = Some(computed);
-    let (tdx, mut snp) = match a.platform {
-        PlatformArg::Tdx => (manifest.tdx_pins(), vec![]),
-        PlatformArg::Snp => (vec![], manifest.snp_pins()),
+    let (tdx, mut snp) = match platform {
+        Platform::Tdx => (manifest.tdx_pins(), vec![]),
+        Platform::Snp => (vec![], manifest.snp_pins()),
     };
     // The guest policy is not in the launch digest: pin what the image launches with (unless
     // the manifest's pins already say), and VMPL 0, where the image runs.
@@ -127,10 +127,10 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
          # from {} with measurements recomputed from its artifacts.\n",
         manifest.flavor,
         manifest.version,
-        a.platform.as_str(),
+        platform.as_str(),
         a.manifest.display(),
     );
-    if a.platform == PlatformArg::Tdx {
+    if platform == Platform::Tdx {
         header.push_str(
             "# RTMR0 is not pinned: it depends on the VMM's ACPI tables (docs/measurements.md).\n",
         );
@@ -142,7 +142,7 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             Xfam::from_flags(LAUNCH_XFAM).set_names().join(" "),
         ));
     }
-    if a.platform == PlatformArg::Snp {
+    if platform == Platform::Snp {
         // Written out so the file says what it accepts; raise it as AMD's bulletins require.
         policy.tcb.snp_floor = SnpFloors::builtin();
         header.push_str(&format!(
@@ -152,13 +152,13 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         ));
     }
     if a.dangerous_sim_root {
-        let (vendor, root) = match a.platform {
-            PlatformArg::Tdx => {
+        let (vendor, root) = match platform {
+            Platform::Tdx => {
                 let root = SimPki::from_seed(DEFAULT_SEED).root_sha256();
                 policy.trust.dangerous_simulated_intel_roots = vec![root];
                 ("Intel root", root)
             }
-            PlatformArg::Snp => {
+            Platform::Snp => {
                 let root = SimAmdPki::from_seed(DEFAULT_SEED).ark_sha256();
                 policy.trust.dangerous_simulated_amd_roots = vec![root];
                 ("AMD ARK", root)

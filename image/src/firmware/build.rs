@@ -23,7 +23,7 @@ use super::env::{
 };
 use super::fetch::{Fetcher, SourceStore};
 use super::lock::{FileRole, SourceFile, SourceLock, sha256_file};
-use super::recipe::{CacheKey, Platform, Recipe, Toolchain, cache_key};
+use super::recipe::{CacheKey, Platform, Recipe, Toolchain, cache_key, file_name};
 
 /// Where the build reports what it is doing. Implementations draw progress bars (xtask) or
 /// nothing ([`SilentProgress`]).
@@ -157,7 +157,7 @@ pub fn write_record(path: &Path, record: &BuildRecord) -> Result<(), FirmwareErr
 /// Reads a cache entry; returns it only if the image still has the recorded hash.
 fn load_entry(dir: &Path, platform: Platform) -> Result<Option<BuiltFirmware>, FirmwareError> {
     let record_path = dir.join(RECORD);
-    let image = dir.join(platform.file_name());
+    let image = dir.join(file_name(platform));
     if !record_path.exists() || !image.exists() {
         return Ok(None);
     }
@@ -476,7 +476,7 @@ fn build_in(
         let (size, sha256) = sha256_file(&image)?;
         let record = BuildRecord {
             platform: recipe.platform,
-            file: recipe.platform.file_name().to_owned(),
+            file: file_name(recipe.platform).to_owned(),
             sha256,
             size,
             cache_key: key.clone(),
@@ -506,7 +506,7 @@ fn store_entry(
     record: BuildRecord,
 ) -> Result<BuiltFirmware, FirmwareError> {
     let dir = entries.join(&key.0);
-    let file = record.platform.file_name();
+    let file = file_name(record.platform);
     if dir.exists() {
         let fresh = entries.join(format!("{}.rebuilt-{file}", key.0));
         copy_atomically(image, &fresh)?;
@@ -564,7 +564,7 @@ mod tests {
         use sha2::{Digest, Sha256};
         BuildRecord {
             platform,
-            file: platform.file_name().to_owned(),
+            file: file_name(platform).to_owned(),
             sha256: hex::encode(Sha256::digest(data)),
             size: data.len() as u64,
             cache_key: CacheKey("k".repeat(64)),

@@ -24,12 +24,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::FirmwareError;
 use super::lock::SourceFile;
 
 /// Bumped whenever the recipe changes in a way the serialized [`Recipe`] would not show.
@@ -41,79 +39,45 @@ pub const RECIPE_VERSION: u32 = 1;
 /// work directory and runs the build through it; edk2 uses the logical `$PWD`, not the resolved path.
 pub const WORKSPACE_ALIAS_LEN: usize = 42;
 
-/// A confidential-computing platform the firmware is built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Platform {
-    /// AMD SEV-SNP: `OvmfPkg/AmdSev/AmdSevX64.dsc`, one image for QEMU's `-bios`.
-    Snp,
-    /// Intel TDX: `OvmfPkg/IntelTdx/IntelTdxX64.dsc` (TDVF, "config B").
-    Tdx,
-}
+/// The platform a firmware image is built for: attestation's [`Platform`], so the manifest's
+/// firmware roles, the measurement calculators and the build name the same thing.
+pub use chrysalis_attestation::Platform;
 
-impl Platform {
-    /// Both platforms, in build order.
-    pub const ALL: [Self; 2] = [Self::Snp, Self::Tdx];
+/// Both platforms, in build order.
+pub const BUILD_ORDER: [Platform; 2] = [Platform::Snp, Platform::Tdx];
 
-    /// Short lowercase name (`snp`, `tdx`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Snp => "snp",
-            Self::Tdx => "tdx",
-        }
-    }
-
-    /// The platform description file, relative to the edk2 tree.
-    pub fn dsc(self) -> &'static str {
-        match self {
-            Self::Snp => "OvmfPkg/AmdSev/AmdSevX64.dsc",
-            Self::Tdx => "OvmfPkg/IntelTdx/IntelTdxX64.dsc",
-        }
-    }
-
-    /// The DSC's OUTPUT_DIRECTORY, relative to the edk2 tree.
-    fn output_directory(self) -> &'static str {
-        match self {
-            Self::Snp => "Build/AmdSev",
-            Self::Tdx => "Build/IntelTdx",
-        }
-    }
-
-    /// Extra `-D` defines on top of the DSC defaults.
-    fn defines(self) -> &'static [&'static str] {
-        match self {
-            // AmdSevX64.dsc already defaults to BUILD_SHELL=FALSE and no TPM.
-            Self::Snp => &[],
-            // IntelTdxX64.dsc defaults to BUILD_SHELL=TRUE; its own comment says a production
-            // image should not carry the UEFI shell.
-            Self::Tdx => &["BUILD_SHELL=FALSE"],
-        }
-    }
-
-    /// The file name of this platform's image in outputs and the cache.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Self::Snp => "ovmf-snp.fd",
-            Self::Tdx => "ovmf-tdx.fd",
-        }
+/// The platform description file of `platform`, relative to the edk2 tree.
+pub fn dsc(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Snp => "OvmfPkg/AmdSev/AmdSevX64.dsc",
+        Platform::Tdx => "OvmfPkg/IntelTdx/IntelTdxX64.dsc",
     }
 }
 
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// The DSC's OUTPUT_DIRECTORY, relative to the edk2 tree.
+fn output_directory(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Snp => "Build/AmdSev",
+        Platform::Tdx => "Build/IntelTdx",
     }
 }
 
-impl FromStr for Platform {
-    type Err = FirmwareError;
+/// Extra `-D` defines on top of the DSC defaults.
+fn defines(platform: Platform) -> &'static [&'static str] {
+    match platform {
+        // AmdSevX64.dsc already defaults to BUILD_SHELL=FALSE and no TPM.
+        Platform::Snp => &[],
+        // IntelTdxX64.dsc defaults to BUILD_SHELL=TRUE; its own comment says a production
+        // image should not carry the UEFI shell.
+        Platform::Tdx => &["BUILD_SHELL=FALSE"],
+    }
+}
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "snp" => Ok(Self::Snp),
-            "tdx" => Ok(Self::Tdx),
-            other => Err(FirmwareError::UnknownPlatform(other.to_owned())),
-        }
+/// The file name of `platform`'s image in outputs and the cache.
+pub fn file_name(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Snp => "ovmf-snp.fd",
+        Platform::Tdx => "ovmf-tdx.fd",
     }
 }
 
@@ -200,12 +164,12 @@ impl Recipe {
             "-b",
             TARGET,
             "-p",
-            platform.dsc(),
+            dsc(platform),
         ]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        for define in platform.defines() {
+        for define in defines(platform) {
             build_args.push("-D".to_owned());
             build_args.push((*define).to_owned());
         }
@@ -219,7 +183,7 @@ impl Recipe {
             build_script: BUILD_SCRIPT.to_owned(),
             output: format!(
                 "{}/{TARGET}_{TOOLCHAIN_TAG}/FV/OVMF.fd",
-                platform.output_directory()
+                output_directory(platform)
             ),
             workspace_path_len: WORKSPACE_ALIAS_LEN,
         }
@@ -443,12 +407,9 @@ mod tests {
 
     #[test]
     fn platform_names_round_trip() {
-        for p in Platform::ALL {
-            assert_eq!(p.name().parse::<Platform>().unwrap(), p);
+        for p in BUILD_ORDER {
+            assert_eq!(p.as_str().parse::<Platform>().unwrap(), p);
         }
-        assert!(matches!(
-            "sev".parse::<Platform>(),
-            Err(FirmwareError::UnknownPlatform(s)) if s == "sev"
-        ));
+        assert!("sev".parse::<Platform>().is_err());
     }
 }

@@ -24,7 +24,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use chrysalis_image::cmdline::{self, MeasuredArgs};
 use chrysalis_image::deb::Stage;
-use chrysalis_image::firmware::{self as fw, AptFetcher, HostEnv, Platform, SourceLock};
+use chrysalis_image::firmware::{self as fw, AptFetcher, HostEnv, SourceLock};
 use chrysalis_image::flavor::SourceBuildSpec;
 use chrysalis_image::initramfs::{GUEST_MODULES, build_initramfs};
 use chrysalis_image::lock::{DebPackage, DebSet, DistKind, PySet};
@@ -1123,7 +1123,7 @@ fn firmware_step(
         .map(|n| n.get() as u32)
         .unwrap_or(2);
     let opts = fw::BuildOptions {
-        platforms: Platform::ALL.to_vec(),
+        platforms: fw::BUILD_ORDER.to_vec(),
         cache_dir: ctx.cache.root().to_owned(),
         work_dir: None,
         jobs,
@@ -1157,7 +1157,7 @@ fn firmware_step(
         }
         notes.push(format!(
             "{} {} ({})",
-            r.platform.name(),
+            r.platform,
             size(a.size),
             if b.from_cache {
                 "cached".to_owned()
@@ -1165,7 +1165,10 @@ fn firmware_step(
                 format!("built in {:.0} s", r.build_seconds)
             }
         ));
-        out.insert(r.platform.name().to_owned(), a);
+        out.insert(
+            chrysalis_attestation::measure::image::firmware_role(r.platform).to_owned(),
+            a,
+        );
     }
     if let Some(first) = built.first() {
         let r = &first.record;
