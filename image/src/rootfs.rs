@@ -5,7 +5,13 @@
 //! account files, the CA bundle (`update-ca-certificates` concatenates the enabled certificates; here all
 //! of them, sorted by path), and the mount points the guest init expects. Files copied from the
 //! repository get normalised modes, so a checkout's umask or permissions never reach the image.
+//!
+//! The rules that make the rootfs reproducible live here, each pinned by a unit test: the order in
+//! which the flavor's symlinks are added, the venv and byte-code steps (no pip cache, no compile at
+//! install, a fixed hash seed, unchecked-hash `.pyc` files with build paths stripped), copied trees'
+//! modes, and the erofs options (every timestamp the epoch, owner root, no xattrs, fixed UUID).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -121,6 +127,79 @@ pub fn copy_tree(stage: &mut Stage, src: &Path, dest: &str) -> Result<u64, DebEr
     Ok(n)
 }
 
+/// Adds the flavor's symlink table (path → target, both relative). A link may point at another
+/// link of the table (libcuda.so -> libcuda.so.1 -> nvidia/…): each is added once its target
+/// exists, in passes over the table in its sorted order, so the result does not depend on how the
+/// flavor lists them. A target that never appears fails in [`Stage::add_symlink`], named.
+pub fn add_links(stage: &mut Stage, links: &BTreeMap<String, String>) -> Result<(), DebError> {
+    let mut pending: Vec<(&String, &String)> = links.iter().collect();
+    while let Some(&(first_path, first_target)) = pending.first() {
+        let before = pending.len();
+        let mut later = Vec::new();
+        for (path, target) in pending {
+            let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+            if stage.root().join(dir).join(target).exists() {
+                stage.add_symlink(path, target)?;
+            } else {
+                later.push((path, target));
+            }
+        }
+        if later.len() == before {
+            stage.add_symlink(first_path, first_target)?;
+            return Err(DebError::UnsafePath {
+                package: "chrysalis-image".into(),
+                path: format!("{first_path} -> {first_target} (no such target)"),
+            });
+        }
+        pending = later;
+    }
+    Ok(())
+}
+
+/// Environment of the venv step (besides the sandbox's own): pip does not look for a newer pip,
+/// and Python's hash seed is fixed.
+pub const VENV_ENV: [(&str, &str); 2] = [
+    ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+    ("PYTHONHASHSEED", "0"),
+];
+
+/// Environment of the byte-code step: a fixed hash seed, so that sets and frozensets in the
+/// compiled code are marshalled in the same order on every run.
+pub const BYTECODE_ENV: [(&str, &str); 1] = [("PYTHONHASHSEED", "0")];
+
+/// The `sh -c` script that creates the venv at `/{venv}` (no pip inside it) and installs the
+/// requirements file `requirements` from the wheel directory `wheels` only: hashes required, no
+/// dependency resolution, no byte code at install time (the byte-code step writes it, reproducibly)
+/// and no pip cache.
+pub fn venv_script(venv: &str, wheels: &str, requirements: &str) -> String {
+    format!(
+        "set -eu\npython3 -m venv --without-pip /{venv}\npython3 -m pip --python /{venv}/bin/python install -q --no-index \
+         --find-links {wheels} --require-hashes --no-deps --no-compile --no-cache-dir -r {requirements}\n"
+    )
+}
+
+/// The argv that compiles the byte code of `dirs` (relative to the stage) with the stage mounted
+/// at `stage`: `unchecked-hash` `.pyc` files (no source timestamps in them, and not re-validated
+/// against the read-only sources at run time), the stage prefix stripped from the recorded paths.
+pub fn compileall_argv(stage: &str, dirs: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "python3",
+        "-m",
+        "compileall",
+        "-q",
+        "--invalidation-mode",
+        "unchecked-hash",
+        "-s",
+        stage,
+        "-p",
+        "/",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(dirs.iter().map(|d| format!("{stage}/{d}")));
+    a
+}
+
 /// The erofs volume UUID for an image role: fixed (derived from the label), never random.
 pub fn erofs_uuid(label: &str) -> String {
     let d = Sha256Digest::of_bytes(format!("chrysalis erofs uuid v1\0{label}").as_bytes());
@@ -229,6 +308,73 @@ mod tests {
         assert_eq!(mode("opt/x/pkg/tool.py"), 0o755);
         assert_eq!(mode("opt/x/pkg"), 0o755);
         assert!(!stage.root().join("opt/x/pkg/__pycache__").exists());
+    }
+
+    #[test]
+    fn links_are_added_once_their_targets_exist_whatever_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = Stage::new(&dir.path().join("r"), &[]).unwrap();
+        stage
+            .add_file("usr/lib/nvidia/libcuda.so.1.2", b"elf", 0o644)
+            .unwrap();
+        // Sorted, the first link points at the second, which does not exist yet.
+        let links = BTreeMap::from([
+            ("usr/lib/libcuda.so".to_owned(), "libcuda.so.1".to_owned()),
+            (
+                "usr/lib/libcuda.so.1".to_owned(),
+                "nvidia/libcuda.so.1.2".to_owned(),
+            ),
+        ]);
+        add_links(&mut stage, &links).unwrap();
+        let link = |p: &str| fs::read_link(stage.root().join(p)).unwrap();
+        assert_eq!(link("usr/lib/libcuda.so"), Path::new("libcuda.so.1"));
+        assert_eq!(
+            link("usr/lib/libcuda.so.1"),
+            Path::new("nvidia/libcuda.so.1.2")
+        );
+        assert_eq!(
+            fs::read(stage.root().join("usr/lib/libcuda.so")).unwrap(),
+            b"elf"
+        );
+
+        let missing = BTreeMap::from([("usr/lib/a.so".to_owned(), "a.so.1".to_owned())]);
+        let err = add_links(&mut stage, &missing).unwrap_err();
+        assert!(
+            matches!(&err, DebError::UnsafePath { path, .. } if path == "usr/lib/a.so -> a.so.1 (no such target)"),
+            "{err}"
+        );
+        assert!(fs::symlink_metadata(stage.root().join("usr/lib/a.so")).is_err());
+    }
+
+    #[test]
+    fn python_steps_are_pinned() {
+        assert_eq!(
+            venv_script("opt/chrysalis/venv", "/wheels", "/inputs/requirements.txt"),
+            "set -eu\n\
+             python3 -m venv --without-pip /opt/chrysalis/venv\n\
+             python3 -m pip --python /opt/chrysalis/venv/bin/python install -q --no-index --find-links /wheels \
+             --require-hashes --no-deps --no-compile --no-cache-dir -r /inputs/requirements.txt\n"
+        );
+        assert_eq!(
+            compileall_argv("/stage", &["usr/lib/python3.13", "opt/v/site-packages"]),
+            [
+                "python3",
+                "-m",
+                "compileall",
+                "-q",
+                "--invalidation-mode",
+                "unchecked-hash",
+                "-s",
+                "/stage",
+                "-p",
+                "/",
+                "/stage/usr/lib/python3.13",
+                "/stage/opt/v/site-packages",
+            ]
+        );
+        assert!(VENV_ENV.contains(&("PYTHONHASHSEED", "0")));
+        assert!(VENV_ENV.contains(&("PIP_DISABLE_PIP_VERSION_CHECK", "1")));
+        assert_eq!(BYTECODE_ENV, [("PYTHONHASHSEED", "0")]);
     }
 
     #[test]

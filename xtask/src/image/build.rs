@@ -920,26 +920,7 @@ fn rootfs_step(
     }
     stage.finish_merged_usr()?;
     rootfs::add_system_files(&mut stage)?;
-    // A link may point at another link of the table (libcuda.so -> libcuda.so.1 -> nvidia/…): add
-    // each once its target exists; a target that never appears fails in add_symlink, named.
-    let mut pending: Vec<(&String, &String)> = ctx.flavor.rootfs.links.iter().collect();
-    while let Some(&(first_path, first_target)) = pending.first() {
-        let before = pending.len();
-        let mut later = Vec::new();
-        for (path, target) in pending {
-            let dir = Path::new(path).parent().unwrap_or(Path::new(""));
-            if root_dir.join(dir).join(target).exists() {
-                stage.add_symlink(path, target)?;
-            } else {
-                later.push((path, target));
-            }
-        }
-        if later.len() == before {
-            stage.add_symlink(first_path, first_target)?;
-            bail!("rootfs link {first_path} -> {first_target}: the target does not exist");
-        }
-        pending = later;
-    }
+    rootfs::add_links(&mut stage, &ctx.flavor.rootfs.links)?;
     stage.add_dir("opt/chrysalis")?;
 
     step.detail("venv + wheels (pip --require-hashes)");
@@ -963,18 +944,16 @@ fn rootfs_step(
         ctx.lock.requirements_txt(PySet::Runtime)?,
     )?;
     let log = log_path(&ctx.work, "rootfs");
-    let sb = ctx
+    let mut sb = ctx
         .root
         .sandbox(ctx.epoch)
         .rw(&root_dir.join("opt/chrysalis"), "/opt/chrysalis")
         .ro(&wheels, "/wheels")
-        .ro(&inputs, "/inputs")
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .env("PYTHONHASHSEED", "0");
-    let script = format!(
-        "set -eu\npython3 -m venv --without-pip /{VENV}\npython3 -m pip --python /{VENV}/bin/python install -q --no-index \
-         --find-links /wheels --require-hashes --no-deps --no-compile --no-cache-dir -r /inputs/requirements.txt\n"
-    );
+        .ro(&inputs, "/inputs");
+    for (key, value) in rootfs::VENV_ENV {
+        sb = sb.env(key, value);
+    }
+    let script = rootfs::venv_script(VENV, "/wheels", "/inputs/requirements.txt");
     run_logged(
         sb.command(&["sh", "-c", &script]),
         &log,
@@ -999,29 +978,13 @@ fn rootfs_step(
     ));
 
     step.detail("byte code (compileall, unchecked-hash)");
-    let sb = ctx
-        .root
-        .sandbox(ctx.epoch)
-        .rw(&root_dir, "/stage")
-        .env("PYTHONHASHSEED", "0");
-    run_logged(
-        sb.command(&[
-            "python3",
-            "-m",
-            "compileall",
-            "-q",
-            "--invalidation-mode",
-            "unchecked-hash",
-            "-s",
-            "/stage",
-            "-p",
-            "/",
-            "/stage/usr/lib/python3.13",
-            &format!("/stage/{SITE_PACKAGES}"),
-        ]),
-        &log,
-        "compileall",
-    )?;
+    let mut sb = ctx.root.sandbox(ctx.epoch).rw(&root_dir, "/stage");
+    for (key, value) in rootfs::BYTECODE_ENV {
+        sb = sb.env(key, value);
+    }
+    let argv = rootfs::compileall_argv("/stage", &["usr/lib/python3.13", SITE_PACKAGES]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    run_logged(sb.command(&argv), &log, "compileall")?;
 
     step.detail("mkfs.erofs + veritysetup");
     let (a, v) = verity_image(

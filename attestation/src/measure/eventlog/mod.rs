@@ -26,6 +26,13 @@ use thiserror::Error;
 
 use crate::evidence::Measurement;
 
+mod cursor;
+mod description;
+
+use cursor::Cursor;
+pub use description::describe;
+use description::printable;
+
 /// Why an event log could not be parsed. Every variant names the byte offset of the problem.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -365,68 +372,6 @@ pub struct EventLog {
 
 const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
 
-/// Byte reader that never panics: every read is bounds-checked and names what it read.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], EventLogError> {
-        if n > self.remaining() {
-            return Err(EventLogError::Truncated {
-                offset: self.pos,
-                what,
-                needed: n,
-                available: self.remaining(),
-            });
-        }
-        let out = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(out)
-    }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, EventLogError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, EventLogError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, EventLogError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn sized(&mut self, what: &'static str) -> Result<&'a [u8], EventLogError> {
-        let at = self.pos;
-        let size = self.u32(what)?;
-        // A size that does not fit usize cannot fit the buffer either.
-        let size = usize::try_from(size).unwrap_or(usize::MAX);
-        self.take(size, what).map_err(|e| match e {
-            EventLogError::Truncated {
-                needed, available, ..
-            } => EventLogError::Truncated {
-                offset: at,
-                what,
-                needed,
-                available,
-            },
-            other => other,
-        })
-    }
-}
-
 impl EventLog {
     /// Parses a crypto-agile event log, such as the contents of the TDX CCEL area. Parsing stops
     /// at the first record whose index and type are both 0xFFFFFFFF or both 0 (the padding the
@@ -438,9 +383,9 @@ impl EventLog {
     /// an initrd...). Whether a log is genuine is decided by replaying it and comparing with a
     /// verified quote.
     pub fn parse(bytes: &[u8]) -> Result<Self, EventLogError> {
-        let mut r = Reader::new(bytes);
+        let mut r = Cursor::new(bytes);
         let _header_index = r.u32("header register index")?;
-        let type_at = r.pos;
+        let type_at = r.offset();
         let header_type = r.u32("header event type")?;
         if header_type != EventType::EV_NO_ACTION.0 {
             return Err(EventLogError::NotCryptoAgile {
@@ -449,13 +394,13 @@ impl EventLog {
             });
         }
         r.take(20, "header SHA-1 digest")?;
-        let spec_at = r.pos + 4;
+        let spec_at = r.offset() + 4;
         let spec_data = r.sized("Spec ID event")?;
         let spec_id = parse_spec_id(spec_data, spec_at)?;
 
         let mut events = Vec::new();
         loop {
-            let start = r.pos;
+            let start = r.offset();
             if r.remaining() < 8 {
                 let tail = &bytes[start..];
                 if tail.iter().all(|&b| b == 0xFF || b == 0) {
@@ -474,7 +419,7 @@ impl EventLog {
             }
             events.push(parse_event(&mut r, &spec_id, events.len())?);
         }
-        let len = r.pos;
+        let len = r.offset();
         Ok(Self {
             spec_id,
             events,
@@ -490,22 +435,8 @@ impl EventLog {
 
 fn parse_spec_id(data: &[u8], base: usize) -> Result<SpecIdEvent, EventLogError> {
     let bad = |offset: usize, reason: String| EventLogError::NotCryptoAgile { offset, reason };
-    let mut r = Reader::new(data);
-    let rebase = |e: EventLogError| match e {
-        EventLogError::Truncated {
-            offset,
-            what,
-            needed,
-            available,
-        } => EventLogError::Truncated {
-            offset: base + offset,
-            what,
-            needed,
-            available,
-        },
-        other => other,
-    };
-    let signature = r.take(16, "Spec ID signature").map_err(rebase)?;
+    let mut r = Cursor::at(data, base);
+    let signature = r.take(16, "Spec ID signature")?;
     if signature != SPEC_ID_SIGNATURE {
         return Err(bad(
             base,
@@ -515,13 +446,13 @@ fn parse_spec_id(data: &[u8], base: usize) -> Result<SpecIdEvent, EventLogError>
             ),
         ));
     }
-    let platform_class = r.u32("platform class").map_err(rebase)?;
-    let minor = r.u8("spec version minor").map_err(rebase)?;
-    let major = r.u8("spec version major").map_err(rebase)?;
-    let spec_errata = r.u8("spec errata").map_err(rebase)?;
-    let uintn_size = r.u8("UINTN size").map_err(rebase)?;
-    let count_at = base + r.pos;
-    let count = r.u32("number of algorithms").map_err(rebase)?;
+    let platform_class = r.u32("platform class")?;
+    let minor = r.u8("spec version minor")?;
+    let major = r.u8("spec version major")?;
+    let spec_errata = r.u8("spec errata")?;
+    let uintn_size = r.u8("UINTN size")?;
+    let count_at = r.offset();
+    let count = r.u32("number of algorithms")?;
     if count == 0 || count as usize > r.remaining() / 4 {
         return Err(bad(
             count_at,
@@ -530,9 +461,9 @@ fn parse_spec_id(data: &[u8], base: usize) -> Result<SpecIdEvent, EventLogError>
     }
     let mut algorithms = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let at = base + r.pos;
-        let id = r.u16("algorithm id").map_err(rebase)?;
-        let size = r.u16("digest size").map_err(rebase)?;
+        let at = r.offset();
+        let id = r.u16("algorithm id")?;
+        let size = r.u16("digest size")?;
         if id == TPM_ALG_SHA384 && size != 48 {
             return Err(bad(
                 at,
@@ -550,11 +481,8 @@ fn parse_spec_id(data: &[u8], base: usize) -> Result<SpecIdEvent, EventLogError>
     if !algorithms.iter().any(|a| a.id == TPM_ALG_SHA384) {
         return Err(bad(count_at, "no SHA-384 bank declared".into()));
     }
-    let vendor_size = r.u8("vendor info size").map_err(rebase)?;
-    let vendor_info = r
-        .take(vendor_size as usize, "vendor info")
-        .map_err(rebase)?
-        .to_vec();
+    let vendor_size = r.u8("vendor info size")?;
+    let vendor_info = r.take(vendor_size as usize, "vendor info")?.to_vec();
     Ok(SpecIdEvent {
         platform_class,
         spec_version: (major, minor),
@@ -566,11 +494,11 @@ fn parse_spec_id(data: &[u8], base: usize) -> Result<SpecIdEvent, EventLogError>
 }
 
 fn parse_event(
-    r: &mut Reader<'_>,
+    r: &mut Cursor<'_>,
     spec: &SpecIdEvent,
     event: usize,
 ) -> Result<Event, EventLogError> {
-    let offset = r.pos;
+    let offset = r.offset();
     let index = r.u32("event register index")?;
     let event_type = EventType(r.u32("event type")?);
     let register = Register::from_mr_index(index).ok_or(EventLogError::RegisterOutOfRange {
@@ -589,7 +517,7 @@ fn parse_event(
     }
     let mut sha384_digest = None;
     for _ in 0..count {
-        let at = r.pos;
+        let at = r.offset();
         let alg = r.u16("digest algorithm")?;
         let size = spec
             .algorithms
@@ -612,6 +540,11 @@ fn parse_event(
     let data = r.sized("event data")?.to_vec();
     Ok(Event::new(register, event_type, digest, data))
 }
+
+/// Tag of the Linux EFI stub's initrd measurement.
+pub const LINUX_INITRD_TAG: u32 = 0x8F3B_22EC;
+/// Tag of the Linux EFI stub's LoadOptions (command line) measurement.
+pub const LINUX_LOAD_OPTIONS_TAG: u32 = 0x8F3B_22ED;
 
 /// SHA-384 of `data`.
 pub fn sha384(data: &[u8]) -> Measurement {
@@ -642,335 +575,6 @@ pub fn replay_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> [Measur
 /// after the last event was logged (RTMR3 too, if the guest logs its own extensions there).
 pub fn replay(log: &EventLog) -> [Measurement; 4] {
     replay_events(&log.events)
-}
-
-// ---- descriptions ------------------------------------------------------------------------------
-
-/// Decodes a human description of an event's data. Never fails: data that does not decode as
-/// its type says is described by its size.
-pub fn describe(event_type: EventType, data: &[u8]) -> String {
-    let decoded = match event_type {
-        EventType::EV_NO_ACTION => describe_no_action(data),
-        EventType::EV_SEPARATOR => describe_separator(data),
-        EventType::EV_EFI_VARIABLE_DRIVER_CONFIG
-        | EventType::EV_EFI_VARIABLE_BOOT
-        | EventType::EV_EFI_VARIABLE_BOOT2
-        | EventType::EV_EFI_VARIABLE_AUTHORITY => describe_variable(data),
-        EventType::EV_EFI_BOOT_SERVICES_APPLICATION
-        | EventType::EV_EFI_BOOT_SERVICES_DRIVER
-        | EventType::EV_EFI_RUNTIME_SERVICES_DRIVER => describe_image_load(data),
-        EventType::EV_EFI_GPT_EVENT | EventType::EV_EFI_GPT_EVENT2 => describe_gpt(data),
-        EventType::EV_EVENT_TAG => describe_tagged(data),
-        EventType::EV_EFI_PLATFORM_FIRMWARE_BLOB => describe_blob(data),
-        EventType::EV_EFI_PLATFORM_FIRMWARE_BLOB2 => describe_blob2(data),
-        EventType::EV_EFI_HANDOFF_TABLES => describe_handoff(data),
-        EventType::EV_EFI_HANDOFF_TABLES2 => describe_handoff2(data),
-        _ => text(data),
-    };
-    decoded.unwrap_or_else(|| format!("{} bytes", data.len()))
-}
-
-/// A cursor for decoding descriptions: any short read yields `None`.
-struct Cur<'a>(&'a [u8]);
-
-impl<'a> Cur<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-    }
-    fn guid(&mut self) -> Option<String> {
-        self.take(16).map(guid_text)
-    }
-}
-
-/// Formats a little-endian EFI_GUID the way UEFI text does (8-4-4-4-12, uppercase).
-pub(crate) fn guid_text(b: &[u8]) -> String {
-    if b.len() != 16 {
-        return format!("<{} byte GUID>", b.len());
-    }
-    format!(
-        "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_le_bytes([b[4], b[5]]),
-        u16::from_le_bytes([b[6], b[7]]),
-        b[8],
-        b[9],
-        b[10],
-        b[11],
-        b[12],
-        b[13],
-        b[14],
-        b[15]
-    )
-}
-
-/// Escapes control characters (newlines in GRUB commands, stray bytes) and nothing else.
-fn escape_controls(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-/// Bytes as text, trailing NULs dropped, non-ASCII bytes shown as `\xNN`, controls escaped.
-fn printable(data: &[u8]) -> String {
-    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    data[..end]
-        .iter()
-        .map(|&b| match b {
-            b if b.is_ascii() && !b.is_ascii_control() => (b as char).to_string(),
-            b'\n' => "\\n".to_string(),
-            b'\t' => "\\t".to_string(),
-            b'\r' => "\\r".to_string(),
-            b => format!("\\x{b:02x}"),
-        })
-        .collect()
-}
-
-/// Text, if the data is ASCII (optionally NUL-terminated) or UTF-16LE text.
-fn text(data: &[u8]) -> Option<String> {
-    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    let trimmed = &data[..end];
-    if trimmed.is_empty() {
-        return None;
-    }
-    if trimmed
-        .iter()
-        .all(|&b| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-    {
-        return Some(printable(trimmed));
-    }
-    // UTF-16LE ASCII text: every odd byte zero (allowing for the odd trailing byte trimmed above).
-    if data.len() >= 4 && data.len().is_multiple_of(2) && data.chunks(2).all(|c| c[1] == 0) {
-        return Some(utf16_text(data));
-    }
-    None
-}
-
-/// UTF-16LE up to the first NUL, lossily decoded, with control characters escaped.
-fn utf16_text(data: &[u8]) -> String {
-    let units: Vec<u16> = data
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    escape_controls(&String::from_utf16_lossy(&units))
-}
-
-fn describe_no_action(data: &[u8]) -> Option<String> {
-    let sig = data.get(..16)?;
-    let name = printable(sig.split(|&b| b == 0).next().unwrap_or_default());
-    if name.is_empty() {
-        return None;
-    }
-    if name == "StartupLocality" {
-        return Some(format!("StartupLocality {}", data.get(16)?));
-    }
-    Some(name)
-}
-
-fn describe_separator(data: &[u8]) -> Option<String> {
-    let v = Cur(data).u32()?;
-    Some(match v {
-        0 => "separator".into(),
-        0xFFFF_FFFF => "separator (error)".into(),
-        v => format!("separator {v:#010x}"),
-    })
-}
-
-fn describe_variable(data: &[u8]) -> Option<String> {
-    let mut c = Cur(data);
-    let guid = c.guid()?;
-    let name_len = usize::try_from(c.u64()?).ok()?;
-    let data_len = usize::try_from(c.u64()?).ok()?;
-    let name = utf16_text(c.take(name_len.checked_mul(2)?)?);
-    let value = c.take(data_len)?;
-    let mut out = format!("{name} ({guid}): {data_len} bytes");
-    let boot_option = name.len() == 8
-        && name.starts_with("Boot")
-        && name[4..].chars().all(|ch| ch.is_ascii_hexdigit());
-    if name == "BootOrder" && value.len().is_multiple_of(2) {
-        let order: Vec<String> = value
-            .chunks(2)
-            .map(|u| format!("Boot{:04X}", u16::from_le_bytes([u[0], u[1]])))
-            .collect();
-        out = format!("{name} ({guid}): {}", order.join(", "));
-    } else if let (true, Some(opt)) = (boot_option, describe_load_option(value)) {
-        out = format!("{name} ({guid}): {opt}");
-    }
-    Some(out)
-}
-
-/// EFI_LOAD_OPTION: attributes u32, file path list length u16, description (UTF-16, NUL), paths.
-fn describe_load_option(value: &[u8]) -> Option<String> {
-    let mut c = Cur(value);
-    let _attributes = c.u32()?;
-    let path_len = c.u16()? as usize;
-    let rest = c.0;
-    let desc_units = rest.chunks_exact(2).position(|u| u == [0, 0])?;
-    let desc = utf16_text(&rest[..desc_units * 2]);
-    let paths = rest.get(desc_units * 2 + 2..)?.get(..path_len)?;
-    Some(format!("\"{desc}\" {}", device_path_text(paths)))
-}
-
-fn describe_image_load(data: &[u8]) -> Option<String> {
-    // EFI_IMAGE_LOAD_EVENT. The load address is chosen at run time and deliberately not shown,
-    // so that an expected event and a logged one describe alike.
-    let mut c = Cur(data);
-    let _location = c.u64()?;
-    let length = c.u64()?;
-    let link_time = c.u64()?;
-    let path_len = usize::try_from(c.u64()?).ok()?;
-    let path = c.take(path_len)?;
-    Some(format!(
-        "PE image, {length} bytes, link-time base {link_time:#x}, {}",
-        device_path_text(path)
-    ))
-}
-
-fn describe_gpt(data: &[u8]) -> Option<String> {
-    // UEFI_GPT_DATA: EFI_PARTITION_TABLE_HEADER (92 bytes), u64 number of partitions, entries.
-    let header = data.get(..92)?;
-    if &header[..8] != b"EFI PART" {
-        return None;
-    }
-    let disk = guid_text(&header[56..72]);
-    let count = Cur(data.get(92..)?).u64()?;
-    Some(format!("GPT disk {disk}, {count} partitions"))
-}
-
-/// Tag of the Linux EFI stub's initrd measurement.
-pub const LINUX_INITRD_TAG: u32 = 0x8F3B_22EC;
-/// Tag of the Linux EFI stub's LoadOptions (command line) measurement.
-pub const LINUX_LOAD_OPTIONS_TAG: u32 = 0x8F3B_22ED;
-
-fn describe_tagged(data: &[u8]) -> Option<String> {
-    let mut c = Cur(data);
-    let id = c.u32()?;
-    let size = c.u32()? as usize;
-    let body = c.take(size)?;
-    let body = text(body).unwrap_or_else(|| format!("{size} bytes"));
-    Some(format!("tag {id:#010X}: {body}"))
-}
-
-fn describe_blob(data: &[u8]) -> Option<String> {
-    let mut c = Cur(data);
-    let base = c.u64()?;
-    let len = c.u64()?;
-    Some(format!("firmware blob at {base:#x}, {len} bytes"))
-}
-
-fn describe_blob2(data: &[u8]) -> Option<String> {
-    let mut c = Cur(data);
-    let desc_len = c.u8()? as usize;
-    let desc = printable(c.take(desc_len)?);
-    let base = c.u64()?;
-    let len = c.u64()?;
-    Some(format!("{desc} at {base:#x}, {len} bytes"))
-}
-
-fn describe_tables(c: &mut Cur<'_>) -> Option<String> {
-    let n = c.u64()?;
-    let mut guids = Vec::new();
-    for _ in 0..n.min(16) {
-        guids.push(c.guid()?);
-        c.u64()?;
-    }
-    Some(format!("{n} table(s) [{}]", guids.join(", ")))
-}
-
-fn describe_handoff(data: &[u8]) -> Option<String> {
-    describe_tables(&mut Cur(data))
-}
-
-fn describe_handoff2(data: &[u8]) -> Option<String> {
-    let mut c = Cur(data);
-    let desc_len = c.u8()? as usize;
-    let desc = printable(c.take(desc_len)?);
-    Some(format!("{desc}: {}", describe_tables(&mut c)?))
-}
-
-/// Text form of a UEFI device path (the node types firmware logs; others shown generically).
-pub(crate) fn device_path_text(mut path: &[u8]) -> String {
-    let mut nodes = Vec::new();
-    while path.len() >= 4 {
-        let (ty, sub) = (path[0], path[1]);
-        let len = u16::from_le_bytes([path[2], path[3]]) as usize;
-        if len < 4 || len > path.len() {
-            nodes.push("<malformed>".to_string());
-            break;
-        }
-        let body = &path[4..len];
-        path = &path[len..];
-        let node = match (ty, sub) {
-            (0x7F, 0xFF) => break,
-            (0x7F, 0x01) => ",".to_string(),
-            (0x01, 0x01) if body.len() == 2 => format!("Pci({:#x},{:#x})", body[1], body[0]),
-            (0x01, 0x04) if body.len() >= 16 => format!("VenHw({})", guid_text(&body[..16])),
-            (0x02, 0x01) if body.len() == 8 => {
-                let mut c = Cur(body);
-                let (hid, uid) = (c.u32().unwrap_or(0), c.u32().unwrap_or(0));
-                match hid {
-                    0x0A03_41D0 => format!("PciRoot({uid:#x})"),
-                    0x0A08_41D0 => format!("PcieRoot({uid:#x})"),
-                    _ => format!("Acpi({hid:#010x},{uid:#x})"),
-                }
-            }
-            (0x03, 0x02) if body.len() == 4 => format!(
-                "Scsi({:#x},{:#x})",
-                u16::from_le_bytes([body[0], body[1]]),
-                u16::from_le_bytes([body[2], body[3]])
-            ),
-            (0x03, 0x17) if body.len() == 12 => {
-                let mut c = Cur(body);
-                let ns = c.u32().unwrap_or(0);
-                let eui: Vec<String> = body[4..].iter().map(|b| format!("{b:02X}")).collect();
-                format!("NVMe({ns:#x},{})", eui.join("-"))
-            }
-            (0x03, 0x0A) if body.len() >= 16 => format!("VenMsg({})", guid_text(&body[..16])),
-            (0x04, 0x01) if body.len() == 38 => {
-                let mut c = Cur(body);
-                let part = c.u32().unwrap_or(0);
-                let start = c.u64().unwrap_or(0);
-                let size = c.u64().unwrap_or(0);
-                let sig = c.take(16).unwrap_or_default();
-                match (body[36], body[37]) {
-                    (2, 2) => format!("HD({part},GPT,{},{start:#x},{size:#x})", guid_text(sig)),
-                    _ => format!("HD({part},MBR,{start:#x},{size:#x})"),
-                }
-            }
-            (0x04, 0x03) if body.len() >= 16 => format!("VenMedia({})", guid_text(&body[..16])),
-            (0x04, 0x04) => utf16_text(body),
-            (0x04, 0x06) if body.len() == 16 => format!("FvFile({})", guid_text(body)),
-            (0x04, 0x07) if body.len() == 16 => format!("Fv({})", guid_text(body)),
-            _ => format!("Path({ty},{sub},{})", hex::encode(body)),
-        };
-        nodes.push(node);
-    }
-    nodes.join("/").replace("/,/", ",")
 }
 
 #[cfg(test)]

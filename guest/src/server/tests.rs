@@ -1,0 +1,209 @@
+//! The server over real TLS with the in-memory scripted engine (no Python).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chrysalis_attestation::Measurement;
+use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, td_measurements};
+use http::{Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::*;
+use crate::config::{ModelConfig, ServerConfig};
+use crate::engine::scripted::ScriptedEngine;
+use crate::evidence::LocalSim;
+use crate::tls::CertStore;
+
+async fn start(engine: ScriptedEngine, server: ServerConfig) -> (String, Arc<AppState>) {
+    let certs = Arc::new(CertStore::generate().unwrap());
+    let now = SystemTime::now();
+    let sim = LocalSim::new(
+        SimPki::from_seed(DEFAULT_SEED),
+        td_measurements(Measurement([7; 48]), [Measurement::ZERO; 4]),
+        now.duration_since(UNIX_EPOCH).unwrap().as_secs() - 3600,
+    );
+    certs
+        .renew(&sim, now, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let model: ModelConfig = toml::from_str("id = \"m\"\nroot_hash = \"0000000000000000000000000000000000000000000000000000000000000000\"").unwrap();
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
+    let state = AppState::new(server, model, Arc::new(engine), certs, "local-sim");
+    let l = Arc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(serve(state.clone(), tls, move || {
+        let l = l.clone();
+        async move { l.accept().await.map(|(s, _)| s) }
+    }));
+    (addr, state)
+}
+
+async fn send(addr: &str, body: &str) -> (hyper::Response<Incoming>, tokio::task::JoinHandle<()>) {
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(chrysalis_testkit::RecordingVerifier::default()))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::post("/v1/chat/completions")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    (tx.send_request(req).await.unwrap(), conn)
+}
+
+fn chat(max_tokens: u32, stream: bool) -> String {
+    format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"a b c"}}],"max_tokens":{max_tokens},"stream":{stream}}}"#
+    )
+}
+
+async fn until(state: &AppState, what: impl Fn(&AppState) -> bool) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !what(state) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("state never reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_are_held_until_the_engine_stops_and_over_capacity_is_429() {
+    let engine = ScriptedEngine::new("m", Duration::from_millis(5));
+    let (addr, state) = start(
+        engine.clone(),
+        ServerConfig {
+            max_concurrency: 1,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+
+    let (r, _c) = send(&addr, &chat(3, false)).await;
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "w0 w1 w2");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+
+    let (long, conn) = send(&addr, &chat(4000, true)).await;
+    assert_eq!(long.status(), 200);
+    let (busy, _c) = send(&addr, &chat(3, false)).await;
+    assert_eq!(busy.status(), 429);
+    assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+    // The client goes away mid-stream: cancelled, and the slot returns once the engine stopped.
+    conn.abort();
+    drop(long);
+    until(&state, |s| {
+        s.metrics().cancelled.load(Ordering::SeqCst) == 1 && s.in_flight() == 0
+    })
+    .await;
+    until(&state, |_| engine.cancelled_count() == 1).await;
+    let (r, _c) = send(&addr, &chat(2, true)).await;
+    assert_eq!(r.status(), 200);
+    let text =
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(state.metrics().served.load(Ordering::SeqCst), 2);
+}
+
+/// The public port serves no figure derived from content: a host polling `/healthz` or
+/// `/metrics` around one connection must not learn that request's token counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_carry_no_per_request_sizes() {
+    let engine = ScriptedEngine::new("m", Duration::from_millis(1));
+    let (addr, state) = start(engine, ServerConfig::default()).await;
+    let before = (state.health(), state.prometheus());
+    let (r, _c) = send(&addr, &chat(7, false)).await;
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    // The client that asked sees its own usage.
+    assert_eq!(v["usage"]["completion_tokens"], 7);
+    until(&state, |s| s.in_flight() == 0).await;
+
+    let health = state.health();
+    let mut keys: Vec<&str> = health
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "cancelled",
+            "capacity",
+            "engine_error",
+            "engine_errors",
+            "in_flight",
+            "model",
+            "rejected_busy",
+            "served",
+            "status",
+            "stuck",
+            "timeouts"
+        ]
+    );
+    assert_eq!(health["served"], 1);
+    let metrics = state.prometheus();
+    assert!(!metrics.contains("token"), "{metrics}");
+    // Apart from the request count, nothing moved with the request.
+    let strip = |mut h: Value| {
+        h["served"] = Value::Null;
+        h
+    };
+    assert_eq!(strip(before.0), strip(health));
+    let changed: Vec<_> = before
+        .1
+        .lines()
+        .zip(metrics.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(
+        changed,
+        [("chrysalis_guest_served 0", "chrysalis_guest_served 1")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_stops_a_generation_with_504() {
+    let engine = ScriptedEngine::new("m", Duration::from_millis(200));
+    let (addr, state) = start(
+        engine,
+        ServerConfig {
+            request_timeout_secs: 1,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let (r, _c) = send(&addr, &chat(1000, false)).await;
+    assert_eq!(r.status(), 504);
+    until(&state, |s| {
+        s.metrics().timeouts.load(Ordering::SeqCst) == 1 && s.in_flight() == 0
+    })
+    .await;
+    assert_eq!(state.metrics().cancelled.load(Ordering::SeqCst), 0);
+}
