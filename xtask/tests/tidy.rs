@@ -276,7 +276,7 @@ fn normalize(p: &Path) -> PathBuf {
 }
 
 #[test]
-#[ignore = "17 cross-crate #[path] includes remain until the testkit branch merges"]
+#[ignore = "15 cross-crate #[path] includes remain until the testkit branch merges"]
 fn no_path_attribute_reaches_into_another_crate() {
     let found: Vec<String> = rust_files()
         .iter()
