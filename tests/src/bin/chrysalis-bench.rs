@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 /// Run every benchmark with its baseline and write docs/benchmarks.md.
 #[derive(clap::Parser)]
-#[command(name = "cargo xtask bench")]
+#[command(name = "xtask bench", bin_name = "xtask bench")]
 struct BenchArgs {
     /// Short runs of every benchmark (under 2 minutes): proves the harness works; figures are
     /// rough. Writes target/bench/benchmarks-quick.md unless --out says otherwise.

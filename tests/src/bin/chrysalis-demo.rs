@@ -17,7 +17,7 @@ use clap::Parser as _;
 /// The whole chain on this machine: image, policy, host agent + VM (sim), proxy, a chat
 /// completion and its receipt, with timings; stops everything at the end or on Ctrl-C.
 #[derive(Debug, clap::Parser)]
-#[command(name = "cargo xtask demo")]
+#[command(name = "xtask demo", bin_name = "xtask demo")]
 struct DemoArgs {
     /// A built image: the directory of its manifest.json (default: $CHRYSALIS_IMAGE_DIR, else
     /// out/cpu, built with `cargo xtask image build --flavor cpu` when missing).
