@@ -49,9 +49,19 @@
 //!   measurements), read by hosts and clients; [`bootargs`]: the measured kernel command line.
 //!
 //! ## Features
-//! `full` (default) is everything above. Without it the crate is [`bootargs`], [`evidence`]'s value
-//! types and [`error`]: what the static guest init links (it parses the measured command line and
-//! compiles no TLS, X.509 or quote verification).
+//! The defaults are all three of:
+//! * `full`: the verifier side, everything above but `sim` and the key-holding items below. It
+//!   holds no private key. Without it the crate is [`bootargs`], [`evidence`]'s value types and
+//!   [`error`]: what the static guest init links (it parses the measured command line and compiles
+//!   no TLS, X.509 or quote verification).
+//! * `signing`: the code that holds a private key: `ratls::AttestedKey`,
+//!   `ratls::issue_certificate`, `ratls::server_config` and `receipt::sign`. The guest links it;
+//!   the host, which must never hold a key, cannot (its dependency leaves the feature off, and a
+//!   tidy test checks that).
+//! * `dangerous-sim`: the simulated TEE ([`sim`]), whose PKIs' private keys derive from a public
+//!   seed. The host signs sim quotes with it in the sim profiles; the client derives the sim roots
+//!   a development policy names.
+//! * `pcs` (not default) adds the PCS client.
 //!
 //! ## Defaults are strict
 //! A [`Policy`] trusts vendor roots only, accepts TCB status `UpToDate` only, refuses debug
@@ -60,7 +70,7 @@
 //!
 //! ## Example: an attested certificate, end to end, with the simulated TEE
 //! ```
-//! # #[cfg(feature = "full")] fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[cfg(all(feature = "signing", feature = "dangerous-sim"))] fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use chrysalis_attestation::policy::TdxPin;
 //! use chrysalis_attestation::ratls::{self, AttestedKey};
 //! use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, SimTdReport, td_measurements};
@@ -83,7 +93,7 @@
 //! let peer = ratls::verify_certificate(&cert, &policy, None, now)?;
 //! assert_eq!(peer.spki_der(), key.spki_der());
 //! # Ok(()) }
-//! # #[cfg(not(feature = "full"))] fn main() {}
+//! # #[cfg(not(all(feature = "signing", feature = "dangerous-sim")))] fn main() {}
 //! ```
 #![forbid(unsafe_code)]
 
@@ -110,7 +120,7 @@ pub mod policy;
 pub mod ratls;
 #[cfg(feature = "full")]
 pub mod receipt;
-#[cfg(feature = "full")]
+#[cfg(feature = "dangerous-sim")]
 pub mod sim;
 #[cfg(feature = "full")]
 pub mod snp_policy;
@@ -129,8 +139,10 @@ pub use evidence::{
 pub use evidence::{SnpReport, TdxQuote};
 #[cfg(feature = "full")]
 pub use policy::{Appraisal, Policy, PolicyError, RejectReason, Rejection, VerifiedEvidence};
+#[cfg(feature = "signing")]
+pub use ratls::AttestedKey;
 #[cfg(feature = "full")]
-pub use ratls::{AttestedKey, RaTlsClientVerifier, RaTlsServerVerifier, VerifiedPeer};
+pub use ratls::{RaTlsClientVerifier, RaTlsServerVerifier, VerifiedPeer};
 pub use tdx_attributes::{TdAttributes, Xfam};
 #[cfg(feature = "full")]
 pub use verify::{

@@ -17,14 +17,13 @@
 //! The wire format is specified in docs/ra-tls.md.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use thiserror::Error;
@@ -84,19 +83,22 @@ pub enum RaTlsError {
 }
 
 /// A P-256 key generated in this process, for TLS and for signing receipts. It has no export
-/// function: the private key exists only inside the confidential VM.
+/// function: the private key exists only inside the confidential VM. Feature `signing`.
+#[cfg(feature = "signing")]
 pub struct AttestedKey {
     rcgen: rcgen::KeyPair,
     fixed: ring::signature::EcdsaKeyPair,
     spki: Vec<u8>,
 }
 
-impl fmt::Debug for AttestedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+#[cfg(feature = "signing")]
+impl std::fmt::Debug for AttestedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AttestedKey(spki sha256 {})", Sha256::digest(&self.spki))
     }
 }
 
+#[cfg(feature = "signing")]
 impl AttestedKey {
     /// Generates a fresh key.
     pub fn generate() -> Result<Self, RaTlsError> {
@@ -141,6 +143,7 @@ impl AttestedKey {
         &self,
         cert: CertificateDer<'static>,
     ) -> Result<Arc<rustls::sign::CertifiedKey>, RaTlsError> {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.rcgen.serialize_der()));
         let signer = provider()
             .key_provider
@@ -162,6 +165,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
+#[cfg(feature = "signing")]
 fn cmw_record(bundle_der: &[u8]) -> String {
     serde_json::json!([
         BUNDLE_MEDIA_TYPE,
@@ -175,7 +179,8 @@ fn cmw_record(bundle_der: &[u8]) -> String {
 /// (unix seconds) for `lifetime_secs` (at most 24 h).
 ///
 /// Refuses evidence whose report_data does not bind `key`: such a certificate could never
-/// verify, and issuing it would only hide the mistake.
+/// verify, and issuing it would only hide the mistake. Feature `signing`.
+#[cfg(feature = "signing")]
 pub fn issue_certificate(
     key: &AttestedKey,
     evidence: &Evidence,
@@ -214,6 +219,7 @@ pub fn issue_certificate(
     Ok(cert.der().clone())
 }
 
+#[cfg(feature = "signing")]
 fn time_at(secs: u64) -> Result<time::OffsetDateTime, RaTlsError> {
     i64::try_from(secs)
         .ok()
@@ -705,7 +711,9 @@ pub fn client_config(verifier: Arc<RaTlsServerVerifier>) -> rustls::ClientConfig
     c
 }
 
-/// A TLS 1.3 server configuration that serves whatever certificate `resolver` holds.
+/// A TLS 1.3 server configuration that serves whatever certificate `resolver` holds. Feature
+/// `signing`: the server side holds the key.
+#[cfg(feature = "signing")]
 pub fn server_config(
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
 ) -> rustls::ServerConfig {

@@ -17,6 +17,7 @@ use sha2::Digest as _;
 use thiserror::Error;
 
 use crate::evidence::Sha256;
+#[cfg(feature = "signing")]
 use crate::ratls::AttestedKey;
 
 /// The JWS `typ` of a receipt.
@@ -100,11 +101,13 @@ pub enum ReceiptError {
     Key(String),
 }
 
+#[cfg(feature = "signing")]
 fn header_b64() -> String {
     URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"ES256","typ":"{RECEIPT_TYP}"}}"#))
 }
 
-/// Signs `body` with the attested key: a JWS compact string.
+/// Signs `body` with the attested key: a JWS compact string. Feature `signing`.
+#[cfg(feature = "signing")]
 pub fn sign(key: &AttestedKey, body: &ReceiptBody) -> Result<String, ReceiptError> {
     if body.signer_spki_sha256 != key.spki_sha256() {
         return Err(ReceiptError::Signer {

@@ -152,19 +152,21 @@ pub struct PolicyCheck {
     pub detail: String,
 }
 
+/// The product the simulated AMD PKI models (its VCEK's productName). Here rather than in `sim`
+/// because a verifier built without the simulated TEE still judges a simulated root by it.
+pub const SIM_AMD_PRODUCT: &str = "Genoa";
+
 /// The AMD product of an SNP verdict: which built-in ARK the chain verified under.
 ///
 /// The ARK is the authority here: the VCEK was signed by that generation's ASK, and AMD derives
 /// the VCEK's TCB encoding per product. `None` for a root that names no known product.
-/// A simulated AMD root is the product its PKI models ([`crate::sim::SIM_PRODUCT_NAME`]).
+/// A simulated AMD root is the product its PKI models ([`SIM_AMD_PRODUCT`]).
 pub fn product_of(root: &TrustRoot) -> Option<AmdGeneration> {
     match root {
         TrustRoot::AmdArk { product, .. } => AmdGeneration::from_product_name(product),
         // The simulated PKI models one product (its VCEK's productName): the sim profile is held
         // to that product's floor like hardware, not waved through.
-        TrustRoot::SimulatedAmd { .. } => {
-            AmdGeneration::from_product_name(crate::sim::SIM_PRODUCT_NAME)
-        }
+        TrustRoot::SimulatedAmd { .. } => AmdGeneration::from_product_name(SIM_AMD_PRODUCT),
         _ => None,
     }
 }

@@ -364,7 +364,7 @@ fn main() {
         rows[4].baseline,
         rows[4].value / rows[4].baseline,
     );
-    // One JSON line per figure for `cargo xtask bench` (schema in xtask/src/bench.rs).
+    // One JSON line per figure for `cargo xtask bench` (schema in tests/src/bin/chrysalis-bench.rs).
     for r in &rows {
         bench_figure::record(
             &json!({"name": format!("{} ({})", r.what, t.kind), "unit": r.unit,

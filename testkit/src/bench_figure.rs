@@ -1,6 +1,7 @@
 //! Appends one benchmark figure, a JSON object on one line, to the file named by
-//! `CHRYSALIS_BENCH_FIGURES` (set by `cargo xtask bench`; schema in xtask/src/bench.rs). Without
-//! the variable, nothing is written. Used by every benchmark.
+//! `CHRYSALIS_BENCH_FIGURES` (set by `cargo xtask bench`; schema in
+//! tests/src/bin/chrysalis-bench.rs). Without the variable, nothing is written. Used by every
+//! benchmark.
 
 /// Appends `figure` to `$CHRYSALIS_BENCH_FIGURES`, if set.
 pub fn record(figure: &serde_json::Value) -> std::io::Result<()> {

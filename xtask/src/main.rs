@@ -3,8 +3,7 @@
 //! One small dispatcher; each task lives in its own module.
 #![forbid(unsafe_code)]
 
-mod bench;
-mod demo;
+mod drivers;
 mod firmware;
 mod image;
 mod model;
@@ -37,7 +36,8 @@ enum Command {
     #[command(subcommand)]
     Firmware(firmware::FirmwareCommand),
     /// Run every benchmark with its baseline and write docs/benchmarks.md.
-    Bench(bench::BenchArgs),
+    #[command(disable_help_flag = true)]
+    Bench(drivers::Forward),
     /// Boot images under QEMU.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -47,7 +47,8 @@ enum Command {
     Test(test::TestArgs),
     /// The whole chain on this machine: image, policy, host agent + VM (sim), proxy, a chat
     /// completion and its receipt, with timings; stops everything at the end or on Ctrl-C.
-    Demo(demo::DemoArgs),
+    #[command(disable_help_flag = true)]
+    Demo(drivers::Forward),
 }
 
 #[derive(Subcommand)]
@@ -59,13 +60,13 @@ enum VmCommand {
 /// `cargo xtask` is `cargo run`, which hands xtask the variables it sets for a package
 /// (`CARGO_MANIFEST_DIR=…/xtask`, …). Every cargo xtask starts would inherit them and disagree with
 /// the cargo that built xtask about ring's build script, rebuilding ring and everything that links
-/// it on each switch (`chrysalis_tests::chain::is_cargo_package_var`). xtask replaces itself once
-/// with the same arguments and those variables removed, before it starts anything.
+/// it on each switch ([`is_cargo_package_var`]). xtask replaces itself once with the same
+/// arguments and those variables removed, before it starts anything.
 fn without_cargo_package_vars() -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let set: Vec<_> = std::env::vars_os()
         .map(|(k, _)| k)
-        .filter(|k| chrysalis_tests::chain::is_cargo_package_var(&k.to_string_lossy()))
+        .filter(|k| is_cargo_package_var(&k.to_string_lossy()))
         .collect();
     if set.is_empty() {
         return Ok(());
@@ -78,6 +79,21 @@ fn without_cargo_package_vars() -> anyhow::Result<()> {
     }
     // Returns only if the exec failed.
     Err(cmd.exec()).with_context(|| format!("re-execute {}", exe.display()))
+}
+
+/// Whether `name` is one of the variables cargo sets for the package it runs. The same rule as
+/// `chrysalis_tests::chain::is_cargo_package_var` (tested there), which xtask cannot link: it
+/// depends only on image and attestation (ARCHITECTURE).
+fn is_cargo_package_var(name: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+        || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&name)
 }
 
 /// The download and build cache shared by every task and by fresh clones: `$CHRYSALIS_CACHE`,
@@ -105,9 +121,9 @@ fn main() -> anyhow::Result<()> {
         Command::Model(c) => model::run(c),
         Command::Firmware(cmd) => firmware::run(cmd),
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => drivers::run("chrysalis-bench", args),
         Command::Setup(args) => setup::main(args),
         Command::Test(args) => test::main(args),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => drivers::run("chrysalis-demo", args),
     }
 }

@@ -33,6 +33,9 @@ pub(crate) struct SetupArgs {
     /// missing).
     #[arg(long)]
     check: bool,
+    /// Set up and write the env file without the summary (the demo driver, which reads the file).
+    #[arg(long, hide = true, conflicts_with = "check")]
+    env_only: bool,
 }
 
 /// Where downloads and built tools are cached (see [`crate::cache_root`]).
@@ -779,6 +782,9 @@ pub(crate) fn ensure(check: bool) -> Result<(TestEnv, Vec<(String, Duration)>)> 
 pub(crate) fn main(args: SetupArgs) -> Result<()> {
     let t = Instant::now();
     let (env, _) = ensure(args.check)?;
+    if args.env_only {
+        return Ok(());
+    }
     eprintln!(
         "{} in {:.1} s; the tests read:",
         if args.check { "all present" } else { "set up" },

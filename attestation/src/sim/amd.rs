@@ -81,7 +81,7 @@ pub const SIM_SNP_TCB: SnpTcb = SnpTcb {
 
 /// The productName the simulated VCEK carries, and the processor the reports' CPUID fields name
 /// (family 19h, model 11h, stepping 1: Genoa B1).
-pub const SIM_PRODUCT_NAME: &str = "Genoa";
+pub const SIM_PRODUCT_NAME: &str = crate::snp_policy::SIM_AMD_PRODUCT;
 const CPUID_FAMILY: u8 = 0x19;
 const CPUID_MODEL: u8 = 0x11;
 const CPUID_STEPPING: u8 = 0x01;

@@ -185,7 +185,7 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
 
     let (model, model_verity, model_files) = model_step(&ctx)?;
 
-    let (guest_config, config_disk) = config_step(&ctx, &model_verity, &model_files)?;
+    let (guest_config, config_disk) = config_step(&ctx, &model_verity, &model_files, &guest_bin)?;
 
     let (rootfs, rootfs_verity) = rootfs_step(&ctx, &debs, &built_wheels, &guest_bin)?;
 
@@ -848,6 +848,7 @@ fn config_step(
     ctx: &Ctx<'_>,
     model: &VerityParams,
     files: &[ModelFileInfo],
+    guest_bin: &[u8],
 ) -> Result<(Artifact, Artifact)> {
     let step = ctx.ui.step("Writing the guest configuration");
     let mut table = ctx.flavor.guest.config.clone();
@@ -885,7 +886,7 @@ fn config_step(
     );
     write_atomic(&ctx.out.join("guest.toml"), text.as_bytes())?;
     // The runtime refuses unknown keys at boot; refuse them here instead.
-    chrysalis_guest::config::Config::load(&ctx.out.join("guest.toml")).with_context(|| {
+    check_guest_config(ctx, guest_bin, text.as_bytes()).with_context(|| {
         format!(
             "flavor {}: [guest.config] is not a valid runtime configuration (see `chrysalis-guest config-help`)",
             ctx.flavor.name
@@ -897,6 +898,30 @@ fn config_step(
     let a = Artifact::describe(&ctx.out, "guest.toml")?;
     step.done(format!("sha256 {}", a.sha256));
     Ok((a, Artifact::describe(&ctx.out, "config.img")?))
+}
+
+/// Runs `chrysalis-guest check-config` on `config`: the runtime's own parser, in the guest binary
+/// just built, inside the build root whose libpython it links. (xtask does not link the guest
+/// crate: it depends only on image and attestation.)
+fn check_guest_config(ctx: &Ctx<'_>, guest_bin: &[u8], config: &[u8]) -> Result<()> {
+    let dir = ctx.work.join("config-check");
+    fs::create_dir_all(&dir)?;
+    let bin = dir.join("chrysalis-guest");
+    write_atomic(&bin, guest_bin)?;
+    fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    write_atomic(&dir.join("guest.toml"), config)?;
+    // Under /tmp (a tmpfs in the sandbox), where bwrap can make the mount point.
+    let sb = ctx.root.sandbox(ctx.epoch).ro(&dir, "/tmp/check");
+    run_logged(
+        sb.command(&[
+            "/tmp/check/chrysalis-guest",
+            "check-config",
+            "--config",
+            "/tmp/check/guest.toml",
+        ]),
+        &log_path(&ctx.work, "guest-check-config"),
+        "chrysalis-guest check-config",
+    )
 }
 
 fn rootfs_step(

@@ -2,19 +2,23 @@
 //! seen chrysalis: image, client policy, host agent + VM (sim profile), attestation check,
 //! a chat completion through the pinning proxy, its receipt, and how long each step took.
 //! Everything it starts is stopped at the end, also on Ctrl-C.
+//!
+//! xtask runs this binary (`cargo run -p chrysalis-tests --bin chrysalis-demo -- ARGS…`), so that
+//! xtask need not link the chain harness.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrysalis_tests::chain::{self, AgentSpec, Boot, Chat, HostAgent, Image, Proxy, Tools};
+use chrysalis_tests::driver::{self, repo_root};
+use clap::Parser as _;
 
-use crate::image::repo_root;
-
-/// Options of `cargo xtask demo`.
-#[derive(Debug, clap::Args)]
-pub(crate) struct DemoArgs {
+/// The whole chain on this machine: image, policy, host agent + VM (sim), proxy, a chat
+/// completion and its receipt, with timings; stops everything at the end or on Ctrl-C.
+#[derive(Debug, clap::Parser)]
+#[command(name = "xtask demo", bin_name = "xtask demo")]
+struct DemoArgs {
     /// A built image: the directory of its manifest.json (default: $CHRYSALIS_IMAGE_DIR, else
     /// out/cpu, built with `cargo xtask image build --flavor cpu` when missing).
     #[arg(long, value_name = "DIR")]
@@ -79,7 +83,13 @@ impl Phases {
     }
 }
 
-pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = DemoArgs::parse();
+    driver::without_cargo_package_vars()?;
+    run(args)
+}
+
+fn run(args: DemoArgs) -> anyhow::Result<()> {
     install_interrupt_handler()?;
     let mut phases = Phases::new();
     println!("chrysalis demo: a confidential-inference node, end to end, on this machine.");
@@ -152,9 +162,8 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
     );
     // Installs what is missing (apt packages, rustup target, vhost-device-vsock, the test venv);
     // a second run only checks.
-    let (env, _) = crate::setup::ensure(false)?;
-    let vhost = env
-        .vars
+    let vars = driver::setup_env()?;
+    let vhost = vars
         .get("CHRYSALIS_VHOST_DEVICE_VSOCK")
         .cloned()
         .unwrap_or_else(|| "vhost-device-vsock".into());
@@ -385,10 +394,7 @@ fn image_manifest(args: &DemoArgs, root: &Path) -> anyhow::Result<PathBuf> {
     println!(
         "    running `cargo xtask image build --flavor cpu` (long on the first run; cached afterwards)"
     );
-    let exe = std::env::current_exe().context("the path of xtask")?;
-    let status = Command::new(exe)
-        .current_dir(root)
-        .args(["image", "build", "--flavor", "cpu"])
+    let status = driver::xtask(&["image", "build", "--flavor", "cpu"])
         .status()
         .context("cannot run xtask image build")?;
     chain::check_interrupted()?;

@@ -18,17 +18,23 @@
 //!
 //! This task collects the lines and renders docs/benchmarks.md (or, with `--quick`, a smoke
 //! report under target/ so CI proves the harness still works without rewriting the docs).
+//!
+//! xtask runs this binary (`cargo run -p chrysalis-tests --bin chrysalis-bench -- ARGS…`), so that
+//! xtask need not link the chain harness the boot figure uses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chrysalis_tests::driver;
+use clap::Parser as _;
 use serde::Deserialize;
 
-/// Arguments of `cargo xtask bench`.
-#[derive(clap::Args)]
-pub(crate) struct BenchArgs {
+/// Run every benchmark with its baseline and write docs/benchmarks.md.
+#[derive(clap::Parser)]
+#[command(name = "xtask bench", bin_name = "xtask bench")]
+struct BenchArgs {
     /// Short runs of every benchmark (under 2 minutes): proves the harness works; figures are
     /// rough. Writes target/bench/benchmarks-quick.md unless --out says otherwise.
     #[arg(long)]
@@ -140,8 +146,14 @@ fn which(tool: &str) -> Option<PathBuf> {
     })
 }
 
-pub(crate) fn run(args: BenchArgs) -> Result<()> {
-    let root = crate::repo_root();
+fn main() -> Result<()> {
+    let args = BenchArgs::parse();
+    driver::without_cargo_package_vars()?;
+    run(args)
+}
+
+fn run(args: BenchArgs) -> Result<()> {
+    let root = driver::repo_root();
     let out = args.out.clone().unwrap_or_else(|| {
         if args.quick {
             root.join("target/bench/benchmarks-quick.md")
@@ -362,12 +374,9 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 /// first certificate).
 fn image_and_boot(root: &Path, figures: &Path) -> Result<()> {
     use chrysalis_tests::chain::{AgentSpec, Boot, HostAgent, Tools};
-    let exe = std::env::current_exe().context("the path of xtask")?;
     let build = || -> Result<Duration> {
         let t = Instant::now();
-        let status = Command::new(&exe)
-            .current_dir(root)
-            .args(["image", "build", "--flavor", "cpu"])
+        let status = driver::xtask(&["image", "build", "--flavor", "cpu"])
             .status()
             .context("run xtask image build")?;
         if !status.success() {
@@ -375,7 +384,7 @@ fn image_and_boot(root: &Path, figures: &Path) -> Result<()> {
         }
         Ok(t.elapsed())
     };
-    let clean = clean_build(root, &exe)?;
+    let clean = clean_build()?;
     append(
         figures,
         &serde_json::json!({
@@ -428,8 +437,8 @@ fn image_and_boot(root: &Path, figures: &Path) -> Result<()> {
 /// Times one cpu image build against a cache that holds the verified downloads (content-addressed
 /// files, the firmware sources and the crate registry, linked from the real cache so the network is
 /// not timed) and no build product: no build root, wheel, cargo target directory or firmware.
-fn clean_build(root: &Path, exe: &Path) -> Result<Duration> {
-    let cache = crate::cache_root();
+fn clean_build() -> Result<Duration> {
+    let cache = driver::cache_root();
     let scratch = tempfile::Builder::new()
         .prefix("bench-clean-")
         .tempdir_in(&cache)
@@ -445,8 +454,7 @@ fn clean_build(root: &Path, exe: &Path) -> Result<Duration> {
         scratch.path().display()
     );
     let t = Instant::now();
-    let status = Command::new(exe)
-        .current_dir(root)
+    let status = driver::xtask(&[])
         .env("CHRYSALIS_CACHE", scratch.path())
         .args(["image", "build", "--flavor", "cpu", "--out"])
         .arg(scratch.path().join("out"))
