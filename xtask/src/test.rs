@@ -58,8 +58,13 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
         env.apply(&mut c);
         c
     };
+    // The phases below build the workspace, which may relink target/debug/xtask with other
+    // features than `cargo xtask` built it with (features unify over the packages built): the
+    // xtask processes this run starts (the image build, the benchmark driver's image and setup
+    // calls) would then find their own executable deleted. They run a copy that stays put.
+    let own = SelfCopy::new()?;
     let xtask = |args: &[&str]| -> Result<Command> {
-        let mut c = Command::new(std::env::current_exe().context("the path of xtask")?);
+        let mut c = Command::new(&own.0);
         c.current_dir(&root).args(args);
         env.apply(&mut c);
         Ok(c)
@@ -262,6 +267,27 @@ fn integration_tests(root: &std::path::Path) -> Result<(Vec<String>, Vec<String>
     without.sort();
     without.dedup();
     Ok((without, with))
+}
+
+/// A copy of the running xtask executable, removed when dropped.
+struct SelfCopy(std::path::PathBuf);
+
+impl SelfCopy {
+    fn new() -> Result<Self> {
+        let exe = std::env::current_exe().context("the path of xtask")?;
+        let dir = setup::cache_dir().join("tmp");
+        std::fs::create_dir_all(&dir)?;
+        let copy = dir.join(format!("xtask-{}", std::process::id()));
+        std::fs::copy(&exe, &copy)
+            .with_context(|| format!("cannot copy {} to {}", exe.display(), copy.display()))?;
+        Ok(Self(copy))
+    }
+}
+
+impl Drop for SelfCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Ceilings on the phases that run our own code: several times what they take on 2 cores, so only
