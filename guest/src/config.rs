@@ -55,6 +55,11 @@ pub const HELP: &str = r#"chrysalis-guest configuration (TOML; unknown keys are 
   stream_buffer = 32             chunks buffered between the engine and a slow client
   cancel_grace_secs = 30         how long a cancelled generation may take to stop before its
                                  slot is released anyway (and an error logged)
+  body_timeout_secs = 10         a request body must arrive within this many seconds, plus one
+  body_min_bytes_per_sec = 16384   second per this many bytes received (and within the request
+                                 deadline); slower → 408 and the connection is closed
+  write_stall_secs = 30          a stream whose client takes no chunk for this long is cut: the
+                                 generation is cancelled and its slot freed (counted as a timeout)
 
 [tls]
   validity_secs = 86400          certificate lifetime (at most 86400)
@@ -136,6 +141,14 @@ pub struct ServerConfig {
     pub stream_buffer: usize,
     /// Longest wait for a cancelled generation to stop.
     pub cancel_grace_secs: u64,
+    /// Seconds a request body may take, plus one second per `body_min_bytes_per_sec` bytes
+    /// received (within the request deadline); slower → 408.
+    pub body_timeout_secs: u64,
+    /// The slowest body upload tolerated past `body_timeout_secs`, in bytes per second.
+    pub body_min_bytes_per_sec: u64,
+    /// Seconds a stream may wait for its client to take the next chunk; longer → the generation
+    /// is cancelled and its slot freed.
+    pub write_stall_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -150,6 +163,9 @@ impl Default for ServerConfig {
             request_timeout_secs: 600,
             stream_buffer: 32,
             cancel_grace_secs: 30,
+            body_timeout_secs: 10,
+            body_min_bytes_per_sec: 16 * 1024,
+            write_stall_secs: 30,
         }
     }
 }
@@ -347,6 +363,15 @@ impl Config {
         }
         if s.request_timeout_secs == 0 {
             return Err(invalid("server.request_timeout_secs", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("server.body_timeout_secs", s.body_timeout_secs),
+            ("server.body_min_bytes_per_sec", s.body_min_bytes_per_sec),
+            ("server.write_stall_secs", s.write_stall_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if s.stream_buffer == 0 {
             return Err(invalid("server.stream_buffer", "must be at least 1"));

@@ -45,11 +45,18 @@ pub(super) async fn completion(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse().ok());
-    let body = match read_body(&state, req.into_body(), content_length).await {
+    let body = match read_body(&state, req.into_body(), content_length, deadline).await {
         Ok(b) => b,
         Err(e) => {
             let mut r = error_response(&e);
-            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            if e.status == StatusCode::REQUEST_TIMEOUT {
+                state.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            // The rest of the body is not read: the connection cannot carry another request.
+            if matches!(
+                e.status,
+                StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+            ) {
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

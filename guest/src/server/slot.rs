@@ -93,6 +93,17 @@ impl Active {
         self.state.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// When the request must have been answered.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The client stopped taking the stream's chunks: counted as a timeout, not a cancellation.
+    pub(super) fn stalled(&mut self) {
+        self.aborted = true;
+        self.state.metrics.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The engine's next event, or [`Next::Deadline`] once the request's deadline has passed.
     pub(super) async fn next_event(&mut self) -> Next {
         let g = self.generation.as_mut().expect("live generation");

@@ -2,7 +2,9 @@
 //! and ends with `[DONE]` and, when the client asked for trailers, the receipt.
 //!
 //! Every frame goes to the client through [`StreamJob::send`]; a client that stops reading fills
-//! the channel and blocks the pump there.
+//! the channel and blocks the pump there, for at most `write_stall_secs` (and never past the
+//! request deadline): then the generation is cancelled and its slot freed, whatever the client
+//! keeps sending.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -14,6 +16,7 @@ use http::{HeaderValue, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
 
 use super::completion::make_receipt;
 use super::routes::{Body, error_response};
@@ -76,6 +79,7 @@ pub(super) async fn stream_response(
     let job = StreamJob {
         responder: responder.clone(),
         tx,
+        write_stall: Duration::from_secs(state.server.write_stall_secs),
         request_sha256,
         include_usage,
         te_trailers,
@@ -97,8 +101,13 @@ pub(super) async fn stream_response(
     r
 }
 
-/// The client went away (the response body was dropped).
-struct ClientGone;
+/// Why a frame did not reach the client.
+enum NotSent {
+    /// The client went away (the response body was dropped).
+    Gone,
+    /// The client took nothing for the write-stall time, or the request deadline passed.
+    Stalled,
+}
 
 /// Where one streamed generation goes and how it is worded: the channel to the response body, the
 /// chunk wording, what the client asked for, and what the receipt covers. The generation itself
@@ -107,6 +116,8 @@ struct StreamJob {
     responder: Responder,
     /// Frames to the response body ([`ChannelBody`]); closed when the client goes away.
     tx: mpsc::Sender<Frame<Bytes>>,
+    /// How long one frame may wait for the client to take it.
+    write_stall: Duration,
     request_sha256: Sha256,
     /// The client asked for a final usage chunk (`stream_options.include_usage`).
     include_usage: bool,
@@ -116,16 +127,38 @@ struct StreamJob {
 
 impl StreamJob {
     /// Sends one frame, waiting while the channel is full (the client reads slower than the
-    /// engine writes).
-    async fn send(&self, frame: Frame<Bytes>) -> Result<(), ClientGone> {
-        self.tx.send(frame).await.map_err(|_| ClientGone)
+    /// engine writes), but not past the write-stall time or `deadline`.
+    async fn send(&self, frame: Frame<Bytes>, deadline: Instant) -> Result<(), NotSent> {
+        let until = (Instant::now() + self.write_stall).min(deadline);
+        match tokio::time::timeout_at(until, self.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(NotSent::Gone),
+            Err(_) => Err(NotSent::Stalled),
+        }
     }
 
-    /// Sends an error as the stream's last event.
+    /// Sends an error as the stream's last event (the deadline may have passed: only the stall
+    /// time bounds it).
     async fn send_error(&self, e: &ApiError) {
-        let _ = self
-            .send(sse(&serde_json::to_vec(&e.body()).unwrap_or_default()))
-            .await;
+        let frame = sse(&serde_json::to_vec(&e.body()).unwrap_or_default());
+        let _ = self.send(frame, Instant::now() + self.write_stall).await;
+    }
+
+    /// Sends `frame` for `active`; false when the stream must end (the client is gone, or stalled:
+    /// then the generation counts as timed out).
+    async fn forward(&self, active: &mut Active, frame: Frame<Bytes>) -> bool {
+        match self.send(frame, active.deadline()).await {
+            Ok(()) => true,
+            Err(NotSent::Gone) => false,
+            Err(NotSent::Stalled) => {
+                tracing::info!(
+                    id = %self.responder.id,
+                    "the client took no chunk in time; cancelling the generation"
+                );
+                active.stalled();
+                false
+            }
+        }
     }
 
     /// Pumps the events of `active`, starting with `first`, until the generation finishes, fails,
@@ -191,10 +224,11 @@ impl StreamJob {
                 payloads.push(b"[DONE]".to_vec());
                 for p in &payloads {
                     hasher.data(p);
-                    if self.send(sse(p)).await.is_err() {
+                    if !self.forward(&mut active, sse(p)).await {
                         return;
                     }
                 }
+                let deadline = active.deadline();
                 active.completed();
                 let receipt =
                     make_receipt(&state, self.request_sha256, hasher.finish(), true, usage);
@@ -203,13 +237,13 @@ impl StreamJob {
                 {
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert(RECEIPT_HEADER, h);
-                    let _ = self.send(Frame::trailers(trailers)).await;
+                    let _ = self.send(Frame::trailers(trailers), deadline).await;
                 }
                 return;
             }
             for p in &payloads {
                 hasher.data(p);
-                if self.send(sse(p)).await.is_err() {
+                if !self.forward(&mut active, sse(p)).await {
                     return;
                 }
             }

@@ -42,7 +42,8 @@ async fn start(engine: ScriptedEngine, server: ServerConfig) -> (String, Arc<App
     (addr, state)
 }
 
-async fn send(addr: &str, body: &str) -> (hyper::Response<Incoming>, tokio::task::JoinHandle<()>) {
+/// A TLS connection to the server (its certificate is not judged here).
+async fn tls_connect(addr: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -52,13 +53,17 @@ async fn send(addr: &str, body: &str) -> (hyper::Response<Incoming>, tokio::task
     .with_custom_certificate_verifier(Arc::new(chrysalis_testkit::RecordingVerifier::default()))
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn send(addr: &str, body: &str) -> (hyper::Response<Incoming>, tokio::task::JoinHandle<()>) {
+    let tls = tls_connect(addr).await;
     let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .unwrap();
@@ -206,4 +211,84 @@ async fn the_deadline_stops_a_generation_with_504() {
     })
     .await;
     assert_eq!(state.metrics().cancelled.load(Ordering::SeqCst), 0);
+}
+
+/// A client that reads the response headers and then no more: the stream fills the buffers
+/// between it and the engine, and after the write-stall time the generation is cancelled and its
+/// slot freed, although the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_cut_and_its_slot_freed() {
+    let engine = ScriptedEngine::new("m", Duration::ZERO);
+    let (addr, state) = start(
+        engine.clone(),
+        ServerConfig {
+            max_concurrency: 1,
+            max_tokens_cap: 10_000_000,
+            stream_buffer: 4,
+            write_stall_secs: 1,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let (stalled, conn) = send(&addr, &chat(10_000_000, true)).await;
+    assert_eq!(stalled.status(), 200);
+    // Before the write-stall timer, this held the only slot until the 600 s deadline.
+    until(&state, |s| {
+        s.metrics().timeouts.load(Ordering::SeqCst) == 1 && s.in_flight() == 0
+    })
+    .await;
+    until(&state, |_| engine.cancelled_count() == 1).await;
+    assert_eq!(state.metrics().cancelled.load(Ordering::SeqCst), 0);
+    let (r, _c) = send(&addr, &chat(2, false)).await;
+    assert_eq!(r.status(), 200, "the slot was not freed");
+    drop((stalled, conn));
+}
+
+/// A body announced as 1000 bytes and sent a byte at a time gets 408 once its allowance is
+/// spent, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_gets_408_and_the_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let engine = ScriptedEngine::new("m", Duration::from_millis(1));
+    let (addr, state) = start(
+        engine,
+        ServerConfig {
+            body_timeout_secs: 1,
+            body_min_bytes_per_sec: 1_000_000,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut tls = tls_connect(&addr).await;
+    tls.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n\
+          content-type: application/json\r\ncontent-length: 1000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    // Before the body timeout this trickle kept the request open for as long as it went on.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut answer))
+        .await
+        .expect("the trickled request was never answered")
+        .ok();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert_eq!(state.metrics().timeouts.load(Ordering::SeqCst), 1);
+    assert_eq!(state.in_flight(), 0);
 }
