@@ -1,4 +1,4 @@
-//! What the developer drivers (`cargo xtask demo`, `cargo xtask bench`: src/bin/) share: the
+//! What the developer drivers (`cargo xtask demo`, `bench`, `serve-local`: src/bin/) share: the
 //! repository and cache roots, running xtask, the setup environment, and a clean cargo environment.
 //!
 //! xtask runs each driver as `cargo run -p chrysalis-tests --bin …` with the same arguments, so
@@ -7,7 +7,7 @@
 //! directly, a driver falls back to `cargo xtask` and `~/.cache/chrysalis`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -98,4 +98,60 @@ pub fn without_cargo_package_vars() -> anyhow::Result<()> {
     }
     // Returns only if the exec failed.
     Err(cmd.exec()).with_context(|| format!("re-execute {}", exe.display()))
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM stop every child the chain started ([`crate::chain::interrupt`]);
+/// the driver's steps then unwind. The children run in their own process groups, so a terminal's
+/// Ctrl-C reaches only the driver. `what` names what is stopped, for the message.
+pub fn install_interrupt_handler(what: &'static str) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Registered here, before any child starts; awaited on a thread of their own.
+    let (mut int, mut term) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        });
+        eprintln!("\n^C received: stopping {what} ...");
+        crate::chain::interrupt();
+    });
+    Ok(())
+}
+
+/// The image's manifest: `image`'s, else out/cpu's, built first with `cargo xtask image build
+/// --flavor cpu` (every cached step is reused, and an image left in out/ from older sources would
+/// otherwise be served as if it were this checkout's).
+pub fn image_manifest(image: Option<&Path>, root: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = image {
+        let m = dir.join("manifest.json");
+        if !m.is_file() {
+            bail!("{} has no manifest.json", dir.display());
+        }
+        return Ok(m);
+    }
+    println!(
+        "    running `cargo xtask image build --flavor cpu` (long on the first run; cached afterwards)"
+    );
+    let status = xtask(&["image", "build", "--flavor", "cpu"])
+        .status()
+        .context("cannot run xtask image build")?;
+    crate::chain::check_interrupted()?;
+    if !status.success() {
+        bail!("cargo xtask image build --flavor cpu failed ({status})");
+    }
+    let m = root.join("out/cpu/manifest.json");
+    if !m.is_file() {
+        bail!("the image build wrote no {}", m.display());
+    }
+    Ok(m)
 }

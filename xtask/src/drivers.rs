@@ -1,4 +1,4 @@
-//! `cargo xtask demo` and `cargo xtask bench`: the drivers are binaries of the tests crate
+//! `cargo xtask demo`, `bench` and `serve-local`: the drivers are binaries of the tests crate
 //! (tests/src/bin/), which links the chain harness; xtask runs them with the same arguments.
 //!
 //! So xtask depends only on image and attestation (ARCHITECTURE), and `./x` compiles less before

@@ -49,6 +49,11 @@ enum Command {
     /// completion and its receipt, with timings; stops everything at the end or on Ctrl-C.
     #[command(disable_help_flag = true)]
     Demo(drivers::Forward),
+    /// A node on this machine in seconds, without a VM: the guest runtime as a local process
+    /// (simulated evidence), the host relay and the pinning proxy; prints OPENAI_BASE_URL and
+    /// serves until Ctrl-C.
+    #[command(disable_help_flag = true)]
+    ServeLocal(drivers::Forward),
 }
 
 #[derive(Subcommand)]
@@ -125,5 +130,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(args) => setup::main(args),
         Command::Test(args) => test::main(args),
         Command::Demo(args) => drivers::run("chrysalis-demo", args),
+        Command::ServeLocal(args) => drivers::run("chrysalis-serve-local", args),
     }
 }

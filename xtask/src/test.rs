@@ -221,6 +221,8 @@ const IMAGE_TESTS: &[(&str, &str)] = &[
     ("chrysalis-host", "boot_image"),
     ("chrysalis-tests", "boot_smoke"),
     ("chrysalis-tests", "e2e"),
+    // No VM, but the built image's configuration and model pack.
+    ("chrysalis-tests", "serve_local"),
 ];
 
 /// The workspace's integration test targets, split into those that do not boot the image and

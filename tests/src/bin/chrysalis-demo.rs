@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: DemoArgs) -> anyhow::Result<()> {
-    install_interrupt_handler()?;
+    driver::install_interrupt_handler("the proxy, the host agent and its VM")?;
     let mut phases = Phases::new();
     println!("chrysalis demo: a confidential-inference node, end to end, on this machine.");
     println!(
@@ -126,33 +126,6 @@ fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C (SIGINT) and SIGTERM stop every child the chain started; the steps then unwind. The
-/// children run in their own process groups, so a terminal's Ctrl-C reaches only this process.
-fn install_interrupt_handler() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // Registered here, before any child starts; awaited on a thread of their own.
-    let (mut int, mut term) = rt.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-        ))
-    })?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-        });
-        eprintln!("\n^C received: stopping the proxy, the host agent and its VM ...");
-        chain::interrupt();
-    });
-    Ok(())
-}
-
 fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()> {
     let root = repo_root();
 
@@ -179,7 +152,7 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
          manifest with every file's hash. It is bit-for-bit reproducible, so anyone can rebuild\n\
          it and recompute what the client pins.",
     );
-    let manifest = image_manifest(args, &root)?;
+    let manifest = driver::image_manifest(args.image.as_deref(), &root)?;
     let image = Image::open(&manifest)?;
     println!("    manifest: {}", manifest.display());
     println!(
@@ -378,32 +351,4 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
     );
     phases.end("stop");
     Ok(())
-}
-
-/// The image's manifest: --image, $CHRYSALIS_IMAGE_DIR, out/cpu; builds out/cpu if none exists.
-fn image_manifest(args: &DemoArgs, root: &Path) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = &args.image {
-        let m = dir.join("manifest.json");
-        if !m.is_file() {
-            bail!("{} has no manifest.json", dir.display());
-        }
-        return Ok(m);
-    }
-    // Always through the build: it reuses every cached step, and an image left in out/ from older
-    // sources would otherwise be demonstrated as if it were this checkout's.
-    println!(
-        "    running `cargo xtask image build --flavor cpu` (long on the first run; cached afterwards)"
-    );
-    let status = driver::xtask(&["image", "build", "--flavor", "cpu"])
-        .status()
-        .context("cannot run xtask image build")?;
-    chain::check_interrupted()?;
-    if !status.success() {
-        bail!("cargo xtask image build --flavor cpu failed ({status})");
-    }
-    let m = root.join("out/cpu/manifest.json");
-    if !m.is_file() {
-        bail!("the image build wrote no {}", m.display());
-    }
-    Ok(m)
 }

@@ -32,6 +32,9 @@ pub struct AgentSpec {
     pub qemu: String,
     /// The hardware the agent simulates (profile `sim` or `sim-snp`).
     pub platform: SimPlatform,
+    /// `Some(offset)`: the agent launches no VM (`vm.launch = false`); the guest is a local
+    /// process whose vsock port p is TCP port p + offset on 127.0.0.1 (`cargo xtask serve-local`).
+    pub external_tcp_offset: Option<i32>,
 }
 
 impl AgentSpec {
@@ -48,6 +51,7 @@ impl AgentSpec {
                 .unwrap_or_else(|_| "vhost-device-vsock".into()),
             qemu: "qemu-system-x86_64".into(),
             platform: SimPlatform::Tdx,
+            external_tcp_offset: None,
         }
     }
 
@@ -63,12 +67,22 @@ impl AgentSpec {
     fn toml(&self, state: &Path) -> String {
         let s = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
         let q = |v: &str| toml::Value::String(v.to_owned()).to_string();
+        let (launch, transport) = match self.external_tcp_offset {
+            None => (String::new(), String::new()),
+            Some(offset) => (
+                "launch = false\n".to_owned(),
+                format!(
+                    "[transport]\nkind = \"tcp\"\ntcp_host = \"127.0.0.1\"\ntcp_port_offset = {offset}\n"
+                ),
+            ),
+        };
         format!(
             "# Written by the chrysalis e2e harness (tests/src/chain).\n\
              [image]\nmanifest = {}\n\
-             [vm]\nplatform = \"{}\"\nvcpus = {}\nmemory_mib = {}\nstate_dir = {}\n\
+             [vm]\nplatform = \"{}\"\nvcpus = {}\nmemory_mib = {}\nstate_dir = {}\n{launch}\
              [qemu]\nbinary = {}\n\
              [sim]\naccel = \"auto\"\nvhost_device_vsock = {}\n\
+             {transport}\
              [relay]\nlisten = \"127.0.0.1:0\"\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
              [supervisor]\nmax_restarts = {}\nstable_after_secs = {}\nbackoff_initial_ms = 500\n",
@@ -163,6 +177,11 @@ impl HostAgent {
     /// The agent's process id.
     pub fn pid(&self) -> i32 {
         self.proc.pid()
+    }
+
+    /// An error (with the agent's logs) if the agent has exited.
+    pub fn check_running(&mut self) -> Result<(), ChainError> {
+        self.proc.check_running().map_err(|e| self.with_logs(e))
     }
 
     /// The state directory (serial console `chrysalis-serial.log`, `chrysalis-qemu.log`, ...).

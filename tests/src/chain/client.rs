@@ -117,6 +117,17 @@ impl Proxy {
         policy: &Path,
         dir: &Path,
     ) -> Result<Proxy, ChainError> {
+        Self::start_on(chrysalis, "127.0.0.1:0", upstreams, policy, dir)
+    }
+
+    /// As [`start`](Self::start), listening on `listen` (`HOST:PORT`).
+    pub fn start_on(
+        chrysalis: &Path,
+        listen: &str,
+        upstreams: &[&str],
+        policy: &Path,
+        dir: &Path,
+    ) -> Result<Proxy, ChainError> {
         std::fs::create_dir_all(dir).map_err(|source| ChainError::Io {
             what: format!("creating {}", dir.display()),
             source,
@@ -125,7 +136,7 @@ impl Proxy {
         let _ = std::fs::remove_file(&ready);
         let ledger = dir.join("receipts.jsonl");
         let mut cmd = Command::new(chrysalis);
-        cmd.args(["proxy", "--listen", "127.0.0.1:0", "--policy"])
+        cmd.args(["proxy", "--listen", listen, "--policy"])
             .arg(policy)
             .arg("--receipts")
             .arg(&ledger)

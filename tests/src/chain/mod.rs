@@ -189,92 +189,123 @@ impl Tools {
     /// `cargo build` of `chrysalis-host` and `chrysalis` in `workspace` (`release`: optimised),
     /// with the cargo running the caller when there is one (`$CARGO`).
     pub fn build(workspace: &Path, release: bool) -> Result<Tools, ChainError> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace).args([
-            "build",
-            "--message-format=json-render-diagnostics",
-            "-p",
-            "chrysalis-host",
-            "--bin",
-            "chrysalis-host",
-            "-p",
-            "chrysalis-client",
-            "--bin",
-            "chrysalis",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        // Build as from a plain shell (see `is_cargo_package_var`).
-        for (k, _) in std::env::vars_os() {
-            if is_cargo_package_var(&k.to_string_lossy()) {
-                cmd.env_remove(k);
-            }
-        }
-        // Polled, so that an interrupt (Ctrl-C in the demo) stops the build too.
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|source| ChainError::Spawn {
-                what: "cargo build".into(),
-                source,
-            })?;
-        let mut stdout = child.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(s) = stdout.as_mut() {
-                let _ = std::io::Read::read_to_string(s, &mut text);
-            }
-            text
-        });
-        let status = loop {
-            if interrupted() {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ChainError::Interrupted);
-            }
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-                Err(source) => {
-                    return Err(ChainError::Io {
-                        what: "waiting for cargo build".into(),
-                        source,
-                    });
-                }
-            }
-        };
-        let stdout = reader.join().unwrap_or_default();
-        if !status.success() {
-            return Err(ChainError::Command {
-                what: "cargo build -p chrysalis-host -p chrysalis-client".into(),
-                status: status.to_string(),
-                stderr: "(above)".into(),
-            });
-        }
-        let bins: HashMap<String, PathBuf> = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact")
-            .filter_map(|m| {
-                Some((
-                    m["target"]["name"].as_str()?.to_owned(),
-                    PathBuf::from(m["executable"].as_str()?),
-                ))
-            })
-            .collect();
-        let get = |name: &str| {
-            bins.get(name).cloned().ok_or_else(|| {
-                ChainError::Missing(format!("cargo build did not report the {name} binary"))
-            })
-        };
+        let bins = cargo_build(
+            workspace,
+            release,
+            &[
+                ("chrysalis-host", "chrysalis-host"),
+                ("chrysalis-client", "chrysalis"),
+            ],
+        )?;
         Ok(Tools {
-            host: get("chrysalis-host")?,
-            chrysalis: get("chrysalis")?,
+            host: bins[0].clone(),
+            chrysalis: bins[1].clone(),
         })
     }
+
+    /// `cargo build` of the guest runtime (`chrysalis-guest`, with the pyo3 engine bridge), for
+    /// running it as a local process (`cargo xtask serve-local`).
+    pub fn build_guest(workspace: &Path, release: bool) -> Result<PathBuf, ChainError> {
+        let mut bins = cargo_build(
+            workspace,
+            release,
+            &[("chrysalis-guest", "chrysalis-guest")],
+        )?;
+        Ok(bins.remove(0))
+    }
+}
+
+/// `cargo build -p PACKAGE --bin BIN …` in `workspace`; the executables in the order asked.
+/// Polled, so that an interrupt (Ctrl-C in the demo) stops the build too.
+fn cargo_build(
+    workspace: &Path,
+    release: bool,
+    targets: &[(&str, &str)],
+) -> Result<Vec<PathBuf>, ChainError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--message-format=json-render-diagnostics"]);
+    for (package, bin) in targets {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    if release {
+        cmd.arg("--release");
+    }
+    // Build as from a plain shell (see `is_cargo_package_var`).
+    for (k, _) in std::env::vars_os() {
+        if is_cargo_package_var(&k.to_string_lossy()) {
+            cmd.env_remove(k);
+        }
+    }
+    let what = format!(
+        "cargo build {}",
+        targets
+            .iter()
+            .map(|(p, _)| format!("-p {p}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| ChainError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = std::io::Read::read_to_string(s, &mut text);
+        }
+        text
+    });
+    let status = loop {
+        if interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ChainError::Interrupted);
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(source) => {
+                return Err(ChainError::Io {
+                    what: format!("waiting for {what}"),
+                    source,
+                });
+            }
+        }
+    };
+    let stdout = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(ChainError::Command {
+            what,
+            status: status.to_string(),
+            stderr: "(above)".into(),
+        });
+    }
+    let bins: HashMap<String, PathBuf> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter_map(|m| {
+            Some((
+                m["target"]["name"].as_str()?.to_owned(),
+                PathBuf::from(m["executable"].as_str()?),
+            ))
+        })
+        .collect();
+    targets
+        .iter()
+        .map(|(_, bin)| {
+            bins.get(*bin).cloned().ok_or_else(|| {
+                ChainError::Missing(format!("cargo build did not report the {bin} binary"))
+            })
+        })
+        .collect()
 }
 
 /// Whether `name` is one of the variables cargo sets for the package it runs (`cargo run`,
