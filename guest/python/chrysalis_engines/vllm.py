@@ -114,18 +114,19 @@ class VllmAdapter(Adapter):
 
             return {"guided_decoding": GuidedDecodingParams(**spec)}
 
+    def _token_bytes(self, token_id: int, lp) -> bytes:
+        text = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([token_id])
+        return text.encode("utf-8")
+
     def _logprobs(self, token_ids, entries, k: int) -> list[dict]:
+        """Entries for the new tokens: vLLM gives, per position, the sampled token and the top k
+        (ranked from 1) as ``{token_id: Logprob(logprob, rank, decoded_token)}``."""
         out = []
         for tid, pos in zip(token_ids, entries or []):
-            def entry_bytes(t, lp):
-                text = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([t])
-                return text.encode("utf-8")
-
             chosen = pos[tid]
             top = sorted(((t, lp) for t, lp in pos.items() if lp.rank is not None and lp.rank <= k), key=lambda e: e[1].rank)
-            out.append(
-                structured.token_logprob(entry_bytes(tid, chosen), chosen.logprob, [(entry_bytes(t, lp), lp.logprob) for t, lp in top[:k]])
-            )
+            alternatives = [(self._token_bytes(t, lp), lp.logprob) for t, lp in top[:k]]
+            out.append(structured.token_logprob(self._token_bytes(tid, chosen), chosen.logprob, alternatives))
         return out
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
