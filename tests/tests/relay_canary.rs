@@ -62,6 +62,7 @@ impl Engine for EchoEngine {
                     text,
                     finish_reason: Some("stop".into()),
                     usage: Some(Usage::new(1, 1)),
+                    ..Chunk::default()
                 }))
                 .await;
         });

@@ -32,7 +32,7 @@ async def models(adapter: Adapter) -> list[str]:
 
 
 async def _deliver(sink, chunk) -> int:
-    args = (chunk.text, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens)
+    args = (chunk.text, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens, chunk.extra_json())
     status = sink.send(*args)
     if status == FULL:
         status = await asyncio.to_thread(sink.send_blocking, *args)

@@ -7,7 +7,8 @@ of :class:`Chunk`.
 Rules every adapter follows (the conformance suite checks them):
 
 * Text arrives as deltas, in order. The final chunk, and only it, has ``finish_reason``
-  (``"stop"``: end of sequence or a stop string; ``"length"``: ``max_tokens`` reached) and the
+  (``"stop"``: end of sequence or a stop string; ``"length"``: ``max_tokens`` reached;
+  ``"tool_calls"``: the generation ended at end of sequence after calling tools) and the
   usage ``prompt_tokens`` / ``completion_tokens`` (tokens after the chat template; tokens
   generated, the end-of-sequence token not counted).
 * Never more than ``max_tokens`` completion tokens. A stop string ends generation; neither it nor
@@ -17,6 +18,15 @@ Rules every adapter follows (the conformance suite checks them):
   generating and frees what the request held *before* the iterator finishes closing. The runtime
   also calls ``await adapter.cancel(request_id)``; it must be safe to call for unknown or finished
   requests.
+* ``response_format`` and a forced ``tool_choice`` are enforced by constrained decoding (never by
+  retrying), ``tool_choice`` auto by parsing; :mod:`chrysalis_engines.structured` defines both, and
+  every adapter uses it. Output cut by ``max_tokens`` is ``"length"`` even when it is unfinished
+  JSON; a forced call cut that way comes back as text, never as a call.
+* Tool calls arrive complete (id, name, JSON arguments), each in ``Chunk.tool_calls``, numbered
+  from 0 in ``index``.
+* With ``logprobs`` set (the number of alternatives, 0 to 20), every generated token's entry
+  (``structured.token_logprob``: token, logprob, bytes, top_logprobs) is sent, in order, with the
+  chunk that carries its text or, when its text is held back, with a later one.
 * Errors are raised as exceptions from the iterator; the runtime turns them into HTTP 500 with
   the exception type and message.
 """
@@ -30,11 +40,26 @@ from typing import AsyncIterator, Optional
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call: in a response (``Chunk.tool_calls``) or in an assistant message."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str  # a JSON text
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True)
 class Message:
-    """One chat message."""
+    """One chat message. ``tool``-role messages answer ``tool_call_id``."""
 
     role: str
     content: str
+    tool_calls: tuple = ()
+    tool_call_id: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,15 @@ class GenerateRequest:
     top_p: Optional[float] = None
     stop: list[str] = field(default_factory=list)
     seed: Optional[int] = None
+    #: None, {"type": "json_object"} or {"type": "json_schema", "name": str, "schema": dict}.
+    response_format: Optional[dict] = None
+    #: Functions the model may call: {"name", "description" (optional), "parameters" (JSON schema)}.
+    tools: list[dict] = field(default_factory=list)
+    #: "none", "auto", "required" or {"function": name}.
+    tool_choice: object = "none"
+    parallel_tool_calls: bool = True
+    #: None, or how many alternatives per token (0 to 20) with each token's log probability.
+    logprobs: Optional[int] = None
 
     @classmethod
     def from_json(cls, text: str) -> "GenerateRequest":
@@ -59,12 +93,27 @@ class GenerateRequest:
             request_id=d["request_id"],
             model=d["model"],
             max_tokens=int(d["max_tokens"]),
-            messages=[Message(m["role"], m["content"]) for m in msgs] if msgs is not None else None,
+            messages=[
+                Message(
+                    m["role"],
+                    m["content"],
+                    tuple(ToolCall(c.get("index", i), c["id"], c["name"], c["arguments"]) for i, c in enumerate(m.get("tool_calls") or [])),
+                    m.get("tool_call_id"),
+                )
+                for m in msgs
+            ]
+            if msgs is not None
+            else None,
             prompt=d.get("prompt"),
             temperature=d.get("temperature"),
             top_p=d.get("top_p"),
             stop=list(d.get("stop") or []),
             seed=d.get("seed"),
+            response_format=d.get("response_format"),
+            tools=list(d.get("tools") or []),
+            tool_choice=d.get("tool_choice") or "none",
+            parallel_tool_calls=bool(d.get("parallel_tool_calls", True)),
+            logprobs=d.get("logprobs"),
         )
 
 
@@ -76,6 +125,14 @@ class Chunk:
     finish_reason: Optional[str] = None
     prompt_tokens: Optional[int] = None
     completion_tokens: Optional[int] = None
+    tool_calls: tuple = ()  # of ToolCall
+    logprobs: tuple = ()  # of structured.token_logprob dicts
+
+    def extra_json(self) -> Optional[str]:
+        """What the runtime's sink takes besides text: None, or a JSON object."""
+        if not self.tool_calls and not self.logprobs:
+            return None
+        return json.dumps({"tool_calls": [c.to_json() for c in self.tool_calls], "logprobs": list(self.logprobs)})
 
 
 class Adapter(abc.ABC):

@@ -10,7 +10,12 @@ Options (``[engine.options]``):
 * ``instances`` (1): model contexts, i.e. generations that run at once; more wait for one.
 
 Chat requests are rendered with the model's own chat template (GGUF metadata
-``tokenizer.chat_template``). Temperature 0 is greedy. Each generation runs token by token in a
+``tokenizer.chat_template``); tools and tool messages as :mod:`.structured` describes (SmolLM2's
+template does not mention tools: they are written into the messages in the Hermes convention).
+``response_format`` and forced tool calls are constrained with a llama.cpp grammar converted from
+the JSON schema (``llama_cpp.llama_grammar.json_schema_to_gbnf``; ``json_object`` uses llama.cpp's
+JSON grammar). Log probabilities are the log-softmax of the model's logits for each generated
+token (before temperature and grammar). Temperature 0 is greedy. Each generation runs token by token in a
 worker thread and checks for cancellation between tokens; its context goes back to the pool only
 when that thread has finished.
 """
@@ -20,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
+import json
 import os
 import threading
 from typing import AsyncIterator
 
+from . import structured
 from .contract import Adapter, Chunk, GenerateRequest, StopMatcher
 
 KNOWN_OPTIONS = {"model_path", "model_id", "n_ctx", "n_threads", "n_batch", "instances"}
@@ -49,6 +56,7 @@ class LlamaCppAdapter(Adapter):
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="llama")
         self._running: dict[str, threading.Event] = {}
         self._formatter = None
+        self._template_has_tools = False
 
     def _load(self):
         import llama_cpp
@@ -71,6 +79,7 @@ class LlamaCppAdapter(Adapter):
             first = first or llm
             self._pool.put_nowait(llm)
         template = first.metadata.get("tokenizer.chat_template")
+        self._template_has_tools = structured.template_handles_tools(template)
         if template:
             def token_text(tid: int) -> str:
                 return first._model.token_get_text(tid) if tid != -1 else ""
@@ -96,10 +105,53 @@ class LlamaCppAdapter(Adapter):
         if req.messages is not None:
             if self._formatter is None:
                 raise ValueError(f"llama_cpp: {self.model_path} has no chat template; use /v1/completions")
-            rendered = self._formatter(messages=[{"role": m.role, "content": m.content} for m in req.messages])
+            messages, tools = structured.render_messages(req, self._template_has_tools)
+            rendered = self._formatter(messages=messages, tools=tools)
             # The template writes any special tokens itself.
             return llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=False, special=True)
         return llm.tokenize((req.prompt or "").encode("utf-8"), add_bos=True, special=True)
+
+    @staticmethod
+    def _grammar(llm, req: GenerateRequest):
+        """The llama.cpp grammar that decoding must follow, or None."""
+        import llama_cpp
+        from llama_cpp import llama_grammar
+
+        c = structured.constraint(req)
+        if c is None:
+            return None
+        if c == structured.JSON_OBJECT:
+            gbnf = llama_grammar.JSON_GBNF
+        else:
+            try:
+                gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(c))
+            except Exception as e:  # noqa: BLE001 - the converter raises many kinds
+                raise ValueError(f"llama_cpp: this JSON schema cannot be turned into a grammar: {e}") from e
+        # llama.cpp returns no sampler for a grammar it cannot parse; llama-cpp-python would add
+        # that null to the sampler chain, so check first.
+        probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+        if not probe:
+            raise ValueError("llama_cpp: the grammar made from this JSON schema does not parse")
+        llama_cpp.llama_sampler_free(probe)
+        return llama_grammar.LlamaGrammar.from_string(gbnf)
+
+    @staticmethod
+    def _logprob(llm, token: int, k: int) -> dict:
+        """The log probability of ``token`` and the ``k`` likeliest at its position, from the logits
+        of the last evaluation (the one that sampled it)."""
+        import llama_cpp
+        import numpy as np
+
+        n_vocab = llm.n_vocab()
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).astype(np.float64)
+        m = logits.max()
+        lps = logits - (m + np.log(np.exp(logits - m).sum()))
+        top = []
+        if k > 0:
+            ids = np.argpartition(-lps, k - 1)[:k]
+            ids = ids[np.argsort(-lps[ids], kind="stable")]
+            top = [(llm.detokenize([int(i)]), float(lps[i])) for i in ids]
+        return structured.token_logprob(llm.detokenize([token]), float(lps[token]), top)
 
     def _run(self, llm, req: GenerateRequest, stop: threading.Event, emit) -> None:
         """Worker thread: generates and emits Chunks (or an exception) through ``emit``."""
@@ -117,14 +169,16 @@ class LlamaCppAdapter(Adapter):
             top_p = 1.0 if req.top_p is None else float(req.top_p)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             matcher = StopMatcher(req.stop)
+            out = structured.Output(req, emit)
             vocab = llm._model.vocab
             count = 0
             finish = "length"
             hit_stop = False
+            grammar = self._grammar(llm, req)
             # Evaluate the whole prompt every time: reusing a cached prefix changes the numerics
             # (one-token versus batched evaluation) and with them greedy output.
             llm.reset()
-            gen = llm.generate(prompt, temp=temperature, top_p=top_p, top_k=0, min_p=0.0, repeat_penalty=1.0)
+            gen = llm.generate(prompt, temp=temperature, top_p=top_p, top_k=0, min_p=0.0, repeat_penalty=1.0, grammar=grammar)
             try:
                 for token in gen:
                     if stop.is_set():
@@ -133,14 +187,13 @@ class LlamaCppAdapter(Adapter):
                         finish = "stop"
                         break
                     count += 1
+                    if req.logprobs is not None:
+                        out.logprobs.append(self._logprob(llm, token, req.logprobs))
                     text, hit = matcher.feed(decoder.decode(llm.detokenize([token])))
+                    out.text(text)
                     if hit:
-                        if text:
-                            emit(Chunk(text=text))
                         finish, hit_stop = "stop", True
                         break
-                    if text:
-                        emit(Chunk(text=text))
                     if count >= limit:
                         break
             finally:
@@ -152,7 +205,8 @@ class LlamaCppAdapter(Adapter):
                     finish = "stop"
                 else:
                     tail += matcher.flush()
-            emit(Chunk(text=tail, finish_reason=finish, prompt_tokens=len(prompt), completion_tokens=count))
+            # End of sequence (not a stop string) is where constrained output is complete.
+            out.finish(tail, finish, finish == "stop" and not hit_stop, len(prompt), count)
         except BaseException as e:  # noqa: BLE001 - reported to the consumer
             emit(e)
 

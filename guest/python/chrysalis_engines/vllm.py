@@ -13,7 +13,12 @@ Options (``[engine.options]``):
 
 Chat requests are rendered with the tokenizer's chat template
 (``apply_chat_template(..., add_generation_prompt=True)``) and sent as token ids, so usage counts
-exactly what the model saw. Outputs are requested as deltas (``RequestOutputKind.DELTA``).
+exactly what the model saw; tools and tool messages as :mod:`.structured` describes (the template's
+own tool rendering when it has one, e.g. Qwen 2.5). ``response_format`` and forced tool calls use
+vLLM's structured outputs (``StructuredOutputsParams``; ``GuidedDecodingParams`` on releases before
+0.10.2) with the JSON schema from :func:`structured.constraint`. Log probabilities come from
+``SamplingParams.logprobs`` (vLLM returns the sampled token and the top k; the alternatives are
+those ranked 1..k). Outputs are requested as deltas (``RequestOutputKind.DELTA``).
 Cancelling the consuming task closes vLLM's ``generate`` iterator, which aborts the request in
 the engine; ``cancel`` aborts it explicitly as well.
 
@@ -28,6 +33,7 @@ import inspect
 import os
 from typing import AsyncIterator
 
+from . import structured
 from .contract import Adapter, Chunk, GenerateRequest
 
 KNOWN_OPTIONS = {"model_path", "model_id", "engine_args"}
@@ -79,14 +85,49 @@ class VllmAdapter(Adapter):
 
     def _prompt_ids(self, req: GenerateRequest) -> list[int]:
         if req.messages is not None:
+            has_tools = structured.template_handles_tools(getattr(self.tokenizer, "chat_template", None))
+            messages, tools = structured.render_messages(req, has_tools)
+            kwargs = {"tools": tools} if tools else {}
             rendered = self.tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in req.messages],
+                messages,
                 tokenize=False,
                 add_generation_prompt=True,
+                **kwargs,
             )
             # The template writes any special tokens itself.
             return list(self.tokenizer.encode(rendered, add_special_tokens=False))
         return list(self.tokenizer.encode(req.prompt or "", add_special_tokens=True))
+
+    @staticmethod
+    def _structured_params(req: GenerateRequest) -> dict:
+        """SamplingParams keyword arguments that constrain decoding, for this vLLM release."""
+        c = structured.constraint(req)
+        if c is None:
+            return {}
+        spec = {"json_object": True} if c == structured.JSON_OBJECT else {"json": c}
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            return {"structured_outputs": StructuredOutputsParams(**spec)}
+        except ImportError:
+            from vllm.sampling_params import GuidedDecodingParams
+
+            return {"guided_decoding": GuidedDecodingParams(**spec)}
+
+    def _token_bytes(self, token_id: int, lp) -> bytes:
+        text = lp.decoded_token if lp.decoded_token is not None else self.tokenizer.decode([token_id])
+        return text.encode("utf-8")
+
+    def _logprobs(self, token_ids, entries, k: int) -> list[dict]:
+        """Entries for the new tokens: vLLM gives, per position, the sampled token and the top k
+        (ranked from 1) as ``{token_id: Logprob(logprob, rank, decoded_token)}``."""
+        out = []
+        for tid, pos in zip(token_ids, entries or []):
+            chosen = pos[tid]
+            top = sorted(((t, lp) for t, lp in pos.items() if lp.rank is not None and lp.rank <= k), key=lambda e: e[1].rank)
+            alternatives = [(self._token_bytes(t, lp), lp.logprob) for t, lp in top[:k]]
+            out.append(structured.token_logprob(self._token_bytes(tid, chosen), chosen.logprob, alternatives))
+        return out
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
         from vllm import SamplingParams
@@ -100,23 +141,31 @@ class VllmAdapter(Adapter):
             stop=list(req.stop) or None,
             seed=req.seed,
             output_kind=RequestOutputKind.DELTA,
+            logprobs=req.logprobs,
+            **self._structured_params(req),
         )
+        # Output routes text, tool calls and log probabilities into chunks (see structured.py).
+        chunks: list[Chunk] = []
+        out = structured.Output(req, chunks.append)
         completion_tokens = 0
-        async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params, req.request_id):
-            o = out.outputs[0]
+        async for res in self.engine.generate({"prompt_token_ids": prompt_ids}, params, req.request_id):
+            o = res.outputs[0]
             completion_tokens += len(o.token_ids)
-            if out.finished:
+            if req.logprobs is not None:
+                out.logprobs.extend(self._logprobs(o.token_ids, o.logprobs, req.logprobs))
+            if res.finished:
                 if o.finish_reason not in ("stop", "length"):
                     raise RuntimeError(f"vllm: request ended with finish_reason {o.finish_reason!r}")
-                yield Chunk(
-                    text=o.text,
-                    finish_reason=o.finish_reason,
-                    prompt_tokens=len(out.prompt_token_ids or prompt_ids),
-                    completion_tokens=completion_tokens,
-                )
-                return
-            if o.text:
-                yield Chunk(text=o.text)
+                # A stop string is named in stop_reason; end of sequence leaves it None (or a token id).
+                at_end = o.finish_reason == "stop" and not isinstance(o.stop_reason, str)
+                out.finish(o.text, o.finish_reason, at_end, len(res.prompt_token_ids or prompt_ids), completion_tokens)
+            elif o.text:
+                out.text(o.text)
+            for c in chunks:
+                yield c
+                if c.finish_reason is not None:
+                    return
+            chunks.clear()
         raise RuntimeError("vllm: the engine ended the request without finishing it")
 
     async def cancel(self, request_id: str) -> None:

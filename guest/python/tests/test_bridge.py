@@ -52,7 +52,7 @@ def test_chunks_arrive_in_order_and_the_sink_is_closed():
 
     o = run(go())
     assert o.text == "abc" and o.closed and o.error is None
-    assert o.final == ("", "stop", 3, 3)
+    assert o.final == ("", "stop", 3, 3, None)
 
 
 def test_full_buffer_falls_back_to_blocking_send_without_reordering():

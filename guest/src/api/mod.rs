@@ -6,7 +6,15 @@
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::engine::{ChatMessage, GenerateRequest, Usage};
+use crate::engine::{
+    ChatMessage, Chunk, GenerateRequest, ResponseFormat, TokenLogprob, ToolCall, ToolChoice,
+    ToolSpec, Usage,
+};
+
+/// Most alternatives per token a request may ask for (`top_logprobs`), as OpenAI allows.
+pub const TOP_LOGPROBS_CAP: u64 = 20;
+/// Most tools one request may declare, as OpenAI allows.
+pub const TOOLS_CAP: usize = 128;
 
 /// An error response: HTTP status and an OpenAI-style body `{"error": {message, type, param, code}}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +115,12 @@ const CHAT_FIELDS: &[&str] = &[
     "stop",
     "seed",
     "user",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "logprobs",
+    "top_logprobs",
 ];
 const COMPLETION_FIELDS: &[&str] = &[
     "model",
@@ -121,7 +135,7 @@ const COMPLETION_FIELDS: &[&str] = &[
     "seed",
     "user",
 ];
-const ROLES: &[&str] = &["system", "developer", "user", "assistant"];
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
 
 /// Parses and validates a request body for `endpoint`.
 pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedRequest, ApiError> {
@@ -325,6 +339,30 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedR
             ));
         }
     }
+    let response_format = parse_response_format(obj.get("response_format"))?;
+    let tools = parse_tools(obj.get("tools"))?;
+    let tool_choice = parse_tool_choice(obj.get("tool_choice"), &tools)?;
+    let parallel_tool_calls = match obj.get("parallel_tool_calls") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "parallel_tool_calls",
+                "invalid_type",
+                "parallel_tool_calls must be a boolean",
+            ));
+        }
+    };
+    if response_format.is_some()
+        && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_))
+    {
+        return Err(ApiError::invalid(
+            "response_format",
+            "unsupported_value",
+            "response_format cannot be combined with a forced tool call (tool_choice required or a named function)",
+        ));
+    }
+    let logprobs = parse_logprobs(&obj)?;
     Ok(ParsedRequest {
         endpoint,
         generate: GenerateRequest {
@@ -337,6 +375,11 @@ pub fn parse(endpoint: Endpoint, body: &[u8], limits: &Limits) -> Result<ParsedR
             top_p,
             stop,
             seed,
+            response_format,
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            logprobs,
         },
         stream,
         include_usage,
@@ -375,6 +418,348 @@ fn opt_f64(
     }
 }
 
+/// True for an OpenAI function or schema name: 1 to 64 of `[A-Za-z0-9_-]`.
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Refuses any key of `o` not in `known`, naming it as `{at}.{key}`.
+fn only_keys(o: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), ApiError> {
+    match o.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::invalid(
+            format!("{at}.{k}"),
+            "unknown_field",
+            format!(
+                "unknown field \"{at}.{k}\": {at} accepts only {}",
+                known.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn parse_response_format(v: Option<&Value>) -> Result<Option<ResponseFormat>, ApiError> {
+    const AT: &str = "response_format";
+    let o = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                AT,
+                "invalid_type",
+                "response_format must be an object",
+            ));
+        }
+    };
+    match o.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            only_keys(o, AT, &["type"])?;
+            Ok(None)
+        }
+        Some("json_object") => {
+            only_keys(o, AT, &["type"])?;
+            Ok(Some(ResponseFormat::JsonObject))
+        }
+        Some("json_schema") => {
+            only_keys(o, AT, &["type", "json_schema"])?;
+            const JS: &str = "response_format.json_schema";
+            let Some(Value::Object(js)) = o.get("json_schema") else {
+                return Err(ApiError::invalid(
+                    JS,
+                    "invalid_type",
+                    "response_format.json_schema must be an object with name and schema",
+                ));
+            };
+            only_keys(js, JS, &["name", "description", "schema", "strict"])?;
+            let name = match js.get("name") {
+                Some(Value::String(n)) if valid_name(n) => n.clone(),
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("{JS}.name"),
+                        "invalid_value",
+                        "response_format.json_schema.name must be 1 to 64 letters, digits, _ or -",
+                    ));
+                }
+            };
+            if js
+                .get("description")
+                .is_some_and(|d| !d.is_string() && !d.is_null())
+            {
+                return Err(ApiError::invalid(
+                    format!("{JS}.description"),
+                    "invalid_type",
+                    "response_format.json_schema.description must be a string",
+                ));
+            }
+            // Decoding is always constrained to the schema: `strict` false promises less, so it
+            // is accepted too.
+            if js
+                .get("strict")
+                .is_some_and(|d| !d.is_boolean() && !d.is_null())
+            {
+                return Err(ApiError::invalid(
+                    format!("{JS}.strict"),
+                    "invalid_type",
+                    "response_format.json_schema.strict must be a boolean",
+                ));
+            }
+            let schema = match js.get("schema") {
+                None | Some(Value::Null) => json!({}),
+                Some(Value::Object(s)) => Value::Object(s.clone()),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!("{JS}.schema"),
+                        "invalid_type",
+                        "response_format.json_schema.schema must be a JSON schema object",
+                    ));
+                }
+            };
+            Ok(Some(ResponseFormat::JsonSchema { name, schema }))
+        }
+        _ => Err(ApiError::invalid(
+            "response_format.type",
+            "invalid_value",
+            "response_format.type must be one of text, json_object, json_schema",
+        )),
+    }
+}
+
+fn parse_tools(v: Option<&Value>) -> Result<Vec<ToolSpec>, ApiError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= TOOLS_CAP => a,
+        _ => {
+            return Err(ApiError::invalid(
+                "tools",
+                "invalid_value",
+                format!("tools must be an array of 1 to {TOOLS_CAP} function tools"),
+            ));
+        }
+    };
+    let mut tools: Vec<ToolSpec> = Vec::with_capacity(items.len());
+    for (i, t) in items.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        let Value::Object(o) = t else {
+            return Err(ApiError::invalid(
+                &at,
+                "invalid_type",
+                format!("{at} must be an object"),
+            ));
+        };
+        only_keys(o, &at, &["type", "function"])?;
+        if o.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(ApiError::invalid(
+                format!("{at}.type"),
+                "unsupported_value",
+                format!("{at}.type must be \"function\" (the only tool type served)"),
+            ));
+        }
+        let fat = format!("{at}.function");
+        let Some(Value::Object(f)) = o.get("function") else {
+            return Err(ApiError::invalid(
+                &fat,
+                "invalid_type",
+                format!("{fat} must be an object"),
+            ));
+        };
+        only_keys(f, &fat, &["name", "description", "parameters", "strict"])?;
+        let name = match f.get("name") {
+            Some(Value::String(n)) if valid_name(n) => n.clone(),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{fat}.name"),
+                    "invalid_value",
+                    format!("{fat}.name must be 1 to 64 letters, digits, _ or -"),
+                ));
+            }
+        };
+        if tools.iter().any(|t| t.name == name) {
+            return Err(ApiError::invalid(
+                format!("{fat}.name"),
+                "invalid_value",
+                format!("{fat}.name {name:?} is declared twice"),
+            ));
+        }
+        let description = match f.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("{fat}.description"),
+                    "invalid_type",
+                    format!("{fat}.description must be a string"),
+                ));
+            }
+        };
+        if f.get("strict")
+            .is_some_and(|d| !d.is_boolean() && !d.is_null())
+        {
+            return Err(ApiError::invalid(
+                format!("{fat}.strict"),
+                "invalid_type",
+                format!("{fat}.strict must be a boolean"),
+            ));
+        }
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+            Some(Value::Object(p)) => Value::Object(p.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("{fat}.parameters"),
+                    "invalid_type",
+                    format!("{fat}.parameters must be a JSON schema object"),
+                ));
+            }
+        };
+        tools.push(ToolSpec {
+            name,
+            description,
+            parameters,
+        });
+    }
+    Ok(tools)
+}
+
+fn parse_tool_choice(v: Option<&Value>, tools: &[ToolSpec]) -> Result<ToolChoice, ApiError> {
+    const AT: &str = "tool_choice";
+    let choice = match v {
+        None | Some(Value::Null) => {
+            return Ok(if tools.is_empty() {
+                ToolChoice::None
+            } else {
+                ToolChoice::Auto
+            });
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            _ => {
+                return Err(ApiError::invalid(
+                    AT,
+                    "invalid_value",
+                    "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                ));
+            }
+        },
+        Some(Value::Object(o)) => {
+            only_keys(o, AT, &["type", "function"])?;
+            let name = match (o.get("type").and_then(Value::as_str), o.get("function")) {
+                (Some("function"), Some(Value::Object(f))) => {
+                    only_keys(f, "tool_choice.function", &["name"])?;
+                    f.get("name").and_then(Value::as_str).map(str::to_owned)
+                }
+                _ => None,
+            };
+            let Some(name) = name else {
+                return Err(ApiError::invalid(
+                    AT,
+                    "invalid_value",
+                    "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                ));
+            };
+            if !tools.iter().any(|t| t.name == name) {
+                return Err(ApiError::invalid(
+                    "tool_choice.function.name",
+                    "invalid_value",
+                    format!("tool_choice names {name:?}, which is not among tools"),
+                ));
+            }
+            ToolChoice::Function(name)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                AT,
+                "invalid_type",
+                "tool_choice must be a string or an object",
+            ));
+        }
+    };
+    if tools.is_empty() && choice != ToolChoice::None {
+        return Err(ApiError::invalid(
+            AT,
+            "invalid_value",
+            "tool_choice is only allowed when tools are given",
+        ));
+    }
+    Ok(choice)
+}
+
+fn parse_logprobs(obj: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+    let wanted = match obj.get("logprobs") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "invalid_type",
+                "logprobs must be a boolean",
+            ));
+        }
+    };
+    let top = opt_u64(obj, "top_logprobs")?;
+    match top {
+        Some(n) if n > TOP_LOGPROBS_CAP => Err(ApiError::invalid(
+            "top_logprobs",
+            "invalid_value",
+            format!("top_logprobs {n} exceeds this server's cap of {TOP_LOGPROBS_CAP}"),
+        )),
+        Some(_) if !wanted => Err(ApiError::invalid(
+            "top_logprobs",
+            "invalid_value",
+            "top_logprobs requires logprobs: true",
+        )),
+        // Bounded by the cap above.
+        _ => Ok(wanted.then_some(top.unwrap_or(0) as u32)),
+    }
+}
+
+fn parse_message_tool_calls(v: &Value, at: &str) -> Result<Vec<ToolCall>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            at,
+            "invalid_value",
+            format!(
+                "{at} must be an array of {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}"
+            ),
+        )
+    };
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let cat = format!("{at}[{j}]");
+            let Value::Object(o) = c else {
+                return Err(bad());
+            };
+            only_keys(o, &cat, &["id", "type", "function"])?;
+            let Some(Value::Object(f)) = o.get("function") else {
+                return Err(bad());
+            };
+            only_keys(f, &format!("{cat}.function"), &["name", "arguments"])?;
+            match (
+                o.get("id").and_then(Value::as_str),
+                o.get("type").and_then(Value::as_str),
+                f.get("name").and_then(Value::as_str),
+                f.get("arguments").and_then(Value::as_str),
+            ) {
+                (Some(id), Some("function"), Some(name), Some(arguments)) => Ok(ToolCall {
+                    index: j as u32,
+                    id: id.to_owned(),
+                    name: name.to_owned(),
+                    arguments: arguments.to_owned(),
+                }),
+                _ => Err(bad()),
+            }
+        })
+        .collect()
+}
+
 fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
     let Some(Value::Array(items)) = v else {
         return Err(ApiError::invalid(
@@ -398,14 +783,30 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
             let Value::Object(o) = m else {
                 return Err(ApiError::invalid(format!("messages[{i}]"), "invalid_type", format!("messages[{i}] must be an object")));
             };
-            if let Some(k) = o.keys().find(|k| !["role", "content", "name"].contains(&k.as_str())) {
-                return Err(ApiError::invalid(at(k), "unknown_field", format!("unknown field \"{}\"", at(k))));
-            }
             let role = match o.get("role") {
                 Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
                 _ => return Err(ApiError::invalid(at("role"), "invalid_value", format!("{} must be one of {}", at("role"), ROLES.join(", ")))),
             };
+            let keys: &[&str] = match role.as_str() {
+                "assistant" => &["role", "content", "name", "tool_calls"],
+                "tool" => &["role", "content", "tool_call_id"],
+                _ => &["role", "content", "name"],
+            };
+            if let Some(k) = o.keys().find(|k| !keys.contains(&k.as_str())) {
+                return Err(ApiError::invalid(at(k), "unknown_field", format!("unknown field \"{}\"", at(k))));
+            }
+            let tool_calls = match o.get("tool_calls") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(v) => parse_message_tool_calls(v, &at("tool_calls"))?,
+            };
+            let tool_call_id = match (role.as_str(), o.get("tool_call_id")) {
+                ("tool", Some(Value::String(id))) => Some(id.clone()),
+                ("tool", _) => return Err(ApiError::invalid(at("tool_call_id"), "missing_field", format!("{} (a string) is required in a tool message", at("tool_call_id")))),
+                _ => None,
+            };
             let content = match o.get("content") {
+                // An assistant message that only calls tools has no content.
+                None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Array(parts)) => {
                     let mut text = String::new();
@@ -430,7 +831,7 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<ChatMessage>, ApiError> {
             {
                 return Err(ApiError::invalid(at("name"), "invalid_type", format!("{} must be a string", at("name"))));
             }
-            Ok(ChatMessage { role, content })
+            Ok(ChatMessage { role, content, tool_calls, tool_call_id })
         })
         .collect()
 }
@@ -465,17 +866,50 @@ pub struct Responder {
     pub created: u64,
     /// Model id.
     pub model: String,
+    /// The client asked for log probabilities: choices carry `logprobs.content`.
+    pub logprobs: bool,
+}
+
+fn tool_call_json(c: &ToolCall, with_index: bool) -> Value {
+    let mut v = json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}});
+    if with_index {
+        v["index"] = json!(c.index);
+    }
+    v
 }
 
 impl Responder {
-    /// The full non-stream response.
-    pub fn complete(&self, text: &str, finish_reason: &str, usage: &Usage) -> Value {
+    fn logprobs_json(&self, tokens: &[TokenLogprob]) -> Value {
+        if self.logprobs {
+            json!({"content": tokens})
+        } else {
+            Value::Null
+        }
+    }
+
+    /// The full non-stream response: `out` holds the whole text, every tool call and every
+    /// token's log probabilities.
+    pub fn complete(&self, out: &Chunk, finish_reason: &str, usage: &Usage) -> Value {
+        let text = out.text.as_str();
         match self.endpoint {
-            Endpoint::Chat => json!({
-                "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish_reason}],
-                "usage": usage,
-            }),
+            Endpoint::Chat => {
+                let mut message = json!({"role": "assistant", "content": text});
+                if !out.tool_calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = out
+                        .tool_calls
+                        .iter()
+                        .map(|c| tool_call_json(c, false))
+                        .collect();
+                }
+                json!({
+                    "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                    "choices": [{"index": 0, "message": message, "logprobs": self.logprobs_json(&out.logprobs), "finish_reason": finish_reason}],
+                    "usage": usage,
+                })
+            }
             Endpoint::Completion => json!({
                 "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}],
@@ -484,26 +918,46 @@ impl Responder {
         }
     }
 
-    /// A stream chunk carrying `text` (and, at the end, the finish reason). `first` adds the
-    /// assistant role to a chat delta. `with_usage_null` adds `"usage": null`, as OpenAI does when
-    /// the client asked for a usage chunk.
+    /// A stream chunk carrying the text, tool calls and log probabilities of `c` (its finish
+    /// reason and usage are not looked at), or, with `finish_reason`, the closing chunk (pass an
+    /// empty `c`). `first` adds the assistant role to a chat delta. `with_usage_null` adds
+    /// `"usage": null`, as OpenAI does when the client asked for a usage chunk.
     pub fn chunk(
         &self,
-        text: &str,
+        c: &Chunk,
         finish_reason: Option<&str>,
         first: bool,
         with_usage_null: bool,
     ) -> Value {
+        let text = c.text.as_str();
         let mut v = match self.endpoint {
             Endpoint::Chat => {
-                let delta = match (first, finish_reason.is_some() && text.is_empty()) {
+                let only_finish =
+                    finish_reason.is_some() && text.is_empty() && c.tool_calls.is_empty();
+                let mut delta = match (first, only_finish) {
                     (true, _) => json!({"role": "assistant", "content": text}),
                     (false, true) => json!({}),
+                    (false, false) if text.is_empty() && !c.tool_calls.is_empty() => json!({}),
                     (false, false) => json!({"content": text}),
+                };
+                if !c.tool_calls.is_empty() {
+                    if first && text.is_empty() {
+                        delta["content"] = Value::Null;
+                    }
+                    delta["tool_calls"] = c
+                        .tool_calls
+                        .iter()
+                        .map(|t| tool_call_json(t, true))
+                        .collect();
+                }
+                let logprobs = if only_finish {
+                    Value::Null
+                } else {
+                    self.logprobs_json(&c.logprobs)
                 };
                 json!({
                     "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
                 })
             }
             Endpoint::Completion => json!({
@@ -560,10 +1014,14 @@ mod tests {
             (e.status, e.code),
             (StatusCode::BAD_REQUEST, "invalid_json")
         );
-        let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[]}"#)
+        for field in ["logit_bias", "functions", "n_probs", "presence_penalty"] {
+            let e = chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"{field}":{{}}}}"#
+            ))
             .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools"));
-        assert!(e.message.contains("\"tools\""), "{}", e.message);
+            assert_eq!((e.param.as_deref(), e.code), (Some(field), "unknown_field"));
+            assert!(e.message.contains(&format!("\"{field}\"")), "{}", e.message);
+        }
         let e =
             chat(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":101}"#)
                 .unwrap_err();
@@ -577,6 +1035,7 @@ mod tests {
         let e =
             chat(r#"{"model":"other","messages":[{"role":"user","content":"hi"}]}"#).unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
+        // Only assistant messages carry tool calls.
         let e =
             chat(r#"{"model":"m","messages":[{"role":"user","content":"hi","tool_calls":[]}]}"#)
                 .unwrap_err();
@@ -612,5 +1071,298 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
+    }
+
+    fn with(extra: &str) -> Result<ParsedRequest, ApiError> {
+        chat(&format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],{extra}}}"#
+        ))
+    }
+
+    const WEATHER: &str = r#"{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}},"strict":true}}"#;
+
+    #[test]
+    fn response_formats() {
+        assert_eq!(
+            with(r#""response_format":{"type":"text"}"#)
+                .unwrap()
+                .generate
+                .response_format,
+            None
+        );
+        assert_eq!(
+            with(r#""response_format":{"type":"json_object"}"#)
+                .unwrap()
+                .generate
+                .response_format,
+            Some(ResponseFormat::JsonObject)
+        );
+        let p = with(r#""response_format":{"type":"json_schema","json_schema":{"name":"v","schema":{"type":"object"},"strict":true}}"#).unwrap();
+        assert_eq!(
+            p.generate.response_format,
+            Some(ResponseFormat::JsonSchema {
+                name: "v".into(),
+                schema: json!({"type": "object"})
+            })
+        );
+        // What the adapter receives.
+        let sent = serde_json::to_value(&p.generate).unwrap();
+        assert_eq!(
+            sent["response_format"],
+            json!({"type": "json_schema", "name": "v", "schema": {"type": "object"}})
+        );
+        for (bad, param) in [
+            (
+                r#""response_format":{"type":"xml"}"#,
+                "response_format.type",
+            ),
+            (r#""response_format":"json""#, "response_format"),
+            (
+                r#""response_format":{"type":"json_schema"}"#,
+                "response_format.json_schema",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"a b"}}"#,
+                "response_format.json_schema.name",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"a","schema":[]}}"#,
+                "response_format.json_schema.schema",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"a","extra":1}}"#,
+                "response_format.json_schema.extra",
+            ),
+            (
+                r#""response_format":{"type":"json_object","schema":{}}"#,
+                "response_format.schema",
+            ),
+        ] {
+            assert_eq!(
+                with(bad).unwrap_err().param.as_deref(),
+                Some(param),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tools_and_tool_choice() {
+        let p = with(&format!(r#""tools":[{WEATHER}]"#)).unwrap().generate;
+        assert_eq!(p.tool_choice, ToolChoice::Auto);
+        assert!(p.parallel_tool_calls);
+        assert_eq!(p.tools[0].name, "get_weather");
+        let p = with(&format!(r#""tools":[{WEATHER}],"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}},"parallel_tool_calls":false"#)).unwrap().generate;
+        assert_eq!(p.tool_choice, ToolChoice::Function("get_weather".into()));
+        assert!(!p.parallel_tool_calls);
+        let sent = serde_json::to_value(&p).unwrap();
+        assert_eq!(sent["tool_choice"], json!({"function": "get_weather"}));
+        assert_eq!(
+            sent["tools"][0]["parameters"]["properties"]["city"]["type"],
+            "string"
+        );
+        for c in ["none", "auto", "required"] {
+            assert!(
+                with(&format!(r#""tools":[{WEATHER}],"tool_choice":"{c}""#)).is_ok(),
+                "{c}"
+            );
+        }
+        // No tools: none only.
+        assert_eq!(
+            with(r#""tool_choice":"none""#)
+                .unwrap()
+                .generate
+                .tool_choice,
+            ToolChoice::None
+        );
+        for (bad, param) in [
+            (r#""tool_choice":"auto""#.to_owned(), "tool_choice"),
+            (r#""tools":[]"#.to_owned(), "tools"),
+            (
+                r#""tools":[{"type":"retrieval"}]"#.to_owned(),
+                "tools[0].type",
+            ),
+            (
+                r#""tools":[{"type":"function","function":{"name":"has space"}}]"#.to_owned(),
+                "tools[0].function.name",
+            ),
+            (
+                r#""tools":[{"type":"function","function":{"name":"f","parameters":"x"}}]"#
+                    .to_owned(),
+                "tools[0].function.parameters",
+            ),
+            (
+                format!(r#""tools":[{WEATHER},{WEATHER}]"#),
+                "tools[1].function.name",
+            ),
+            (
+                format!(r#""tools":[{WEATHER}],"tool_choice":"sometimes""#),
+                "tool_choice",
+            ),
+            (
+                format!(
+                    r#""tools":[{WEATHER}],"tool_choice":{{"type":"function","function":{{"name":"other"}}}}"#
+                ),
+                "tool_choice.function.name",
+            ),
+            (
+                format!(r#""tools":[{WEATHER}],"parallel_tool_calls":1"#),
+                "parallel_tool_calls",
+            ),
+            (
+                format!(
+                    r#""tools":[{WEATHER}],"tool_choice":"required","response_format":{{"type":"json_object"}}"#
+                ),
+                "response_format",
+            ),
+        ] {
+            assert_eq!(
+                with(&bad).unwrap_err().param.as_deref(),
+                Some(param),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tool_messages_in_the_history() {
+        let p = chat(r#"{"model":"m","messages":[
+            {"role":"user","content":"weather?"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"21C"}]}"#).unwrap();
+        let m = p.generate.messages.unwrap();
+        assert_eq!(m[1].tool_calls[0].name, "get_weather");
+        assert_eq!(m[1].content, "");
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("call_1"));
+        for (bad, param) in [
+            (
+                r#"{"role":"tool","content":"x"}"#,
+                "messages[0].tool_call_id",
+            ),
+            (
+                r#"{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f"}}]}"#,
+                "messages[0].tool_calls",
+            ),
+            (
+                r#"{"role":"tool","content":"x","tool_call_id":"c","name":"f"}"#,
+                "messages[0].name",
+            ),
+            (r#"{"role":"function","content":"x"}"#, "messages[0].role"),
+        ] {
+            let e = chat(&format!(r#"{{"model":"m","messages":[{bad}]}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
+    }
+
+    #[test]
+    fn logprobs_are_capped() {
+        assert_eq!(
+            with(r#""logprobs":true"#).unwrap().generate.logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            with(r#""logprobs":true,"top_logprobs":20"#)
+                .unwrap()
+                .generate
+                .logprobs,
+            Some(20)
+        );
+        assert_eq!(with(r#""logprobs":false"#).unwrap().generate.logprobs, None);
+        let e = with(r#""logprobs":true,"top_logprobs":21"#).unwrap_err();
+        assert_eq!(
+            (e.status, e.param.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("top_logprobs"))
+        );
+        assert!(e.message.contains("cap of 20"), "{}", e.message);
+        assert_eq!(
+            with(r#""top_logprobs":2"#).unwrap_err().param.as_deref(),
+            Some("top_logprobs")
+        );
+        assert_eq!(
+            with(r#""logprobs":1"#).unwrap_err().param.as_deref(),
+            Some("logprobs")
+        );
+        // The legacy completions endpoint still refuses logprobs, by name.
+        let e = parse(
+            Endpoint::Completion,
+            br#"{"model":"m","prompt":"a","logprobs":2}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.param.as_deref(), e.code),
+            (Some("logprobs"), "unknown_field")
+        );
+    }
+
+    #[test]
+    fn responses_carry_tool_calls_and_logprobs_only_when_present() {
+        let r = Responder {
+            endpoint: Endpoint::Chat,
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            logprobs: false,
+        };
+        let usage = Usage::new(1, 2);
+        let plain = r.complete(
+            &Chunk {
+                text: "hi".into(),
+                ..Chunk::default()
+            },
+            "stop",
+            &usage,
+        );
+        assert_eq!(
+            plain["choices"][0]["message"],
+            json!({"role": "assistant", "content": "hi"})
+        );
+        assert_eq!(plain["choices"][0]["logprobs"], Value::Null);
+        let call = ToolCall {
+            index: 0,
+            id: "call_a".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+        };
+        let out = Chunk {
+            tool_calls: vec![call.clone()],
+            ..Chunk::default()
+        };
+        let v = r.complete(&out, "tool_calls", &usage);
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+        );
+        let c = r.chunk(&out, None, false, false);
+        assert_eq!(
+            c["choices"][0]["delta"],
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]})
+        );
+        let r = Responder {
+            logprobs: true,
+            ..r
+        };
+        let lp = TokenLogprob {
+            token: "hi".into(),
+            logprob: -0.25,
+            bytes: b"hi".to_vec(),
+            top_logprobs: vec![],
+        };
+        let out = Chunk {
+            text: "hi".into(),
+            logprobs: vec![lp],
+            ..Chunk::default()
+        };
+        let v = r.complete(&out, "stop", &usage);
+        assert_eq!(
+            v["choices"][0]["logprobs"],
+            json!({"content": [{"token": "hi", "logprob": -0.25, "bytes": [104, 105], "top_logprobs": []}]})
+        );
+        let c = r.chunk(&out, None, true, false);
+        assert_eq!(c["choices"][0]["logprobs"]["content"][0]["token"], "hi");
+        assert_eq!(
+            r.chunk(&Chunk::default(), Some("stop"), false, false)["choices"][0]["logprobs"],
+            Value::Null
+        );
     }
 }

@@ -17,7 +17,7 @@ pub mod python;
 #[cfg(any(test, feature = "test-util"))]
 pub mod scripted;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -39,10 +39,71 @@ pub enum EngineError {
 /// One chat message as the adapter sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
-    /// `system`, `user`, `assistant`.
+    /// `system`, `developer`, `user`, `assistant`, `tool`.
     pub role: String,
-    /// Text content.
+    /// Text content (empty for an assistant message that only calls tools).
     pub content: String,
+    /// The tool calls of an assistant message.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// A function call made by the model, in a response or in a follow-up request's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Position among the calls of one response (0, 1, …).
+    #[serde(default)]
+    pub index: u32,
+    /// `call_…`: what a `tool` message names in `tool_call_id`.
+    pub id: String,
+    /// Function name.
+    pub name: String,
+    /// Arguments, a JSON text (as OpenAI sends it: a string, not an object).
+    pub arguments: String,
+}
+
+/// A function the model may call (`tools[].function`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ToolSpec {
+    /// Name (`[A-Za-z0-9_-]{1,64}`).
+    pub name: String,
+    /// What it does, for the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON schema of the arguments (an object schema).
+    pub parameters: serde_json::Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// No call: the output is text.
+    None,
+    /// The model decides (unconstrained; a call it writes is parsed out of its output).
+    Auto,
+    /// At least one call, of any tool (constrained decoding).
+    Required,
+    /// A call of this function (constrained decoding).
+    Function(String),
+}
+
+/// The shape the output must have (`response_format`), enforced by constrained decoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid for `schema`.
+    JsonSchema {
+        /// The schema's name.
+        name: String,
+        /// The JSON schema.
+        schema: serde_json::Value,
+    },
 }
 
 /// A validated request, as handed to the adapter (serialized to JSON for Python).
@@ -66,6 +127,16 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Sampling seed.
     pub seed: Option<i64>,
+    /// Constrained output shape, if any.
+    pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call (empty: none).
+    pub tools: Vec<ToolSpec>,
+    /// Whether and which tool to call (`None` when `tools` is empty).
+    pub tool_choice: ToolChoice,
+    /// More than one call per response allowed.
+    pub parallel_tool_calls: bool,
+    /// Log probabilities wanted: None, or Some(how many alternatives per token, 0..=20).
+    pub logprobs: Option<u32>,
 }
 
 /// Token usage of a finished generation.
@@ -90,19 +161,48 @@ impl Usage {
     }
 }
 
+/// One alternative token and its log probability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f64,
+    /// Its UTF-8 bytes (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+}
+
+/// A generated token, its log probability and the most likely alternatives (OpenAI's
+/// `choices[].logprobs.content[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f64,
+    /// Its UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position, most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
 /// A piece of output.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Chunk {
     /// New text (may be empty on the final chunk).
     pub text: String,
-    /// Set on the final chunk: `stop` or `length`.
+    /// Set on the final chunk: `stop`, `length` or `tool_calls`.
     pub finish_reason: Option<String>,
     /// Set on the final chunk.
     pub usage: Option<Usage>,
+    /// Complete tool calls found in the output since the previous chunk.
+    pub tool_calls: Vec<ToolCall>,
+    /// Log probabilities of the tokens generated since the previous chunk (when asked for).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// What a generation yields.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum EngineEvent {
     /// Output.
     Chunk(Chunk),

@@ -16,7 +16,10 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use tokio::sync::mpsc;
 
-use super::{Chunk, Engine, EngineError, EngineEvent, GenerateRequest, Generation, Usage};
+use super::{
+    Chunk, Engine, EngineError, EngineEvent, GenerateRequest, Generation, TokenLogprob, ToolCall,
+    Usage,
+};
 use crate::config::EngineConfig;
 
 /// Sink.send result: delivered.
@@ -62,44 +65,70 @@ impl Sink {
     }
 }
 
+/// What a chunk carries besides text, as the adapter sends it: one JSON object (see
+/// `chrysalis_engines._bridge`).
+#[derive(serde::Deserialize)]
+struct Extra {
+    #[serde(default)]
+    tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    logprobs: Vec<TokenLogprob>,
+}
+
 fn chunk_event(
     text: String,
     finish_reason: Option<String>,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    extra: Option<String>,
 ) -> EngineEvent {
     let usage = match (prompt_tokens, completion_tokens) {
         (Some(p), Some(c)) => Some(Usage::new(p, c)),
         _ => None,
     };
+    let extra = match extra.as_deref().map(serde_json::from_str::<Extra>) {
+        None => Extra {
+            tool_calls: Vec::new(),
+            logprobs: Vec::new(),
+        },
+        Some(Ok(e)) => e,
+        Some(Err(e)) => {
+            return EngineEvent::Error(format!("the adapter sent a malformed chunk: {e}"));
+        }
+    };
     EngineEvent::Chunk(Chunk {
         text,
         finish_reason,
         usage,
+        tool_calls: extra.tool_calls,
+        logprobs: extra.logprobs,
     })
 }
 
 #[pymethods]
 impl Sink {
     /// Delivers a chunk without blocking: 0 sent, 1 full, 2 closed.
-    #[pyo3(signature = (text, finish_reason=None, prompt_tokens=None, completion_tokens=None))]
+    /// `extra`: a JSON object with `tool_calls` and `logprobs`, or None.
+    #[pyo3(signature = (text, finish_reason=None, prompt_tokens=None, completion_tokens=None, extra=None))]
     fn send(
         &self,
         text: String,
         finish_reason: Option<String>,
         prompt_tokens: Option<u64>,
         completion_tokens: Option<u64>,
+        extra: Option<String>,
     ) -> u8 {
         self.try_deliver(chunk_event(
             text,
             finish_reason,
             prompt_tokens,
             completion_tokens,
+            extra,
         ))
     }
 
     /// Delivers a chunk, waiting for room with the GIL released (call from a worker thread).
-    #[pyo3(signature = (text, finish_reason=None, prompt_tokens=None, completion_tokens=None))]
+    #[pyo3(signature = (text, finish_reason=None, prompt_tokens=None, completion_tokens=None, extra=None))]
     fn send_blocking(
         &self,
         py: Python<'_>,
@@ -107,10 +136,11 @@ impl Sink {
         finish_reason: Option<String>,
         prompt_tokens: Option<u64>,
         completion_tokens: Option<u64>,
+        extra: Option<String>,
     ) -> u8 {
         self.deliver_blocking(
             py,
-            chunk_event(text, finish_reason, prompt_tokens, completion_tokens),
+            chunk_event(text, finish_reason, prompt_tokens, completion_tokens, extra),
         )
     }
 

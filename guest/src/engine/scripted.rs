@@ -1,7 +1,11 @@
 //! An in-memory engine with scripted output, for tests of everything around the engine seam.
 //!
 //! It emits the words `w0 w1 w2 …` (one token each, `delay` apart) up to max_tokens, honours stop
-//! sequences, counts prompt tokens as whitespace-separated words, and can be told to fail.
+//! sequences, counts prompt tokens as whitespace-separated words, and can be told to fail. When a
+//! tool call is forced (`tool_choice` required or named) it instead calls the named tool (or, for
+//! required, every declared tool when parallel calls are allowed, else the first) with the
+//! arguments `{"n": i}`, one call per token, and finishes with `tool_calls`. Asked for log
+//! probabilities, it gives token i the log probability `-i/10` and `k` alternatives `alt0…`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,7 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Chunk, Engine, EngineError, EngineEvent, GenerateRequest, Generation, Usage};
+use super::{
+    Chunk, Engine, EngineError, EngineEvent, GenerateRequest, Generation, TokenLogprob, ToolCall,
+    ToolChoice, TopLogprob, Usage,
+};
 
 /// The scripted engine.
 #[derive(Debug, Clone)]
@@ -61,6 +68,49 @@ impl Engine for ScriptedEngine {
             (None, Some(p)) => p.split_whitespace().count() as u64,
             (None, None) => 0,
         };
+        let calls: Vec<String> = match &req.tool_choice {
+            ToolChoice::Function(name) => vec![name.clone()],
+            ToolChoice::Required if req.parallel_tool_calls => {
+                req.tools.iter().map(|t| t.name.clone()).collect()
+            }
+            ToolChoice::Required => req.tools.iter().take(1).map(|t| t.name.clone()).collect(),
+            ToolChoice::None | ToolChoice::Auto => Vec::new(),
+        };
+        if !calls.is_empty() {
+            let id = req.request_id.clone();
+            tokio::spawn(async move {
+                let n = calls.len().min(req.max_tokens as usize);
+                for (i, name) in calls.into_iter().take(n).enumerate() {
+                    tokio::time::sleep(delay).await;
+                    let call = ToolCall {
+                        index: i as u32,
+                        id: format!("call_{id}_{i}"),
+                        name,
+                        arguments: format!("{{\"n\": {i}}}"),
+                    };
+                    let logprobs = scripted_logprobs(req.logprobs, i as u64, &call.arguments);
+                    let c = Chunk {
+                        tool_calls: vec![call],
+                        logprobs,
+                        ..Chunk::default()
+                    };
+                    if tx.send(EngineEvent::Chunk(c)).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx
+                    .send(EngineEvent::Chunk(Chunk {
+                        finish_reason: Some("tool_calls".to_owned()),
+                        usage: Some(Usage::new(prompt_tokens, n as u64)),
+                        ..Chunk::default()
+                    }))
+                    .await;
+            });
+            return Ok(Generation::new(
+                rx,
+                Box::new(move || cancelled.store(true, Ordering::SeqCst)),
+            ));
+        }
         tokio::spawn(async move {
             let mut text = String::new();
             let mut n = 0u64;
@@ -100,10 +150,12 @@ impl Engine for ScriptedEngine {
                     break;
                 }
                 text = candidate;
+                let logprobs = scripted_logprobs(req.logprobs, n, &piece);
                 n += 1;
                 if tx
                     .send(EngineEvent::Chunk(Chunk {
                         text: piece,
+                        logprobs,
                         ..Chunk::default()
                     }))
                     .await
@@ -121,6 +173,7 @@ impl Engine for ScriptedEngine {
                     text: String::new(),
                     finish_reason: Some(finish.to_owned()),
                     usage: Some(Usage::new(prompt_tokens, n)),
+                    ..Chunk::default()
                 }))
                 .await;
         });
@@ -129,4 +182,28 @@ impl Engine for ScriptedEngine {
             Box::new(move || cancelled.store(true, Ordering::SeqCst)),
         ))
     }
+}
+
+/// The scripted log probabilities of token `i` (`text`), when `wanted` (with that many
+/// alternatives).
+fn scripted_logprobs(wanted: Option<u32>, i: u64, text: &str) -> Vec<TokenLogprob> {
+    let Some(k) = wanted else {
+        return Vec::new();
+    };
+    let top_logprobs = (0..k)
+        .map(|j| {
+            let token = format!("alt{j}");
+            TopLogprob {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob: -f64::from(j + 1),
+            }
+        })
+        .collect();
+    vec![TokenLogprob {
+        token: text.to_owned(),
+        logprob: -(i as f64) / 10.0,
+        bytes: text.as_bytes().to_vec(),
+        top_logprobs,
+    }]
 }

@@ -15,7 +15,7 @@ use super::slot::{Active, Next, admit, busy, deadline_error, engine_failure};
 use super::state::AppState;
 use super::stream::stream_response;
 use crate::api::{self, ApiError, Endpoint, Responder};
-use crate::engine::{EngineError, EngineEvent, Usage};
+use crate::engine::{Chunk, EngineError, EngineEvent, Usage};
 use crate::receipt::{self, Exchange, RECEIPT_HEADER};
 use chrysalis_attestation::Sha256;
 
@@ -72,6 +72,7 @@ pub(super) async fn completion(
     };
     let id = state.new_id(endpoint);
     parsed.generate.request_id = id.clone();
+    let logprobs = parsed.generate.logprobs.is_some();
     let generation = match state
         .engine
         .generate(parsed.generate, state.server.stream_buffer)
@@ -93,6 +94,7 @@ pub(super) async fn completion(
         id,
         created: now_unix(),
         model: state.model.id.clone(),
+        logprobs,
     };
     let request_sha256 = Sha256::digest(&body);
     if parsed.stream {
@@ -117,14 +119,16 @@ async fn complete_response(
     request_sha256: Sha256,
 ) -> Response<Body> {
     let state = active.state.clone();
-    let mut text = String::new();
+    let mut out = Chunk::default();
     loop {
         match active.next_event().await {
             Next::Event(EngineEvent::Chunk(c)) => {
-                text.push_str(&c.text);
+                out.text.push_str(&c.text);
+                out.tool_calls.extend(c.tool_calls);
+                out.logprobs.extend(c.logprobs);
                 if let Some(reason) = c.finish_reason {
                     let usage = c.usage.unwrap_or_default();
-                    let v = responder.complete(&text, &reason, &usage);
+                    let v = responder.complete(&out, &reason, &usage);
                     let bytes = serde_json::to_vec(&v).unwrap_or_default();
                     active.completed();
                     let receipt =

@@ -204,16 +204,23 @@ impl StreamJob {
             let responder = &self.responder;
             let include_usage = self.include_usage;
             let mut payloads = Vec::with_capacity(3);
-            if !c.text.is_empty() || is_first || c.finish_reason.is_none() {
-                let v = responder.chunk(&c.text, None, is_first, include_usage);
+            let has_output =
+                !c.text.is_empty() || !c.tool_calls.is_empty() || !c.logprobs.is_empty();
+            if has_output || is_first || c.finish_reason.is_none() {
+                let v = responder.chunk(&c, None, is_first, include_usage);
                 payloads.push(serde_json::to_vec(&v).unwrap_or_default());
                 is_first = false;
             }
             let finished = c.finish_reason.clone();
             if let Some(reason) = &finished {
                 payloads.push(
-                    serde_json::to_vec(&responder.chunk("", Some(reason), false, include_usage))
-                        .unwrap_or_default(),
+                    serde_json::to_vec(&responder.chunk(
+                        &Chunk::default(),
+                        Some(reason),
+                        false,
+                        include_usage,
+                    ))
+                    .unwrap_or_default(),
                 );
                 let usage = c.usage.unwrap_or_default();
                 if include_usage {

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chrysalis_attestation::Measurement;
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki, td_measurements};
+use chrysalis_attestation::{Measurement, Sha256};
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -16,6 +16,7 @@ use super::*;
 use crate::config::{ModelConfig, ServerConfig};
 use crate::engine::scripted::ScriptedEngine;
 use crate::evidence::LocalSim;
+use crate::receipt::StreamHasher;
 use crate::tls::CertStore;
 
 async fn start(engine: ScriptedEngine, server: ServerConfig) -> (String, Arc<AppState>) {
@@ -291,4 +292,140 @@ async fn a_trickled_body_gets_408_and_the_connection_is_closed() {
     );
     assert_eq!(state.metrics().timeouts.load(Ordering::SeqCst), 1);
     assert_eq!(state.in_flight(), 0);
+}
+
+/// Sends `body` to `path`, asking for the receipt trailer of a stream.
+async fn send_te(addr: &str, path: &str, body: &str) -> hyper::Response<Incoming> {
+    let tls = tls_connect(addr).await;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::post(path)
+        .header("host", "localhost")
+        .header(header::TE, "trailers")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    tx.send_request(req).await.unwrap()
+}
+
+const TOOLS: &str = r#""tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}},{"type":"function","function":{"name":"get_time"}}]"#;
+
+/// The SSE payloads of a stream body, `[DONE]` included.
+fn payloads(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_and_logprobs_are_answered_in_openai_shape_and_covered_by_receipts() {
+    let engine = ScriptedEngine::new("m", Duration::from_millis(1));
+    let (addr, state) = start(engine, ServerConfig::default()).await;
+    let spki = state.certs.key().spki_der().to_vec();
+
+    // Non-stream, a forced call of every tool (parallel): the receipt covers the body sent.
+    let req = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"a"}}],{TOOLS},"tool_choice":"required","logprobs":true,"top_logprobs":2}}"#
+    );
+    let r = send_te(&addr, "/v1/chat/completions", &req).await;
+    assert_eq!(r.status(), 200);
+    let receipt = r.headers()[crate::receipt::RECEIPT_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1]["type"], "function");
+    assert_eq!(calls[1]["function"]["name"], "get_time");
+    assert_eq!(calls[1]["function"]["arguments"], r#"{"n": 1}"#);
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert!(calls[0].get("index").is_none());
+    let lps = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(lps.len(), 2);
+    assert_eq!(lps[1]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert_eq!(lps[1]["logprob"], -0.1);
+    let signed = crate::receipt::verify(&receipt, &spki).unwrap();
+    signed
+        .check_exchange(req.as_bytes(), Sha256::digest(&body))
+        .unwrap();
+    assert!(!signed.stream);
+
+    // Streamed with a named tool: `delta.tool_calls` with index, id, name and arguments; the
+    // trailer's receipt covers exactly the payloads sent.
+    let req = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"a"}}],{TOOLS},"tool_choice":{{"type":"function","function":{{"name":"get_time"}}}},"stream":true}}"#
+    );
+    let r = send_te(&addr, "/v1/chat/completions", &req).await;
+    assert_eq!(r.status(), 200);
+    let collected = r.into_body().collect().await.unwrap();
+    let receipt = collected.trailers().unwrap()[crate::receipt::RECEIPT_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = collected.to_bytes();
+    let events = payloads(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!(chunks.len(), 2, "{events:?}");
+    let delta = &chunks[0]["choices"][0]["delta"];
+    assert_eq!(delta["role"], "assistant");
+    assert_eq!(delta["content"], Value::Null);
+    assert_eq!(delta["tool_calls"][0]["index"], 0);
+    assert_eq!(delta["tool_calls"][0]["function"]["name"], "get_time");
+    assert_eq!(
+        delta["tool_calls"][0]["function"]["arguments"],
+        r#"{"n": 0}"#
+    );
+    assert_eq!(chunks[1]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chunks[1]["choices"][0]["delta"], serde_json::json!({}));
+    let mut hasher = StreamHasher::default();
+    for p in &events {
+        hasher.data(p.as_bytes());
+    }
+    let signed = crate::receipt::verify(&receipt, &spki).unwrap();
+    signed
+        .check_exchange(req.as_bytes(), hasher.finish())
+        .unwrap();
+    assert!(signed.stream);
+
+    // Streamed text with logprobs: every content chunk carries its tokens' entries.
+    let req = r#"{"model":"m","messages":[{"role":"user","content":"a"}],"max_tokens":3,"stream":true,"logprobs":true}"#;
+    let r = send_te(&addr, "/v1/chat/completions", req).await;
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let events = payloads(&body);
+    let content: Vec<Value> = events[..3]
+        .iter()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap()["choices"][0].clone())
+        .collect();
+    for (i, c) in content.iter().enumerate() {
+        let entries = c["logprobs"]["content"].as_array().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["token"], c["delta"]["content"], "chunk {i}");
+        assert_eq!(entries[0]["top_logprobs"], serde_json::json!([]));
+    }
+    let last: Value = serde_json::from_str(&events[3]).unwrap();
+    assert_eq!(last["choices"][0]["logprobs"], Value::Null);
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+
+    // Without the new fields, the wire is as before: no tool_calls key, logprobs null.
+    let (r, _c) = send(&addr, &chat(2, false)).await;
+    let v: Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"],
+        serde_json::json!({"role": "assistant", "content": "w0 w1"})
+    );
+    assert_eq!(v["choices"][0]["logprobs"], Value::Null);
 }

@@ -6,10 +6,25 @@ which verifies the attestation instead).
 """
 
 import argparse
+import json
 import ssl
 import sys
+from typing import Literal
 
 import openai
+from pydantic import BaseModel, Field
+
+
+class Verdict(BaseModel):
+    answer: Literal["yes", "no"]
+    confidence: int
+
+
+class GetWeather(BaseModel):
+    """The current weather in a city."""
+
+    city: str = Field(max_length=12)
+    unit: Literal["celsius", "fahrenheit"]
 
 
 def main() -> int:
@@ -56,6 +71,62 @@ def main() -> int:
         raise AssertionError("an unsupported field was accepted")
     except openai.BadRequestError as e:
         assert "logit_bias" in str(e), e
+
+    # Structured output through the SDK's parse() helper (a strict json_schema from a pydantic
+    # model), enforced by the engine's grammar.
+    p = client.beta.chat.completions.parse(
+        model=a.model, messages=[{"role": "user", "content": "Is the sea blue?"}], response_format=Verdict, max_tokens=40, temperature=0
+    )
+    assert isinstance(p.choices[0].message.parsed, Verdict), p
+    j = client.chat.completions.create(
+        model=a.model, messages=[{"role": "user", "content": "A cat, as JSON."}], response_format={"type": "json_object"}, max_tokens=24, temperature=0
+    )
+    if j.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(j.choices[0].message.content), dict), j
+
+    # A forced tool call, parsed by the SDK into the pydantic model; then streamed, where
+    # delta.tool_calls must assemble into the same call.
+    tool = openai.pydantic_function_tool(GetWeather)
+    weather = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced = {"type": "function", "function": {"name": "GetWeather"}}
+    t = client.beta.chat.completions.parse(model=a.model, messages=weather, tools=[tool], tool_choice=forced, max_tokens=64, temperature=0)
+    call = t.choices[0].message.tool_calls[0]
+    assert t.choices[0].finish_reason == "tool_calls" and isinstance(call.function.parsed_arguments, GetWeather), t
+    calls: dict[int, dict] = {}
+    finish = None
+    for chunk in client.chat.completions.create(model=a.model, messages=weather, tools=[tool], tool_choice=forced, max_tokens=64, temperature=0, stream=True):
+        for d in chunk.choices[0].delta.tool_calls or []:
+            c = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+            c["id"] = d.id or c["id"]
+            c["name"] += (d.function.name or "") if d.function else ""
+            c["arguments"] += (d.function.arguments or "") if d.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and list(calls) == [0], (finish, calls)
+    assert calls[0]["name"] == "GetWeather" and (calls[0]["id"] or "").startswith("call_"), calls
+    assert GetWeather.model_validate_json(calls[0]["arguments"]) == call.function.parsed_arguments, calls
+
+    # The tool's result in a follow-up conversation.
+    follow = weather + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
+    ]
+    f = client.chat.completions.create(model=a.model, messages=follow, tools=[tool], max_tokens=8, temperature=0)
+    assert f.choices[0].finish_reason in ("stop", "length", "tool_calls"), f
+
+    # Log probabilities, non-stream and stream, and the cap.
+    lp = client.chat.completions.create(model=a.model, messages=msgs, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+    content = lp.choices[0].logprobs.content
+    assert len(content) == lp.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in content), lp
+    streamed = []
+    for chunk in client.chat.completions.create(model=a.model, messages=msgs, max_tokens=4, temperature=0, logprobs=True, stream=True):
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            streamed.extend(chunk.choices[0].logprobs.content)
+    assert [e.token for e in streamed] == [e.token for e in content], (streamed, content)
+    try:
+        client.chat.completions.create(model=a.model, messages=msgs, max_tokens=4, logprobs=True, top_logprobs=21)
+        raise AssertionError("top_logprobs above the cap was accepted")
+    except openai.BadRequestError as e:
+        assert "top_logprobs" in str(e), e
 
     print("openai sdk: all checks passed")
     return 0
