@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::ratls::{self, AttestedKey, RaTlsServerVerifier};
 use chrysalis_attestation::sim::{self, SimPki, SimTdReport};
-use chrysalis_attestation::{Evidence, Measurement, Policy};
+use chrysalis_attestation::{Evidence, Measurement, Policy, TdxRegisters};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use support::{Op, Paired};
@@ -101,18 +101,10 @@ impl RaTls {
         let server = no_resumption_server(ratls::server_config(Arc::new(
             rustls::sign::SingleCertAndKey::from(key.certified_key(cert).expect("certified key")),
         )));
+        let registers = TdxRegisters { mr_td: MR_TD, rtmr };
         let pin = TdxPin {
             name: Some("bench".into()),
-            mr_td: MR_TD,
-            rtmr0: Some(rtmr[0]),
-            rtmr1: Some(rtmr[1]),
-            rtmr2: Some(rtmr[2]),
-            rtmr3: Some(rtmr[3]),
-            mr_config_id: None,
-            mr_owner: None,
-            mr_owner_config: None,
-            td_attributes: None,
-            xfam: None,
+            ..TdxPin::from_registers(&registers, true)
         };
         let mut policy = Policy::pinned(vec![pin], vec![]);
         policy

@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(tdx.platform(), Platform::Tdx);
         assert_eq!(tdx.report_data(), ReportData([5; 64]));
         assert!(
-            matches!(tdx.measurements(), Measurements::Tdx(m) if m.mr_td == Measurement([7; 48]))
+            matches!(tdx.measurements(), Measurements::Tdx(m) if m.registers.mr_td == Measurement([7; 48]))
         );
         let snp = Evidence::snp(report(6), None, None).unwrap();
         assert_eq!(snp.platform(), Platform::Snp);

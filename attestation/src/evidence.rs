@@ -196,13 +196,26 @@ impl Sha256 {
     }
 }
 
-/// The TDX registers that a quote reports and a policy may pin.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TdxMeasurements {
+/// MRTD and RTMR0-3: the TDX measurement registers an image determines. The one type for them:
+/// a quote reports them ([`TdxMeasurements::registers`]), the calculators predict them
+/// (`measure::tdx::ExpectedTdx`), a manifest states them per VM shape
+/// (`manifest::TdxExpected`), and a policy pin is built from them (`policy::TdxPin::from_registers`).
+/// Serialized as `{"mr_td": .., "rtmr": [..4]}`; the manifest and policy files keep their flat
+/// `rtmr0`..`rtmr3` keys through their own wire layouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TdxRegisters {
     /// Build-time measurement of the initial TD contents (the firmware).
     pub mr_td: Measurement,
     /// Run-time measurement registers 0-3.
     pub rtmr: [Measurement; 4],
+}
+
+/// The TDX registers that a quote reports and a policy may pin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TdxMeasurements {
+    /// MRTD and RTMR0-3 (serialized flat: `mr_td`, `rtmr`).
+    #[serde(flatten)]
+    pub registers: TdxRegisters,
     /// Software-defined configuration ID set by the host at launch.
     pub mr_config_id: Measurement,
     /// Owner ID set by the host at launch.
@@ -399,13 +412,15 @@ pub(crate) const TDX_TEE_TYPE: u32 = 0x81;
 #[cfg(feature = "full")]
 pub(crate) fn tdx_measurements(r: &dcap_qvl::quote::TDReport10) -> TdxMeasurements {
     TdxMeasurements {
-        mr_td: Measurement(r.mr_td),
-        rtmr: [
-            Measurement(r.rt_mr0),
-            Measurement(r.rt_mr1),
-            Measurement(r.rt_mr2),
-            Measurement(r.rt_mr3),
-        ],
+        registers: TdxRegisters {
+            mr_td: Measurement(r.mr_td),
+            rtmr: [
+                Measurement(r.rt_mr0),
+                Measurement(r.rt_mr1),
+                Measurement(r.rt_mr2),
+                Measurement(r.rt_mr3),
+            ],
+        },
         mr_config_id: Measurement(r.mr_config_id),
         mr_owner: Measurement(r.mr_owner),
         mr_owner_config: Measurement(r.mr_owner_config),
@@ -613,6 +628,45 @@ mod tests {
         assert!(err.contains("Measurement") && err.contains("48"), "{err}");
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(json, format!("\"{}\"", "ab".repeat(48)));
+    }
+
+    #[test]
+    fn tdx_measurements_show_the_registers_flat_and_read_back() {
+        let h = |b: u8| format!("\"{}\"", format!("{b:02x}").repeat(48));
+        let f = |b: u8| format!("\"{}\"", format!("{b:02x}").repeat(8));
+        let m = Measurements::Tdx(TdxMeasurements {
+            registers: TdxRegisters {
+                mr_td: Measurement([1; 48]),
+                rtmr: [2, 3, 4, 5].map(|b| Measurement([b; 48])),
+            },
+            mr_config_id: Measurement([6; 48]),
+            mr_owner: Measurement([7; 48]),
+            mr_owner_config: Measurement([8; 48]),
+            mr_seam: Measurement([9; 48]),
+            td_attributes: Flags64([0x10; 8]),
+            xfam: Flags64([0x11; 8]),
+        });
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                "{{\"platform\":\"tdx\",\"mr_td\":{},\"rtmr\":[{},{},{},{}],\"mr_config_id\":{},\
+                 \"mr_owner\":{},\"mr_owner_config\":{},\"mr_seam\":{},\"td_attributes\":{},\
+                 \"xfam\":{}}}",
+                h(1),
+                h(2),
+                h(3),
+                h(4),
+                h(5),
+                h(6),
+                h(7),
+                h(8),
+                h(9),
+                f(0x10),
+                f(0x11)
+            )
+        );
+        assert_eq!(serde_json::from_str::<Measurements>(&json).unwrap(), m);
     }
 
     #[test]

@@ -22,6 +22,9 @@
 //!
 //! ## Modules
 //! * [`evidence`]: platforms, 48/64-byte register newtypes, parsed TDX quotes and SNP reports.
+//!   [`TdxRegisters`] (MRTD, RTMR0-3) is the one TDX register type: a quote's
+//!   [`TdxMeasurements`], the calculators' `ExpectedTdx`, a manifest's `TdxExpected` and the
+//!   host's sim /status hold it, and `policy::TdxPin::from_registers` pins it.
 //! * [`bundle`]: [`Evidence`], an enum per platform (quote and collateral, or report, VCEK and
 //!   chain), parsed once from bytes or from its DER wire form, the evidence bundle.
 //! * [`verify`]: cryptographic verification into one structured [`Verdict`], sealed as
@@ -133,7 +136,7 @@ pub use bundle::Evidence;
 pub use error::{ErrorChain, EvidenceError, ForeignError};
 pub use evidence::{
     ChipId, Flags64, HostData, InputEncoding, Measurement, Measurements, Platform, ReportData,
-    Sha256, SnpMeasurements, SnpTcb, TdxMeasurements,
+    Sha256, SnpMeasurements, SnpTcb, TdxMeasurements, TdxRegisters,
 };
 #[cfg(feature = "full")]
 pub use evidence::{SnpReport, TdxQuote};

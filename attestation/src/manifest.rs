@@ -526,11 +526,11 @@ pub(crate) mod tests {
             tdx: vec![TdxExpected {
                 shape: shape.clone(),
                 firmware: "tdx".into(),
-                mr_td: Measurement([1; 48]),
-                rtmr0: None,
-                rtmr1: Measurement([2; 48]),
-                rtmr2: Measurement([3; 48]),
-                rtmr3: Measurement::ZERO,
+                registers: crate::TdxRegisters {
+                    mr_td: Measurement([1; 48]),
+                    rtmr: [0, 2, 3, 0].map(|b| Measurement([b; 48])),
+                },
+                rtmr0_pinned: false,
                 qemu_version: None,
                 qemu_machine: None,
             }],
@@ -563,6 +563,65 @@ pub(crate) mod tests {
             back.snp_pins()[0].policy,
             Some(crate::measure::snp::CHRYSALIS_GUEST_POLICY)
         );
+    }
+
+    #[test]
+    fn tdx_entries_keep_one_key_per_register() {
+        use crate::{Measurement, TdxRegisters};
+        let h = |b: u8| format!("{b:02x}").repeat(48);
+        let mut e = TdxExpected {
+            shape: VmShape {
+                vcpus: 2,
+                memory_mib: 2048,
+            },
+            firmware: "tdx".into(),
+            registers: TdxRegisters {
+                mr_td: Measurement([1; 48]),
+                rtmr: [0, 2, 3, 4].map(|b| Measurement([b; 48])),
+            },
+            rtmr0_pinned: false,
+            qemu_version: None,
+            qemu_machine: None,
+        };
+        // The manifest's layout: one key per register, RTMR0 and the QEMU keys between MRTD
+        // and RTMR1 when RTMR0 is pinned.
+        let json = |rtmr0: &str| {
+            format!(
+                r#"{{"shape":{{"vcpus":2,"memory_mib":2048}},"firmware":"tdx","mr_td":"{}",{rtmr0}"rtmr1":"{}","rtmr2":"{}","rtmr3":"{}"}}"#,
+                h(1),
+                h(2),
+                h(3),
+                h(4)
+            )
+        };
+        let unpinned = json("");
+        assert_eq!(serde_json::to_string(&e).unwrap(), unpinned);
+        assert_eq!(serde_json::from_str::<TdxExpected>(&unpinned).unwrap(), e);
+        assert_eq!(e.rtmr0(), None);
+
+        e.registers.rtmr[0] = Measurement([9; 48]);
+        e.rtmr0_pinned = true;
+        e.qemu_version = Some("10.0".into());
+        e.qemu_machine = Some("pc-q35-10.0".into());
+        let pinned = json(&format!(
+            r#""rtmr0":"{}","qemu_version":"10.0","qemu_machine":"pc-q35-10.0","#,
+            h(9)
+        ));
+        assert_eq!(serde_json::to_string(&e).unwrap(), pinned);
+        assert_eq!(serde_json::from_str::<TdxExpected>(&pinned).unwrap(), e);
+        assert_eq!(e.rtmr0(), Some(Measurement([9; 48])));
+
+        // Unknown keys are refused, as before the registers were one value.
+        let extra = pinned.replacen("{\"shape\"", "{\"rtmr\":[],\"shape\"", 1);
+        assert!(serde_json::from_str::<TdxExpected>(&extra).is_err());
+        // RTMR0 is compared only where the entry pins it.
+        let mut other = e.registers;
+        other.rtmr[0] = Measurement::ZERO;
+        assert!(!e.matches(&other));
+        e.rtmr0_pinned = false;
+        assert!(e.matches(&other));
+        other.rtmr[2] = Measurement::ZERO;
+        assert!(!e.matches(&other));
     }
 
     #[test]
@@ -652,45 +711,104 @@ pub struct VmShape {
     pub memory_mib: u64,
 }
 
-/// The registers a TDX guest booted from this image reports, for one VM shape.
+/// The registers a TDX guest booted from this image reports, for one VM shape. In the manifest
+/// each register is its own key (`mr_td`, `rtmr0` only when pinned, `rtmr1`..`rtmr3`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "TdxExpectedWire", into = "TdxExpectedWire")]
 pub struct TdxExpected {
     /// The VM shape.
     pub shape: VmShape,
     /// Which firmware artifact (key of [`Manifest::firmware`]) was measured.
     pub firmware: String,
-    /// MRTD of that firmware.
-    pub mr_td: crate::Measurement,
-    /// RTMR0: computed for the QEMU release and machine type below, or captured on real
-    /// hardware for this shape (it depends on the VMM's ACPI tables and TD HOB); `None` means
-    /// RTMR0 is not pinned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtmr0: Option<crate::Measurement>,
+    /// MRTD of that firmware; RTMR1 the kernel, as TDVF measures a direct boot; RTMR2 the
+    /// command line and initrd; RTMR3 zero (nothing extends it). RTMR0 is computed for the QEMU
+    /// release and machine type below, or captured on real hardware for this shape (it depends
+    /// on the VMM's ACPI tables and TD HOB); zero when `rtmr0_pinned` is false.
+    pub registers: crate::TdxRegisters,
+    /// Whether `registers.rtmr[0]` is pinned; when false RTMR0 is not compared.
+    pub rtmr0_pinned: bool,
     /// The QEMU release (major.minor) RTMR0 was computed for, when it was computed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_version: Option<String>,
     /// The QEMU machine type RTMR0 was computed for (`pc-q35-10.0`), when it was computed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_machine: Option<String>,
-    /// RTMR1: the kernel, as TDVF measures a direct boot.
-    pub rtmr1: crate::Measurement,
-    /// RTMR2: the command line and initrd.
-    pub rtmr2: crate::Measurement,
-    /// RTMR3: zero (nothing extends it).
-    pub rtmr3: crate::Measurement,
 }
 
 impl TdxExpected {
+    /// RTMR0 when it is pinned.
+    pub fn rtmr0(&self) -> Option<crate::Measurement> {
+        self.rtmr0_pinned.then_some(self.registers.rtmr[0])
+    }
+
+    /// Whether `registers` are what this entry states: MRTD and RTMR1-3 equal, and RTMR0 too
+    /// when this entry pins it.
+    pub fn matches(&self, registers: &crate::TdxRegisters) -> bool {
+        let stated = &self.registers;
+        stated.mr_td == registers.mr_td
+            && stated.rtmr[1..] == registers.rtmr[1..]
+            && (!self.rtmr0_pinned || stated.rtmr[0] == registers.rtmr[0])
+    }
+
     /// The registers this entry states, as a pin: MRTD, RTMR1-3, and RTMR0 when it is pinned.
     /// Nothing else is set (see [`Manifest::tdx_pins`] for the launch values a policy adds).
     pub fn pin(&self) -> crate::policy::TdxPin {
-        let mut pin = crate::policy::TdxPin::new(self.mr_td);
-        pin.rtmr0 = self.rtmr0;
-        pin.rtmr1 = Some(self.rtmr1);
-        pin.rtmr2 = Some(self.rtmr2);
-        pin.rtmr3 = Some(self.rtmr3);
-        pin
+        crate::policy::TdxPin::from_registers(&self.registers, self.rtmr0_pinned)
+    }
+}
+
+/// [`TdxExpected`] as the manifest lays it out (the key order is part of the format).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TdxExpectedWire {
+    shape: VmShape,
+    firmware: String,
+    mr_td: crate::Measurement,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rtmr0: Option<crate::Measurement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    qemu_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    qemu_machine: Option<String>,
+    rtmr1: crate::Measurement,
+    rtmr2: crate::Measurement,
+    rtmr3: crate::Measurement,
+}
+
+impl From<TdxExpectedWire> for TdxExpected {
+    fn from(w: TdxExpectedWire) -> Self {
+        Self {
+            shape: w.shape,
+            firmware: w.firmware,
+            registers: crate::TdxRegisters {
+                mr_td: w.mr_td,
+                rtmr: [
+                    w.rtmr0.unwrap_or(crate::Measurement::ZERO),
+                    w.rtmr1,
+                    w.rtmr2,
+                    w.rtmr3,
+                ],
+            },
+            rtmr0_pinned: w.rtmr0.is_some(),
+            qemu_version: w.qemu_version,
+            qemu_machine: w.qemu_machine,
+        }
+    }
+}
+
+impl From<TdxExpected> for TdxExpectedWire {
+    fn from(e: TdxExpected) -> Self {
+        let rtmr0 = e.rtmr0();
+        let [_, rtmr1, rtmr2, rtmr3] = e.registers.rtmr;
+        Self {
+            shape: e.shape,
+            firmware: e.firmware,
+            mr_td: e.registers.mr_td,
+            rtmr0,
+            qemu_version: e.qemu_version,
+            qemu_machine: e.qemu_machine,
+            rtmr1,
+            rtmr2,
+            rtmr3,
+        }
     }
 }
 

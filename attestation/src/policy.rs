@@ -59,7 +59,7 @@ use thiserror::Error;
 use crate::bundle::Evidence;
 use crate::evidence::{
     Flags64, HostData, Measurement, Measurements, Platform, ReportData, Sha256, SnpMeasurements,
-    SnpTcb, TdxMeasurements,
+    SnpTcb, TdxMeasurements, TdxRegisters,
 };
 use crate::snp_policy::{FloorSource, PolicyCheck, policy_bit_names};
 use crate::tdx_attributes::TdAttributes;
@@ -323,6 +323,19 @@ impl TdxPin {
         }
     }
 
+    /// A pin of `registers`: MRTD, RTMR1-3, and RTMR0 when `rtmr0_pinned`. Nothing else is set
+    /// (no name, no launch values).
+    pub fn from_registers(registers: &TdxRegisters, rtmr0_pinned: bool) -> Self {
+        let [rtmr0, rtmr1, rtmr2, rtmr3] = registers.rtmr;
+        Self {
+            rtmr0: rtmr0_pinned.then_some(rtmr0),
+            rtmr1: Some(rtmr1),
+            rtmr2: Some(rtmr2),
+            rtmr3: Some(rtmr3),
+            ..Self::new(registers.mr_td)
+        }
+    }
+
     /// The registers of `t` that differ from this pin, each as "`reg` is X, pinned Y"; empty
     /// when `t` matches. With `allow_debug`, the "TD under debug" bits of TD_ATTRIBUTES are left
     /// out of a pinned `td_attributes`, so that `dangerous_allow_debug` alone accepts a debug TD
@@ -330,12 +343,13 @@ impl TdxPin {
     pub fn diff(&self, t: &TdxMeasurements, allow_debug: bool) -> Vec<String> {
         let p = self;
         let mut out = Vec::new();
-        diff(&mut out, "mr_td", Some(&p.mr_td), &t.mr_td);
+        let r = &t.registers;
+        diff(&mut out, "mr_td", Some(&p.mr_td), &r.mr_td);
         for (i, pin) in [&p.rtmr0, &p.rtmr1, &p.rtmr2, &p.rtmr3]
             .into_iter()
             .enumerate()
         {
-            diff(&mut out, &format!("rtmr{i}"), pin.as_ref(), &t.rtmr[i]);
+            diff(&mut out, &format!("rtmr{i}"), pin.as_ref(), &r.rtmr[i]);
         }
         diff(
             &mut out,
@@ -1122,13 +1136,10 @@ mod tests {
             tcb_status: Some(TcbStatus::UpToDate),
             advisory_ids: vec![],
             measurements: Measurements::Tdx(TdxMeasurements {
-                mr_td: Measurement([1; 48]),
-                rtmr: [
-                    Measurement([2; 48]),
-                    Measurement([3; 48]),
-                    Measurement([4; 48]),
-                    Measurement::ZERO,
-                ],
+                registers: TdxRegisters {
+                    mr_td: Measurement([1; 48]),
+                    rtmr: [2, 3, 4, 0].map(|b| Measurement([b; 48])),
+                },
                 mr_config_id: Measurement::ZERO,
                 mr_owner: Measurement::ZERO,
                 mr_owner_config: Measurement::ZERO,

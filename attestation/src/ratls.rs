@@ -755,16 +755,8 @@ mod tests {
         let mut p = Policy::pinned(
             vec![TdxPin {
                 name: Some("sim".into()),
-                mr_td,
-                rtmr0: None,
                 rtmr1: Some(Measurement([2; 48])),
-                rtmr2: None,
-                rtmr3: None,
-                mr_config_id: None,
-                mr_owner: None,
-                mr_owner_config: None,
-                td_attributes: None,
-                xfam: None,
+                ..TdxPin::new(mr_td)
             }],
             vec![],
         );

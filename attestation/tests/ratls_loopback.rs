@@ -41,16 +41,10 @@ fn bundle_for(pki: &SimPki, key: &AttestedKey) -> Evidence {
 fn policy(pki: &SimPki, mr_td: Measurement) -> Arc<Policy> {
     let pin = TdxPin {
         name: Some("sim cpu".into()),
-        mr_td,
-        rtmr0: None,
         rtmr1: Some(Measurement([1; 48])),
         rtmr2: Some(Measurement([2; 48])),
         rtmr3: Some(Measurement::ZERO),
-        mr_config_id: None,
-        mr_owner: None,
-        mr_owner_config: None,
-        td_attributes: None,
-        xfam: None,
+        ..TdxPin::new(mr_td)
     };
     let mut p = Policy::pinned(vec![pin], vec![]);
     p.trust

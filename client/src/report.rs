@@ -34,8 +34,8 @@ pub fn measurement_fields(m: &Measurements) -> Map<String, Value> {
     let mut o = Map::new();
     match m {
         Measurements::Tdx(t) => {
-            o.insert("mr_td".into(), json!(t.mr_td.to_hex()));
-            for (i, r) in t.rtmr.iter().enumerate() {
+            o.insert("mr_td".into(), json!(t.registers.mr_td.to_hex()));
+            for (i, r) in t.registers.rtmr.iter().enumerate() {
                 o.insert(format!("rtmr{i}"), json!(r.to_hex()));
             }
             o.insert("mr_config_id".into(), json!(t.mr_config_id.to_hex()));

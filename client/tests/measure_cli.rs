@@ -54,12 +54,12 @@ fn measure_tdx_reproduces_the_calculator() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let v = json(&o);
-    let e = img.tdx();
+    let e = img.tdx().registers;
     for (key, want) in [
         ("mr_td", e.mr_td),
-        ("rtmr1", e.rtmr1),
-        ("rtmr2", e.rtmr2),
-        ("rtmr3", e.rtmr3),
+        ("rtmr1", e.rtmr[1]),
+        ("rtmr2", e.rtmr[2]),
+        ("rtmr3", e.rtmr[3]),
     ] {
         assert!(is_lower_hex48(&v[key]), "{key}: {}", v[key]);
         assert_eq!(v[key], want.to_hex(), "{key}");
@@ -73,7 +73,7 @@ fn measure_tdx_reproduces_the_calculator() {
     );
     assert_ne!(img.rtmr0(2, 4096), img.rtmr0(8, 65536));
     assert_eq!(v["qemu_machine"], "pc-q35-10.0");
-    assert_eq!(e.rtmr3, Measurement::ZERO);
+    assert_eq!(e.rtmr[3], Measurement::ZERO);
 
     // A captured RTMR0 is passed through; text output names the registers.
     let r0 = "ab".repeat(48);
@@ -104,7 +104,10 @@ fn measure_tdx_reproduces_the_calculator() {
         "4096",
     ]);
     let out = text(&o.stdout);
-    assert!(out.contains(&format!("rtmr2        {}", e.rtmr2)), "{out}");
+    assert!(
+        out.contains(&format!("rtmr2        {}", e.rtmr[2])),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("rtmr0        {}", img.rtmr0(2, 4096))),
         "{out}"
@@ -265,8 +268,8 @@ fn a_manifest_without_firmware_for_the_platform_is_bad_input() {
 #[test]
 fn measure_reports_a_manifest_that_records_other_values() {
     let mut img = Image::new(b"initramfs v1");
-    let e = img.tdx();
-    let mut wrong = e.rtmr2;
+    let e = img.tdx().registers;
+    let mut wrong = e.rtmr[2];
     wrong.0[0] ^= 1;
     img.manifest.expected_measurements =
         Some(chrysalis_attestation::manifest::ExpectedMeasurements {
@@ -276,11 +279,11 @@ fn measure_reports_a_manifest_that_records_other_values() {
                     memory_mib: 4096,
                 },
                 firmware: "tdx".into(),
-                mr_td: e.mr_td,
-                rtmr0: None,
-                rtmr1: e.rtmr1,
-                rtmr2: wrong,
-                rtmr3: e.rtmr3,
+                registers: chrysalis_attestation::TdxRegisters {
+                    mr_td: e.mr_td,
+                    rtmr: [Measurement::ZERO, e.rtmr[1], wrong, e.rtmr[3]],
+                },
+                rtmr0_pinned: false,
                 qemu_version: None,
                 qemu_machine: None,
             }],
@@ -302,7 +305,7 @@ fn measure_reports_a_manifest_that_records_other_values() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert_eq!(
         json(&o)["rtmr2"],
-        e.rtmr2.to_hex(),
+        e.rtmr[2].to_hex(),
         "prints the recomputed value"
     );
 }
@@ -336,10 +339,11 @@ fn verify_sim_quote_with(
     policy: &str,
     edit: impl FnOnce(&mut chrysalis_attestation::TdxMeasurements),
 ) -> Output {
-    let e = img.tdx();
     let pki = SimPki::from_seed(DEFAULT_SEED);
     let now = 1_767_225_600;
-    let mut m = td_measurements(e.mr_td, [img.rtmr0(2, 2048), e.rtmr1, e.rtmr2, e.rtmr3]);
+    let mut registers = img.tdx().registers;
+    registers.rtmr[0] = img.rtmr0(2, 2048);
+    let mut m = td_measurements(registers.mr_td, registers.rtmr);
     edit(&mut m);
     let quote = pki.quote(&SimTdReport::new(m, ReportData([7; 64])));
     let collateral = pki.collateral(now - 3600, 86_400).unwrap();
@@ -374,7 +378,7 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
     let strict = Policy::from_toml(&toml).unwrap();
     assert!(strict.trust.dangerous_simulated_intel_roots.is_empty());
     assert!(!toml.contains("DANGEROUS"));
-    let e = img.tdx();
+    let e = img.tdx().registers;
     assert_eq!(strict.tdx.len(), 4, "one pin per default shape");
     for (pin, (vcpus, mib)) in
         strict
@@ -387,9 +391,9 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
             (
                 e.mr_td,
                 Some(img.rtmr0(vcpus, mib)),
-                Some(e.rtmr1),
-                Some(e.rtmr2),
-                Some(e.rtmr3)
+                Some(e.rtmr[1]),
+                Some(e.rtmr[2]),
+                Some(e.rtmr[3])
             ),
             "{vcpus} vCPU {mib} MiB"
         );
@@ -435,7 +439,7 @@ fn policy_from_manifest_round_trips_and_decides_sim_quotes() {
     );
     // Another VMM (other ACPI tables or TD HOB, hence another RTMR0): refused.
     let o = verify_sim_quote_with(work.path(), &img, &sim_toml, |m| {
-        m.rtmr[0] = Measurement([0x5a; 48])
+        m.registers.rtmr[0] = Measurement([0x5a; 48])
     });
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
     // Another XFAM (CET state added): the pin refuses it.

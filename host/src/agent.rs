@@ -330,8 +330,9 @@ pub async fn run(
                     .await
                     .expect("measuring does not panic")?;
                 let st = s.status();
+                let r = &st.registers;
                 tracing::info!(
-                    mr_td = %st.mr_td, rtmr0 = %st.rtmr[0], rtmr1 = %st.rtmr[1], rtmr2 = %st.rtmr[2],
+                    mr_td = %r.mr_td, rtmr0 = %r.rtmr[0], rtmr1 = %r.rtmr[1], rtmr2 = %r.rtmr[2],
                     sim_root_sha256 = %st.sim_root_sha256, "sim quote service: measurements of the launched artifacts"
                 );
                 let s = Arc::new(s);

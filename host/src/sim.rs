@@ -38,13 +38,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use chrysalis_attestation::manifest::VmShape;
+use chrysalis_attestation::manifest::{TdxExpected, VmShape};
 use chrysalis_attestation::measure::image::{
     DEFAULT_SNP_GUEST_FEATURES, ImageInputs, ImageMeasureError, SnpShape, snp_for_shape, tdx_image,
 };
 use chrysalis_attestation::measure::snp::SnpVcpuType;
 use chrysalis_attestation::sim::{self, SimAmdPki, SimError, SimPki, SimSnpReport, SimTdReport};
-use chrysalis_attestation::{Measurement, ReportData, Sha256, TdxMeasurements};
+use chrysalis_attestation::{Measurement, ReportData, Sha256, TdxMeasurements, TdxRegisters};
 use dcap_qvl::QuoteCollateralV3;
 use serde::Serialize;
 
@@ -99,10 +99,10 @@ pub enum SimSignerError {
 /// What the sim quote service quotes, as /status shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SimMeasurements {
-    /// MRTD.
-    pub mr_td: Measurement,
-    /// RTMR0..3 as quoted (RTMR0 zero unless the manifest pins it for this shape).
-    pub rtmr: [Measurement; 4],
+    /// MRTD and RTMR0..3 as quoted (RTMR0 zero unless the manifest pins it for this shape);
+    /// shown flat (`mr_td`, `rtmr`).
+    #[serde(flatten)]
+    pub registers: TdxRegisters,
     /// Whether RTMR0 came from the manifest's pin for this VM shape.
     pub rtmr0_pinned: bool,
     /// Which firmware was measured: `manifest:tdx` or the configured file.
@@ -132,23 +132,17 @@ pub fn tdx_measurements(
         tdx_firmware: Some(firmware.to_vec()),
         snp_firmware: None,
     })?;
-    let pinned_rtmr0 = shape_entry(image, shape).and_then(|e| e.rtmr0);
-    let rtmr = [
-        pinned_rtmr0.unwrap_or(Measurement::ZERO),
-        expected.rtmr1,
-        expected.rtmr2,
-        expected.rtmr3,
-    ];
+    // RTMR0 is not predicted from the artifacts: the manifest's pin for the shape, else zero.
+    let mut registers = expected.registers;
+    let pinned_rtmr0 = shape_entry(image, shape).and_then(TdxExpected::rtmr0);
+    registers.rtmr[0] = pinned_rtmr0.unwrap_or(Measurement::ZERO);
     Ok((
-        sim::td_measurements(expected.mr_td, rtmr),
+        sim::td_measurements(registers.mr_td, registers.rtmr),
         pinned_rtmr0.is_some(),
     ))
 }
 
-fn shape_entry<'a>(
-    image: &'a ImageDir,
-    shape: &VmShape,
-) -> Option<&'a chrysalis_attestation::manifest::TdxExpected> {
+fn shape_entry<'a>(image: &'a ImageDir, shape: &VmShape) -> Option<&'a TdxExpected> {
     image
         .manifest
         .expected_measurements
@@ -205,15 +199,14 @@ impl SimTdxSigner {
         let (measurements, rtmr0_pinned) = tdx_measurements(image, &firmware, shape)?;
         let pki = SimPki::from_seed(seed);
         let matches_manifest =
-            shape_entry(image, shape).map(|e| e.pin().diff(&measurements, false).is_empty());
+            shape_entry(image, shape).map(|e| e.matches(&measurements.registers));
         if matches_manifest == Some(false) {
             tracing::warn!(
                 "the sim measurements of the verified artifacts differ from the manifest's expected_measurements for this shape; clients pinning the manifest will reject this guest"
             );
         }
         let status = SimMeasurements {
-            mr_td: measurements.mr_td,
-            rtmr: measurements.rtmr,
+            registers: measurements.registers,
             rtmr0_pinned,
             firmware: label,
             sim_root_sha256: pki.root_sha256(),
@@ -342,11 +335,8 @@ mod tests {
         TestImage::write(dir.path()).unwrap();
         let s = signer(dir.path());
         let want = calculator(dir.path());
-        assert_eq!(s.measurements().mr_td, want.mr_td);
-        assert_eq!(
-            s.measurements().rtmr,
-            [Measurement::ZERO, want.rtmr1, want.rtmr2, want.rtmr3]
-        );
+        // RTMR0 unpinned: the calculator's zero, as quoted.
+        assert_eq!(s.measurements().registers, want.registers);
 
         let rd = ReportData([0x5a; 64]);
         let q = s.quote(&rd).unwrap();
@@ -356,10 +346,7 @@ mod tests {
             TrustAnchors::none().dangerous_with_simulated_intel_root(s.status().sim_root_sha256);
         let verdict = chrysalis_attestation::verify::verify(&bundle, &anchors, None, now).unwrap();
 
-        let mut pin = TdxPin::new(want.mr_td);
-        pin.rtmr1 = Some(want.rtmr1);
-        pin.rtmr2 = Some(want.rtmr2);
-        pin.rtmr3 = Some(want.rtmr3);
+        let pin = TdxPin::from_registers(&want.registers, false);
         let mut policy = Policy::pinned(vec![pin], vec![]);
         policy
             .trust
@@ -372,7 +359,7 @@ mod tests {
         let q = s.quote(&rd).unwrap();
         let bundle = Evidence::tdx(q.quote, q.collateral).unwrap();
         let verdict = chrysalis_attestation::verify::verify(&bundle, &anchors, None, now).unwrap();
-        let mut other = TdxPin::new(want.mr_td);
+        let mut other = TdxPin::new(want.registers.mr_td);
         other.rtmr2 = Some(Measurement([9; 48]));
         let mut policy = Policy::pinned(vec![other], vec![]);
         policy
@@ -386,7 +373,7 @@ mod tests {
     fn one_initrd_byte_or_cmdline_change_changes_the_quoted_registers() {
         let dir = tempfile::tempdir().unwrap();
         TestImage::write(dir.path()).unwrap();
-        let base = signer(dir.path()).measurements().clone();
+        let base = signer(dir.path()).measurements().registers;
 
         // Flip one initramfs byte and rewrite the manifest to match (a different, consistent image).
         let edited = tempfile::tempdir().unwrap();
@@ -400,7 +387,7 @@ mod tests {
             .manifest;
         m.artifacts.initramfs.sha256 = Sha256::digest(&bytes);
         std::fs::write(edited.path().join("manifest.json"), m.to_json()).unwrap();
-        let flipped = signer(edited.path()).measurements().clone();
+        let flipped = signer(edited.path()).measurements().registers;
         assert_eq!(flipped.mr_td, base.mr_td);
         assert_eq!(flipped.rtmr[1], base.rtmr[1]);
         assert_ne!(
@@ -436,25 +423,25 @@ mod tests {
             m.kernel_cmdline = format!("quiet {}", m.kernel_cmdline);
         })
         .unwrap();
-        let cmd = signer(other.path()).measurements().clone();
+        let cmd = signer(other.path()).measurements().registers;
         assert_ne!(cmd.rtmr[2], base.rtmr[2]);
         assert_eq!(cmd.rtmr[1], base.rtmr[1]);
     }
 
     #[test]
     fn rtmr0_follows_the_manifest_pin_for_the_shape_and_seeds_select_the_root() {
-        use chrysalis_attestation::manifest::{ExpectedMeasurements, TdxExpected};
+        use chrysalis_attestation::manifest::ExpectedMeasurements;
         let dir = tempfile::tempdir().unwrap();
         TestImage::write_with(dir.path(), |m| {
             m.expected_measurements = Some(ExpectedMeasurements {
                 tdx: vec![TdxExpected {
                     shape: SHAPE,
                     firmware: FIRMWARE_TDX.into(),
-                    mr_td: Measurement([1; 48]),
-                    rtmr0: Some(Measurement([7; 48])),
-                    rtmr1: Measurement([2; 48]),
-                    rtmr2: Measurement([3; 48]),
-                    rtmr3: Measurement::ZERO,
+                    registers: TdxRegisters {
+                        mr_td: Measurement([1; 48]),
+                        rtmr: [7, 2, 3, 0].map(|b| Measurement([b; 48])),
+                    },
+                    rtmr0_pinned: true,
                     qemu_version: None,
                     qemu_machine: None,
                 }],
@@ -463,7 +450,7 @@ mod tests {
         })
         .unwrap();
         let s = signer(dir.path());
-        assert_eq!(s.measurements().rtmr[0], Measurement([7; 48]));
+        assert_eq!(s.measurements().registers.rtmr[0], Measurement([7; 48]));
         assert!(s.status().rtmr0_pinned);
         // The stated values are made up, so they do not match what the artifacts give.
         assert_eq!(s.status().matches_manifest, Some(false));
@@ -481,7 +468,7 @@ mod tests {
             SystemTime::now,
         )
         .unwrap();
-        assert_eq!(other.measurements().rtmr[0], Measurement::ZERO);
+        assert_eq!(other.measurements().registers.rtmr[0], Measurement::ZERO);
         assert_eq!(other.status().matches_manifest, None);
         assert_ne!(other.status().sim_root_sha256, s.status().sim_root_sha256);
     }
@@ -507,13 +494,9 @@ mod tests {
             .find(|p| p.name.as_deref().unwrap().contains("2 vCPU, 2048 MiB"))
             .unwrap();
         let q = s.measurements();
-        assert_eq!(
-            (pin.mr_td, pin.rtmr1, pin.rtmr2, pin.rtmr3),
-            (q.mr_td, Some(q.rtmr[1]), Some(q.rtmr[2]), Some(q.rtmr[3]))
-        );
         // The image build computes RTMR0 for the shape; the sim quote carries the pinned value.
         assert!(pin.rtmr0.is_some());
-        assert_eq!(pin.rtmr0, Some(q.rtmr[0]));
+        assert!(pin.diff(q, false).is_empty(), "{:?}", pin.diff(q, false));
         // The quote carries exactly the TD attributes and XFAM the manifest's policy pins.
         assert_eq!(
             (pin.td_attributes, pin.xfam),
@@ -581,7 +564,10 @@ mod tests {
             SystemTime::now,
         )
         .unwrap();
-        assert_eq!(s.measurements().mr_td, calculator(dir.path()).mr_td);
+        assert_eq!(
+            s.measurements().registers.mr_td,
+            calculator(dir.path()).registers.mr_td
+        );
         assert_eq!(s.status().firmware, fw.display().to_string());
     }
 }

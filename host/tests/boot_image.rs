@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrysalis_attestation::manifest::Manifest;
 use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::ratls::{self, RaTlsServerVerifier};
-use chrysalis_attestation::{Measurement, Policy, Sha256};
+use chrysalis_attestation::{Policy, Sha256, TdxRegisters};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BOOT_GUARD: Duration = Duration::from_secs(900);
@@ -141,12 +141,9 @@ impl Agent {
 /// The policy a client would build from /status: the quoted registers and the sim root.
 fn policy_from_status(st: &serde_json::Value) -> Policy {
     let sim = &st["sim_quote"];
-    let m = |v: &serde_json::Value| -> Measurement { serde_json::from_value(v.clone()).unwrap() };
-    let mut pin = TdxPin::new(m(&sim["mr_td"]));
-    pin.rtmr0 = Some(m(&sim["rtmr"][0]));
-    pin.rtmr1 = Some(m(&sim["rtmr"][1]));
-    pin.rtmr2 = Some(m(&sim["rtmr"][2]));
-    pin.rtmr3 = Some(m(&sim["rtmr"][3]));
+    // /status shows the registers flat (`mr_td`, `rtmr`), as `TdxRegisters` reads them.
+    let registers: TdxRegisters = serde_json::from_value(sim.clone()).unwrap();
+    let pin = TdxPin::from_registers(&registers, true);
     let mut policy = Policy::pinned(vec![pin], vec![]);
     let root: Sha256 = serde_json::from_value(sim["sim_root_sha256"].clone()).unwrap();
     policy.trust.dangerous_simulated_intel_roots.push(root);

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use chrysalis_attestation::Measurement;
 use chrysalis_attestation::manifest::{
     Artifact, ExpectedMeasurements, SnpExpected, TdxExpected, VmShape,
 };
+use chrysalis_attestation::{Measurement, TdxRegisters};
 use chrysalis_testkit::fixtures;
 use chrysalis_testkit::image::TestImage;
 
@@ -61,11 +61,11 @@ fn expected() -> ExpectedMeasurements {
         tdx: vec![TdxExpected {
             shape: SHAPE,
             firmware: "tdx".into(),
-            mr_td: Measurement([1; 48]),
-            rtmr0: None,
-            rtmr1: Measurement([2; 48]),
-            rtmr2: Measurement([3; 48]),
-            rtmr3: Measurement::ZERO,
+            registers: TdxRegisters {
+                mr_td: Measurement([1; 48]),
+                rtmr: [0, 2, 3, 0].map(|b| Measurement([b; 48])),
+            },
+            rtmr0_pinned: false,
             qemu_version: None,
             qemu_machine: None,
         }],

@@ -525,8 +525,11 @@ async fn the_agent_quotes_the_launched_image_over_hybrid_vsock() {
     let parsed = TdxQuote::parse(&quote).unwrap();
     assert_eq!(parsed.report_data(), rd);
     let m = parsed.measurements();
-    assert_eq!(serde_json::to_value(m.mr_td).unwrap(), sim["mr_td"]);
-    assert_eq!(serde_json::to_value(m.rtmr).unwrap(), sim["rtmr"]);
+    assert_eq!(
+        serde_json::to_value(m.registers.mr_td).unwrap(),
+        sim["mr_td"]
+    );
+    assert_eq!(serde_json::to_value(m.registers.rtmr).unwrap(), sim["rtmr"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -76,16 +76,9 @@ pub fn sim_policy() -> &'static Policy {
     P.get_or_init(|| {
         let pin = TdxPin {
             name: Some("fuzz".into()),
-            mr_td: MR_TD,
-            rtmr0: None,
             rtmr1: Some(RTMRS[1]),
             rtmr2: Some(RTMRS[2]),
-            rtmr3: None,
-            mr_config_id: None,
-            mr_owner: None,
-            mr_owner_config: None,
-            td_attributes: None,
-            xfam: None,
+            ..TdxPin::new(MR_TD)
         };
         let mut p = Policy::pinned(vec![pin], vec![]);
         p.trust

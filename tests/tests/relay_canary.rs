@@ -14,11 +14,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use chrysalis_attestation::Policy;
 use chrysalis_attestation::measure::tdx::{PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx};
 use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::ratls::{self, RaTlsServerVerifier};
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki};
-use chrysalis_attestation::{Measurement, Policy};
 use chrysalis_guest::engine::{
     Chunk, Engine, EngineError, EngineEvent, GenerateRequest, Generation, Usage,
 };
@@ -235,11 +235,8 @@ async fn canary(hybrid: bool) {
         page_add_order: PageAddOrder::PerPage,
     })
     .unwrap();
-    let mut pin = TdxPin::new(want.mr_td);
-    pin.rtmr0 = Some(Measurement::ZERO);
-    pin.rtmr1 = Some(want.rtmr1);
-    pin.rtmr2 = Some(want.rtmr2);
-    pin.rtmr3 = Some(want.rtmr3);
+    // RTMR0 pinned too: the sim quotes zero for an image that pins none, as `want` holds it.
+    let pin = TdxPin::from_registers(&want.registers, true);
     let mut policy = Policy::pinned(vec![pin], vec![]);
     policy
         .trust

@@ -203,18 +203,20 @@ pub fn explain_tdx(
     log: &EventLog,
     expected: &ExpectedTdx,
 ) -> Explanation {
+    let actual = &actual.registers;
     let replay = log.replay();
     let log_not_of_this_quote = (0..4)
         .filter(|&i| replay[i] != actual.rtmr[i])
         .filter_map(Register::from_rtmr)
         .collect();
 
+    let [_, rtmr1, rtmr2, rtmr3] = expected.registers.rtmr;
     let exp = [
-        Some(expected.mr_td),
-        expected.rtmr0,
-        Some(expected.rtmr1),
-        Some(expected.rtmr2),
-        Some(expected.rtmr3),
+        Some(expected.registers.mr_td),
+        expected.rtmr0(),
+        Some(rtmr1),
+        Some(rtmr2),
+        Some(rtmr3),
     ];
     let registers = [
         Register::Mrtd,
@@ -388,6 +390,7 @@ fn align(register: Register, exp: &[&Event], act: &[&Event]) -> Vec<EventCompari
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::TdxRegisters;
     use crate::measure::eventlog::{SpecIdEvent, replay_events};
     use crate::measure::tdx::direct_boot_events;
     use chrysalis_testkit::fixtures::efi_pe;
@@ -396,11 +399,11 @@ mod tests {
         let events = direct_boot_events(kernel, Some(initrd), cmdline).unwrap();
         let [_, rtmr1, rtmr2, rtmr3] = replay_events(&events);
         ExpectedTdx {
-            mr_td: Measurement([7; 48]),
-            rtmr0: None,
-            rtmr1,
-            rtmr2,
-            rtmr3,
+            registers: TdxRegisters {
+                mr_td: Measurement([7; 48]),
+                rtmr: [Measurement::ZERO, rtmr1, rtmr2, rtmr3],
+            },
+            rtmr0_pinned: false,
             events,
         }
     }
@@ -505,7 +508,7 @@ mod tests {
         let predicted = rtmr0_events(&fw, &md, 2048, &acpi, "QEMU test").unwrap();
         let k = efi_pe(1, b"");
         let mut exp = expectation(&k, b"i", "c");
-        exp.rtmr0 = Some(rtmr0(&predicted));
+        exp.pin_rtmr0(rtmr0(&predicted));
         let mut all = predicted.clone();
         all.append(&mut exp.events);
         exp.events = all;

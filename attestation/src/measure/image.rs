@@ -311,14 +311,13 @@ pub fn tdx_image(inputs: &ImageInputs) -> Result<ExpectedTdx, ImageMeasureError>
 /// The manifest entry for one TDX shape, from [`tdx_image`]'s result, with the shape's RTMR0 as
 /// given (no calculation: see [`tdx_expected`] for the entry with RTMR0 computed).
 pub fn tdx_for_shape(image: &ExpectedTdx, shape: &TdxShape) -> TdxExpected {
+    let mut registers = image.registers;
+    registers.rtmr[0] = shape.rtmr0.unwrap_or(Measurement::ZERO);
     TdxExpected {
         shape: shape.shape.clone(),
         firmware: FIRMWARE_TDX.into(),
-        mr_td: image.mr_td,
-        rtmr0: shape.rtmr0,
-        rtmr1: image.rtmr1,
-        rtmr2: image.rtmr2,
-        rtmr3: image.rtmr3,
+        registers,
+        rtmr0_pinned: shape.rtmr0.is_some(),
         qemu_version: None,
         qemu_machine: None,
     }
@@ -360,7 +359,7 @@ pub fn tdx_image_for_shape(
 ) -> Result<ExpectedTdx, ImageMeasureError> {
     let mut image = tdx_image(inputs)?;
     let mut events = tdx_rtmr0_events(inputs, shape, vmm)?;
-    image.rtmr0 = Some(rtmr0(&events));
+    image.pin_rtmr0(rtmr0(&events));
     events.append(&mut image.events);
     image.events = events;
     Ok(image)
@@ -375,9 +374,10 @@ pub fn tdx_expected(
     shape: &TdxShape,
 ) -> Result<TdxExpected, ImageMeasureError> {
     let mut e = tdx_for_shape(image, shape);
-    if e.rtmr0.is_none() {
+    if !e.rtmr0_pinned {
         let events = tdx_rtmr0_events(inputs, &shape.shape, &TDX_VMM)?;
-        e.rtmr0 = Some(rtmr0(&events));
+        e.registers.rtmr[0] = rtmr0(&events);
+        e.rtmr0_pinned = true;
         e.qemu_version = Some(TDX_VMM.qemu_version.into());
         e.qemu_machine = Some(TDX_VMM.machine_type.into());
     }
@@ -518,10 +518,8 @@ mod tests {
         })
         .unwrap();
         for t in &e.tdx {
-            assert_eq!(
-                (t.mr_td, t.rtmr1, t.rtmr2, t.rtmr3),
-                (direct.mr_td, direct.rtmr1, direct.rtmr2, direct.rtmr3)
-            );
+            assert_eq!(t.registers.mr_td, direct.registers.mr_td);
+            assert_eq!(t.registers.rtmr[1..], direct.registers.rtmr[1..]);
             // RTMR0: the calculator's, for the tdx profile's QEMU and the shape.
             let fw = &files["tdvf.fd"];
             let md = crate::measure::tdx::TdvfMetadata::parse(fw).unwrap();
@@ -535,12 +533,12 @@ mod tests {
             )
             .unwrap();
             let events = rtmr0_events(fw, &md, t.shape.memory_mib, &acpi, "x").unwrap();
-            assert_eq!(t.rtmr0, Some(rtmr0(&events)), "{:?}", t.shape);
+            assert_eq!(t.rtmr0(), Some(rtmr0(&events)), "{:?}", t.shape);
             assert_eq!(t.qemu_machine.as_deref(), Some("pc-q35-10.0"));
         }
         // Every shape has its own RTMR0 (vCPUs reach the ACPI tables, memory the TD HOB and
         // the DSDT).
-        let mut r0: Vec<_> = e.tdx.iter().map(|t| t.rtmr0).collect();
+        let mut r0: Vec<_> = e.tdx.iter().map(|t| t.rtmr0()).collect();
         r0.dedup();
         assert_eq!(r0.len(), 4);
         // A shape that is not modelled is an error naming it, even among modelled ones.
@@ -556,7 +554,7 @@ mod tests {
         // A captured value is taken as given.
         shapes[1].rtmr0 = Some(Measurement([9; 48]));
         let captured = expected_measurements(&m, &shapes, &[], &mut source(&files)).unwrap();
-        assert_eq!(captured.tdx[1].rtmr0, Some(Measurement([9; 48])));
+        assert_eq!(captured.tdx[1].rtmr0(), Some(Measurement([9; 48])));
         assert_eq!(captured.tdx[1].qemu_machine, None);
         for s in &e.snp {
             let vcpu_type: SnpVcpuType = s.vcpu_type.parse().unwrap();

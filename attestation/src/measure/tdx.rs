@@ -77,7 +77,7 @@ use super::MeasureError;
 use super::eventlog::{
     Event, EventType, LINUX_INITRD_TAG, LINUX_LOAD_OPTIONS_TAG, Register, replay_events,
 };
-use crate::evidence::Measurement;
+use crate::evidence::{Measurement, TdxRegisters};
 
 const PAGE_SIZE: u64 = 4096;
 const MR_EXTEND_CHUNK: usize = 256;
@@ -812,23 +812,59 @@ impl fmt::Debug for TdxBootInputs<'_> {
     }
 }
 
-/// The measurements a TD booted from [`TdxBootInputs`] is expected to report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The measurements a TD booted from [`TdxBootInputs`] is expected to report. Serialized as
+/// `{"mr_td", "rtmr0" (null when not pinned), "rtmr1", "rtmr2", "rtmr3", "events"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpectedTdx {
-    /// MRTD.
-    pub mr_td: Measurement,
-    /// RTMR0, when pinned.
-    pub rtmr0: Option<Measurement>,
-    /// RTMR1: the replay of the RTMR1 events in `events`.
-    pub rtmr1: Measurement,
-    /// RTMR2: the replay of the RTMR2 events in `events`.
-    pub rtmr2: Measurement,
-    /// RTMR3: zero (nothing extends it).
-    pub rtmr3: Measurement,
+    /// MRTD; RTMR1 and RTMR2 the replay of the RTMR1 and RTMR2 events in `events`; RTMR3 zero
+    /// (nothing extends it); RTMR0 the pinned value, or zero when `rtmr0_pinned` is false (the
+    /// value the sim quotes then).
+    pub registers: TdxRegisters,
+    /// Whether `registers.rtmr[0]` is an expected value; when false RTMR0 is not predicted and
+    /// must not be compared.
+    pub rtmr0_pinned: bool,
     /// The expected RTMR1 and RTMR2 events in log order, for an event-by-event comparison with a
     /// recorded log; RTMR0 events only when a VMM and VM shape were given
     /// (`measure::image::tdx_image_for_shape`).
     pub events: Vec<Event>,
+}
+
+impl ExpectedTdx {
+    /// RTMR0 when it is pinned.
+    pub fn rtmr0(&self) -> Option<Measurement> {
+        self.rtmr0_pinned.then_some(self.registers.rtmr[0])
+    }
+
+    /// Pins RTMR0 to `value`.
+    pub fn pin_rtmr0(&mut self, value: Measurement) {
+        self.registers.rtmr[0] = value;
+        self.rtmr0_pinned = true;
+    }
+}
+
+impl Serialize for ExpectedTdx {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The layout of `chrysalis measure` and the manifest: one key per register.
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            mr_td: Measurement,
+            rtmr0: Option<Measurement>,
+            rtmr1: Measurement,
+            rtmr2: Measurement,
+            rtmr3: Measurement,
+            events: &'a [Event],
+        }
+        let [_, rtmr1, rtmr2, rtmr3] = self.registers.rtmr;
+        Wire {
+            mr_td: self.registers.mr_td,
+            rtmr0: self.rtmr0(),
+            rtmr1,
+            rtmr2,
+            rtmr3,
+            events: &self.events,
+        }
+        .serialize(s)
+    }
 }
 
 /// Computes the expected MRTD and RTMRs of a TDX direct kernel boot. RTMR1 and RTMR2 are the
@@ -837,16 +873,16 @@ pub fn expected_tdx(inputs: &TdxBootInputs<'_>) -> Result<ExpectedTdx, MeasureEr
     let mr_td = mr_td(inputs.firmware, inputs.page_add_order)?;
     let events = direct_boot_events(inputs.kernel, inputs.initrd, inputs.cmdline)?;
     let [_, rtmr1, rtmr2, rtmr3] = replay_events(&events);
-    let rtmr0 = match inputs.rtmr0 {
-        Rtmr0Source::Pinned(m) => Some(m),
-        Rtmr0Source::NotPinned => None,
+    let (rtmr0, rtmr0_pinned) = match inputs.rtmr0 {
+        Rtmr0Source::Pinned(m) => (m, true),
+        Rtmr0Source::NotPinned => (Measurement::ZERO, false),
     };
     Ok(ExpectedTdx {
-        mr_td,
-        rtmr0,
-        rtmr1,
-        rtmr2,
-        rtmr3,
+        registers: TdxRegisters {
+            mr_td,
+            rtmr: [rtmr0, rtmr1, rtmr2, rtmr3],
+        },
+        rtmr0_pinned,
         events,
     })
 }
@@ -1305,11 +1341,14 @@ mod tests {
         ]
         .iter()
         .fold(Measurement::ZERO, |r, d| extend(&r, d));
-        assert_eq!(e.rtmr1, rtmr1);
-        assert_eq!(e.rtmr2, rtmr2);
-        assert_eq!(e.rtmr3, Measurement::ZERO);
-        assert_eq!(e.rtmr0, Some(Measurement([7; 48])));
-        assert_eq!(e.mr_td, mr_td(&fw, PageAddOrder::PerPage).unwrap());
+        assert_eq!(e.registers.rtmr[1], rtmr1);
+        assert_eq!(e.registers.rtmr[2], rtmr2);
+        assert_eq!(e.registers.rtmr[3], Measurement::ZERO);
+        assert_eq!(e.rtmr0(), Some(Measurement([7; 48])));
+        assert_eq!(
+            e.registers.mr_td,
+            mr_td(&fw, PageAddOrder::PerPage).unwrap()
+        );
 
         let kinds: Vec<(Register, EventType)> = e
             .events
@@ -1351,7 +1390,10 @@ mod tests {
         let (fw, kernel, initrd) = (build_firmware(&SECTIONS), build_pe(10), vec![0x5A; 4096]);
         let cmdline = "console=ttyS0 chrysalis.rootfs=0123abcd";
         let base = expected_tdx(&inputs(&fw, &kernel, &initrd, cmdline)).unwrap();
-        let regs = |e: &ExpectedTdx| [e.mr_td, e.rtmr0.unwrap(), e.rtmr1, e.rtmr2, e.rtmr3];
+        let regs = |e: &ExpectedTdx| {
+            let [r0, r1, r2, r3] = e.registers.rtmr;
+            [e.registers.mr_td, r0, r1, r2, r3]
+        };
         let changed = |e: &ExpectedTdx| -> Vec<&str> {
             let names = ["mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3"];
             regs(e)

@@ -43,7 +43,7 @@ use std::fmt;
 use thiserror::Error;
 use time::format_description::well_known::Rfc3339;
 
-use crate::evidence::{Flags64, Measurement, ReportData, Sha256, TdxMeasurements};
+use crate::evidence::{Flags64, Measurement, ReportData, Sha256, TdxMeasurements, TdxRegisters};
 
 mod amd;
 mod certs;
@@ -140,8 +140,7 @@ pub fn sim_mr_seam() -> Measurement {
 /// MROWNERCONFIG zero, the simulated MRSEAM, [`TD_ATTRIBUTES`] (DEBUG off) and [`XFAM`].
 pub fn td_measurements(mr_td: Measurement, rtmr: [Measurement; 4]) -> TdxMeasurements {
     TdxMeasurements {
-        mr_td,
-        rtmr,
+        registers: TdxRegisters { mr_td, rtmr },
         mr_config_id: Measurement::ZERO,
         mr_owner: Measurement::ZERO,
         mr_owner_config: Measurement::ZERO,

@@ -61,7 +61,7 @@ pub(crate) fn run(ctx: &Ctx, a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let mut predicted_for = None;
     let x = if let Some(rtmr0) = a.rtmr0 {
         let mut expected = tdx_image(&inputs)?;
-        expected.rtmr0 = Some(rtmr0);
+        expected.pin_rtmr0(rtmr0);
         explain_tdx(&measurements, &log, &expected)
     } else {
         let shapes = match a.vcpus.zip(a.memory) {

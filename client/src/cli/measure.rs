@@ -136,24 +136,18 @@ pub(crate) fn run(_ctx: &Ctx, a: MeasureArgs) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .flat_map(|r| r.tdx.iter())
                 .find(|r| r.shape == shape)
-                .filter(|r| {
-                    // An RTMR0 the manifest leaves unpinned is not compared.
-                    let mut computed = t.pin();
-                    if r.rtmr0.is_none() {
-                        computed.rtmr0 = None;
-                    }
-                    r.pin() != computed
-                })
+                // An RTMR0 the manifest leaves unpinned is not compared.
+                .filter(|r| !r.matches(&t.registers))
                 .is_some();
             let v = json!({
                 "platform": "tdx",
                 "vcpus": shape.vcpus,
                 "memory_mib": shape.memory_mib,
-                "mr_td": t.mr_td.to_hex(),
-                "rtmr0": t.rtmr0.map(|m| m.to_hex()),
-                "rtmr1": t.rtmr1.to_hex(),
-                "rtmr2": t.rtmr2.to_hex(),
-                "rtmr3": t.rtmr3.to_hex(),
+                "mr_td": t.registers.mr_td.to_hex(),
+                "rtmr0": t.rtmr0().map(|m| m.to_hex()),
+                "rtmr1": t.registers.rtmr[1].to_hex(),
+                "rtmr2": t.registers.rtmr[2].to_hex(),
+                "rtmr3": t.registers.rtmr[3].to_hex(),
                 "qemu_version": t.qemu_version,
                 "qemu_machine": t.qemu_machine,
             });

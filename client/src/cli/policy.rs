@@ -201,17 +201,18 @@ fn disagreements(
     };
     let mut out = Vec::new();
     for c in &computed.tdx {
+        // An RTMR0 the manifest leaves unpinned is not compared.
         if let Some(r) = recorded.tdx.iter().find(|r| r.shape == c.shape)
-            && ((r.mr_td, r.rtmr1, r.rtmr2, r.rtmr3) != (c.mr_td, c.rtmr1, c.rtmr2, c.rtmr3)
-                || (r.rtmr0.is_some() && r.rtmr0 != c.rtmr0))
+            && !r.matches(&c.registers)
         {
             let show = |m: Option<chrysalis_attestation::Measurement>| {
                 m.map_or_else(|| "none".to_string(), |m| m.to_string())
             };
+            let (rr, cr) = (&r.registers, &c.registers);
             out.push(format!(
                 "tdx {} vCPU {} MiB: recorded mr_td {} rtmr0 {} rtmr1 {} rtmr2 {}, recomputed mr_td {} rtmr0 {} rtmr1 {} rtmr2 {}",
-                c.shape.vcpus, c.shape.memory_mib, r.mr_td, show(r.rtmr0), r.rtmr1, r.rtmr2,
-                c.mr_td, show(c.rtmr0), c.rtmr1, c.rtmr2
+                c.shape.vcpus, c.shape.memory_mib, rr.mr_td, show(r.rtmr0()), rr.rtmr[1], rr.rtmr[2],
+                cr.mr_td, show(c.rtmr0()), cr.rtmr[1], cr.rtmr[2]
             ));
         }
     }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrysalis_attestation::policy::TdxPin;
-use chrysalis_attestation::{Measurement, Policy, Sha256};
+use chrysalis_attestation::{Policy, Sha256, TdxRegisters};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -330,14 +330,10 @@ pub fn policy_from_status(status: &Value) -> Result<Policy, ChainError> {
         what: "/status sim_quote".into(),
         detail,
     };
-    let m = |v: &Value| -> Result<Measurement, ChainError> {
-        serde_json::from_value(v.clone()).map_err(|e| bad(format!("{e}: {v}")))
-    };
-    let mut pin = TdxPin::new(m(&sim["mr_td"])?);
-    pin.rtmr0 = Some(m(&sim["rtmr"][0])?);
-    pin.rtmr1 = Some(m(&sim["rtmr"][1])?);
-    pin.rtmr2 = Some(m(&sim["rtmr"][2])?);
-    pin.rtmr3 = Some(m(&sim["rtmr"][3])?);
+    // /status shows the quoted registers flat (`mr_td`, `rtmr`), as `TdxRegisters` reads them.
+    let registers: TdxRegisters =
+        serde_json::from_value(sim.clone()).map_err(|e| bad(format!("{e}: {sim}")))?;
+    let pin = TdxPin::from_registers(&registers, true);
     let mut policy = Policy::pinned(vec![pin], vec![]);
     let root: Sha256 = serde_json::from_value(sim["sim_root_sha256"].clone())
         .map_err(|e| bad(format!("sim_root_sha256: {e}")))?;

@@ -616,7 +616,7 @@ mod tests {
         };
         let log = EventLog::parse(&ccel).expect("recorded CCEL parses");
         let quote = TdxQuote::parse(&quote).expect("recorded quote parses");
-        assert_eq!(log.replay(), quote.measurements().rtmr);
+        assert_eq!(log.replay(), quote.measurements().registers.rtmr);
         // The log was recorded on a real TD: 43 events, SHA-384 only, padding after 0x46b5.
         assert_eq!(log.events.len(), 43);
         assert_eq!(log.len, 0x46b5);
