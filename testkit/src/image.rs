@@ -13,7 +13,13 @@ use chrysalis_attestation::manifest::{
     Artifact, Artifacts, KernelInfo, LockInfo, MANIFEST_FORMAT, Manifest, ModelInfo, Verity,
     VerityParams,
 };
-use chrysalis_attestation::measure::tdx::{OVMF_TABLE_FOOTER_GUID, TDX_METADATA_OFFSET_GUID};
+use chrysalis_attestation::measure::tdx::{
+    OVMF_TABLE_FOOTER_GUID, PageAddOrder, Rtmr0Source, TDX_METADATA_OFFSET_GUID, TdxBootInputs,
+    expected_tdx,
+};
+use chrysalis_attestation::policy::TdxPin;
+use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki};
+use chrysalis_attestation::Policy;
 
 /// A PE32+ EFI application (subsystem 10) of 0x600 bytes whose section bytes depend on `seed`:
 /// enough for the Authenticode digest and the image-load event of a TDX direct boot.
@@ -209,4 +215,54 @@ impl TestImage {
             parsed: m,
         })
     }
+
+    /// The policy a client of a host agent serving this image under the sim profile pins: what the
+    /// measurement calculator computes from the image files (MRTD, RTMR1-3; RTMR0 zero, as the
+    /// sim quote service reports it), with the simulated Intel root named.
+    pub fn sim_tdx_policy(&self) -> io::Result<Policy> {
+        let dir = self.manifest.parent().unwrap_or(Path::new("."));
+        let read = |f: &str| std::fs::read(dir.join(f));
+        let want = expected_tdx(&TdxBootInputs {
+            firmware: &read("ovmf-tdx.fd")?,
+            kernel: &read("vmlinuz")?,
+            initrd: Some(&read("initramfs.cpio.gz")?),
+            cmdline: &self.parsed.kernel_cmdline,
+            rtmr0: Rtmr0Source::NotPinned,
+            page_add_order: PageAddOrder::PerPage,
+        })
+        .map_err(io::Error::other)?;
+        // RTMR0 pinned too: the sim quotes zero for an image that pins none, as `want` holds it.
+        let pin = TdxPin::from_registers(&want.registers, true);
+        let mut policy = Policy::pinned(vec![pin], vec![]);
+        policy
+            .trust
+            .dangerous_simulated_intel_roots
+            .push(SimPki::from_seed(DEFAULT_SEED).root_sha256());
+        Ok(policy)
+    }
+}
+
+/// A port offset for the host agent's TCP transport (guest vsock port P = loopback TCP port
+/// P + offset) at which the guest's TLS port and the sim quote port are both free now.
+pub fn free_port_offset() -> i32 {
+    use chrysalis_attestation::hostcall::{GUEST_TLS_PORT, SIM_QUOTE_PORT};
+    for _ in 0..50 {
+        let Ok(probe) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = probe.local_addr() else {
+            continue;
+        };
+        let port = i32::from(addr.port());
+        drop(probe);
+        let offset = port - GUEST_TLS_PORT as i32;
+        let quote = SIM_QUOTE_PORT as i32 + offset;
+        if (1024..65536).contains(&quote)
+            && std::net::TcpListener::bind(("127.0.0.1", quote as u16)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
+        {
+            return offset;
+        }
+    }
+    panic!("no free loopback port pair");
 }

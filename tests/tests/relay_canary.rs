@@ -14,11 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use chrysalis_attestation::Policy;
-use chrysalis_attestation::measure::tdx::{PageAddOrder, Rtmr0Source, TdxBootInputs, expected_tdx};
-use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::ratls::{self, RaTlsServerVerifier};
-use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki};
 use chrysalis_guest::engine::{
     Chunk, Engine, EngineError, EngineEvent, GenerateRequest, Generation, Usage,
 };
@@ -74,25 +70,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A TCP port offset for which the guest's TLS port and the sim quote port are free on loopback.
-fn free_offset() -> i32 {
-    use chrysalis_attestation::hostcall::{GUEST_TLS_PORT, SIM_QUOTE_PORT};
-    for _ in 0..50 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = i32::from(probe.local_addr().unwrap().port());
-        drop(probe);
-        let offset = port - GUEST_TLS_PORT as i32;
-        let quote = SIM_QUOTE_PORT as i32 + offset;
-        if (1024..65536).contains(&quote)
-            && std::net::TcpListener::bind(("127.0.0.1", quote as u16)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
-        {
-            return offset;
-        }
-    }
-    panic!("no free loopback port pair");
-}
-
 /// The guest side of hybrid vsock as vhost-device-vsock presents it to the host: a Unix socket
 /// that takes `CONNECT <port>\n`, answers `OK <n>\n` and then carries the stream, here to the
 /// in-process guest's TCP listener (standing in for the guest kernel's vsock port).
@@ -133,7 +110,7 @@ async fn canary(hybrid: bool) {
     use chrysalis_attestation::hostcall::{GUEST_TLS_PORT, SIM_QUOTE_PORT};
     let dir = tempfile::tempdir().unwrap();
     let image = TestImage::write(&dir.path().join("image")).unwrap();
-    let offset = free_offset();
+    let offset = chrysalis_testkit::image::free_port_offset();
     let uds = dir.path().join("vsock.sock");
 
     // The host agent: no VM (the guest runs in this process), the TCP or the hybrid vsock
@@ -225,23 +202,7 @@ async fn canary(hybrid: bool) {
     }));
 
     // The client: pins what the calculator computes from the image files, names the sim root.
-    let read = |f: &str| std::fs::read(dir.path().join("image").join(f)).unwrap();
-    let want = expected_tdx(&TdxBootInputs {
-        firmware: &read("ovmf-tdx.fd"),
-        kernel: &read("vmlinuz"),
-        initrd: Some(&read("initramfs.cpio.gz")),
-        cmdline: &image.parsed.kernel_cmdline,
-        rtmr0: Rtmr0Source::NotPinned,
-        page_add_order: PageAddOrder::PerPage,
-    })
-    .unwrap();
-    // RTMR0 pinned too: the sim quotes zero for an image that pins none, as `want` holds it.
-    let pin = TdxPin::from_registers(&want.registers, true);
-    let mut policy = Policy::pinned(vec![pin], vec![]);
-    policy
-        .trust
-        .dangerous_simulated_intel_roots
-        .push(SimPki::from_seed(DEFAULT_SEED).root_sha256());
+    let policy = image.sim_tdx_policy().unwrap();
     let verifier = Arc::new(RaTlsServerVerifier::new(Arc::new(policy)));
     let connector =
         tokio_rustls::TlsConnector::from(Arc::new(ratls::client_config(verifier.clone())));

@@ -6,7 +6,7 @@
 //! | key              | meaning                                                     |
 //! |------------------|-------------------------------------------------------------|
 //! | `name`           | what was measured                                           |
-//! | `unit`           | `s`, `ms`, `µs`, `MB/s`, `tokens/s`, `req/s`                |
+//! | `unit`           | `s`, `ms`, `µs`, `MB/s`, `tokens/s`, `req/s`, `req`, `MiB`  |
 //! | `value`          | the measured median                                         |
 //! | `baseline`       | what it is compared with (optional)                         |
 //! | `baseline_value` | the baseline's median, same unit (optional)                 |
@@ -134,6 +134,17 @@ fn steps(quick: bool) -> Vec<Step> {
             .is_none()
             .then(|| "CHRYSALIS_VENV is not set (the test venv from `cargo xtask setup`)".into()),
         command: chain,
+    });
+    // The soak (tests/tests/soak.rs): hostile load through relay and guest processes; a test
+    // whose checks must hold, run longer here, that appends its figures.
+    let mut soak = cargo_command();
+    soak.args(["test", "--workspace", "--test", "soak", "--profile"]);
+    soak.arg(if quick { "dev" } else { "bench" });
+    soak.env("CHRYSALIS_SOAK_SECS", if quick { "10" } else { "60" });
+    out.push(Step {
+        name: "soak",
+        unavailable: None,
+        command: soak,
     });
     out
 }
