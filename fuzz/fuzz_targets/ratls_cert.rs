@@ -2,7 +2,7 @@
 #![no_main]
 
 use chrysalis_attestation::ratls::{extract_bundle, verify_certificate};
-use chrysalis_attestation_fuzz::fixtures::{self, NOW};
+use chrysalis_fuzz::fixtures::{self, NOW};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 
 use chrysalis_attestation::SnpReport;
 use chrysalis_attestation::verify::{SnpCertificates, verify_snp};
-use chrysalis_attestation_fuzz::fixtures::{self, NOW, snp_mode};
+use chrysalis_fuzz::fixtures::{self, NOW, snp_mode};
 use libfuzzer_sys::fuzz_target;
 
 /// Bytes of the report that its signature covers.

@@ -4,7 +4,7 @@
 
 use chrysalis_attestation::TdxQuote;
 use chrysalis_attestation::verify::verify_tdx;
-use chrysalis_attestation_fuzz::fixtures::{self, NOW};
+use chrysalis_fuzz::fixtures::{self, NOW};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
