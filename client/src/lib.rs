@@ -69,7 +69,8 @@ pub mod metered;
 pub mod openai;
 pub mod proxy;
 pub mod report;
-mod sse;
+#[doc(hidden)]
+pub mod sse;
 
 // The public interface, flat.
 pub use client::{

@@ -1,20 +1,23 @@
 //! Server-sent-event framing: lines split across arbitrary chunk boundaries, and `data:`
 //! payloads, as receipts hash them (docs/receipts.md, "Stream response hash").
+//!
+//! Public but hidden from the docs only for the fuzz targets (fuzz/), which drive this parser
+//! with the guest's framing; it is not part of the SDK.
 
 /// A line longer than this is not buffered further: a stream that sends one cannot be hashed,
 /// so its receipt fails instead of the client growing without bound.
-pub(crate) const MAX_LINE: usize = 8 << 20;
+pub const MAX_LINE: usize = 8 << 20;
 
 /// Splits a byte stream into lines at LF (a CR before the LF is dropped), whatever the chunking.
 #[derive(Debug, Default)]
-pub(crate) struct LineSplitter {
+pub struct LineSplitter {
     partial: Vec<u8>,
     overflowed: bool,
 }
 
 impl LineSplitter {
     /// Feeds one chunk; calls `line` for every line it completes, in order.
-    pub(crate) fn push(&mut self, mut chunk: &[u8], mut line: impl FnMut(&[u8])) {
+    pub fn push(&mut self, mut chunk: &[u8], mut line: impl FnMut(&[u8])) {
         while let Some(i) = chunk.iter().position(|b| *b == b'\n') {
             let (head, tail) = chunk.split_at(i);
             chunk = &tail[1..];
@@ -35,12 +38,12 @@ impl LineSplitter {
     }
 
     /// True when a line was too long to buffer (and was dropped).
-    pub(crate) fn overflowed(&self) -> bool {
+    pub fn overflowed(&self) -> bool {
         self.overflowed
     }
 
     /// Bytes after the last LF (an unterminated last line).
-    pub(crate) fn rest(&self) -> &[u8] {
+    pub fn rest(&self) -> &[u8] {
         &self.partial
     }
 }
@@ -51,7 +54,7 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 
 /// The payload of a `data:` line (one optional space after the colon removed), or None for any
 /// other line (comments, `event:`, `id:`, blank separators).
-pub(crate) fn data_payload(line: &[u8]) -> Option<&[u8]> {
+pub fn data_payload(line: &[u8]) -> Option<&[u8]> {
     let payload = line.strip_prefix(b"data:")?;
     Some(payload.strip_prefix(b" ").unwrap_or(payload))
 }

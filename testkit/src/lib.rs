@@ -12,7 +12,7 @@
 //! * [`policy`]: policies naming the simulated roots.
 //! * [`guest`]: the real guest runtime as a process, with a stand-in sim quote service.
 //! * [`verifier`]: a certificate verifier that accepts and records what it saw.
-//! * [`fuzz`]: the fixed inputs and seeds of the attestation fuzz targets.
+//! * [`fuzz`]: the fixed inputs and seeds of the fuzz targets (fuzz/).
 //! * [`bench_figure`]: appends one benchmark figure for `cargo xtask bench`.
 
 pub mod bench_figure;

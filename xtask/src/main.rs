@@ -5,6 +5,7 @@
 
 mod drivers;
 mod firmware;
+mod fuzz;
 mod image;
 mod model;
 mod setup;
@@ -41,6 +42,9 @@ enum Command {
     /// Boot images under QEMU.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Run the cargo-fuzz targets of fuzz/ (nightly): N minutes each, or a short CI pass; fails on a
+    /// crash and writes the figures to docs/fuzzing.md.
+    Fuzz(fuzz::FuzzArgs),
     /// Install what building and testing need on this Debian machine (apt, rustup, tools, Python).
     Setup(setup::SetupArgs),
     /// The whole test suite as CI runs it: setup, fmt, clippy, tests, quick benchmarks.
@@ -128,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         Command::Vm(VmCommand::Run(args)) => vm::run(args),
         Command::Bench(args) => drivers::run("chrysalis-bench", args),
         Command::Setup(args) => setup::main(args),
+        Command::Fuzz(args) => fuzz::main(args),
         Command::Test(args) => test::main(args),
         Command::Demo(args) => drivers::run("chrysalis-demo", args),
         Command::ServeLocal(args) => drivers::run("chrysalis-serve-local", args),

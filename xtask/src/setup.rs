@@ -413,6 +413,40 @@ fn vhost_device_vsock(cache: &Path, check: bool) -> Result<(PathBuf, String)> {
     Ok((bin, format!("{VHOST_DEVICE_VSOCK_VERSION} built")))
 }
 
+/// cargo-fuzz, which `cargo xtask fuzz` drives (and only it: setup does not install it).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// The cargo-fuzz binary in the cache, built once per version like [`vhost_device_vsock`].
+pub(crate) fn cargo_fuzz(cache: &Path, check: bool) -> Result<(PathBuf, String)> {
+    let root = cache.join(format!("tools/cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let bin = root.join("bin/cargo-fuzz");
+    if bin.is_file() {
+        return Ok((bin, format!("{CARGO_FUZZ_VERSION} cached")));
+    }
+    if check {
+        bail!("missing: {}", bin.display());
+    }
+    step(&format!(
+        "building cargo-fuzz {CARGO_FUZZ_VERSION} into the cache (once)"
+    ));
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--quiet",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "cargo-fuzz",
+            "--root",
+        ])
+        .arg(&root)
+        .env_remove("CARGO_TARGET_DIR"))?;
+    if !bin.is_file() {
+        bail!("cargo install left no {}", bin.display());
+    }
+    Ok((bin, format!("{CARGO_FUZZ_VERSION} built")))
+}
+
 /// The flavor whose lock pins the kernel the boot tests boot and the llama-cpp-python build.
 const FLAVOR: &str = "cpu";
 

@@ -3,7 +3,8 @@
 //! Phases: prerequisites ([`crate::setup`]), then the cpu image (`cargo xtask image reproduce`:
 //! two builds compared, cached) in the background beside `cargo fmt --check`, `cargo clippy
 //! --workspace --all-targets -- -D warnings`, the test build, every test that does not boot the
-//! image and the quick benchmark harness; then, once the image is there, the tests that boot it. Together these are
+//! image, the quick benchmark harness and a short pass of every fuzz target (`cargo xtask fuzz
+//! --ci`); then, once the image is there, the tests that boot it. Together these are
 //! `cargo test --workspace`. Prints how long each phase took, also when one fails.
 
 use std::process::Command;
@@ -160,6 +161,11 @@ fn phases(args: &TestArgs, timings: &mut Vec<(String, Duration)>) -> Result<()> 
     // Keeps the benchmark harness from rotting (issue 9).
     let mut c = xtask(&["bench", "--quick"])?;
     failed.extend(limited(timings, "cargo xtask bench --quick", &mut c, BENCH_LIMIT).err());
+    // The fuzz targets on their committed corpora, 20 s each, still beside the image build
+    // (issue 17). The nightly toolchain, cargo-fuzz and the instrumented build are cached (the
+    // build in <cache>/fuzz-target), so only a cold cache pays for them.
+    let mut c = xtask(&["fuzz", "--ci"])?;
+    failed.extend(limited(timings, "cargo xtask fuzz --ci", &mut c, FUZZ_LIMIT).err());
     step("waiting for the image build");
     let waited = Instant::now();
     let (took, status) = image.wait()?;
@@ -297,6 +303,8 @@ impl Drop for SelfCopy {
 /// running into the job's own limit with nothing said.
 const TEST_LIMIT: Duration = Duration::from_secs(30 * 60);
 const BENCH_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// A cold fuzz phase builds every target with the nightly toolchain before its 20 s runs.
+const FUZZ_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// The image tests boot the image under TCG and generate with the real model: on a slow Xeon
 /// host one chat takes minutes and the e2e suite (TDX and SNP chains) about 25 min.
 const IMAGE_TEST_LIMIT: Duration = Duration::from_secs(50 * 60);

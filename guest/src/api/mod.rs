@@ -981,6 +981,18 @@ impl Responder {
     }
 }
 
+/// One server-sent event carrying `payload` as its data: `data: <payload>\n\n`.
+///
+/// The payload must hold no line break (compact JSON and `[DONE]` hold none): a client splits
+/// events into lines, so a payload with one would reach it, and its receipt hash, as two lines.
+pub fn sse_event(payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(payload.len() + 8);
+    b.extend_from_slice(b"data: ");
+    b.extend_from_slice(payload);
+    b.extend_from_slice(b"\n\n");
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -995,6 +1007,12 @@ mod tests {
 
     fn chat(body: &str) -> Result<ParsedRequest, ApiError> {
         parse(Endpoint::Chat, body.as_bytes(), &limits())
+    }
+
+    #[test]
+    fn an_sse_event_is_one_data_line_and_a_blank_line() {
+        assert_eq!(sse_event(b"[DONE]"), b"data: [DONE]\n\n");
+        assert_eq!(sse_event(b""), b"data: \n\n");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::time::{Duration, Instant};
 use super::completion::make_receipt;
 use super::routes::{Body, error_response};
 use super::slot::{Active, Next, deadline_error, engine_failure};
-use crate::api::{ApiError, Responder};
+use crate::api::{ApiError, Responder, sse_event};
 use crate::engine::{Chunk, EngineEvent};
 use crate::receipt::{RECEIPT_HEADER, StreamHasher};
 
@@ -40,11 +40,7 @@ impl hyper::body::Body for ChannelBody {
 }
 
 fn sse(payload: &[u8]) -> Frame<Bytes> {
-    let mut b = Vec::with_capacity(payload.len() + 8);
-    b.extend_from_slice(b"data: ");
-    b.extend_from_slice(payload);
-    b.extend_from_slice(b"\n\n");
-    Frame::data(Bytes::from(b))
+    Frame::data(Bytes::from(sse_event(payload)))
 }
 
 /// Starts the SSE response for `active`. Waits for the engine's first event before committing to
