@@ -73,6 +73,23 @@ pub enum ModelPackError {
         /// Why, and what to do.
         reason: String,
     },
+    /// A pack made by another flavor, timestamp or tool version than the build taking it.
+    #[error("the pack was made by {made}, this build has {here}")]
+    OtherBuilder {
+        /// What made the pack (`none recorded` for packs that predate the field).
+        made: String,
+        /// What the build taking it has.
+        here: String,
+    },
+    /// The pack's image is not the one its description names (size, SHA-256 or verity tree).
+    #[error("{path} is not the image model-pack.json describes")]
+    ImageMismatch {
+        /// The image.
+        path: PathBuf,
+        /// What differs.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A file of the model directory is malformed (JSON, safetensors header).
     #[error("{path}: {reason}")]
     Malformed {
@@ -151,6 +168,67 @@ impl ModelPack {
     /// Parses a description.
     pub fn from_json(text: &str) -> Result<Self, ModelPackError> {
         serde_json::from_str(text).map_err(ModelPackError::Parse)
+    }
+
+    /// Returns Ok only if the pack records exactly `here` as what made it (flavor, timestamp,
+    /// mkfs.erofs and veritysetup versions): an image build takes only packs its own build root
+    /// would make again byte for byte.
+    pub fn check_builder(&self, here: &PackBuilder) -> Result<(), ModelPackError> {
+        match &self.builder {
+            Some(b) if b == here => Ok(()),
+            made => Err(ModelPackError::OtherBuilder {
+                made: made
+                    .as_ref()
+                    .map_or_else(|| "none recorded".into(), PackBuilder::to_string),
+                here: here.to_string(),
+            }),
+        }
+    }
+
+    /// Returns Ok only if `image` has the size and SHA-256 of [`ModelPack::image`] and holds the
+    /// verity tree of [`ModelPack::verity`], recomputed from its data. It does not look inside the
+    /// erofs image: the file list is what the builder recorded.
+    pub fn check_image(&self, image: &Path) -> Result<(), ModelPackError> {
+        let mismatch =
+            |source: Box<dyn std::error::Error + Send + Sync>| ModelPackError::ImageMismatch {
+                path: image.into(),
+                source,
+            };
+        let size = fs::metadata(image)
+            .map_err(|source| ModelPackError::Io {
+                path: image.into(),
+                source,
+            })?
+            .len();
+        if size != self.image.size {
+            return Err(mismatch(
+                format!("{size} bytes, the description says {}", self.image.size).into(),
+            ));
+        }
+        let sha256 = Sha256Digest::of_file(image).map_err(|source| ModelPackError::Io {
+            path: image.into(),
+            source,
+        })?;
+        if sha256 != self.image.sha256 {
+            return Err(mismatch(
+                format!(
+                    "sha256 {sha256}, the description says {}",
+                    self.image.sha256
+                )
+                .into(),
+            ));
+        }
+        crate::verity::verify_tree(image, &self.verity).map_err(|e| mismatch(e.into()))
+    }
+}
+
+impl std::fmt::Display for PackBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "flavor {} (timestamp {}) with {} and {}",
+            self.flavor, self.source_date_epoch, self.mkfs_erofs, self.veritysetup
+        )
     }
 }
 

@@ -281,6 +281,8 @@ fn pack(tools: &mut HostTools, src: &Path, work: &Path) -> (Vec<u8>, VerityParam
         id: Some("tiny".into()),
         builder: None,
     };
+    // What `image build --model-pack` checks before taking a pack.
+    described.check_image(&image).unwrap();
     (fs::read(&image).unwrap(), params, described.to_json())
 }
 
@@ -343,4 +345,68 @@ fn the_same_directory_packs_to_the_same_bytes_and_a_changed_byte_changes_the_roo
         Sha256Digest::of_bytes(&img_a),
         Sha256Digest::of_file(&t.path().join("work-c/model.img")).unwrap()
     );
+}
+
+#[test]
+fn a_build_takes_a_pack_only_from_its_own_builder_and_image() {
+    let mut tools = match HostTools::new() {
+        Ok(t) => t,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("{why}"),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("m");
+    tiny_model(&src);
+    let work = t.path().join("work");
+    let (_, _, json) = pack(&mut tools, &src, &work);
+    let builder = modelpack::PackBuilder {
+        flavor: "gpu".into(),
+        source_date_epoch: EPOCH,
+        mkfs_erofs: "mkfs.erofs (erofs-utils) 1.8.6".into(),
+        veritysetup: "veritysetup 2.7.5".into(),
+    };
+    let mut p = modelpack::ModelPack::from_json(&json).unwrap();
+    assert!(matches!(
+        p.check_builder(&builder),
+        Err(ModelPackError::OtherBuilder { made, .. }) if made == "none recorded"
+    ));
+    p.builder = Some(builder.clone());
+    p.check_builder(&builder).unwrap();
+    let newer = modelpack::PackBuilder {
+        veritysetup: "veritysetup 2.8.0".into(),
+        ..builder.clone()
+    };
+    assert!(matches!(
+        p.check_builder(&newer),
+        Err(ModelPackError::OtherBuilder { .. })
+    ));
+    // The description survives a round trip with its new fields.
+    assert_eq!(modelpack::ModelPack::from_json(&p.to_json()).unwrap(), p);
+
+    // One flipped byte in the data, or in the tree: refused.
+    let image = work.join("model.img");
+    let good = fs::read(&image).unwrap();
+    for at in [100, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 1;
+        fs::write(&image, &bad).unwrap();
+        assert!(matches!(
+            p.check_image(&image),
+            Err(ModelPackError::ImageMismatch { .. })
+        ));
+    }
+    // A description whose digest was edited to match a changed image: the tree still refuses it.
+    let mut bad = good.clone();
+    bad[100] ^= 1;
+    fs::write(&image, &bad).unwrap();
+    p.image.sha256 = Sha256Digest::of_bytes(&bad);
+    match p.check_image(&image) {
+        Err(ModelPackError::ImageMismatch { source, .. }) => {
+            assert!(source.to_string().contains("root hash"), "{source}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -32,7 +32,7 @@ use chrysalis_image::manifest::{
     Artifact, Artifacts, ExpectedMeasurements, KernelInfo, LockInfo, MANIFEST_FORMAT,
     ModelFileInfo, ModelInfo, Verity,
 };
-use chrysalis_image::modelpack::{self, MODEL_PACK_FORMAT, ModelPack, PackLayout};
+use chrysalis_image::modelpack::{self, MODEL_PACK_FORMAT, ModelPack, PackBuilder, PackLayout};
 use chrysalis_image::verity::{self, VerityParams};
 use chrysalis_image::{Cache, Flavor, Lock, Manifest, Sha256Digest, rootfs};
 
@@ -903,34 +903,14 @@ fn given_pack_step(
         ctx.flavor.name,
         dir.display()
     );
-    let Some(b) = &pack.builder else {
-        bail!(
-            "{}: the pack does not record what made it; {remake}",
-            desc.display()
-        );
-    };
-    if b.flavor != ctx.flavor.name || b.source_date_epoch != ctx.epoch {
-        bail!(
-            "{}: made by flavor {} (timestamp {}), this image is flavor {} (timestamp {}); {remake}",
-            desc.display(),
-            b.flavor,
-            b.source_date_epoch,
-            ctx.flavor.name,
-            ctx.epoch
-        );
-    }
-    for (tool, made) in [
-        ("mkfs.erofs", &b.mkfs_erofs),
-        ("veritysetup", &b.veritysetup),
-    ] {
-        let here = builders.get(tool).map(String::as_str).unwrap_or_default();
-        if made != here {
-            bail!(
-                "{}: made with {tool} {made:?}, this build root has {here:?}; {remake}",
-                desc.display()
-            );
-        }
-    }
+    let tool = |name: &str| builders.get(name).cloned().unwrap_or_default();
+    pack.check_builder(&PackBuilder {
+        flavor: ctx.flavor.name.clone(),
+        source_date_epoch: ctx.epoch,
+        mkfs_erofs: tool("mkfs.erofs"),
+        veritysetup: tool("veritysetup"),
+    })
+    .with_context(|| format!("{}; {remake}", desc.display()))?;
     let adapter = ctx
         .flavor
         .guest
@@ -954,18 +934,12 @@ fn given_pack_step(
     fs::copy(dir.join(&pack.image.file), &dest)
         .with_context(|| format!("cannot copy {}", dir.join(&pack.image.file).display()))?;
     step.detail("checking its digest and verity tree");
-    let a = Artifact::describe(&ctx.out, "model.img")?;
-    if a.sha256 != pack.image.sha256 || a.size != pack.image.size {
-        bail!(
-            "{}: {} bytes, sha256 {}; model-pack.json says {} bytes, sha256 {}",
-            dir.join(&pack.image.file).display(),
-            a.size,
-            a.sha256,
-            pack.image.size,
-            pack.image.sha256
-        );
-    }
-    verity::verify_tree(&dest, &pack.verity)?;
+    pack.check_image(&dest)?;
+    // Checked just now: the description's size and digest are the copy's.
+    let a = Artifact {
+        file: "model.img".into(),
+        ..pack.image.clone()
+    };
     let served = Served {
         id: pack.id.unwrap_or_else(|| ctx.flavor.model.id.clone()),
         layout: pack.layout,
