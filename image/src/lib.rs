@@ -19,10 +19,11 @@
 //! The pipeline itself (steps, progress, timing) lives in `xtask`; this crate holds the parts with rules
 //! worth testing: lock parsing and validation ([`Lock`]), the flavor format ([`Flavor`]), the cache
 //! ([`Cache`]), unpacking .debs ([`Stage`]), rootfs additions and erofs options ([`rootfs`]), dm-verity
-//! ([`verity`]), model packs ([`modelpack`]), the command line ([`cmdline`]) and the manifest
-//! ([`Manifest`]), the initramfs ([`initramfs`]), the firmware ([`firmware`]: OVMF for SEV-SNP and TDVF for
-//! TDX from Debian's pinned edk2 source) and TCG smoke boots ([`vm`]). docs/image.md describes the image
-//! and its boot contract.
+//! ([`verity`], with the erofs + verity step itself, [`verity::erofs_with_verity`]), model packs
+//! ([`modelpack`]: model files, or a Hugging Face directory checked by [`modelpack::hf_directory`]),
+//! the command line ([`cmdline`]) and the manifest ([`Manifest`]), the initramfs ([`initramfs`]), the
+//! firmware ([`firmware`]: OVMF for SEV-SNP and TDVF for TDX from Debian's pinned edk2 source) and TCG
+//! smoke boots ([`vm`]). docs/image.md describes the image and its boot contract.
 
 #![forbid(unsafe_code)]
 

@@ -66,6 +66,101 @@ pub enum VerityError {
         /// What the data gives.
         computed: Sha256Digest,
     },
+    /// mkfs.erofs or veritysetup failed.
+    #[error("{tool} failed")]
+    Tool {
+        /// The tool.
+        tool: String,
+        /// What its runner reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// veritysetup hashed another number of blocks than the image has.
+    #[error("veritysetup hashed {hashed} blocks, the image has {blocks}")]
+    BlockCount {
+        /// What veritysetup printed.
+        hashed: u64,
+        /// Blocks of the erofs image.
+        blocks: u64,
+    },
+}
+
+/// Runs the tools that shape an image's bytes (mkfs.erofs, veritysetup) where a pipeline runs them:
+/// `cargo xtask` in the sandbox of the flavor's locked build root, tests on the host.
+pub trait ImageTools {
+    /// Runs `argv` (`argv[0]` is the tool; paths as the runner sees them) and returns its standard
+    /// output; Err when it cannot start or exits with a failure.
+    fn run(&mut self, argv: &[String]) -> Result<String, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// One erofs image with its verity tree.
+#[derive(Debug, Clone)]
+pub struct ErofsJob<'a> {
+    /// The staged tree, as the tools see it.
+    pub stage: &'a str,
+    /// The image file to write, as the tools see it.
+    pub image: &'a str,
+    /// The same file as this process sees it.
+    pub host_image: &'a Path,
+    /// `mkfs.erofs -z` argument; empty for no compression.
+    pub compression: &'a str,
+    /// The timestamp of every file.
+    pub epoch: u64,
+    /// Names the image (`model`, `cpu rootfs`): it fixes the erofs UUID and the verity salt.
+    pub label: &'a str,
+}
+
+/// Makes the erofs image of `job.stage` with [`crate::rootfs::mkfs_erofs_args`], appends its verity
+/// tree with a salt derived from the image ([`derive_salt`], [`veritysetup_format_args`]) and checks
+/// the tree by recomputing it ([`verify_tree`]). Returns Ok only if all of that holds; the same staged
+/// tree, epoch, label and tool versions give the same bytes and root hash.
+pub fn erofs_with_verity(
+    tools: &mut dyn ImageTools,
+    job: &ErofsJob<'_>,
+) -> Result<VerityParams, VerityError> {
+    let run = |tools: &mut dyn ImageTools, tool: &str, args: Vec<String>| {
+        let mut argv = vec![tool.to_owned()];
+        argv.extend(args);
+        tools.run(&argv).map_err(|source| VerityError::Tool {
+            tool: tool.into(),
+            source,
+        })
+    };
+    let _ = std::fs::remove_file(job.host_image);
+    run(
+        tools,
+        "mkfs.erofs",
+        crate::rootfs::mkfs_erofs_args(job.image, job.stage, job.compression, job.epoch, job.label),
+    )?;
+    let io_err = |source| VerityError::Io {
+        path: job.host_image.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(job.host_image).map_err(io_err)?.len();
+    if len % u64::from(BLOCK_SIZE) != 0 {
+        return Err(VerityError::Unaligned {
+            path: job.host_image.to_owned(),
+            size: len,
+            block: BLOCK_SIZE,
+        });
+    }
+    let blocks = len / u64::from(BLOCK_SIZE);
+    let data = Sha256Digest::of_file(job.host_image).map_err(io_err)?;
+    let salt = derive_salt(job.label, &data);
+    let printed = run(
+        tools,
+        "veritysetup",
+        veritysetup_format_args(job.image, blocks, &salt),
+    )?;
+    let params = parse_format_output(&printed)?;
+    if params.data_blocks != blocks {
+        return Err(VerityError::BlockCount {
+            hashed: params.data_blocks,
+            blocks,
+        });
+    }
+    verify_tree(job.host_image, &params)?;
+    Ok(params)
 }
 
 pub use chrysalis_attestation::manifest::VerityParams;

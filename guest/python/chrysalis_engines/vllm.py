@@ -9,7 +9,8 @@ Options (``[engine.options]``):
 * ``engine_args``: a table passed to ``vllm.engine.arg_utils.AsyncEngineArgs`` as keyword
   arguments (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len``, ``dtype``,
   ``enforce_eager``, …). ``model`` is set from ``model_path``; the engine never downloads:
-  ``HF_HUB_OFFLINE=1`` is set before vLLM is imported.
+  ``HF_HUB_OFFLINE=1`` is set before vLLM is imported. Automatic prefix caching is always off
+  (``enable_prefix_caching=False``; asking for it is refused): see docs/engines.md.
 
 Chat requests are rendered with the tokenizer's chat template
 (``apply_chat_template(..., add_generation_prompt=True)``) and sent as token ids, so usage counts
@@ -52,6 +53,10 @@ class VllmAdapter(Adapter):
         self.engine_args = dict(options.get("engine_args") or {})
         if "model" in self.engine_args:
             raise ValueError("vllm: set the model with the `model_path` option, not engine_args.model")
+        # Prefix caching stays off: a prompt sharing a prefix with another tenant's cached one
+        # finishes its prefill sooner, so time to first token would reveal other clients' prompts.
+        if self.engine_args.get("enable_prefix_caching"):
+            raise ValueError("vllm: enable_prefix_caching would let one client time another's prompts; it stays off")
         self.engine = None
         self.tokenizer = None
 
@@ -72,7 +77,7 @@ class VllmAdapter(Adapter):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(model=self.model, **self.engine_args)
+        args = AsyncEngineArgs(model=self.model, **{**self.engine_args, "enable_prefix_caching": False})
         self.engine = AsyncLLM.from_engine_args(args)
         tokenizer = self.engine.get_tokenizer()
         # Older releases made get_tokenizer a coroutine.

@@ -32,7 +32,7 @@ use chrysalis_image::manifest::{
     Artifact, Artifacts, ExpectedMeasurements, KernelInfo, LockInfo, MANIFEST_FORMAT,
     ModelFileInfo, ModelInfo, Verity,
 };
-use chrysalis_image::modelpack;
+use chrysalis_image::modelpack::{self, MODEL_PACK_FORMAT, ModelPack, PackBuilder, PackLayout};
 use chrysalis_image::verity::{self, VerityParams};
 use chrysalis_image::{Cache, Flavor, Lock, Manifest, Sha256Digest, rootfs};
 
@@ -60,6 +60,8 @@ pub(crate) struct BuildOptions {
     pub(crate) fresh: bool,
     pub(crate) rebuild_wheels: bool,
     pub(crate) keep_work: bool,
+    /// A model pack to serve instead of the flavor's locked model.
+    pub(crate) model_pack: Option<PathBuf>,
 }
 
 pub(crate) fn run(a: &BuildArgs) -> Result<()> {
@@ -73,6 +75,7 @@ pub(crate) fn run(a: &BuildArgs) -> Result<()> {
         fresh: a.fresh,
         rebuild_wheels: a.rebuild_wheels,
         keep_work: a.keep_work,
+        model_pack: a.model_pack.clone(),
     };
     let ui = Ui::new();
     let manifest = build_image(&ui, &opts)?;
@@ -183,9 +186,13 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
     let (kernel, kernel_tree) = kernel_step(&ctx, &kernel_debs)?;
     let extra_modules = kernel_modules_step(&ctx, &kernel_tree)?;
 
-    let (model, model_verity, model_files) = model_step(&ctx)?;
+    let (model, model_verity, model_files, served) = match &opts.model_pack {
+        Some(dir) => given_pack_step(&ctx, dir, &builders)?,
+        None => model_step(&ctx)?,
+    };
 
-    let (guest_config, config_disk) = config_step(&ctx, &model_verity, &model_files, &guest_bin)?;
+    let (guest_config, config_disk) =
+        config_step(&ctx, &model_verity, &model_files, &served, &guest_bin)?;
 
     let (rootfs, rootfs_verity) = rootfs_step(&ctx, &debs, &built_wheels, &guest_bin)?;
 
@@ -231,7 +238,7 @@ pub(crate) fn build_image(ui: &Ui, opts: &BuildOptions) -> Result<Manifest> {
             model: model_verity,
         },
         model: ModelInfo {
-            id: ctx.flavor.model.id.clone(),
+            id: served.id,
             files: model_files,
         },
         firmware,
@@ -770,7 +777,8 @@ pub(crate) fn model_files(cache: &Cache, lock: &Lock) -> Result<Vec<(String, Pat
 }
 
 /// An erofs image of `stage` followed by its verity tree, written to `out/file`; the tree is checked
-/// by an independent recomputation before it is accepted.
+/// by an independent recomputation before it is accepted (`verity::erofs_with_verity`, with the
+/// tools of the build root).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn verity_image(
     ui: &Ui,
@@ -784,38 +792,59 @@ pub(crate) fn verity_image(
     log: &Path,
 ) -> Result<(Artifact, VerityParams)> {
     let partial = format!("{file}.partial");
-    let _ = fs::remove_file(out_dir.join(&partial));
-    let sb = root.sandbox(epoch).ro(stage, "/stage").rw(out_dir, "/out");
-    let img = format!("/out/{partial}");
-    let args = rootfs::mkfs_erofs_args(&img, "/stage", compression, epoch, label);
-    let mut argv = vec!["mkfs.erofs"];
-    argv.extend(args.iter().map(String::as_str));
-    run_logged(sb.command(&argv), log, "mkfs.erofs")?;
     let host_img = out_dir.join(&partial);
-    let len = fs::metadata(&host_img)?.len();
-    if len % u64::from(verity::BLOCK_SIZE) != 0 {
-        bail!("mkfs.erofs wrote {len} bytes, not whole 4 KiB blocks");
-    }
-    let data_blocks = len / u64::from(verity::BLOCK_SIZE);
-    let salt = verity::derive_salt(label, &Sha256Digest::of_file(&host_img)?);
-    let vargs = verity::veritysetup_format_args(&img, data_blocks, &salt);
-    let mut argv = vec!["veritysetup"];
-    argv.extend(vargs.iter().map(String::as_str));
-    let printed = run_capture(sb.command(&argv), log, "veritysetup format")?;
-    let params = verity::parse_format_output(&printed)?;
-    if params.data_blocks != data_blocks {
-        bail!(
-            "veritysetup hashed {} blocks, the image has {data_blocks}",
-            params.data_blocks
-        );
-    }
-    verity::verify_tree(&host_img, &params)?;
+    let mut tools = SandboxTools {
+        sandbox: || root.sandbox(epoch).ro(stage, "/stage").rw(out_dir, "/out"),
+        log,
+    };
+    let params = verity::erofs_with_verity(
+        &mut tools,
+        &verity::ErofsJob {
+            stage: "/stage",
+            image: &format!("/out/{partial}"),
+            host_image: &host_img,
+            compression,
+            epoch,
+            label,
+        },
+    )?;
     fs::rename(&host_img, out_dir.join(file))?;
     let _ = ui;
     Ok((Artifact::describe(out_dir, file)?, params))
 }
 
-fn model_step(ctx: &Ctx<'_>) -> Result<(Artifact, VerityParams, Vec<ModelFileInfo>)> {
+/// The image tools of a build root, each run in a fresh sandbox, output appended to `log`.
+struct SandboxTools<'a, F> {
+    sandbox: F,
+    log: &'a Path,
+}
+
+impl<F: Fn() -> chrysalis_image::sandbox::Sandbox> verity::ImageTools for SandboxTools<'_, F> {
+    fn run(
+        &mut self,
+        argv: &[String],
+    ) -> std::result::Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let what = argv.first().copied().unwrap_or_default();
+        Ok(run_capture(
+            (self.sandbox)().command(&argv),
+            self.log,
+            what,
+        )?)
+    }
+}
+
+/// The model the image serves: its id and how the engine finds it in the pack.
+struct Served {
+    id: String,
+    layout: PackLayout,
+}
+
+/// What a model step gives: the pack image, its verity parameters, its files, the model served.
+type ModelStep = (Artifact, VerityParams, Vec<ModelFileInfo>, Served);
+
+/// The flavor's locked model, packed.
+fn model_step(ctx: &Ctx<'_>) -> Result<ModelStep> {
     let step = ctx
         .ui
         .step("Packing the model (erofs, uncompressed + dm-verity)");
@@ -838,31 +867,118 @@ fn model_step(ctx: &Ctx<'_>) -> Result<(Artifact, VerityParams, Vec<ModelFileInf
         &log_path(&ctx.work, "model"),
     )?;
     step.done(format!("{}, root hash {}", size(a.size), v.root_hash));
-    Ok((a, v, infos))
+    let served = Served {
+        id: ctx.flavor.model.id.clone(),
+        layout: PackLayout::Files,
+    };
+    Ok((a, v, infos, served))
+}
+
+/// A pack made beforehand (`cargo xtask image model-pack --from DIR`), given with `--model-pack`:
+/// taken only if the flavor's own build root made it (flavor, timestamp, mkfs.erofs and veritysetup
+/// versions equal to this build's `builders`), so that whoever rebuilds the image from this lock and
+/// the same model directory rebuilds the same pack. Its image is copied to `out/model.img`, its
+/// digest checked against the description and its verity tree recomputed.
+fn given_pack_step(
+    ctx: &Ctx<'_>,
+    dir: &Path,
+    builders: &BTreeMap<String, String>,
+) -> Result<ModelStep> {
+    let step = ctx
+        .ui
+        .step(&format!("Taking the model pack {}", dir.display()));
+    let desc = dir.join("model-pack.json");
+    let text =
+        fs::read_to_string(&desc).with_context(|| format!("cannot read {}", desc.display()))?;
+    let pack = ModelPack::from_json(&text).with_context(|| desc.display().to_string())?;
+    if pack.format != MODEL_PACK_FORMAT {
+        bail!(
+            "{}: format {}, this build reads {MODEL_PACK_FORMAT}",
+            desc.display(),
+            pack.format
+        );
+    }
+    let remake = format!(
+        "make it again with `cargo xtask image model-pack --flavor {} --from <model directory> --out {}`",
+        ctx.flavor.name,
+        dir.display()
+    );
+    let tool = |name: &str| builders.get(name).cloned().unwrap_or_default();
+    pack.check_builder(&PackBuilder {
+        flavor: ctx.flavor.name.clone(),
+        source_date_epoch: ctx.epoch,
+        mkfs_erofs: tool("mkfs.erofs"),
+        veritysetup: tool("veritysetup"),
+    })
+    .with_context(|| format!("{}; {remake}", desc.display()))?;
+    let adapter = ctx
+        .flavor
+        .guest
+        .config
+        .get("engine")
+        .and_then(|e| e.get("adapter"))
+        .and_then(|a| a.as_str())
+        .unwrap_or_default();
+    if pack.layout == PackLayout::HfDirectory && adapter != "vllm" {
+        bail!(
+            "{}: a Hugging Face directory pack needs the vllm adapter; flavor {} runs {adapter:?}",
+            dir.display(),
+            ctx.flavor.name
+        );
+    }
+    step.detail("copying model.img");
+    let dest = ctx.out.join("model.img");
+    let _ = fs::remove_file(&dest);
+    // A copy (a reflink where the file system has them): the output must not share an inode with
+    // the pack, which a later edit of either would change.
+    fs::copy(dir.join(&pack.image.file), &dest)
+        .with_context(|| format!("cannot copy {}", dir.join(&pack.image.file).display()))?;
+    step.detail("checking its digest and verity tree");
+    pack.check_image(&dest)?;
+    // Checked just now: the description's size and digest are the copy's.
+    let a = Artifact {
+        file: "model.img".into(),
+        ..pack.image.clone()
+    };
+    let served = Served {
+        id: pack.id.unwrap_or_else(|| ctx.flavor.model.id.clone()),
+        layout: pack.layout,
+    };
+    step.done(format!(
+        "{} ({} files), {}, root hash {}",
+        served.id,
+        pack.files.len(),
+        size(a.size),
+        pack.verity.root_hash
+    ));
+    Ok((a, pack.verity, pack.files, served))
 }
 
 /// The guest configuration (the runtime's `Config`, guest/src/config.rs): the flavor's table plus a
 /// `[model]` table naming the measured pack (id, root hash) and the engine's `model_path` / `model_id`
-/// options (the pack's first file under /models).
+/// options: the pack's one file under /models, or /models itself for a Hugging Face directory.
 fn config_step(
     ctx: &Ctx<'_>,
     model: &VerityParams,
     files: &[ModelFileInfo],
+    served: &Served,
     guest_bin: &[u8],
 ) -> Result<(Artifact, Artifact)> {
     let step = ctx.ui.step("Writing the guest configuration");
     let mut table = ctx.flavor.guest.config.clone();
-    let id = ctx.flavor.model.id.clone();
+    let id = served.id.clone();
     let mut m = toml::Table::new();
     m.insert("id".into(), id.clone().into());
     m.insert("root_hash".into(), model.root_hash.to_string().into());
     table.insert("model".into(), toml::Value::Table(m));
-    let [file] = files else {
-        bail!(
+    let model_path = match (served.layout, files) {
+        (PackLayout::HfDirectory, _) => MODEL_DIR.to_owned(),
+        (PackLayout::Files, [file]) => format!("{MODEL_DIR}/{}", file.name),
+        (PackLayout::Files, _) => bail!(
             "flavor {}: the guest serves one model file, the pack has {}",
             ctx.flavor.name,
             files.len()
-        );
+        ),
     };
     let options = table
         .entry("engine")
@@ -873,10 +989,7 @@ fn config_step(
         .or_insert_with(|| toml::Table::new().into())
         .as_table_mut()
         .context("flavor [guest.config.engine.options] must be a table")?;
-    options.insert(
-        "model_path".into(),
-        format!("{MODEL_DIR}/{}", file.name).into(),
-    );
+    options.insert("model_path".into(), model_path.into());
     options.insert("model_id".into(), id.into());
     let text = format!(
         "# chrysalis guest configuration, flavor {}. Measured: its sha256 is chrysalis.config_sha256 on the\n\

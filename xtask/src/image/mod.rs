@@ -35,6 +35,9 @@ pub(crate) enum ImageCmd {
     Reproduce(ReproduceArgs),
     /// Install the host tools the builder needs (Debian: apt-get), then exit.
     Tools,
+    /// Pack a local Hugging Face model directory (safetensors, config, tokenizer) into a model pack
+    /// (erofs + dm-verity) for `image build --model-pack` (the same as `model pack --from`).
+    ModelPack(crate::model::HfPackArgs),
 }
 
 /// The flavor to work on.
@@ -65,6 +68,10 @@ pub(crate) struct BuildArgs {
     /// Keep the scratch directory.
     #[arg(long)]
     pub(crate) keep_work: bool,
+    /// Serve this model pack (made by `image model-pack --from` with this flavor) instead of the
+    /// flavor's locked model: its root hash goes on the command line and into the manifest.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) model_pack: Option<PathBuf>,
 }
 
 /// `image reproduce`.
@@ -86,6 +93,9 @@ pub(crate) struct ReproduceArgs {
     /// full compile time; the default reuses A's compile cache, which a cached CI run needs).
     #[arg(long)]
     pub(crate) both_fresh: bool,
+    /// Both builds serve this model pack (see `image build --model-pack`).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) model_pack: Option<PathBuf>,
 }
 
 pub(crate) fn run(cmd: ImageCmd) -> Result<()> {
@@ -94,6 +104,7 @@ pub(crate) fn run(cmd: ImageCmd) -> Result<()> {
         ImageCmd::Lock(a) => lock::run(&a.flavor),
         ImageCmd::Build(a) => build::run(&a),
         ImageCmd::Reproduce(a) => reproduce::run(&a),
+        ImageCmd::ModelPack(a) => crate::model::run_hf(a),
     }
 }
 

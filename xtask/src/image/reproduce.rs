@@ -120,6 +120,9 @@ pub(crate) fn run(a: &ReproduceArgs) -> Result<()> {
         if a.rebuild_wheels {
             c.arg("--rebuild-wheels");
         }
+        if let Some(p) = &a.model_pack {
+            c.arg("--model-pack").arg(p);
+        }
         let status = c.status()?;
         let took = start.elapsed().as_secs_f64();
         if status.success() {
