@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use chrysalis_attestation::Policy;
 use chrysalis_attestation::Sha256;
 use chrysalis_attestation::bootargs::{self, MeasuredArgs};
 use chrysalis_attestation::manifest::{
@@ -19,7 +20,6 @@ use chrysalis_attestation::measure::tdx::{
 };
 use chrysalis_attestation::policy::TdxPin;
 use chrysalis_attestation::sim::{DEFAULT_SEED, SimPki};
-use chrysalis_attestation::Policy;
 
 /// A PE32+ EFI application (subsystem 10) of 0x600 bytes whose section bytes depend on `seed`:
 /// enough for the Authenticode digest and the image-load event of a TDX direct boot.
