@@ -12,7 +12,7 @@ use chrysalis_attestation::receipt::StreamHasher;
 use chrysalis_client::ChatChunk;
 use chrysalis_client::sse::{LineSplitter, data_payload};
 use chrysalis_guest::api::{Endpoint, Responder, sse_event};
-use chrysalis_guest::engine::Usage;
+use chrysalis_guest::engine::{Chunk, Usage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         id: "chatcmpl-fuzz".into(),
         created: 1_750_500_000,
         model: chrysalis_fuzz::MODEL.into(),
+        logprobs: false,
     };
     let texts: Vec<String> = rest
         .split(|b| *b == 0xFF)
@@ -39,10 +40,14 @@ fuzz_target!(|data: &[u8]| {
     // The guest's side, as server/stream.rs sends a stream.
     let mut payloads = Vec::new();
     for (i, t) in texts.iter().enumerate() {
-        let chunk = responder.chunk(t, None, i == 0, include_usage);
+        let c = Chunk {
+            text: t.clone(),
+            ..Chunk::default()
+        };
+        let chunk = responder.chunk(&c, None, i == 0, include_usage);
         payloads.push(serde_json::to_vec(&chunk).expect("a chunk serializes"));
     }
-    let last = responder.chunk("", Some("stop"), false, include_usage);
+    let last = responder.chunk(&Chunk::default(), Some("stop"), false, include_usage);
     payloads.push(serde_json::to_vec(&last).expect("a chunk serializes"));
     if include_usage {
         let usage = Usage::new(3, texts.len() as u64);
