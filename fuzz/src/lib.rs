@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use chrysalis_guest::api::{Endpoint, ParsedRequest};
+use chrysalis_guest::engine::{ResponseFormat, ToolChoice};
 use serde_json::{Map, Value, json};
 
 pub use chrysalis_testkit::fuzz as fixtures;
@@ -18,9 +19,64 @@ pub fn request_body(req: &ParsedRequest) -> Vec<u8> {
             let messages = g.messages.as_deref().expect("a chat request has messages");
             let messages: Vec<Value> = messages
                 .iter()
-                .map(|m| json!({"role": m.role, "content": m.content}))
+                .map(|m| {
+                    let mut v = json!({"role": m.role, "content": m.content});
+                    if !m.tool_calls.is_empty() {
+                        v["tool_calls"] = m
+                            .tool_calls
+                            .iter()
+                            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                            .collect();
+                    }
+                    if let Some(id) = &m.tool_call_id {
+                        v["tool_call_id"] = json!(id);
+                    }
+                    v
+                })
                 .collect();
             o.insert("messages".into(), Value::Array(messages));
+            match &g.response_format {
+                None => {}
+                Some(ResponseFormat::JsonObject) => {
+                    o.insert("response_format".into(), json!({"type": "json_object"}));
+                }
+                Some(ResponseFormat::JsonSchema { name, schema }) => {
+                    o.insert(
+                        "response_format".into(),
+                        json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}}),
+                    );
+                }
+            }
+            if !g.tools.is_empty() {
+                let tools: Vec<Value> = g
+                    .tools
+                    .iter()
+                    .map(|t| {
+                        let mut f = json!({"name": t.name, "parameters": t.parameters});
+                        if let Some(d) = &t.description {
+                            f["description"] = json!(d);
+                        }
+                        json!({"type": "function", "function": f})
+                    })
+                    .collect();
+                o.insert("tools".into(), Value::Array(tools));
+                let choice = match &g.tool_choice {
+                    ToolChoice::None => json!("none"),
+                    ToolChoice::Auto => json!("auto"),
+                    ToolChoice::Required => json!("required"),
+                    ToolChoice::Function(name) => {
+                        json!({"type": "function", "function": {"name": name}})
+                    }
+                };
+                o.insert("tool_choice".into(), choice);
+            }
+            if !g.parallel_tool_calls {
+                o.insert("parallel_tool_calls".into(), json!(false));
+            }
+            if let Some(n) = g.logprobs {
+                o.insert("logprobs".into(), json!(true));
+                o.insert("top_logprobs".into(), json!(n));
+            }
         }
         Endpoint::Completion => {
             o.insert("prompt".into(), json!(g.prompt));
