@@ -378,30 +378,45 @@ fn rust(check: bool) -> Result<String> {
 /// The vhost-user vsock daemon that gives a TCG guest a vsock device.
 const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
 
-/// The vhost-device-vsock binary in the cache (built once per version: `cargo install --locked`
-/// uses the crate's own lock, so the version fixes every input).
+/// The vhost-device-vsock binary in the cache (built once per version, see [`cached_tool`]).
 fn vhost_device_vsock(cache: &Path, check: bool) -> Result<(PathBuf, String)> {
-    let root = cache.join(format!(
-        "tools/vhost-device-vsock-{VHOST_DEVICE_VSOCK_VERSION}"
-    ));
-    let bin = root.join("bin/vhost-device-vsock");
+    cached_tool(
+        cache,
+        "vhost-device-vsock",
+        VHOST_DEVICE_VSOCK_VERSION,
+        check,
+    )
+}
+
+/// cargo-fuzz, which `cargo xtask fuzz` drives (and only it: setup does not install it).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// The cargo-fuzz binary in the cache, built once per version like [`vhost_device_vsock`].
+pub(crate) fn cargo_fuzz(cache: &Path, check: bool) -> Result<(PathBuf, String)> {
+    cached_tool(cache, "cargo-fuzz", CARGO_FUZZ_VERSION, check)
+}
+
+/// The binary `name` of crate `name` at `version`, in `<cache>/tools/<name>-<version>/bin`:
+/// built once with `cargo install --locked` (the crate's own lock, so the version fixes every
+/// input); with `check`, missing is an error instead.
+fn cached_tool(cache: &Path, name: &str, version: &str, check: bool) -> Result<(PathBuf, String)> {
+    let root = cache.join(format!("tools/{name}-{version}"));
+    let bin = root.join("bin").join(name);
     if bin.is_file() {
-        return Ok((bin, format!("{VHOST_DEVICE_VSOCK_VERSION} cached")));
+        return Ok((bin, format!("{version} cached")));
     }
     if check {
         bail!("missing: {}", bin.display());
     }
-    step(&format!(
-        "building vhost-device-vsock {VHOST_DEVICE_VSOCK_VERSION} into the cache (once)"
-    ));
+    step(&format!("building {name} {version} into the cache (once)"));
     run(Command::new("cargo")
         .args([
             "install",
             "--locked",
             "--quiet",
             "--version",
-            VHOST_DEVICE_VSOCK_VERSION,
-            "vhost-device-vsock",
+            version,
+            name,
             "--root",
         ])
         .arg(&root)
@@ -410,41 +425,7 @@ fn vhost_device_vsock(cache: &Path, check: bool) -> Result<(PathBuf, String)> {
     if !bin.is_file() {
         bail!("cargo install left no {}", bin.display());
     }
-    Ok((bin, format!("{VHOST_DEVICE_VSOCK_VERSION} built")))
-}
-
-/// cargo-fuzz, which `cargo xtask fuzz` drives (and only it: setup does not install it).
-const CARGO_FUZZ_VERSION: &str = "0.13.1";
-
-/// The cargo-fuzz binary in the cache, built once per version like [`vhost_device_vsock`].
-pub(crate) fn cargo_fuzz(cache: &Path, check: bool) -> Result<(PathBuf, String)> {
-    let root = cache.join(format!("tools/cargo-fuzz-{CARGO_FUZZ_VERSION}"));
-    let bin = root.join("bin/cargo-fuzz");
-    if bin.is_file() {
-        return Ok((bin, format!("{CARGO_FUZZ_VERSION} cached")));
-    }
-    if check {
-        bail!("missing: {}", bin.display());
-    }
-    step(&format!(
-        "building cargo-fuzz {CARGO_FUZZ_VERSION} into the cache (once)"
-    ));
-    run(Command::new("cargo")
-        .args([
-            "install",
-            "--locked",
-            "--quiet",
-            "--version",
-            CARGO_FUZZ_VERSION,
-            "cargo-fuzz",
-            "--root",
-        ])
-        .arg(&root)
-        .env_remove("CARGO_TARGET_DIR"))?;
-    if !bin.is_file() {
-        bail!("cargo install left no {}", bin.display());
-    }
-    Ok((bin, format!("{CARGO_FUZZ_VERSION} built")))
+    Ok((bin, format!("{version} built")))
 }
 
 /// The flavor whose lock pins the kernel the boot tests boot and the llama-cpp-python build.
