@@ -241,28 +241,3 @@ impl TestImage {
         Ok(policy)
     }
 }
-
-/// A port offset for the host agent's TCP transport (guest vsock port P = loopback TCP port
-/// P + offset) at which the guest's TLS port and the sim quote port are both free now.
-pub fn free_port_offset() -> i32 {
-    use chrysalis_attestation::hostcall::{GUEST_TLS_PORT, SIM_QUOTE_PORT};
-    for _ in 0..50 {
-        let Ok(probe) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = probe.local_addr() else {
-            continue;
-        };
-        let port = i32::from(addr.port());
-        drop(probe);
-        let offset = port - GUEST_TLS_PORT as i32;
-        let quote = SIM_QUOTE_PORT as i32 + offset;
-        if (1024..65536).contains(&quote)
-            && std::net::TcpListener::bind(("127.0.0.1", quote as u16)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok()
-        {
-            return offset;
-        }
-    }
-    panic!("no free loopback port pair");
-}

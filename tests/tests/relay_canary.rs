@@ -110,7 +110,8 @@ async fn canary(hybrid: bool) {
     use chrysalis_attestation::hostcall::{GUEST_TLS_PORT, SIM_QUOTE_PORT};
     let dir = tempfile::tempdir().unwrap();
     let image = TestImage::write(&dir.path().join("image")).unwrap();
-    let offset = chrysalis_testkit::image::free_port_offset();
+    let offset = chrysalis_tests::chain::free_port_offset(&[SIM_QUOTE_PORT])
+        .expect("no free loopback port pair");
     let uds = dir.path().join("vsock.sock");
 
     // The host agent: no VM (the guest runs in this process), the TCP or the hybrid vsock

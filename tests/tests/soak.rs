@@ -520,7 +520,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 async fn soak(total: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let image = chrysalis_testkit::image::TestImage::write(&dir.path().join("image")).unwrap();
-    let offset = chrysalis_testkit::image::free_port_offset();
+    let offset = chrysalis_tests::chain::free_port_offset(&[SIM_QUOTE_PORT])
+        .expect("no free loopback port pair");
     let state = dir.path().join("state");
     let host_toml = dir.path().join("host.toml");
     // The relay's defaults (caps, idle timeout, splice) except the listening address.

@@ -132,7 +132,8 @@ fn serve(args: &Args, work: &Path) -> anyhow::Result<()> {
     let guest_bin = Tools::build_guest(&root, args.release)?;
 
     eprintln!("[4/6] host agent (relay and simulated quote service, no VM)");
-    let offset = free_offset()?;
+    let offset = chain::free_port_offset(&[SIM_QUOTE_PORT, COLLATERAL_PORT])
+        .context("no free TCP ports on 127.0.0.1 for the guest's services")?;
     let mut spec = match platform {
         SimPlatform::Tdx => AgentSpec::sim(&manifest),
         SimPlatform::Snp => AgentSpec::sim_snp(&manifest),
@@ -334,26 +335,6 @@ fn local_guest_config(
         art.file,
         toml::to_string(&cfg)?
     ))
-}
-
-/// An offset that maps the guest's vsock ports (RA-TLS, sim quote, collateral) to free TCP ports
-/// on 127.0.0.1 for the TCP transport.
-fn free_offset() -> anyhow::Result<i32> {
-    for _ in 0..32 {
-        let probe = TcpListener::bind("127.0.0.1:0")?;
-        let port = i32::from(probe.local_addr()?.port());
-        let offset = port - GUEST_TLS_PORT as i32;
-        let free = [SIM_QUOTE_PORT, COLLATERAL_PORT].iter().all(|&p| {
-            u16::try_from(p as i32 + offset)
-                .ok()
-                .filter(|&q| q >= 1024)
-                .is_some_and(|q| TcpListener::bind(("127.0.0.1", q)).is_ok())
-        });
-        if free {
-            return Ok(offset);
-        }
-    }
-    bail!("no free TCP ports on 127.0.0.1 for the guest's services")
 }
 
 /// `chrysalis-guest serve` on the image's configuration, on TCP at GUEST_TLS_PORT + `offset`,

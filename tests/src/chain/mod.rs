@@ -308,6 +308,32 @@ fn cargo_build(
         .collect()
 }
 
+/// An offset at which the guest's vsock ports `ports` and its TLS port all map to loopback TCP
+/// ports that are free now, for the host agent's TCP transport (guest vsock port P is TCP port
+/// P + offset); None after 50 tries.
+pub fn free_port_offset(ports: &[u32]) -> Option<i32> {
+    use chrysalis_attestation::hostcall::GUEST_TLS_PORT;
+    for _ in 0..50 {
+        let Ok(port) = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|probe| probe.local_addr())
+            .map(|a| i32::from(a.port()))
+        else {
+            continue;
+        };
+        let offset = port - GUEST_TLS_PORT as i32;
+        let free = ports.iter().chain([&GUEST_TLS_PORT]).all(|&p| {
+            u16::try_from(p as i32 + offset)
+                .ok()
+                .filter(|&q| q >= 1024)
+                .is_some_and(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
+        });
+        if free {
+            return Some(offset);
+        }
+    }
+    None
+}
+
 /// Whether `name` is one of the variables cargo sets for the package it runs (`cargo run`,
 /// `cargo test`): `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …. A cargo started with them inherited
 /// records their values for build scripts that watch them (ring's `rerun-if-env-changed=
