@@ -292,14 +292,13 @@ fn an_snp_guest_beyond_40_bits_is_refused() {
 }
 
 fn fake_qemu(dir: &Path, version: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let p = dir.join(format!("qemu-{version}"));
-    std::fs::write(
+    chrysalis_testkit::write_executable(
         &p,
-        format!("#!/bin/sh\necho 'QEMU emulator version {version} (test)'\necho 'Copyright (c) 2003-2025'\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        &format!(
+            "#!/bin/sh\necho 'QEMU emulator version {version} (test)'\necho 'Copyright (c) 2003-2025'\n"
+        ),
+    );
     p
 }
 

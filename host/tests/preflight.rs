@@ -2,7 +2,6 @@
 //! the hidden `--root`), stand-in programs for QEMU, vhost-device-vsock and NVIDIA's
 //! `nvidia_gpu_tools.py`, and loopback ports.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,8 +11,7 @@ fn golden_dir() -> PathBuf {
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chrysalis_testkit::write_executable(&p, &format!("#!/bin/sh\n{body}\n"));
     p
 }
 

@@ -221,9 +221,7 @@ struct AgentRun {
 }
 
 fn write_exec(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, body).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chrysalis_testkit::write_executable(path, body);
 }
 
 fn start_agent() -> AgentRun {

@@ -428,13 +428,10 @@ mod tests {
         // A script stands in for QEMU: the runner only cares about its output and exit.
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("fake-qemu");
-        std::fs::write(
+        chrysalis_testkit::write_executable(
             &fake,
             "#!/bin/sh\necho one\necho 'two MARK'\necho err >&2\nsleep 2\necho three\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         let mut v = TcgVm::new("k", "i", "");
         v.qemu = fake;
         let mut seen = 0;

@@ -37,3 +37,31 @@ pub fn now() -> u64 {
         .expect("clock after 1970")
         .as_secs()
 }
+
+/// Writes `text` to `path` as an executable (mode 755) that a test may run at once.
+///
+/// A child forked by another test thread inherits every descriptor open at that instant until it
+/// execs; if one of them is a write descriptor on this file, running the file fails with
+/// ETXTBSY ("Text file busy"). So the file is written by a short-lived `sh`, and this process
+/// never holds a write descriptor on it.
+pub fn write_executable(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn /bin/sh");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())
+        .expect("write the script to sh");
+    let status = child.wait().expect("wait for sh");
+    assert!(
+        status.success(),
+        "writing {} failed: {status}",
+        path.display()
+    );
+}
