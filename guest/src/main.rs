@@ -255,13 +255,7 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
             let bound = l.local_addr()?;
             tracing::info!(%bound, "serving");
             announce(ready_file.as_deref(), &format!("tcp:{bound}"))?;
-            server::serve(state, tls, || async {
-                l.accept().await.map(|(s, _)| {
-                    let _ = s.set_nodelay(true);
-                    s
-                })
-            })
-            .await?;
+            server::serve(state, tls, || server::accept_tcp(&l)).await?;
         }
         Listen::Vsock(port) => {
             let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(

@@ -435,6 +435,11 @@ pub struct RelayToml {
     /// User-space copy buffer per direction, KiB.
     #[serde(default = "default_buffer_kib")]
     pub buffer_kib: usize,
+    /// What the kernel may hold per socket between the guest and a client that stopped reading,
+    /// KiB (the client's send buffer, the guest socket's receive buffer, the splice pipe). Small
+    /// enough that a stalled reader's stall reaches the guest, which then cuts the stream.
+    #[serde(default = "default_socket_buffer_kib")]
+    pub socket_buffer_kib: usize,
 }
 
 impl Default for RelayToml {
@@ -448,6 +453,7 @@ impl Default for RelayToml {
             connect_timeout_ms: default_connect_timeout(),
             copy: CopyMode::Auto,
             buffer_kib: default_buffer_kib(),
+            socket_buffer_kib: default_socket_buffer_kib(),
         }
     }
 }
@@ -473,6 +479,9 @@ fn default_connect_timeout() -> u64 {
 fn default_buffer_kib() -> usize {
     256
 }
+fn default_socket_buffer_kib() -> usize {
+    128
+}
 
 impl RelayToml {
     /// The relay's runtime settings.
@@ -485,6 +494,7 @@ impl RelayToml {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             copy_mode: self.copy,
             buffer_size: self.buffer_kib * 1024,
+            socket_buffer: self.socket_buffer_kib * 1024,
         }
     }
 }
@@ -983,6 +993,12 @@ impl HostConfig {
         }
         if !(4..=16 * 1024).contains(&relay.buffer_kib) {
             return Err(invalid("relay.buffer_kib", "must be between 4 and 16384"));
+        }
+        if !(16..=4096).contains(&relay.socket_buffer_kib) {
+            return Err(invalid(
+                "relay.socket_buffer_kib",
+                "must be between 16 and 4096",
+            ));
         }
         if relay.guest_port == 0 || relay.guest_port == u32::MAX {
             return Err(invalid(

@@ -34,9 +34,6 @@ use tokio::task::JoinSet;
 use crate::metrics::{Metrics, inc};
 use crate::transport::{Transport, connect_with_timeout};
 
-/// The pipe size requested for splicing (the kernel may grant less; unprivileged users are capped
-/// by `/proc/sys/fs/pipe-max-size`).
-const PIPE_SIZE: usize = 1 << 20;
 /// In `auto` mode, a read that fills this many bytes marks a bulk transfer and switches the
 /// direction to splice until the source runs dry.
 const BULK_READ: usize = 64 * 1024;
@@ -92,6 +89,12 @@ pub struct RelayConfig {
     pub copy_mode: CopyMode,
     /// The user-space buffer size per direction (user-space path only).
     pub buffer_size: usize,
+    /// What the kernel may hold between the guest and a client that stopped reading, per socket:
+    /// the client socket's `SO_SNDBUF`, the guest socket's `SO_RCVBUF` and the splice pipe's
+    /// size. Left to autotuning these grow to megabytes, so a guest streaming to a stalled reader
+    /// kept generating (and holding its slot) long after the reader stopped; bounded, the stall
+    /// reaches the guest, which cuts it after its `write_stall_secs`.
+    pub socket_buffer: usize,
 }
 
 impl Default for RelayConfig {
@@ -104,6 +107,7 @@ impl Default for RelayConfig {
             connect_timeout: Duration::from_secs(5),
             copy_mode: CopyMode::Auto,
             buffer_size: 256 * 1024,
+            socket_buffer: 128 * 1024,
         }
     }
 }
@@ -313,12 +317,11 @@ impl Relay {
         )
         .await?;
         let io_err = |direction| move |source| RelayError::Io { direction, source };
-        let client = register(OwnedFd::from(
-            tcp.into_std().map_err(io_err(Direction::ToGuest))?,
-        ))
-        .map_err(io_err(Direction::ToGuest))?;
-        let guest = register(guest.into_owned_fd().map_err(io_err(Direction::ToGuest))?)
-            .map_err(io_err(Direction::ToGuest))?;
+        let client = OwnedFd::from(tcp.into_std().map_err(io_err(Direction::ToGuest))?);
+        let guest = guest.into_owned_fd().map_err(io_err(Direction::ToGuest))?;
+        bound_buffers(&client, &guest, self.config.socket_buffer);
+        let client = register(client).map_err(io_err(Direction::ToGuest))?;
+        let guest = register(guest).map_err(io_err(Direction::ToGuest))?;
 
         let client = Arc::new(client);
         let guest = Arc::new(guest);
@@ -330,6 +333,7 @@ impl Relay {
         let pump = Pump {
             mode,
             buffer_size: self.config.buffer_size,
+            pipe_size: self.config.socket_buffer,
             observer: self.observer.clone(),
             conn: id,
             clock: clock.clone(),
@@ -520,6 +524,7 @@ impl Activity {
 struct Pump {
     mode: CopyMode,
     buffer_size: usize,
+    pipe_size: usize,
     observer: Option<Arc<dyn Observer>>,
     conn: u64,
     clock: Arc<Activity>,
@@ -604,7 +609,7 @@ impl Pump {
             }
             let p = match &mut pipe {
                 Some(p) => p,
-                None => pipe.insert(SplicePipe::new()?),
+                None => pipe.insert(SplicePipe::new(self.pipe_size)?),
             };
             match splice_burst(src, dst, p, count).await? {
                 Burst::Eof => return Ok(()),
@@ -649,7 +654,29 @@ async fn short_io(
     }
 }
 
-/// A pipe for splicing, as large as the kernel allows up to [`PIPE_SIZE`].
+/// Bounds the kernel buffers on the way from the guest to the client (see
+/// [`RelayConfig::socket_buffer`]). A socket that refuses (none of ours should) keeps its
+/// default, which is logged: the relay still works, a stall only takes longer to reach the guest.
+fn bound_buffers(client: &OwnedFd, guest: &OwnedFd, bytes: usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    for (what, r) in [
+        (
+            "client SO_SNDBUF",
+            setsockopt(client, sockopt::SndBuf, &bytes),
+        ),
+        (
+            "guest SO_RCVBUF",
+            setsockopt(guest, sockopt::RcvBuf, &bytes),
+        ),
+    ] {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot bound the {what}");
+        }
+    }
+}
+
+/// A pipe for splicing, of the size asked for (rounded up to pages by the kernel; unprivileged
+/// users are capped by `/proc/sys/fs/pipe-max-size`).
 struct SplicePipe {
     r: OwnedFd,
     w: OwnedFd,
@@ -657,10 +684,13 @@ struct SplicePipe {
 }
 
 impl SplicePipe {
-    fn new() -> io::Result<Self> {
+    fn new(size: usize) -> io::Result<Self> {
         let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         // A bigger pipe means fewer system calls per byte; the default (64 KiB) still works.
-        let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        let _ = fcntl(
+            &w,
+            FcntlArg::F_SETPIPE_SZ(size.min(i32::MAX as usize) as i32),
+        );
         let chunk = fcntl(&w, FcntlArg::F_GETPIPE_SZ)
             .map(|s| s as usize)
             .unwrap_or(64 * 1024);

@@ -444,3 +444,84 @@ async fn an_observer_sees_every_forwarded_byte() {
     assert_eq!(collect(Direction::ToGuest), msg);
     assert_eq!(collect(Direction::FromGuest), msg);
 }
+
+/// A guest that accepts `CONNECT <port>` and then writes as fast as it can, counting what the
+/// socket took: a stream to a client that may have stopped reading.
+async fn flood_guest(
+    path: &std::path::Path,
+    written: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let written = written.clone();
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {}
+                if s.write_all(b"OK 1024\n").await.is_err() {
+                    return;
+                }
+                let chunk = vec![0x5a_u8; 16 * 1024];
+                while let Ok(n) = s.write(&chunk).await {
+                    written.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    })
+}
+
+/// A client that stops reading must hold back the guest within bounded buffers: what the guest
+/// manages to write before it blocks is the relay's bounded buffers plus the client's, not the
+/// megabytes autotuning grows a socket to. Otherwise the guest never sees the stall and keeps
+/// generating (and holding a slot) for a reader that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_back_the_guest_within_bounded_buffers() {
+    for mode in [CopyMode::Auto, CopyMode::Splice, CopyMode::Userspace] {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let guest = flood_guest(&uds, written.clone()).await;
+        let config = config(mode);
+        let socket_buffer = config.socket_buffer as u64;
+        let relay = Arc::new(Relay::new(
+            config,
+            Arc::new(HybridVsockTransport::new(&uds)),
+            Arc::new(Metrics::default()),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(relay.serve(listener, std::future::pending()));
+        // A small receive buffer, as a stalled reader would choose; it never reads.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let client = socket.connect(addr).await.unwrap();
+        // Wait until the guest's writes stop (no progress for a second).
+        let settled = tokio::time::timeout(HANG_GUARD, async {
+            let mut last = u64::MAX;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = written.load(Ordering::Relaxed);
+                if now == last && now > 0 {
+                    return now;
+                }
+                last = now;
+            }
+        })
+        .await
+        .expect("the guest's writes never stopped: nothing held it back");
+        // The kernel doubles SO_SNDBUF/SO_RCVBUF for its bookkeeping: the client socket's send
+        // buffer and the splice pipe or copy buffer, plus the guest's own Unix socket buffer
+        // (~208 KiB) and what the client took, stay well under 6× the setting. Autotuned, the
+        // client's send buffer alone grows to tcp_wmem's maximum (4 MiB here).
+        let bound = 6 * socket_buffer;
+        eprintln!("{mode:?}: the guest wrote {settled} bytes before it was held back");
+        assert!(
+            settled <= bound,
+            "{mode:?}: the guest wrote {settled} bytes for a client that reads nothing (bound \
+             {bound}: socket_buffer {socket_buffer})"
+        );
+        drop(client);
+        server.abort();
+        guest.abort();
+    }
+}

@@ -72,10 +72,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The guest side of hybrid vsock as vhost-device-vsock presents it to the host: a Unix socket
 /// that takes `CONNECT <port>\n`, answers `OK <n>\n` and then carries the stream, here to the
-/// in-process guest's TCP listener (standing in for the guest kernel's vsock port).
-async fn hybrid_mux(uds: std::path::PathBuf, guest: std::net::SocketAddr) {
+/// in-process guest's TCP listener (standing in for the guest kernel's vsock port). The listener
+/// is bound by the caller, before the client connects: binding inside the task raced the client
+/// (the relay found no socket and closed the connection).
+async fn hybrid_mux(l: tokio::net::UnixListener, guest: std::net::SocketAddr) {
     use tokio::io::AsyncBufReadExt;
-    let l = tokio::net::UnixListener::bind(&uds).unwrap();
     loop {
         let Ok((s, _)) = l.accept().await else { return };
         tokio::spawn(async move {
@@ -192,7 +193,7 @@ async fn canary(hybrid: bool) {
     );
     let mux = hybrid.then(|| {
         tokio::spawn(hybrid_mux(
-            uds.clone(),
+            tokio::net::UnixListener::bind(&uds).unwrap(),
             guest_listener.local_addr().unwrap(),
         ))
     });

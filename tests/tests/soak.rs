@@ -17,8 +17,15 @@
 //! Latency and throughput are only reported, and appended as benchmark figures when
 //! `CHRYSALIS_BENCH_FIGURES` is set (`cargo xtask bench`).
 //!
-//! `CHRYSALIS_SOAK_SECS` sets the length of both phases together (default 10 s, so that
-//! `cargo test` stays short; 60 s for a real soak: `CHRYSALIS_SOAK_SECS=60 cargo test --release
+//! A stalled reader asks for 20 alternatives per token (the most bytes per token the API gives),
+//! so that the buffers between guest and client fill within seconds; once they are full, the
+//! guest cuts the stream after `write_stall_secs`. That takes 10–20 s on a loaded 2-core machine
+//! (the relay's bounded socket buffers, `relay.socket_buffer_kib`, and the guest's vsock-sized
+//! send buffer hold about 1 MiB), so an attack phase of at least [`STALL_CUT_PHASE`] must see
+//! streams cut.
+//!
+//! `CHRYSALIS_SOAK_SECS` sets the length of both phases together (default 45 s, so that
+//! `cargo test` stays short and the stall cuts are seen with room to spare on a slow machine; 60 s for a real soak: `CHRYSALIS_SOAK_SECS=60 cargo test --release
 //! -p chrysalis-tests --test soak`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -52,6 +59,8 @@ const BODY_TIMEOUT_SECS: u64 = 2;
 /// the attack does): long enough for the stall to fill the buffers between guest and client (the
 /// relay's splice pipe alone holds 1 MiB, socket buffers grow to megabytes).
 const STALLED_HOLD: Duration = Duration::from_secs(60);
+/// An attack phase at least this long must see the guest cut stalled streams.
+const STALL_CUT_PHASE: Duration = Duration::from_secs(15);
 /// Bounds every wait on the chain, so that a hang fails instead of blocking the suite.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
@@ -73,7 +82,7 @@ fn main() {
             let secs = std::env::var("CHRYSALIS_SOAK_SECS")
                 .ok()
                 .map(|s| s.parse::<u64>().expect("CHRYSALIS_SOAK_SECS: seconds"))
-                .unwrap_or(10)
+                .unwrap_or(45)
                 .max(3);
             rt.block_on(soak(Duration::from_secs(secs)));
             println!("test soak ... ok");
@@ -154,7 +163,7 @@ mod role {
         let tls = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
         chrysalis_guest::server::serve(state, tls, move || {
             let l = listener.clone();
-            async move { l.accept().await.map(|(s, _)| s) }
+            async move { chrysalis_guest::server::accept_tcp(&l).await }
         })
         .await
         .unwrap();
@@ -452,7 +461,12 @@ async fn stalled(load: Arc<Load>, source: [u8; 4]) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let body = chat(STALLED_TOKENS);
+        // The most bytes per token the API gives (20 alternatives with each), so that the
+        // buffers between guest and client fill in seconds, as an attacker would make them.
+        let mut body: Value = serde_json::from_str(&chat(STALLED_TOKENS)).unwrap();
+        body["logprobs"] = json!(true);
+        body["top_logprobs"] = json!(20);
+        let body = body.to_string();
         let req = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: chrysalis-guest\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -781,6 +795,13 @@ async fn soak(total: Duration) {
         "honest clients were served in both phases"
     );
     assert!(slots_free, "a slot stayed busy after the run: {health}");
+    assert!(
+        attack_phase < STALL_CUT_PHASE || stall_cuts > 0,
+        "in {:.0} s of attack no stalled stream was cut: the buffers between guest and client \
+         hold more than the stalled readers were sent ({:.1} MiB drained from one)",
+        attack_phase.as_secs_f64(),
+        stats.stalled_drained.load(Ordering::Relaxed) as f64 / MIB,
+    );
     assert!(
         fds_back,
         "file descriptors did not return to idle (guest {} → {}, relay {} → {})",

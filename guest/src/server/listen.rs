@@ -9,6 +9,21 @@ use tokio::sync::Semaphore;
 use super::routes::handle;
 use super::state::AppState;
 
+/// The send buffer of a connection accepted by [`accept_tcp`]: virtio-vsock's default buffer.
+const TCP_SEND_BUFFER: usize = 256 * 1024;
+
+/// Accepts one connection on the TCP stand-in for the guest's vsock port (`listen = "tcp:…"`,
+/// used outside a VM), shaped like a vsock connection: no Nagle delay, and a send buffer of
+/// vsock's 256 KiB instead of the megabytes autotuning grows it to, so that a client that stops
+/// reading stalls the stream (and `write_stall_secs` cuts it) as soon as it would over vsock.
+pub async fn accept_tcp(l: &tokio::net::TcpListener) -> std::io::Result<tokio::net::TcpStream> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (s, _) = l.accept().await?;
+    s.set_nodelay(true)?;
+    setsockopt(&s, sockopt::SndBuf, &TCP_SEND_BUFFER)?;
+    Ok(s)
+}
+
 /// Serves HTTPS on connections from `accept` until it fails.
 pub async fn serve<S, F, Fut>(
     state: Arc<AppState>,

@@ -31,7 +31,7 @@ mod slot;
 mod state;
 mod stream;
 
-pub use listen::serve;
+pub use listen::{accept_tcp, serve};
 pub use metrics::Metrics;
 pub use routes::{Body, handle};
 pub use state::AppState;
