@@ -24,6 +24,10 @@
 //! send buffer hold about 1 MiB), so an attack phase of at least [`STALL_CUT_PHASE`] must see
 //! streams cut.
 //!
+//! `CHRYSALIS_SOAK_ENGINE=llama_cpp` runs the real `chrysalis-guest serve` with the llama_cpp
+//! adapter and SmolLM2 (the test venv, `CHRYSALIS_VENV`) and the cpu image's 4 slots instead, at a
+//! scale the model can serve; docs/host.md has its figures.
+//!
 //! `CHRYSALIS_SOAK_SECS` sets the length of both phases together (default 45 s, so that
 //! `cargo test` stays short and the stall cuts are seen with room to spare on a slow machine; 60 s for a real soak: `CHRYSALIS_SOAK_SECS=60 cargo test --release
 //! -p chrysalis-tests --test soak`).
@@ -40,27 +44,86 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ROLE_VAR: &str = "CHRYSALIS_SOAK_ROLE";
-const MODEL: &str = "soak";
-const HONEST: usize = 256;
-const DISCONNECTERS: usize = 16;
-const SLOW_BODY: usize = 64;
-const STALLED: usize = 64;
-/// Generations at once in the guest: the stalled readers can hold at most half.
-const SLOTS: usize = 128;
+/// The load, scaled to what the engine serves.
+struct Shape {
+    /// `scripted` or `llama_cpp` (`CHRYSALIS_SOAK_ENGINE`).
+    engine: &'static str,
+    model: &'static str,
+    honest: usize,
+    disconnecters: usize,
+    slow_body: usize,
+    stalled: usize,
+    /// Generations at once in the guest: the stalled readers can hold at most half.
+    slots: usize,
+    /// Tokens an honest request asks for.
+    honest_tokens: u32,
+    /// Tokens a stalled reader asks for: far more than the buffers between guest and client hold.
+    stalled_tokens: u32,
+    /// The default length of both phases together.
+    default_secs: u64,
+    /// An attack phase at least this long must see the guest cut stalled streams; `None` when the
+    /// buffers between guest and client hold a whole answer of at most `stalled_tokens`.
+    stall_cut_phase: Option<Duration>,
+}
+
+/// The scripted engine (2 ms per token): the CPU goes to the chain.
+const SCRIPTED: Shape = Shape {
+    engine: "scripted",
+    model: "soak",
+    honest: 256,
+    disconnecters: 16,
+    slow_body: 64,
+    stalled: 64,
+    slots: 128,
+    honest_tokens: 16,
+    stalled_tokens: 16_384,
+    default_secs: 45,
+    stall_cut_phase: Some(Duration::from_secs(15)),
+};
+
+/// The real `chrysalis-guest` binary with the llama_cpp adapter and SmolLM2 (the test venv), with
+/// the cpu image's 4 slots. A stalled reader holds its slot until its answer is generated: the
+/// model's context (2048 tokens) ends it before about 1 MiB of output fills the buffers, so no
+/// cut is expected; the soak shows what that costs the honest clients.
+const LLAMA_CPP: Shape = Shape {
+    engine: "llama_cpp",
+    model: chrysalis_testkit::guest::MODEL_ID,
+    honest: 8,
+    disconnecters: 2,
+    slow_body: 8,
+    stalled: 2,
+    slots: 4,
+    honest_tokens: 16,
+    // n_ctx is 2048.
+    stalled_tokens: 1_900,
+    default_secs: 180,
+    stall_cut_phase: None,
+};
+
+/// The engine as the report names it.
+fn engine_name(shape: &Shape) -> String {
+    match shape.engine {
+        "scripted" => format!("scripted ({} ms/token)", TOKEN_DELAY.as_millis()),
+        e => format!("{e} (SmolLM2-135M Q4_1)"),
+    }
+}
+
+fn shape() -> &'static Shape {
+    match std::env::var("CHRYSALIS_SOAK_ENGINE").as_deref() {
+        Err(_) | Ok("scripted") => &SCRIPTED,
+        Ok("llama_cpp") => &LLAMA_CPP,
+        Ok(other) => panic!("CHRYSALIS_SOAK_ENGINE={other}: scripted or llama_cpp"),
+    }
+}
+
 /// The scripted engine's time per token.
 const TOKEN_DELAY: Duration = Duration::from_millis(2);
-/// Tokens an honest request asks for.
-const HONEST_TOKENS: u32 = 16;
-/// Tokens a stalled reader asks for: far more than the buffers between guest and client hold.
-const STALLED_TOKENS: u32 = 16_384;
 const WRITE_STALL_SECS: u64 = 2;
 const BODY_TIMEOUT_SECS: u64 = 2;
 /// How long a stalled reader keeps its connection before it starts again (at most: it stops when
 /// the attack does): long enough for the stall to fill the buffers between guest and client (the
 /// relay's splice pipe alone holds 1 MiB, socket buffers grow to megabytes).
 const STALLED_HOLD: Duration = Duration::from_secs(60);
-/// An attack phase at least this long must see the guest cut stalled streams.
-const STALL_CUT_PHASE: Duration = Duration::from_secs(15);
 /// Bounds every wait on the chain, so that a hang fails instead of blocking the suite.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
@@ -82,7 +145,7 @@ fn main() {
             let secs = std::env::var("CHRYSALIS_SOAK_SECS")
                 .ok()
                 .map(|s| s.parse::<u64>().expect("CHRYSALIS_SOAK_SECS: seconds"))
-                .unwrap_or(45)
+                .unwrap_or(shape().default_secs)
                 .max(3);
             rt.block_on(soak(Duration::from_secs(secs)));
             println!("test soak ... ok");
@@ -140,17 +203,18 @@ mod role {
             .await
             .unwrap();
         let model: ModelConfig =
-            serde_json::from_value(json!({"id": MODEL, "root_hash": "ab".repeat(32)})).unwrap();
+            serde_json::from_value(json!({"id": SCRIPTED.model, "root_hash": "ab".repeat(32)}))
+                .unwrap();
         let mut server = ServerConfig::default();
-        server.max_concurrency = SLOTS;
-        server.max_tokens_cap = STALLED_TOKENS;
+        server.max_concurrency = SCRIPTED.slots;
+        server.max_tokens_cap = SCRIPTED.stalled_tokens;
         server.request_timeout_secs = 60;
         server.write_stall_secs = WRITE_STALL_SECS;
         server.body_timeout_secs = BODY_TIMEOUT_SECS;
         let state = chrysalis_guest::server::AppState::new(
             server,
             model,
-            Arc::new(ScriptedEngine::new(MODEL, TOKEN_DELAY)),
+            Arc::new(ScriptedEngine::new(SCRIPTED.model, TOKEN_DELAY)),
             certs.clone(),
             "sim",
         );
@@ -213,6 +277,71 @@ impl Drop for Child {
     }
 }
 
+/// The guest process: this binary in the guest role (scripted engine), or `chrysalis-guest serve`.
+enum Guest {
+    Role(Child),
+    Real(chrysalis_testkit::guest::Proc),
+}
+
+impl Guest {
+    fn pid(&self) -> u32 {
+        match self {
+            Guest::Role(c) => c.pid(),
+            Guest::Real(p) => p.child.id(),
+        }
+    }
+
+    fn check_alive(&mut self, what: &str) {
+        match self {
+            Guest::Role(c) => c.check_alive(what),
+            Guest::Real(p) => {
+                if let Some(st) = p.child.try_wait().unwrap() {
+                    panic!("the {what} exited with {st}: {}", p.log());
+                }
+            }
+        }
+    }
+}
+
+/// `chrysalis-guest serve` with the llama_cpp adapter and SmolLM2 from the test venv, the cpu
+/// image's slots, the soak's timeouts, on the guest's "vsock" port, asking the agent's sim quote
+/// service for its evidence.
+fn real_guest(offset: i32) -> chrysalis_testkit::guest::Proc {
+    use chrysalis_testkit::guest::{MODEL_ID, Proc, build_binaries, venv, workspace};
+    let v = venv().expect("CHRYSALIS_SOAK_ENGINE=llama_cpp needs the test venv (CHRYSALIS_VENV)");
+    let bins = build_binaries();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("guest.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nmax_concurrency = {}\nmax_tokens_cap = {}\nrequest_timeout_secs = 600\n\
+             write_stall_secs = {WRITE_STALL_SECS}\nbody_timeout_secs = {BODY_TIMEOUT_SECS}\n\
+             [model]\nid = \"{MODEL_ID}\"\nroot_hash = \"{}\"\n\
+             [engine]\nadapter = \"llama_cpp\"\npython_path = [{:?}, {:?}]\n[engine.options]\n\
+             model_path = {:?}\nmodel_id = \"{MODEL_ID}\"\nn_ctx = 2048\ninstances = 1\n",
+            LLAMA_CPP.slots,
+            LLAMA_CPP.stalled_tokens,
+            "ab".repeat(32),
+            workspace().join("guest/python").display().to_string(),
+            v.site_packages.display().to_string(),
+            v.model.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(&bins["chrysalis-guest"]);
+    cmd.args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--listen")
+        .arg(format!("tcp:127.0.0.1:{}", GUEST_TLS_PORT as i32 + offset))
+        .arg("--evidence")
+        .arg(format!(
+            "sim-tdx:tcp:127.0.0.1:{}",
+            SIM_QUOTE_PORT as i32 + offset
+        ));
+    Proc::start(cmd, dir, "chrysalis-guest")
+}
+
 /// RSS (bytes) and open file descriptors of a process.
 fn usage(pid: u32) -> (u64, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -248,6 +377,8 @@ struct Stats {
     slow_body_cut: AtomicU64,
     slow_body_other: AtomicU64,
     stalled_started: AtomicU64,
+    /// Stalled readers' requests answered 429 (they try again after a second).
+    stalled_refused: AtomicU64,
     /// The most bytes one stalled reader read when it drained (what was buffered for it).
     stalled_drained: AtomicU64,
 }
@@ -296,7 +427,7 @@ impl Load {
 
 fn chat(max_tokens: u32) -> String {
     json!({
-        "model": MODEL,
+        "model": shape().model,
         "messages": [{"role": "user", "content": "a soak test asks for a short story"}],
         "max_tokens": max_tokens,
         "stream": true,
@@ -350,7 +481,7 @@ async fn honest(load: Arc<Load>, source: [u8; 4]) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let (resp, conn) = match send(tls, post(chat(HONEST_TOKENS))).await {
+        let (resp, conn) = match send(tls, post(chat(shape().honest_tokens))).await {
             Ok(r) => r,
             Err(e) => {
                 stats.error(phase, format!("no response: {e}"));
@@ -463,7 +594,7 @@ async fn stalled(load: Arc<Load>, source: [u8; 4]) {
         };
         // The most bytes per token the API gives (20 alternatives with each), so that the
         // buffers between guest and client fill in seconds, as an attacker would make them.
-        let mut body: Value = serde_json::from_str(&chat(STALLED_TOKENS)).unwrap();
+        let mut body: Value = serde_json::from_str(&chat(shape().stalled_tokens)).unwrap();
         body["logprobs"] = json!(true);
         body["top_logprobs"] = json!(20);
         let body = body.to_string();
@@ -474,6 +605,17 @@ async fn stalled(load: Arc<Load>, source: [u8; 4]) {
         );
         if tls.write_all(req.as_bytes()).await.is_err() {
             continue;
+        }
+        // The status line only: a stream holds a slot, a 429 means trying again (an attacker
+        // wants the slots), as honest clients do after Retry-After.
+        match response_status(&mut tls).await {
+            Some(200) => {}
+            Some(429) => {
+                load.stats.stalled_refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            _ => continue,
         }
         load.stats.stalled_started.fetch_add(1, Ordering::Relaxed);
         let until = Instant::now() + STALLED_HOLD;
@@ -493,6 +635,29 @@ async fn stalled(load: Arc<Load>, source: [u8; 4]) {
             .stalled_drained
             .fetch_max(total, Ordering::Relaxed);
     }
+}
+
+/// Reads a response's head byte by byte (no further: the body stays unread) and returns its
+/// status code; `None` when the connection ends or the head does not come within 30 s.
+async fn response_status(tls: &mut Tls) -> Option<u16> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match tls.read(&mut b).await {
+                Ok(1) => head.push(b[0]),
+                _ => return None,
+            }
+        }
+        String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// GET `path` through the chain; the JSON body.
@@ -566,20 +731,25 @@ async fn soak(total: Duration) {
         assert!(started.elapsed() < HANG_GUARD, "the relay did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let ready = dir.path().join("guest.ready");
-    let mut guest = Child::spawn(
-        "guest",
-        dir.path(),
-        &[
-            ("CHRYSALIS_SOAK_OFFSET", offset.to_string()),
-            ("CHRYSALIS_SOAK_READY", ready.display().to_string()),
-        ],
-    );
-    while !ready.exists() {
-        guest.check_alive("guest");
-        assert!(started.elapsed() < HANG_GUARD, "the guest did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut guest = if shape().engine == "scripted" {
+        let ready = dir.path().join("guest.ready");
+        let mut guest = Child::spawn(
+            "guest",
+            dir.path(),
+            &[
+                ("CHRYSALIS_SOAK_OFFSET", offset.to_string()),
+                ("CHRYSALIS_SOAK_READY", ready.display().to_string()),
+            ],
+        );
+        while !ready.exists() {
+            guest.check_alive("guest");
+            assert!(started.elapsed() < HANG_GUARD, "the guest did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Guest::Role(guest)
+    } else {
+        Guest::Real(real_guest(offset))
+    };
 
     let policy = image.sim_tdx_policy().unwrap();
     let verifier = Arc::new(RaTlsServerVerifier::new(Arc::new(policy)));
@@ -618,13 +788,14 @@ async fn soak(total: Duration) {
     // Honest clients on 127.0.1.1-8, attackers on 127.0.2.x and 127.0.3.x: at most 40 of one
     // kind per source, under the relay's per-source cap.
     let mut tasks = Vec::new();
-    for i in 0..HONEST {
+    let shape = shape();
+    for i in 0..shape.honest {
         tasks.push(tokio::spawn(honest(
             load.clone(),
             [127, 0, 1, 1 + (i % 8) as u8],
         )));
     }
-    for i in 0..DISCONNECTERS {
+    for i in 0..shape.disconnecters {
         tasks.push(tokio::spawn(hang_up(
             load.clone(),
             [127, 0, 1, 1 + (i % 8) as u8],
@@ -636,13 +807,13 @@ async fn soak(total: Duration) {
     load.phase.store(1, Ordering::Relaxed);
     let attack_started = t0.elapsed();
     let mut attackers = Vec::new();
-    for i in 0..SLOW_BODY {
+    for i in 0..shape.slow_body {
         attackers.push(tokio::spawn(slow_body(
             load.clone(),
             [127, 0, 2, 1 + (i % 4) as u8],
         )));
     }
-    for i in 0..STALLED {
+    for i in 0..shape.stalled {
         attackers.push(tokio::spawn(stalled(
             load.clone(),
             [127, 0, 3, 1 + (i % 4) as u8],
@@ -717,12 +888,17 @@ async fn soak(total: Duration) {
         .saturating_sub(stats.slow_body_cut.load(Ordering::Relaxed));
     let mut report = String::new();
     report.push_str(&format!(
-        "soak: {:.0} s honest only, {:.0} s with attackers; {HONEST} honest streaming clients, \
-         {DISCONNECTERS} hanging up mid-stream, then {SLOW_BODY} slow-body and {STALLED} \
-         stalled-reader attackers; {SLOTS} slots, scripted engine {} ms/token\n",
+        "soak: {:.0} s honest only, {:.0} s with attackers; {} honest streaming clients, \
+         {} hanging up mid-stream, then {} slow-body and {} stalled-reader attackers; {} slots, \
+         {} engine\n",
         baseline_phase.as_secs_f64(),
         attack_phase.as_secs_f64(),
-        TOKEN_DELAY.as_millis()
+        shape.honest,
+        shape.disconnecters,
+        shape.slow_body,
+        shape.stalled,
+        shape.slots,
+        engine_name(shape),
     ));
     for (p, name) in [(0, "honest only   "), (1, "with attackers")] {
         report.push_str(&format!(
@@ -739,7 +915,7 @@ async fn soak(total: Duration) {
     }
     report.push_str(&format!(
         "  p50 ratio {:.2}, p99 ratio {:.2} (with / without attackers)\n  hung up mid-stream {}; \
-         slow bodies cut with 408 {} (other endings {}); stalled streams started {}, \
+         slow bodies cut with 408 {} (other endings {}); stalled streams started {} (429 {}), \
          cut by the guest {}, most bytes buffered for one {:.1} MiB; in flight at the end of the attack {in_flight_under_attack}\n  guest counters under \
          attack: {guest_metrics_under_attack}\n  guest counters at the end: {health}\n",
         p50[1] / p50[0],
@@ -748,6 +924,7 @@ async fn soak(total: Duration) {
         stats.slow_body_cut.load(Ordering::Relaxed),
         stats.slow_body_other.load(Ordering::Relaxed),
         stats.stalled_started.load(Ordering::Relaxed),
+        stats.stalled_refused.load(Ordering::Relaxed),
         stall_cuts,
         stats.stalled_drained.load(Ordering::Relaxed) as f64 / MIB,
     ));
@@ -796,7 +973,9 @@ async fn soak(total: Duration) {
     );
     assert!(slots_free, "a slot stayed busy after the run: {health}");
     assert!(
-        attack_phase < STALL_CUT_PHASE || stall_cuts > 0,
+        shape
+            .stall_cut_phase
+            .is_none_or(|phase| attack_phase < phase || stall_cuts > 0),
         "in {:.0} s of attack no stalled stream was cut: the buffers between guest and client \
          hold more than the stalled readers were sent ({:.1} MiB drained from one)",
         attack_phase.as_secs_f64(),
@@ -847,11 +1026,18 @@ struct Figures {
 
 fn record_figures(f: &Figures) {
     use chrysalis_testkit::bench_figure::record;
+    let shape = shape();
     let secs = f.total.as_secs();
     let setting = format!(
-        "{secs} s soak (⅓ honest only, ⅔ with attackers), {HONEST} honest streaming clients \
-         ({HONEST_TOKENS} tokens), {SLOW_BODY} slow-body + {STALLED} stalled-reader attackers, \
-         {SLOTS} slots, scripted engine, relay and guest as processes on loopback"
+        "{secs} s soak (⅓ honest only, ⅔ with attackers), {} honest streaming clients \
+         ({} tokens), {} slow-body + {} stalled-reader attackers, {} slots, {} engine, relay and \
+         guest as processes on loopback",
+        shape.honest,
+        shape.honest_tokens,
+        shape.slow_body,
+        shape.stalled,
+        shape.slots,
+        engine_name(shape),
     );
     let figures = [
         json!({
