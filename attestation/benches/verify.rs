@@ -78,17 +78,23 @@ fn inputs() -> Inputs {
 fn main() {
     let mut c = support::criterion();
     let inp = inputs();
+    // The last flag: forget the verified SNP chains first (a VCEK this verifier has not seen).
     let cases = [
-        ("tdx_recorded", &inp.tdx_recorded),
-        ("tdx_sim", &inp.tdx_sim),
-        ("snp_recorded", &inp.snp_recorded),
+        ("tdx_recorded", &inp.tdx_recorded, false),
+        ("tdx_sim", &inp.tdx_sim, false),
+        ("snp_recorded", &inp.snp_recorded, false),
+        ("snp_recorded_new_vcek", &inp.snp_recorded, true),
     ];
+    let run = |bundle, forget| {
+        if forget {
+            chrysalis_attestation::verify::forget_verified_chains();
+        }
+        verify(black_box(bundle), &inp.anchors, None, NOW).expect("verifies")
+    };
     {
         let mut g = c.benchmark_group("verify_first_contact");
-        for (name, bundle) in cases {
-            g.bench_function(name, |b| {
-                b.iter(|| verify(black_box(bundle), &inp.anchors, None, NOW).expect("verifies"))
-            });
+        for (name, bundle, forget) in cases {
+            g.bench_function(name, |b| b.iter(|| run(bundle, forget)));
         }
         g.finish();
     }
@@ -96,9 +102,9 @@ fn main() {
 
     let mut ops: Vec<Op<'_>> = cases
         .iter()
-        .map(|&(_, bundle)| {
-            Op::new(|| {
-                black_box(verify(black_box(bundle), &inp.anchors, None, NOW).expect("verifies"));
+        .map(|&(_, bundle, forget)| {
+            Op::new(move || {
+                black_box(run(bundle, forget));
             })
         })
         .collect();
@@ -108,7 +114,8 @@ fn main() {
     println!(
         "summary: verify first contact, median of {rounds} interleaved rounds x {per_round}, \
          thread CPU time (wall): TDX recorded {} ({}) [goal <= 1 ms: {}], TDX sim {} ({}), \
-         SNP recorded {} ({}); machine: {}",
+         SNP recorded, VCEK seen before {} ({}) [goal <= 1 ms: {}], SNP recorded, new VCEK {} \
+         ({}); machine: {}",
         support::fmt(tdx),
         support::fmt(p.wall(0)),
         if tdx.as_secs_f64() <= 1e-3 {
@@ -120,6 +127,13 @@ fn main() {
         support::fmt(p.wall(1)),
         support::fmt(p.cpu(2)),
         support::fmt(p.wall(2)),
+        if p.cpu(2).as_secs_f64() <= 1e-3 {
+            "met"
+        } else {
+            "MISSED"
+        },
+        support::fmt(p.cpu(3)),
+        support::fmt(p.wall(3)),
         support::machine(),
     );
     let runs = rounds * per_round as usize;
@@ -130,10 +144,18 @@ fn main() {
         "note": "thread CPU time, median of interleaved rounds",
     }));
     support::record(serde_json::json!({
-        "name": "SNP report verify, first contact (recorded VCEK chain)",
+        "name": "SNP report verify, first contact, VCEK seen before (recorded VCEK chain)",
         "unit": "s", "value": p.cpu(2).as_secs_f64(), "wall": p.wall(2).as_secs_f64(),
         "baseline": "TDX verify", "baseline_value": tdx.as_secs_f64(),
         "ratio": p.cpu_ratio(2, 0), "runs": runs,
-        "note": "thread CPU time, median of interleaved rounds",
+        "goal": "<= 1 ms", "met": p.cpu(2).as_secs_f64() <= 1e-3,
+        "note": "thread CPU time, median of interleaved rounds; the verified ARK/ASK/VCEK chain is remembered, the report signature is checked",
+    }));
+    support::record(serde_json::json!({
+        "name": "SNP report verify, first contact, new VCEK (recorded VCEK chain)",
+        "unit": "s", "value": p.cpu(3).as_secs_f64(), "wall": p.wall(3).as_secs_f64(),
+        "baseline": "TDX verify", "baseline_value": tdx.as_secs_f64(),
+        "ratio": p.cpu_ratio(3, 0), "runs": runs,
+        "note": "thread CPU time, median of interleaved rounds; the three RSA-4096 chain signatures are checked",
     }));
 }

@@ -24,8 +24,8 @@ use crate::error::EvidenceError;
 use crate::evidence::{Measurements, Platform, ReportData, Sha256, SnpReport, TdxQuote};
 
 pub use snp::{
-    AmdGeneration, AmdRoot, SnpCertificates, SnpSigner, SnpVerified, SnpVerifyError, verify_snp,
-    verify_snp_report,
+    AmdGeneration, AmdRoot, SnpCertificates, SnpSigner, SnpVerified, SnpVerifyError,
+    forget_verified_chains, verify_snp, verify_snp_report,
 };
 pub use tdx::{DcapError, INTEL_SGX_ROOT_CA_SHA256, TdxVerifyError};
 
