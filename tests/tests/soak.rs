@@ -21,16 +21,16 @@
 //! so that the buffers between guest and client fill within seconds; once they are full, the
 //! guest cuts the stream after `write_stall_secs`. That takes 10–20 s on a loaded 2-core machine
 //! (the relay's bounded socket buffers, `relay.socket_buffer_kib`, and the guest's vsock-sized
-//! send buffer hold about 1 MiB), so an attack phase of at least [`STALL_CUT_PHASE`] must see
-//! streams cut.
+//! send buffer hold about 1 MiB), so an attack phase of at least 15 s (`Shape::stall_cut_phase`)
+//! must see streams cut.
 //!
 //! `CHRYSALIS_SOAK_ENGINE=llama_cpp` runs the real `chrysalis-guest serve` with the llama_cpp
 //! adapter and SmolLM2 (the test venv, `CHRYSALIS_VENV`) and the cpu image's 4 slots instead, at a
 //! scale the model can serve; docs/host.md has its figures.
 //!
-//! `CHRYSALIS_SOAK_SECS` sets the length of both phases together (default 45 s, so that
-//! `cargo test` stays short and the stall cuts are seen with room to spare on a slow machine; 60 s for a real soak: `CHRYSALIS_SOAK_SECS=60 cargo test --release
-//! -p chrysalis-tests --test soak`).
+//! `CHRYSALIS_SOAK_SECS` sets the length of both phases together (default 60 s, llama_cpp 180 s;
+//! the stall cuts are seen with room to spare on a slow machine). The optimised soak:
+//! `cargo test --profile bench -p chrysalis-tests --test soak`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ const SCRIPTED: Shape = Shape {
     slots: 128,
     honest_tokens: 16,
     stalled_tokens: 16_384,
-    default_secs: 45,
+    default_secs: 60,
     stall_cut_phase: Some(Duration::from_secs(15)),
 };
 
