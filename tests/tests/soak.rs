@@ -108,12 +108,14 @@ fn engine_name(shape: &Shape) -> String {
     }
 }
 
+/// The shape `CHRYSALIS_SOAK_ENGINE` names, read once (every request asks for it).
 fn shape() -> &'static Shape {
-    match std::env::var("CHRYSALIS_SOAK_ENGINE").as_deref() {
+    static SHAPE: std::sync::OnceLock<&'static Shape> = std::sync::OnceLock::new();
+    SHAPE.get_or_init(|| match std::env::var("CHRYSALIS_SOAK_ENGINE").as_deref() {
         Err(_) | Ok("scripted") => &SCRIPTED,
         Ok("llama_cpp") => &LLAMA_CPP,
         Ok(other) => panic!("CHRYSALIS_SOAK_ENGINE={other}: scripted or llama_cpp"),
-    }
+    })
 }
 
 /// The scripted engine's time per token.
