@@ -5,7 +5,10 @@ Options (``[engine.options]``):
 * ``model_path`` (required): the GGUF file.
 * ``model_id``: the id served (default: the file name without ``.gguf``).
 * ``n_ctx`` (2048): context length; prompt plus output must fit.
-* ``n_threads``: CPU threads per instance (default: llama-cpp-python's, half the cores).
+* ``n_threads``: CPU threads per instance, for the prompt and for each generated token (default:
+  the CPUs this process may run on, shared between the instances). The guest VM exists to run the
+  engine, so it gets every vCPU; llama-cpp-python's own default (half the cores for generation)
+  left one of the sim VM's two vCPUs idle and made each token 1.9x slower under TCG (docs/e2e.md).
 * ``n_batch`` (512): prompt processing batch.
 * ``instances`` (1): model contexts, i.e. generations that run at once; more wait for one.
 
@@ -36,6 +39,11 @@ from .contract import Adapter, Chunk, GenerateRequest, StopMatcher
 KNOWN_OPTIONS = {"model_path", "model_id", "n_ctx", "n_threads", "n_batch", "instances"}
 
 
+def default_threads(instances: int) -> int:
+    """The CPUs this process may run on, split between ``instances`` contexts (at least one each)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+
+
 class LlamaCppAdapter(Adapter):
     def __init__(self, options: dict):
         unknown = sorted(set(options) - KNOWN_OPTIONS)
@@ -47,7 +55,9 @@ class LlamaCppAdapter(Adapter):
         base = os.path.basename(self.model_path)
         self.model_id = str(options.get("model_id") or (base[:-5] if base.endswith(".gguf") else base))
         self.n_ctx = int(options.get("n_ctx", 2048))
-        self.n_threads = options.get("n_threads")
+        self.n_threads = int(options["n_threads"]) if "n_threads" in options else default_threads(int(options.get("instances", 1)))
+        if self.n_threads < 1:
+            raise ValueError(f"llama_cpp: n_threads must be at least 1 (got {self.n_threads})")
         self.n_batch = int(options.get("n_batch", 512))
         self.instances = int(options.get("instances", 1))
         if self.instances < 1:
@@ -63,10 +73,14 @@ class LlamaCppAdapter(Adapter):
 
         if not os.path.isfile(self.model_path):
             raise FileNotFoundError(f"llama_cpp: model_path {self.model_path} does not exist")
-        kwargs = dict(model_path=self.model_path, n_ctx=self.n_ctx, n_batch=self.n_batch, verbose=False)
-        if self.n_threads is not None:
-            kwargs["n_threads"] = int(self.n_threads)
-        return llama_cpp.Llama(**kwargs)
+        return llama_cpp.Llama(
+            model_path=self.model_path,
+            n_ctx=self.n_ctx,
+            n_batch=self.n_batch,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            verbose=False,
+        )
 
     async def start(self) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -29,3 +29,16 @@ def test_unknown_option_is_named():
 
     with pytest.raises(ValueError, match="n_ctxx"):
         create({"model_path": "/x.gguf", "n_ctxx": 1})
+
+
+def test_threads_default_to_the_cpus_shared_between_instances():
+    import os
+
+    from chrysalis_engines.llama_cpp import create
+
+    cpus = len(os.sched_getaffinity(0))
+    assert create({"model_path": "/x.gguf"}).n_threads == cpus
+    assert create({"model_path": "/x.gguf", "instances": 2}).n_threads == max(1, cpus // 2)
+    assert create({"model_path": "/x.gguf", "n_threads": 3}).n_threads == 3
+    with pytest.raises(ValueError, match="n_threads must be at least 1"):
+        create({"model_path": "/x.gguf", "n_threads": 0})

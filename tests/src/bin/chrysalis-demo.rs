@@ -6,11 +6,12 @@
 //! xtask runs this binary (`cargo run -p chrysalis-tests --bin chrysalis-demo -- ARGS…`), so that
 //! xtask need not link the chain harness.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrysalis_tests::chain::{self, AgentSpec, Boot, Chat, HostAgent, Image, Proxy, Tools};
+use chrysalis_tests::chain::{self, AgentSpec, Boot, Chat, Event, HostAgent, Image, Proxy, Tools};
 use chrysalis_tests::driver::{self, repo_root};
 use clap::Parser as _;
 
@@ -269,34 +270,68 @@ fn steps(args: &DemoArgs, phases: &mut Phases, work: &Path) -> anyhow::Result<()
 
     phases.begin(
         "Ask the model",
-        "POST /v1/chat/completions through the proxy; the model runs inside the VM.",
+        "POST /v1/chat/completions (streamed) through the proxy; the model runs inside the VM.",
     );
     let models = proxy.models()?;
     let model = models.first().cloned().context("the node lists no model")?;
     println!("    model: {model}");
     println!("    prompt: {}", args.prompt);
-    let reply = proxy.chat(
+    // Streamed, so the answer shows token by token: under TCG each one takes seconds.
+    let start = Instant::now();
+    let mut stream = match proxy.chat_stream(
         &Chat {
             model: model.clone(),
             prompt: args.prompt.clone(),
             max_tokens: args.max_tokens,
         },
         Duration::from_secs(900),
-    )?;
-    if reply.status != 200 {
-        bail!(
+    )? {
+        Ok(stream) => stream,
+        Err(reply) => bail!(
             "the proxy answered {}: {}\n{}",
             reply.status,
             reply.body,
             proxy.log_tail(20)
-        );
+        ),
+    };
+    print!("    answer: ");
+    std::io::stdout().flush()?;
+    let mut first_token = None;
+    loop {
+        match stream.next_event() {
+            Ok(Event::Chunk(delta)) => {
+                if delta.is_empty() {
+                    continue;
+                }
+                first_token.get_or_insert_with(|| start.elapsed());
+                print!("{delta}");
+                std::io::stdout().flush()?;
+            }
+            Ok(Event::Done) => break,
+            Err(e) => {
+                println!();
+                return Err(e)
+                    .with_context(|| format!("the answer broke off\n{}", proxy.log_tail(20)));
+            }
+        }
     }
+    println!();
+    let total = start.elapsed();
+    let (_, usage) = stream.finish()?;
+    let usage = usage.unwrap_or_default();
+    let first = first_token.unwrap_or(total);
     println!(
-        "    answer ({:.1} s): {}",
-        reply.elapsed.as_secs_f64(),
-        reply.text().unwrap_or("").trim()
+        "    first token after {:.1} s (the prompt's {} tokens), then {} more in {:.1} s; {:.1} s in all",
+        first.as_secs_f64(),
+        usage["prompt_tokens"],
+        usage["completion_tokens"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(1),
+        (total - first).as_secs_f64(),
+        total.as_secs_f64()
     );
-    println!("    usage: {}", reply.body["usage"]);
+    println!("    usage: {usage}");
     phases.end("chat completion");
 
     phases.begin(
