@@ -259,12 +259,28 @@ pub fn start_guest(bin: &Path, sim: &str, v: &Venv) -> Proc {
 
 /// `chrysalis-guest serve` asking the sim service at `sim` for `kind`'s evidence.
 pub fn start_guest_on(bin: &Path, sim: &str, v: &Venv, kind: SimKind) -> Proc {
+    let evidence = match kind {
+        SimKind::Tdx => format!("sim-tdx:tcp:{sim}"),
+        SimKind::Snp => format!("sim-snp:tcp:{sim}"),
+    };
+    serve_llama_cpp(
+        bin,
+        v,
+        "max_concurrency = 4\n",
+        "tcp:127.0.0.1:0",
+        &evidence,
+    )
+}
+
+/// `chrysalis-guest serve --listen LISTEN --evidence EVIDENCE` with the llama_cpp adapter on the
+/// venv's SmolLM2 (one instance) and `server` (TOML lines) as its `[server]` table.
+pub fn serve_llama_cpp(bin: &Path, v: &Venv, server: &str, listen: &str, evidence: &str) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("guest.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nmax_concurrency = 4\n[model]\nid = \"{MODEL_ID}\"\nroot_hash = \"{}\"\n\
+            "[server]\n{server}[model]\nid = \"{MODEL_ID}\"\nroot_hash = \"{}\"\n\
              [engine]\nadapter = \"llama_cpp\"\npython_path = [{:?}, {:?}]\n[engine.options]\n\
              model_path = {:?}\nmodel_id = \"{MODEL_ID}\"\nn_ctx = 2048\ninstances = 1\n",
             "ab".repeat(32),
@@ -277,11 +293,7 @@ pub fn start_guest_on(bin: &Path, sim: &str, v: &Venv, kind: SimKind) -> Proc {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(&cfg)
-        .args(["--listen", "tcp:127.0.0.1:0", "--evidence"])
-        .arg(match kind {
-            SimKind::Tdx => format!("sim-tdx:tcp:{sim}"),
-            SimKind::Snp => format!("sim-snp:tcp:{sim}"),
-        })
+        .args(["--listen", listen, "--evidence", evidence])
         .env("RUST_LOG", "info,chrysalis_guest=debug");
     Proc::start(cmd, dir, "chrysalis-guest")
 }

@@ -309,39 +309,20 @@ impl Guest {
 /// image's slots, the soak's timeouts, on the guest's "vsock" port, asking the agent's sim quote
 /// service for its evidence.
 fn real_guest(offset: i32) -> chrysalis_testkit::guest::Proc {
-    use chrysalis_testkit::guest::{MODEL_ID, Proc, build_binaries, venv, workspace};
+    use chrysalis_testkit::guest::{build_binaries, serve_llama_cpp, venv};
     let v = venv().expect("CHRYSALIS_SOAK_ENGINE=llama_cpp needs the test venv (CHRYSALIS_VENV)");
     let bins = build_binaries();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("guest.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nmax_concurrency = {}\nmax_tokens_cap = {}\nrequest_timeout_secs = 600\n\
-             write_stall_secs = {WRITE_STALL_SECS}\nbody_timeout_secs = {BODY_TIMEOUT_SECS}\n\
-             [model]\nid = \"{MODEL_ID}\"\nroot_hash = \"{}\"\n\
-             [engine]\nadapter = \"llama_cpp\"\npython_path = [{:?}, {:?}]\n[engine.options]\n\
-             model_path = {:?}\nmodel_id = \"{MODEL_ID}\"\nn_ctx = 2048\ninstances = 1\n",
-            LLAMA_CPP.slots,
-            LLAMA_CPP.stalled_tokens,
-            "ab".repeat(32),
-            workspace().join("guest/python").display().to_string(),
-            v.site_packages.display().to_string(),
-            v.model.display().to_string(),
+    serve_llama_cpp(
+        &bins["chrysalis-guest"],
+        &v,
+        &format!(
+            "max_concurrency = {}\nmax_tokens_cap = {}\nrequest_timeout_secs = 600\n\
+             write_stall_secs = {WRITE_STALL_SECS}\nbody_timeout_secs = {BODY_TIMEOUT_SECS}\n",
+            LLAMA_CPP.slots, LLAMA_CPP.stalled_tokens,
         ),
+        &format!("tcp:127.0.0.1:{}", GUEST_TLS_PORT as i32 + offset),
+        &format!("sim-tdx:tcp:127.0.0.1:{}", SIM_QUOTE_PORT as i32 + offset),
     )
-    .unwrap();
-    let mut cmd = std::process::Command::new(&bins["chrysalis-guest"]);
-    cmd.args(["serve", "--config"])
-        .arg(&cfg)
-        .arg("--listen")
-        .arg(format!("tcp:127.0.0.1:{}", GUEST_TLS_PORT as i32 + offset))
-        .arg("--evidence")
-        .arg(format!(
-            "sim-tdx:tcp:127.0.0.1:{}",
-            SIM_QUOTE_PORT as i32 + offset
-        ));
-    Proc::start(cmd, dir, "chrysalis-guest")
 }
 
 /// RSS (bytes) and open file descriptors of a process.
