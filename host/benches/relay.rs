@@ -1,12 +1,14 @@
-//! Relay benchmark: throughput (one stream) and request/response latency (many concurrent
+//! Relay benchmark: throughput (one stream) and request/response latency (1, 64 and 256 concurrent
 //! connections) through the chrysalis relay, against a direct connection to the guest and against
-//! socat doing the same relay, all in one run.
+//! HAProxy and socat doing the same relay, all in one run.
 //!
 //! The "guest" is the test kit's fake hybrid-vsock guest (an echo server behind the
 //! `CONNECT`/`OK` protocol on a Unix socket), running on its own thread and runtime:
 //! * direct: the client connects to the Unix socket and does the handshake itself;
 //! * relay: the client connects to the relay's TCP port; the relay does the handshake;
-//! * socat: `socat TCP-LISTEN:… UNIX-CONNECT:…`; the client does the handshake through it.
+//! * socat: `socat TCP-LISTEN:… UNIX-CONNECT:…`; the client does the handshake through it;
+//! * HAProxy: TCP mode with `option splice-auto`, the Unix socket as its server, as many threads
+//!   as our relay's runtime; the client does the handshake through it.
 //!
 //! Run: `cargo bench -p chrysalis-host --bench relay`. Environment knobs:
 //! `CHRYSALIS_BENCH_QUICK=1` (128 MiB, fewer rounds: the CI smoke run), `CHRYSALIS_BENCH_MIB`
@@ -30,6 +32,8 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 const PORT: u32 = 8443;
 const REQUEST: usize = 512;
+/// The middle concurrency of the latency test.
+const MID_CONNS: usize = 64;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -45,6 +49,7 @@ enum Route {
     Relay,
     RelayUserspace,
     Socat,
+    Haproxy,
 }
 
 impl Route {
@@ -55,6 +60,7 @@ impl Route {
             Route::Relay => "chrysalis relay (auto: copy/splice)",
             Route::RelayUserspace => "chrysalis relay (user-space copy)",
             Route::Socat => "socat relay",
+            Route::Haproxy => "HAProxy (TCP mode, splice-auto)",
         }
     }
 }
@@ -66,6 +72,7 @@ struct Targets {
     relay: SocketAddr,
     relay_userspace: SocketAddr,
     socat: Option<SocketAddr>,
+    haproxy: Option<SocketAddr>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -97,12 +104,17 @@ async fn open(t: &Targets, p: Route) -> Box<dyn Io> {
             s.set_nodelay(true).unwrap();
             Box::new(s)
         }
-        Route::Socat => {
-            let mut s = TcpStream::connect(t.socat.expect("socat running"))
+        Route::Socat | Route::Haproxy => {
+            let addr = if p == Route::Socat {
+                t.socat
+            } else {
+                t.haproxy
+            };
+            let mut s = TcpStream::connect(addr.expect("peer relay running"))
                 .await
-                .expect("connect socat");
+                .expect("connect peer relay");
             s.set_nodelay(true).unwrap();
-            // socat forwards bytes blindly: the handshake goes through it.
+            // socat and HAProxy forward bytes blindly: the handshake goes through them.
             s.write_all(format!("CONNECT {PORT}\n").as_bytes())
                 .await
                 .unwrap();
@@ -113,7 +125,8 @@ async fn open(t: &Targets, p: Route) -> Box<dyn Io> {
             }
             assert!(
                 line.starts_with(b"OK "),
-                "socat handshake: {:?}",
+                "{} handshake: {:?}",
+                p.name(),
                 String::from_utf8_lossy(&line)
             );
             Box::new(s)
@@ -309,10 +322,68 @@ fn start_socat(uds: &Path, cpu: Option<usize>) -> Option<(Child, SocketAddr)> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
+    wait_listening(child, port)
+}
+
+/// HAProxy relaying TCP to the guest's Unix socket, with `threads` threads, on `cpu` when given.
+/// Returns None when haproxy is not installed or does not start.
+fn start_haproxy(
+    dir: &Path,
+    uds: &Path,
+    threads: usize,
+    cpu: Option<usize>,
+) -> Option<(Child, SocketAddr)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    maxconn 4096\n    nbthread {threads}\n\
+             defaults\n    mode tcp\n    option splice-auto\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
+             frontend relay\n    bind 127.0.0.1:{port}\n    default_backend guest\n\
+             backend guest\n    server guest unix@{}\n",
+            uds.display()
+        ),
+    )
+    .ok()?;
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "haproxy"]);
+            c
+        }
+        None => Command::new("haproxy"),
+    };
+    let child = cmd
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("haproxy.log")).ok()?)
+        .spawn()
+        .ok()?;
+    let started = wait_listening(child, port);
+    if started.is_none() {
+        eprintln!(
+            "haproxy: {}",
+            std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
+        );
+    }
+    started
+}
+
+/// Waits (5 s at most) until `child` accepts on 127.0.0.1:`port`.
+fn wait_listening(mut child: Child, port: u16) -> Option<(Child, SocketAddr)> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        if start.elapsed() > Duration::from_secs(5) {
+        if start.elapsed() > Duration::from_secs(5) || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -406,12 +477,19 @@ fn main() {
             "socat not found or did not start: socat rows skipped (apt-get install -y socat)"
         );
     }
+    let haproxy = start_haproxy(dir.path(), &uds, relay_threads, placement.map(|p| p.relay));
+    if haproxy.is_none() {
+        eprintln!(
+            "haproxy not found or did not start: HAProxy rows skipped (cargo xtask setup installs it)"
+        );
+    }
     let targets = Targets {
         uds,
         direct_tcp,
         relay: addrs[0],
         relay_userspace: addrs[1],
         socat: socat.as_ref().map(|s| s.1),
+        haproxy: haproxy.as_ref().map(|s| s.1),
     };
 
     let mut paths = vec![
@@ -420,6 +498,9 @@ fn main() {
         Route::Relay,
         Route::RelayUserspace,
     ];
+    if targets.haproxy.is_some() {
+        paths.push(Route::Haproxy);
+    }
     if targets.socat.is_some() {
         paths.push(Route::Socat);
     }
@@ -465,6 +546,7 @@ fn main() {
     struct Row {
         mb_s: f64,
         one: (f64, f64),
+        mid: (f64, f64),
         many: (f64, f64),
         cpu_gib: f64,
         cpu_req: f64,
@@ -473,6 +555,7 @@ fn main() {
     for &p in &paths {
         let (mut t, mut one50, mut one99, mut p50, mut p99, mut cg, mut cr) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut mid50, mut mid99) = (vec![], vec![]);
         for _ in 0..runs {
             let c0 = cpu_seconds();
             t.push(client.block_on(throughput(&targets, p, mib << 20)));
@@ -480,6 +563,9 @@ fn main() {
             let (a, b) = client.block_on(latency(&targets, p, conns, rounds));
             let c2 = cpu_seconds();
             let (e, f) = client.block_on(latency(&targets, p, 1, single_rounds));
+            let (g, h) = client.block_on(latency(&targets, p, MID_CONNS, rounds));
+            mid50.push(g);
+            mid99.push(h);
             p50.push(a);
             p99.push(b);
             one50.push(e);
@@ -490,6 +576,7 @@ fn main() {
         rows.push(Row {
             mb_s: median(t),
             one: (median(one50), median(one99)),
+            mid: (median(mid50), median(mid99)),
             many: (median(p50), median(p99)),
             cpu_gib: median(cg),
             cpu_req: median(cr),
@@ -497,29 +584,43 @@ fn main() {
     }
 
     println!(
-        "{:<34} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "path", "MB/s", "1c p50", "1c p99", "256c p50", "256c p99", "CPU s/GiB", "CPU µs/req"
+        "{:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "path",
+        "MB/s",
+        "1c p50",
+        "1c p99",
+        "64c p50",
+        "64c p99",
+        "256c p50",
+        "256c p99",
+        "CPU s/GiB",
+        "CPU µs/req"
     );
+    let external = |p: Route| matches!(p, Route::Socat | Route::Haproxy);
     for (p, r) in paths.iter().zip(&rows) {
-        // socat runs in its own processes: its CPU time is not in this process's count.
-        let (g, q) = if *p == Route::Socat {
+        // socat and HAProxy run in their own processes: their CPU time is not in this process's count.
+        let (g, q) = if external(*p) {
             (f64::NAN, f64::NAN)
         } else {
             (r.cpu_gib, r.cpu_req)
         };
         println!(
-            "{:<34} {:>8.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.2} {:>10.1}",
+            "{:<34} {:>8.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>10.2} {:>10.1}",
             p.name(),
             r.mb_s,
             r.one.0,
             r.one.1,
+            r.mid.0,
+            r.mid.1,
             r.many.0,
             r.many.1,
             g,
             q
         );
     }
-    println!("(latencies in µs; 1c = one connection, 256c = {conns} concurrent connections)");
+    println!(
+        "(latencies in µs; 1c = one connection, 64c = {MID_CONNS} and 256c = {conns} concurrent connections)"
+    );
     let idx = |p: Route| paths.iter().position(|x| *x == p);
     let row = |p: Route| &rows[idx(p).unwrap()];
     let (direct, tcp, relay) = (row(Route::Direct), row(Route::DirectTcp), row(Route::Relay));
@@ -551,9 +652,10 @@ fn main() {
         "paths": paths.iter().zip(&rows).map(|(p, r)| serde_json::json!({
             "path": p.name(), "mb_per_s": r.mb_s,
             "one_conn_p50_us": r.one.0, "one_conn_p99_us": r.one.1,
+            "mid_conn_p50_us": r.mid.0, "mid_conn_p99_us": r.mid.1,
             "many_conn_p50_us": r.many.0, "many_conn_p99_us": r.many.1,
-            "cpu_s_per_gib": if *p == Route::Socat { None } else { Some(r.cpu_gib) },
-            "cpu_us_per_request": if *p == Route::Socat { None } else { Some(r.cpu_req) },
+            "cpu_s_per_gib": if external(*p) { None } else { Some(r.cpu_gib) },
+            "cpu_us_per_request": if external(*p) { None } else { Some(r.cpu_req) },
         })).collect::<Vec<_>>(),
         "relay_over_direct_unix_throughput": relay.mb_s / direct.mb_s,
         "relay_over_direct_tcp_throughput": relay.mb_s / tcp.mb_s,
@@ -570,6 +672,25 @@ fn main() {
             socat.one.1 - direct.one.1
         );
         json["relay_over_socat_throughput"] = serde_json::json!(relay.mb_s / socat.mb_s);
+    }
+    if let Some(i) = idx(Route::Haproxy) {
+        let h = &rows[i];
+        println!(
+            "relay / HAProxy throughput:       {:.2}  (goal ≥ 1.0)",
+            relay.mb_s / h.mb_s
+        );
+        for (label, r, hp, d) in [
+            ("1 connection", relay.one.1, h.one.1, direct.one.1),
+            ("64 connections", relay.mid.1, h.mid.1, direct.mid.1),
+            ("256 connections", relay.many.1, h.many.1, direct.many.1),
+        ] {
+            println!(
+                "added p99, {label:<16} relay {:.0} µs, HAProxy {:.0} µs",
+                r - d,
+                hp - d
+            );
+        }
+        json["relay_over_haproxy_throughput"] = serde_json::json!(relay.mb_s / h.mb_s);
     }
     println!("load average after: {}", load());
     let fig = |v: serde_json::Value| record(&v);
@@ -588,9 +709,33 @@ fn main() {
             "met": relay.mb_s / socat.mb_s >= 1.5, "runs": runs,
         }));
     }
+    if let Some(i) = idx(Route::Haproxy) {
+        let h = &rows[i];
+        fig(serde_json::json!({
+            "name": "relay throughput vs HAProxy, 1 connection", "unit": "MB/s", "value": relay.mb_s,
+            "baseline": "HAProxy 2.6 TCP mode, splice-auto, same threads", "baseline_value": h.mb_s,
+            "ratio": relay.mb_s / h.mb_s, "goal": ">= 1.0x",
+            "met": relay.mb_s / h.mb_s >= 1.0, "runs": runs,
+        }));
+        for (label, r, hp, d) in [
+            ("64 connections", relay.mid.1, h.mid.1, direct.mid.1),
+            ("256 connections", relay.many.1, h.many.1, direct.many.1),
+        ] {
+            let (ours, theirs) = (r - d, hp - d);
+            fig(serde_json::json!({
+                "name": format!("relay added p99 vs HAProxy's, {label}"), "unit": "µs added",
+                "value": ours, "baseline": "HAProxy's added p99 (same run)", "baseline_value": theirs,
+                "ratio": if theirs > 0.0 { serde_json::json!(ours / theirs) } else { serde_json::Value::Null },
+                "goal": "<= HAProxy's and <= 1000 µs",
+                "met": ours <= theirs.max(0.0) && ours <= 1000.0, "runs": runs,
+            }));
+        }
+    }
     for (label, r, d, goal) in [
         ("p50, 1 connection", relay.one.0, direct.one.0, None),
         ("p99, 1 connection", relay.one.1, direct.one.1, Some(100.0)),
+        ("p50, 64 connections", relay.mid.0, direct.mid.0, None),
+        ("p99, 64 connections", relay.mid.1, direct.mid.1, None),
         ("p50, 256 connections", relay.many.0, direct.many.0, None),
         ("p99, 256 connections", relay.many.1, direct.many.1, None),
     ] {
@@ -605,7 +750,7 @@ fn main() {
     if let Some(path) = std::env::var_os("CHRYSALIS_BENCH_JSON") {
         std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     }
-    if let Some((mut child, _)) = socat {
+    for (mut child, _) in socat.into_iter().chain(haproxy) {
         let _ = child.kill();
         let _ = child.wait();
     }

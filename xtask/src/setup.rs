@@ -158,6 +158,7 @@ const APT_PACKAGES: &[(&str, Option<&str>, &str)] = &[
     ("cryptsetup-bin", None, "veritysetup"),
     ("musl-tools", None, "static guest init"),
     ("socat", None, "relay benchmark baseline"),
+    ("haproxy", None, "relay benchmark peer"),
     ("osslsigncode", None, "Authenticode cross-check"),
     ("ovmf", None, "TDVF metadata test"),
     ("nasm", None, "firmware build"),

@@ -102,9 +102,10 @@ fn steps(quick: bool) -> Vec<Step> {
     });
     out.push(Step {
         name: "relay",
-        unavailable: which("socat")
-            .is_none()
-            .then(|| "socat is not installed (`cargo xtask setup`)".into()),
+        unavailable: ["socat", "haproxy"]
+            .into_iter()
+            .find(|peer| which(peer).is_none())
+            .map(|peer| format!("{peer} is not installed (`cargo xtask setup`)")),
         command: bench("relay"),
     });
     out.push(Step {
