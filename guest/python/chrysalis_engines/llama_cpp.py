@@ -41,7 +41,7 @@ KNOWN_OPTIONS = {"model_path", "model_id", "n_ctx", "n_threads", "n_batch", "ins
 
 def default_threads(instances: int) -> int:
     """The CPUs this process may run on, split between ``instances`` contexts (at least one each)."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+    return max(1, len(os.sched_getaffinity(0)) // instances)
 
 
 class LlamaCppAdapter(Adapter):
@@ -55,13 +55,13 @@ class LlamaCppAdapter(Adapter):
         base = os.path.basename(self.model_path)
         self.model_id = str(options.get("model_id") or (base[:-5] if base.endswith(".gguf") else base))
         self.n_ctx = int(options.get("n_ctx", 2048))
-        self.n_threads = int(options["n_threads"]) if "n_threads" in options else default_threads(int(options.get("instances", 1)))
-        if self.n_threads < 1:
-            raise ValueError(f"llama_cpp: n_threads must be at least 1 (got {self.n_threads})")
         self.n_batch = int(options.get("n_batch", 512))
         self.instances = int(options.get("instances", 1))
         if self.instances < 1:
             raise ValueError("llama_cpp: instances must be at least 1")
+        self.n_threads = int(options["n_threads"]) if "n_threads" in options else default_threads(self.instances)
+        if self.n_threads < 1:
+            raise ValueError(f"llama_cpp: n_threads must be at least 1 (got {self.n_threads})")
         self._pool: asyncio.Queue | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="llama")
         self._running: dict[str, threading.Event] = {}
