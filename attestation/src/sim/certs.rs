@@ -61,7 +61,7 @@ pub(crate) struct Certificates {
 }
 
 /// Serial numbers are 16 seed-derived bytes, positive (top bit clear) and never starting with zero.
-fn serial(seed: &[u8], label: &str) -> Vec<u8> {
+pub(crate) fn serial(seed: &[u8], label: &str) -> Vec<u8> {
     let mut s: [u8; 16] = seeded_bytes(seed, &format!("serial {label}"));
     s[0] = (s[0] & 0x7f) | 0x01;
     s.to_vec()

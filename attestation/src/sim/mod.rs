@@ -1,7 +1,9 @@
 //! The simulated TEE: a deterministic, seeded stand-in for Intel's SGX/TDX PKI that signs TDX
 //! quotes in the real v4 format, for machines without TDX (CI, every dev box); and its AMD
 //! counterpart, [`SimAmdPki`], which signs SEV-SNP reports under a simulated ARK → ASK → VCEK
-//! chain (see its module docs; everything below about roots holds for it as well).
+//! chain (see its module docs; everything below about roots holds for it as well); and
+//! [`SimNvidiaPki`], which signs NVIDIA H100 measurement reports and reference manifests for
+//! the GPU verifier ([`crate::gpu::verify`]) under simulated device identity and RIM roots.
 //!
 //! It is **not a bypass**. Its quotes and collateral go through exactly the production verifier,
 //! `dcap_qvl::verify::QuoteVerifier::new(root_der).verify(quote, collateral, now)`; the only
@@ -48,6 +50,7 @@ use crate::evidence::{Flags64, Measurement, ReportData, Sha256, TdxMeasurements,
 mod amd;
 mod certs;
 mod collateral;
+mod gpu;
 mod keys;
 mod platform;
 mod quote;
@@ -57,6 +60,7 @@ mod tests;
 pub use amd::{
     SIM_GUEST_POLICY, SIM_PRODUCT_NAME, SIM_RSA_BITS, SIM_SNP_TCB, SimAmdPki, SimSnpReport,
 };
+pub use gpu::{SimGpu, SimNvidiaPki};
 pub use platform::{
     SIM_FMSPC, TD_ATTRIBUTES, TEE_TCB_SVN_OUT_OF_DATE, TEE_TCB_SVN_UP_TO_DATE, XFAM,
 };
