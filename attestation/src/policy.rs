@@ -49,6 +49,15 @@
 //! measurement = "…"                # required
 //! policy = 196608                  # the guest policy, exactly (0x30000)
 //! vmpl = 0
+//!
+//! [gpu]                            # NVIDIA GPU evidence in RA-TLS certificates (docs/gpu.md)
+//! require = true                   # refuse a node without it (gpu images); default false
+//! # nvidia = true                  # NVIDIA's device identity and RIM roots (by SHA-256)
+//! # dangerous_simulated_nvidia_roots = ["<sha256 of a simulated NVIDIA root>"]
+//! # allowed_driver_versions = ["550.90.07"]
+//! # allowed_vbios_versions = ["96.00.9f.00.01"]
+//! # dangerous_no_ocsp = false
+//! # dangerous_no_rims = false
 //! ```
 
 use std::fmt;
@@ -61,6 +70,7 @@ use crate::evidence::{
     Flags64, HostData, Measurement, Measurements, Platform, ReportData, Sha256, SnpMeasurements,
     SnpTcb, TdxMeasurements, TdxRegisters,
 };
+use crate::gpu::GpuPolicy;
 use crate::snp_policy::{FloorSource, PolicyCheck, policy_bit_names};
 use crate::tdx_attributes::TdAttributes;
 use crate::verify::{
@@ -100,6 +110,9 @@ pub struct Policy {
     /// Pinned SNP measurement sets; any may match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snp: Vec<SnpPin>,
+    /// What is accepted of a node's GPUs (RA-TLS certificates only: bare CPU evidence has none).
+    #[serde(default, skip_serializing_if = "GpuPolicy::is_default")]
+    pub gpu: GpuPolicy,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -531,6 +544,15 @@ pub enum RejectReason {
     },
     /// The RA-TLS certificate itself is unacceptable (expired, too long-lived, malformed...).
     Certificate(String),
+    /// The policy requires GPU evidence (`gpu.require`) and the certificate carries none.
+    GpuEvidenceMissing,
+    /// A GPU's evidence was refused.
+    Gpu {
+        /// The GPU's position in the node's record.
+        index: usize,
+        /// The failed check, with its causes.
+        reason: String,
+    },
 }
 
 impl fmt::Display for RejectReason {
@@ -652,6 +674,10 @@ impl fmt::Display for RejectReason {
                 "evidence is not bound to this key: report_data is {actual}, the key needs {expected}"
             ),
             RejectReason::Certificate(m) => write!(f, "certificate: {m}"),
+            RejectReason::GpuEvidenceMissing => f.write_str(
+                "no GPU evidence: the policy requires it (gpu.require) and the certificate carries none",
+            ),
+            RejectReason::Gpu { index, reason } => write!(f, "GPU {index}: {reason}"),
         }
     }
 }
@@ -797,6 +823,7 @@ impl Policy {
             dangerous_accept_any_measurement: false,
             tdx,
             snp,
+            gpu: GpuPolicy::default(),
         }
     }
 
@@ -843,6 +870,15 @@ impl Policy {
             return Err(PolicyError::Invalid {
                 key: "trust",
                 message: "trusts no root at all, so nothing can ever be accepted".into(),
+            });
+        }
+        if self.gpu.require
+            && !self.gpu.nvidia
+            && self.gpu.dangerous_simulated_nvidia_roots.is_empty()
+        {
+            return Err(PolicyError::Invalid {
+                key: "gpu",
+                message: "requires GPU evidence but trusts no NVIDIA root, so nothing can ever be accepted".into(),
             });
         }
         Ok(())

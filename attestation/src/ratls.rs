@@ -32,6 +32,7 @@ use crate::bundle::Evidence;
 use crate::collateral::{CollateralKey, CollateralStore};
 use crate::error::EvidenceError;
 use crate::evidence::{ReportData, Sha256};
+use crate::gpu::{self, GpuRecord, GpuRims, GpuVerdict};
 use crate::policy::{Policy, RejectReason, Rejection, VerifiedEvidence};
 use crate::verify::{self, VerifyError};
 
@@ -51,12 +52,48 @@ pub const CMW_INDICATOR_EVIDENCE: u64 = 4;
 /// Longest certificate lifetime a verifier accepts, and an issuer may ask for.
 pub const MAX_VALIDITY_SECS: u64 = 24 * 3600;
 
+/// Domain tag of the key binding of a node that carries GPU evidence: a different tag, so a
+/// host cannot strip the GPU record and present the CPU evidence as a CPU-only node's.
+pub const REPORT_DATA_DOMAIN_GPU: &[u8] = b"chrysalis/ra-tls/v1+gpu\0";
+
+/// Domain tag of the nonce a node asks its GPUs to sign.
+pub const GPU_NONCE_DOMAIN: &[u8] = b"chrysalis/ra-tls/gpu-nonce/v1\0";
+
+/// Media type of the GPU evidence record (see [`crate::gpu::record`]) inside the CMW collection.
+pub const GPU_RECORD_MEDIA_TYPE: &str = "application/vnd.chrysalis.gpu-evidence+der";
+
+/// The CMW collection type (`__cmwc_t`, RFC 9999) of a certificate that carries CPU and GPU
+/// evidence as two records, labelled `cpu` and `gpu`.
+pub const CMW_COLLECTION_TYPE: &str = "tag:chrysalis.invalid,2026:ra-tls/v1/cpu+gpu";
+
 /// The report_data that binds evidence to a TLS key: SHA-512(domain tag ‖ SPKI DER).
 pub fn report_data_for_spki(spki_der: &[u8]) -> ReportData {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
     ctx.update(REPORT_DATA_DOMAIN);
     ctx.update(spki_der);
     ReportData::from_slice(ctx.finish().as_ref()).expect("SHA-512 is 64 bytes")
+}
+
+/// The report_data of a node with GPUs: SHA-512(GPU domain tag ‖ SHA-512(GPU record DER) ‖
+/// SPKI DER). The CPU evidence then fixes the GPU record byte for byte.
+pub fn report_data_for_spki_and_gpu(spki_der: &[u8], gpu_record_der: &[u8]) -> ReportData {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
+    ctx.update(REPORT_DATA_DOMAIN_GPU);
+    ctx.update(ring::digest::digest(&ring::digest::SHA512, gpu_record_der).as_ref());
+    ctx.update(spki_der);
+    ReportData::from_slice(ctx.finish().as_ref()).expect("SHA-512 is 64 bytes")
+}
+
+/// The nonce a node's GPUs sign: SHA-256(GPU nonce domain tag ‖ SPKI DER), so each GPU report
+/// is fresh for this key and useless for any other.
+pub fn gpu_nonce_for_spki(spki_der: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(GPU_NONCE_DOMAIN);
+    ctx.update(spki_der);
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// Errors of issuing a certificate or using a key.
@@ -130,6 +167,16 @@ impl AttestedKey {
         report_data_for_spki(&self.spki)
     }
 
+    /// What the TEE must sign for this key and GPU record: see [`report_data_for_spki_and_gpu`].
+    pub fn report_data_with_gpu(&self, gpu_record_der: &[u8]) -> ReportData {
+        report_data_for_spki_and_gpu(&self.spki, gpu_record_der)
+    }
+
+    /// The nonce this key's GPUs must sign: see [`gpu_nonce_for_spki`].
+    pub fn gpu_nonce(&self) -> [u8; 32] {
+        gpu_nonce_for_spki(&self.spki)
+    }
+
     /// ECDSA P-256 SHA-256 signature, raw r‖s (64 bytes), as JWS ES256 wants it.
     pub fn sign_es256(&self, msg: &[u8]) -> Result<Vec<u8>, RaTlsError> {
         self.fixed
@@ -166,13 +213,12 @@ static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
 #[cfg(feature = "signing")]
-fn cmw_record(bundle_der: &[u8]) -> String {
+fn cmw_record(media_type: &str, der: &[u8]) -> serde_json::Value {
     serde_json::json!([
-        BUNDLE_MEDIA_TYPE,
-        URL_SAFE_NO_PAD.encode(bundle_der),
+        media_type,
+        URL_SAFE_NO_PAD.encode(der),
         CMW_INDICATOR_EVIDENCE
     ])
-    .to_string()
 }
 
 /// Issues a self-signed certificate for `key` carrying `evidence`, valid from `not_before`
@@ -187,13 +233,34 @@ pub fn issue_certificate(
     not_before: u64,
     lifetime_secs: u64,
 ) -> Result<CertificateDer<'static>, RaTlsError> {
+    issue_certificate_with_gpu(key, evidence, None, not_before, lifetime_secs)
+}
+
+/// [`issue_certificate`] for a node with GPUs: the extension is a CMW collection of the CPU
+/// evidence and the GPU record, and `evidence` must bind both
+/// ([`AttestedKey::report_data_with_gpu`]). With `gpu` None it is [`issue_certificate`].
+#[cfg(feature = "signing")]
+pub fn issue_certificate_with_gpu(
+    key: &AttestedKey,
+    evidence: &Evidence,
+    gpu: Option<&GpuRecord>,
+    not_before: u64,
+    lifetime_secs: u64,
+) -> Result<CertificateDer<'static>, RaTlsError> {
     if lifetime_secs == 0 || lifetime_secs > MAX_VALIDITY_SECS {
         return Err(RaTlsError::Lifetime(lifetime_secs));
     }
+    let gpu_der = gpu
+        .map(|g| g.to_der().map_err(|e| RaTlsError::Issue(e.to_string())))
+        .transpose()?;
+    let expected = match &gpu_der {
+        None => key.report_data(),
+        Some(der) => key.report_data_with_gpu(der),
+    };
     let actual = evidence.report_data();
-    if actual != key.report_data() {
+    if actual != expected {
         return Err(RaTlsError::NotBound {
-            expected: Box::new(key.report_data()),
+            expected: Box::new(expected),
             actual: Box::new(actual),
         });
     }
@@ -206,9 +273,18 @@ pub fn issue_certificate(
     params.not_before = time_at(not_before)?;
     params.not_after = time_at(not_before + lifetime_secs)?;
     let bundle_der = evidence.to_der()?;
+    let cpu = cmw_record(BUNDLE_MEDIA_TYPE, &bundle_der);
+    let json = match &gpu_der {
+        None => cpu,
+        Some(der) => serde_json::json!({
+            "__cmwc_t": CMW_COLLECTION_TYPE,
+            "cpu": cpu,
+            "gpu": cmw_record(GPU_RECORD_MEDIA_TYPE, der),
+        }),
+    };
     // CMW ::= CHOICE { json UTF8String, cbor OCTET STRING }: the JSON form.
-    let value = der::Encode::to_der(&cmw_record(&bundle_der))
-        .map_err(|e| RaTlsError::Issue(e.to_string()))?;
+    let value =
+        der::Encode::to_der(&json.to_string()).map_err(|e| RaTlsError::Issue(e.to_string()))?;
     params
         .custom_extensions
         .push(rcgen::CustomExtension::from_oid_content(
@@ -234,12 +310,13 @@ fn time_at(secs: u64) -> Result<time::OffsetDateTime, RaTlsError> {
 /// ```compile_fail,E0451
 /// use chrysalis_attestation::{Sha256, VerifiedEvidence, VerifiedPeer};
 /// fn forge(evidence: VerifiedEvidence, spki_der: Vec<u8>) -> VerifiedPeer {
-///     VerifiedPeer { evidence, spki_der, cert_sha256: Sha256([0; 32]), not_after: 0 }
+///     VerifiedPeer { evidence, gpus: vec![], spki_der, cert_sha256: Sha256([0; 32]), not_after: 0 }
 /// }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedPeer {
     evidence: VerifiedEvidence,
+    gpus: Vec<GpuVerdict>,
     spki_der: Vec<u8>,
     cert_sha256: Sha256,
     not_after: u64,
@@ -249,6 +326,12 @@ impl VerifiedPeer {
     /// The accepted evidence.
     pub fn evidence(&self) -> &VerifiedEvidence {
         &self.evidence
+    }
+
+    /// The verdict on each of the peer's GPUs (empty for a node without GPU evidence), each
+    /// produced by [`crate::gpu::verify`] for this key's nonce.
+    pub fn gpus(&self) -> &[GpuVerdict] {
+        &self.gpus
     }
 
     /// The peer's SubjectPublicKeyInfo (what receipts are verified with).
@@ -289,15 +372,26 @@ fn cert_reason(msg: impl Into<String>) -> Rejection {
 
 /// Extracts the evidence of an RA-TLS certificate (structure only: parsed, not verified).
 pub fn extract_bundle(cert_der: &[u8]) -> Result<Evidence, Rejection> {
+    extract_evidence(cert_der).map(|(e, _)| e)
+}
+
+/// Extracts the CPU evidence and, for a node with GPUs, the GPU record of an RA-TLS
+/// certificate (structure only: parsed, not verified).
+pub fn extract_evidence(cert_der: &[u8]) -> Result<(Evidence, Option<GpuRecord>), Rejection> {
     let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
         .map_err(|e| cert_reason(format!("not an X.509 certificate: {e}")))?;
     if !rest.is_empty() {
         return Err(cert_reason("trailing bytes after the certificate"));
     }
-    bundle_of(&cert)
+    evidence_of(&cert).map(|(e, g)| (e, g.map(|(g, _)| g)))
 }
 
-fn bundle_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Evidence, Rejection> {
+/// A GPU record as carried: decoded, and the exact bytes the key binding hashes.
+type CarriedGpu = (GpuRecord, Vec<u8>);
+
+fn evidence_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<(Evidence, Option<CarriedGpu>), Rejection> {
     let oid = x509_parser::oid_registry::Oid::from(CMW_EXTENSION_OID).expect("valid OID");
     let mut found = cert.extensions().iter().filter(|e| e.oid == oid);
     let ext = found
@@ -311,18 +405,34 @@ fn bundle_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Evi
             "evidence extension is not a JSON CMW (UTF8String): {e}"
         ))
     })?;
-    let record: (String, String, Option<u64>) = serde_json::from_str(&json)
-        .map_err(|e| cert_reason(format!("evidence extension is not a CMW record: {e}")))?;
-    if record.0 != BUNDLE_MEDIA_TYPE {
-        return Err(cert_reason(format!(
-            "evidence of unknown type {:?}",
-            record.0
-        )));
-    }
-    let der = URL_SAFE_NO_PAD
-        .decode(record.1)
-        .map_err(|e| cert_reason(format!("evidence is not base64url: {e}")))?;
-    Evidence::from_der(&der).map_err(|e| match e {
+    let value: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| cert_reason(format!("evidence extension is not JSON: {e}")))?;
+    let (cpu, gpu) = match value {
+        serde_json::Value::Object(mut map) => {
+            match map.remove("__cmwc_t") {
+                Some(serde_json::Value::String(t)) if t == CMW_COLLECTION_TYPE => {}
+                other => {
+                    return Err(cert_reason(format!(
+                        "evidence collection of unknown type {other:?} (expected {CMW_COLLECTION_TYPE:?})"
+                    )));
+                }
+            }
+            let (Some(cpu), Some(gpu)) = (map.remove("cpu"), map.remove("gpu")) else {
+                return Err(cert_reason(
+                    "evidence collection lacks its \"cpu\" or \"gpu\" record",
+                ));
+            };
+            if let Some(label) = map.keys().next() {
+                return Err(cert_reason(format!(
+                    "evidence collection has an unknown record {label:?}"
+                )));
+            }
+            (cpu, Some(gpu))
+        }
+        other => (other, None),
+    };
+    let der = record_payload(cpu, BUNDLE_MEDIA_TYPE, "evidence")?;
+    let evidence = Evidence::from_der(&der).map_err(|e| match e {
         // The bundle's own structure is part of the certificate; a quote or report that does
         // not parse is evidence that does not verify.
         EvidenceError::Malformed {
@@ -331,7 +441,35 @@ fn bundle_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Evi
         }
         | EvidenceError::UnknownPlatform(_) => cert_reason(e.to_string()),
         e => Rejection::one(RejectReason::Verification(VerifyError::Evidence(e))),
-    })
+    })?;
+    let gpu = match gpu {
+        None => None,
+        Some(v) => {
+            let der = record_payload(v, GPU_RECORD_MEDIA_TYPE, "GPU evidence")?;
+            let record = GpuRecord::from_der(&der).map_err(|e| cert_reason(e.to_string()))?;
+            Some((record, der))
+        }
+    };
+    Ok((evidence, gpu))
+}
+
+/// The payload of one CMW record `[media type, base64url, indicator]` of `media_type`.
+fn record_payload(
+    value: serde_json::Value,
+    media_type: &str,
+    what: &str,
+) -> Result<Vec<u8>, Rejection> {
+    let record: (String, String, Option<u64>) = serde_json::from_value(value)
+        .map_err(|e| cert_reason(format!("{what} is not a CMW record: {e}")))?;
+    if record.0 != media_type {
+        return Err(cert_reason(format!(
+            "{what} of unknown type {:?} (expected {media_type:?})",
+            record.0
+        )));
+    }
+    URL_SAFE_NO_PAD
+        .decode(record.1)
+        .map_err(|e| cert_reason(format!("{what} is not base64url: {e}")))
 }
 
 /// Verifies an RA-TLS certificate at `now` (unix seconds) under `policy`.
@@ -345,6 +483,22 @@ pub fn verify_certificate(
     cert_der: &[u8],
     policy: &Policy,
     collateral: Option<&dcap_qvl::QuoteCollateralV3>,
+    now: u64,
+) -> Result<VerifiedPeer, Rejection> {
+    verify_certificate_with_rims(cert_der, policy, collateral, None, now)
+}
+
+/// [`verify_certificate`], with RIMs the verifier holds for GPUs whose evidence carries none.
+///
+/// A certificate with a GPU record is accepted only if, besides the CPU rules: the CPU evidence
+/// binds the key and the record ([`report_data_for_spki_and_gpu`]), and every GPU's evidence
+/// verifies under `policy.gpu` with the key's nonce ([`gpu_nonce_for_spki`]). Without a record,
+/// `gpu.require` refuses it.
+pub fn verify_certificate_with_rims(
+    cert_der: &[u8],
+    policy: &Policy,
+    collateral: Option<&dcap_qvl::QuoteCollateralV3>,
+    gpu_rims: Option<&GpuRims>,
     now: u64,
 ) -> Result<VerifiedPeer, Rejection> {
     let (rest, cert) = x509_parser::parse_x509_certificate(cert_der)
@@ -377,12 +531,16 @@ pub fn verify_certificate(
         )));
     }
     let spki_der = cert.public_key().raw.to_vec();
-    let bundle = match bundle_of(&cert) {
+    let (bundle, gpu) = match evidence_of(&cert) {
         Ok(b) => b,
         Err(mut r) => {
             reasons.append(&mut r.reasons);
             return Err(Rejection { reasons });
         }
+    };
+    let binding = match &gpu {
+        None => report_data_for_spki(&spki_der),
+        Some((_, der)) => report_data_for_spki_and_gpu(&spki_der, der),
     };
     let accepted = match verify::verify(&bundle, &policy.trust_anchors(), collateral, now) {
         Err(e) => {
@@ -390,8 +548,8 @@ pub fn verify_certificate(
             None
         }
         // The key binding is checked inside the proof: evaluate yields nothing for evidence
-        // made for another key.
-        Ok(verified) => match policy.evaluate(verified, &report_data_for_spki(&spki_der)) {
+        // made for another key (or another GPU record).
+        Ok(verified) => match policy.evaluate(verified, &binding) {
             Ok(v) => Some(v),
             Err(mut r) => {
                 reasons.append(&mut r.reasons);
@@ -399,15 +557,50 @@ pub fn verify_certificate(
             }
         },
     };
+    let gpus = match &gpu {
+        None => {
+            if policy.gpu.require {
+                reasons.push(RejectReason::GpuEvidenceMissing);
+            }
+            Vec::new()
+        }
+        Some((record, _)) => verify_gpus(record, &spki_der, policy, gpu_rims, now, &mut reasons),
+    };
     match accepted {
         Some(evidence) if reasons.is_empty() => Ok(VerifiedPeer {
             evidence,
+            gpus,
             spki_der,
             cert_sha256: Sha256::digest(cert_der),
             not_after: na,
         }),
         _ => Err(Rejection { reasons }),
     }
+}
+
+/// Verifies every GPU of a record against the key's nonce; a refusal per GPU goes to `reasons`.
+fn verify_gpus(
+    record: &GpuRecord,
+    spki_der: &[u8],
+    policy: &Policy,
+    rims: Option<&GpuRims>,
+    now: u64,
+    reasons: &mut Vec<RejectReason>,
+) -> Vec<GpuVerdict> {
+    let nonce = gpu_nonce_for_spki(spki_der);
+    let mut verdicts = Vec::new();
+    for (index, attestation) in record.gpus.iter().enumerate() {
+        let evidence = attestation.evidence(rims);
+        let trust = policy.gpu.trust_for(&evidence);
+        match gpu::verify(&evidence, &nonce, &trust, &policy.gpu, now) {
+            Ok(v) => verdicts.push(v.verdict().clone()),
+            Err(e) => reasons.push(RejectReason::Gpu {
+                index,
+                reason: crate::error::ErrorChain(&e).to_string(),
+            }),
+        }
+    }
+    verdicts
 }
 
 /// Accepted certificates by SHA-256, reused until they or their collateral expire, and the
@@ -419,6 +612,8 @@ struct VerdictCache {
     /// Collateral the verifier's owner fetched per platform, and whether it is required over
     /// what certificates carry (`[collateral] prefer_own`).
     own: Option<(CollateralStore, bool)>,
+    /// RIMs for GPUs whose evidence carries none.
+    gpu_rims: Option<GpuRims>,
     accepted: Mutex<HashMap<Sha256, VerifiedPeer>>,
     last_rejection: Mutex<Option<Rejection>>,
 }
@@ -429,6 +624,7 @@ impl VerdictCache {
             policy,
             collateral: None,
             own: None,
+            gpu_rims: None,
             accepted: Mutex::new(HashMap::new()),
             last_rejection: Mutex::new(None),
         }
@@ -452,7 +648,13 @@ impl VerdictCache {
             Err(rejection) => return Err(self.reject(rejection)),
         };
         let collateral = own.as_deref().or(self.collateral.as_ref());
-        match verify_certificate(cert.as_ref(), &self.policy, collateral, now) {
+        match verify_certificate_with_rims(
+            cert.as_ref(),
+            &self.policy,
+            collateral,
+            self.gpu_rims.as_ref(),
+            now,
+        ) {
             Ok(peer) => {
                 let mut map = self.accepted.lock().expect("verdict cache poisoned");
                 map.retain(|_, p| now <= p.valid_until());
@@ -486,7 +688,7 @@ impl VerdictCache {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
             return Ok(None);
         };
-        let Ok(bundle) = bundle_of(&cert) else {
+        let Ok((bundle, _)) = evidence_of(&cert) else {
             return Ok(None);
         };
         let Evidence::Tdx { quote, collateral } = &bundle else {
@@ -567,6 +769,13 @@ impl RaTlsServerVerifier {
     /// still verify; a miss is noted in the store for the caller to fetch and retry.
     pub fn with_collateral_store(mut self, store: CollateralStore, prefer_own: bool) -> Self {
         self.cache.own = Some((store, prefer_own));
+        self
+    }
+
+    /// RIMs to compare GPU measurements with when a node's GPU evidence carries none (they
+    /// must still verify up to a RIM root the policy trusts).
+    pub fn with_gpu_rims(mut self, rims: GpuRims) -> Self {
+        self.cache.gpu_rims = Some(rims);
         self
     }
 
@@ -848,6 +1057,147 @@ mod tests {
             issue_certificate(&key, &b, NOW, 0),
             Err(RaTlsError::Lifetime(_))
         ));
+    }
+
+    /// A certificate of a node with one simulated GPU whose report answers `nonce` (the key's
+    /// own GPU nonce when None), and a policy that trusts the simulated Intel and NVIDIA roots.
+    fn gpu_node(key: &AttestedKey, nonce: Option<[u8; 32]>) -> (CertificateDer<'static>, Policy) {
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        let nv = crate::sim::SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let record = nv.record(
+            &crate::sim::SimGpu::default(),
+            &nonce.unwrap_or_else(|| key.gpu_nonce()),
+        );
+        let der = record.to_der().unwrap();
+        let mr_td = Measurement([7; 48]);
+        let bundle = sim_bundle(&pki, key.report_data_with_gpu(&der), mr_td);
+        let cert = issue_certificate_with_gpu(key, &bundle, Some(&record), NOW - 60, 3600).unwrap();
+        let mut policy = sim_policy(&pki, mr_td);
+        policy.gpu.require = true;
+        policy.gpu.dangerous_simulated_nvidia_roots =
+            vec![nv.device_root_sha256(), nv.rim_root_sha256()];
+        // The simulated PKI has no OCSP responder: named, and the verdict says so.
+        policy.gpu.dangerous_no_ocsp = true;
+        (cert, policy)
+    }
+
+    #[test]
+    fn a_gpu_node_is_verified_with_its_gpu() {
+        let key = AttestedKey::generate().unwrap();
+        let (cert, policy) = gpu_node(&key, None);
+        let peer = verify_certificate(&cert, &policy, None, NOW).unwrap();
+        let gpus = peer.gpus();
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(gpus[0].driver_version, "550.90.07");
+        assert_eq!(gpus[0].nonce, hex::encode(key.gpu_nonce()));
+        assert!(gpus[0].driver_rim.is_some() && gpus[0].vbios_rim.is_some());
+        let (_, record) = extract_evidence(&cert).unwrap();
+        assert_eq!(
+            record.unwrap().gpus[0].driver_rim_id,
+            "NV_GPU_DRIVER_GH100_550.90.07"
+        );
+    }
+
+    #[test]
+    fn gpu_rules_name_their_reason() {
+        let key = AttestedKey::generate().unwrap();
+        let (good, policy) = gpu_node(&key, None);
+
+        // Another key's nonce: the report is not fresh for this certificate.
+        let (stale, _) = gpu_node(&key, Some([9; 32]));
+        let msg = verify_certificate(&stale, &policy, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("GPU 0: GPU report nonce"), "{msg}");
+
+        // A policy that does not name the simulated NVIDIA roots finds no root to trust.
+        let mut strict = policy.clone();
+        strict.gpu.dangerous_simulated_nvidia_roots.clear();
+        let msg = verify_certificate(&good, &strict, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("GPU 0: no NVIDIA device identity root"),
+            "{msg}"
+        );
+
+        // Revocation unchecked is refused unless named.
+        let mut ocsp = policy.clone();
+        ocsp.gpu.dangerous_no_ocsp = false;
+        let msg = verify_certificate(&good, &ocsp, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("GPU 0: GPU certificate revocation unchecked"),
+            "{msg}"
+        );
+
+        // Versions the policy does not allow.
+        let mut pinned = policy.clone();
+        pinned.gpu.allowed_driver_versions = vec!["560.35.03".into()];
+        let msg = verify_certificate(&good, &pinned, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("driver version 550.90.07 is not allowed"),
+            "{msg}"
+        );
+
+        // A CPU-only node under gpu.require.
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        let cpu = issue_certificate(
+            &key,
+            &sim_bundle(&pki, key.report_data(), Measurement([7; 48])),
+            NOW - 60,
+            3600,
+        )
+        .unwrap();
+        let msg = verify_certificate(&cpu, &policy, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("no GPU evidence"), "{msg}");
+        let mut optional = policy.clone();
+        optional.gpu.require = false;
+        assert!(verify_certificate(&cpu, &optional, None, NOW).is_ok());
+    }
+
+    #[test]
+    fn cpu_evidence_must_bind_the_gpu_record() {
+        let key = AttestedKey::generate().unwrap();
+        let nv = crate::sim::SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let record = nv.record(&crate::sim::SimGpu::default(), &key.gpu_nonce());
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        // CPU evidence over the CPU-only binding cannot carry a GPU record...
+        let plain = sim_bundle(&pki, key.report_data(), Measurement([7; 48]));
+        let err =
+            issue_certificate_with_gpu(&key, &plain, Some(&record), NOW - 60, 3600).unwrap_err();
+        assert!(matches!(err, RaTlsError::NotBound { .. }), "{err}");
+        // ...nor over another record.
+        let other = nv.record(
+            &crate::sim::SimGpu {
+                driver_version: "560.35.03".into(),
+                ..crate::sim::SimGpu::default()
+            },
+            &key.gpu_nonce(),
+        );
+        let bound = sim_bundle(
+            &pki,
+            key.report_data_with_gpu(&other.to_der().unwrap()),
+            Measurement([7; 48]),
+        );
+        let err =
+            issue_certificate_with_gpu(&key, &bound, Some(&record), NOW - 60, 3600).unwrap_err();
+        assert!(matches!(err, RaTlsError::NotBound { .. }), "{err}");
+        // The two bindings and the nonce are separated by their tags.
+        let der = record.to_der().unwrap();
+        assert_ne!(
+            report_data_for_spki(key.spki_der()),
+            report_data_for_spki_and_gpu(key.spki_der(), &der)
+        );
+        assert_ne!(
+            report_data_for_spki_and_gpu(key.spki_der(), &der),
+            report_data_for_spki_and_gpu(key.spki_der(), &other.to_der().unwrap())
+        );
     }
 
     #[test]

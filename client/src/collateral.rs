@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use chrysalis_attestation::Policy;
 use chrysalis_attestation::collateral::{CollateralKey, CollateralStore};
+use chrysalis_attestation::gpu::GpuRims;
 use chrysalis_attestation::pcs::{PcsClient, PcsError};
 use chrysalis_attestation::ratls::RaTlsServerVerifier;
 use chrysalis_attestation::verify::collateral_valid_until;
@@ -26,6 +27,40 @@ pub struct CollateralSource {
     pub pccs_ca_file: Option<PathBuf>,
     /// Also keep fetched collateral in this directory.
     pub cache_dir: Option<PathBuf>,
+    /// NVIDIA RIMs (driver and VBIOS SWID tags) for GPU nodes whose evidence carries none:
+    /// every file of this directory.
+    pub gpu_rims_dir: Option<PathBuf>,
+}
+
+/// Reads every file of `dir` as a RIM, by the version each claims (verified later, per node).
+pub fn load_gpu_rims(dir: &Path) -> Result<GpuRims, CollateralSourceError> {
+    let io = |e: std::io::Error| CollateralSourceError::GpuRims(format!("{}: {e}", dir.display()));
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    paths.retain(|p| p.is_file());
+    paths.sort();
+    let mut rims = GpuRims::default();
+    for p in paths {
+        let xml = std::fs::read(&p)
+            .map_err(|e| CollateralSourceError::GpuRims(format!("{}: {e}", p.display())))?;
+        rims.insert(xml).map_err(|e| {
+            CollateralSourceError::GpuRims(format!(
+                "{} is not a RIM: {}",
+                p.display(),
+                chrysalis_attestation::ErrorChain(&e)
+            ))
+        })?;
+    }
+    if rims.is_empty() {
+        return Err(CollateralSourceError::GpuRims(format!(
+            "{} holds no RIM",
+            dir.display()
+        )));
+    }
+    Ok(rims)
 }
 
 /// A collateral source that cannot be set up.
@@ -38,6 +73,9 @@ pub enum CollateralSourceError {
     /// `prefer_own` with nowhere to fetch from.
     #[error("policy: collateral.prefer_own needs collateral.pccs_url (or --pccs-url)")]
     PreferOwnWithoutUrl,
+    /// The GPU RIM directory is unreadable or holds a file that is not a RIM.
+    #[error("GPU RIMs: {0}")]
+    GpuRims(String),
 }
 
 impl CollateralSource {
@@ -50,7 +88,10 @@ impl CollateralSource {
     ) -> Result<(RaTlsServerVerifier, Option<CollateralFetcher>), CollateralSourceError> {
         let prefer_own = policy.collateral.prefer_own;
         let url = self.pccs_url.or_else(|| policy.collateral.pccs_url.clone());
-        let verifier = RaTlsServerVerifier::new(std::sync::Arc::new(policy));
+        let mut verifier = RaTlsServerVerifier::new(std::sync::Arc::new(policy));
+        if let Some(dir) = &self.gpu_rims_dir {
+            verifier = verifier.with_gpu_rims(load_gpu_rims(dir)?);
+        }
         let Some(url) = url else {
             return match prefer_own {
                 true => Err(CollateralSourceError::PreferOwnWithoutUrl),

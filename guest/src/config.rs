@@ -94,6 +94,13 @@ pub const HELP: &str = r#"chrysalis-guest configuration (TOML; unknown keys are 
   [engine.options]               passed to the adapter as a dict; see the adapter's documentation
   model_path = "/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+[gpu]
+  attest = "none"                "none" (cpu images) or "nvml": before each certificate, every GPU's
+                                 attestation report over the key's GPU nonce and its chain, read
+                                 through NVML, go into the certificate and the CPU evidence binds
+                                 them; the guest refuses to serve when CC mode is off, devtools mode
+                                 is on, the environment is not production, or a GPU cannot attest
+
 Development only (command line, never in the image): --listen overrides [server].listen and
 --evidence overrides [evidence].provider/sim_endpoint ("sim-tdx:…"/"sim-snp:…" also sim_platform).
 "#;
@@ -116,6 +123,32 @@ pub struct Config {
     pub model: ModelConfig,
     /// The engine adapter.
     pub engine: EngineConfig,
+    /// GPU evidence.
+    #[serde(default)]
+    pub gpu: GpuConfig,
+}
+
+/// `[gpu]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct GpuConfig {
+    /// Where GPU evidence comes from.
+    pub attest: GpuAttest,
+}
+
+/// Which GPU evidence a certificate carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub enum GpuAttest {
+    /// None: a CPU image.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// NVIDIA's driver through NVML; the guest refuses to serve if a GPU is not in production
+    /// confidential-computing mode or cannot attest.
+    #[serde(rename = "nvml")]
+    Nvml,
 }
 
 /// `[server]`.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use chrysalis_guest::config::{Config, Listen, ProviderKind};
+use chrysalis_guest::config::{Config, GpuAttest, Listen, ProviderKind};
 use chrysalis_guest::engine::{Engine, FailedEngine};
 use chrysalis_guest::evidence::EvidenceProvider;
 use chrysalis_guest::evidence::collateral::HostCollateral;
@@ -222,12 +222,29 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
         ),
         _ => bail!("unsupported evidence provider"),
     };
-    let certs = Arc::new(CertStore::generate()?);
+    let mut certs = CertStore::generate()?;
+    match cfg.gpu.attest {
+        GpuAttest::None => {}
+        #[cfg(feature = "engine")]
+        GpuAttest::Nvml => {
+            certs = certs.with_gpu(Arc::new(chrysalis_guest::evidence::gpu::NvmlPython::new(
+                cfg.engine.python_path.clone(),
+            )));
+        }
+        #[cfg(not(feature = "engine"))]
+        GpuAttest::Nvml => bail!("gpu.attest = \"nvml\" needs the `engine` feature (Python)"),
+        _ => bail!("unsupported gpu.attest"),
+    }
+    let certs = Arc::new(certs);
     let validity = Duration::from_secs(cfg.tls.validity_secs);
     let info = certs
         .renew(provider.as_ref(), SystemTime::now(), validity)
         .await
-        .context("first certificate")?;
+        .context(if cfg.gpu.attest == GpuAttest::None {
+            "first certificate"
+        } else {
+            "first certificate (with GPU evidence: the node does not serve without it)"
+        })?;
     tracing::info!(provider = provider.name(), cert = %info.cert_sha256, spki = %info.spki_sha256, "certificate issued over fresh evidence");
     certs.clone().spawn_renewal(
         provider.clone(),

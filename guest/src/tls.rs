@@ -20,6 +20,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use thiserror::Error;
 
+use crate::evidence::gpu::GpuEvidenceProvider;
 use crate::evidence::{EvidenceError, EvidenceProvider};
 
 /// Errors of certificate issuance.
@@ -64,6 +65,7 @@ struct Current {
 /// Holds the process's key and its current certificate; the rustls certificate resolver.
 pub struct CertStore {
     key: AttestedKey,
+    gpu: Option<Arc<dyn GpuEvidenceProvider>>,
     current: RwLock<Option<Current>>,
 }
 
@@ -86,8 +88,16 @@ impl CertStore {
     pub fn generate() -> Result<Self, TlsError> {
         Ok(Self {
             key: AttestedKey::generate()?,
+            gpu: None,
             current: RwLock::new(None),
         })
+    }
+
+    /// Every certificate also carries fresh evidence of the GPUs `gpu` reports, over this key's
+    /// GPU nonce, and the CPU evidence binds it; a GPU that cannot attest fails the renewal.
+    pub fn with_gpu(mut self, gpu: Arc<dyn GpuEvidenceProvider>) -> Self {
+        self.gpu = Some(gpu);
+        self
     }
 
     /// The attested key (it signs receipts).
@@ -116,11 +126,28 @@ impl CertStore {
         if validity.is_zero() || validity.as_secs() > MAX_VALIDITY_SECS {
             return Err(TlsError::Validity(validity));
         }
-        let report_data = self.key.report_data();
+        // GPUs first: their record is part of what the CPU evidence binds.
+        let gpu = match &self.gpu {
+            None => None,
+            Some(g) => Some(g.gpu_evidence(self.key.gpu_nonce()).await?),
+        };
+        let report_data = match &gpu {
+            None => self.key.report_data(),
+            Some(record) => self.key.report_data_with_gpu(
+                &record
+                    .to_der()
+                    .map_err(|e| EvidenceError::Gpu(e.to_string()))?,
+            ),
+        };
         let bundle = provider.evidence(report_data).await?;
         let not_before = unix(now).saturating_sub(60.min(validity.as_secs() / 2));
-        let cert_der =
-            ratls::issue_certificate(&self.key, &bundle, not_before, validity.as_secs())?;
+        let cert_der = ratls::issue_certificate_with_gpu(
+            &self.key,
+            &bundle,
+            gpu.as_ref(),
+            not_before,
+            validity.as_secs(),
+        )?;
         let info = Arc::new(CertInfo {
             cert_sha256: Sha256::digest(&cert_der),
             spki_sha256: self.key.spki_sha256(),

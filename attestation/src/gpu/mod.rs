@@ -25,13 +25,17 @@
 
 pub mod c14n;
 pub mod chain;
+pub mod record;
 pub mod rim;
 pub mod spdm;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::evidence::Sha256;
+
 pub use chain::{ChainError, VerifiedChain};
+pub use record::{GpuAttestation, GpuRecord, RecordError};
 pub use rim::{RimError, RimMeasurement, VerifiedRim};
 pub use spdm::{GpuReport, MeasurementBlock, OpaqueFields, SpdmError};
 
@@ -59,19 +63,159 @@ pub struct GpuEvidence {
     pub ocsp: Vec<Vec<u8>>,
 }
 
+/// SHA-256 of NVIDIA's device identity root ("NVIDIA Device Identity CA"), the root a
+/// genuine GPU's certificate chain ends in. Pinned by hash: the driver returns a copy of the root
+/// with every chain, and the verifier trusts that copy only when its hash is this.
+pub const NVIDIA_DEVICE_ROOT_SHA256: Sha256 = Sha256(hex_literal(
+    "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48",
+));
+/// SHA-256 of NVIDIA's RIM signing root ("NVIDIA CoRIM signing Root CA"); every RIM's KeyInfo
+/// ends in a copy of it.
+pub const NVIDIA_RIM_ROOT_SHA256: Sha256 = Sha256(hex_literal(
+    "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1",
+));
+
+const fn hex_literal(s: &str) -> [u8; 32] {
+    let b = s.as_bytes();
+    assert!(b.len() == 64);
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = (nibble(b[2 * i]) << 4) | nibble(b[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+const fn nibble(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => panic!("not a lower-case hex digit"),
+    }
+}
+
 /// What a client accepts of a GPU (the `[gpu]` table of a policy file). Strict by default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GpuPolicy {
+    /// Refuse a node whose certificate carries no GPU evidence (`policy from-manifest` sets it
+    /// for gpu images). GPU evidence that is present is verified either way.
+    #[serde(skip_serializing_if = "is_false")]
+    pub require: bool,
+    /// Trust NVIDIA's device identity root and RIM signing root (by their SHA-256).
+    pub nvidia: bool,
+    /// Simulated NVIDIA roots (device or RIM, by SHA-256 of the certificate) to accept. For CI
+    /// and development only: simulated GPU evidence proves nothing about a GPU.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dangerous_simulated_nvidia_roots: Vec<Sha256>,
     /// Accepted driver versions (e.g. `550.90.07`); empty: any version that has a valid RIM.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_driver_versions: Vec<String>,
     /// Accepted VBIOS versions (e.g. `96.00.9f.00.01`); empty: any version that has a valid RIM.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_vbios_versions: Vec<String>,
     /// Accept the chain without OCSP answers. The default refuses: a revoked attestation key
     /// (NVIDIA revokes keys of GPUs with known firmware flaws) must not pass for lack of an answer.
+    #[serde(skip_serializing_if = "is_false")]
     pub dangerous_no_ocsp: bool,
     /// Accept a report without comparing its measurements to RIMs (when none are supplied).
+    #[serde(skip_serializing_if = "is_false")]
     pub dangerous_no_rims: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Default for GpuPolicy {
+    fn default() -> Self {
+        Self {
+            require: false,
+            nvidia: true,
+            dangerous_simulated_nvidia_roots: Vec::new(),
+            allowed_driver_versions: Vec::new(),
+            allowed_vbios_versions: Vec::new(),
+            dangerous_no_ocsp: false,
+            dangerous_no_rims: false,
+        }
+    }
+}
+
+impl GpuPolicy {
+    /// Whether this is the default table (then a policy file leaves it out).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The roots this policy trusts for `evidence`: the copies of roots it carries (the chain's
+    /// last certificate, each RIM's last KeyInfo certificate) whose SHA-256 the policy pins.
+    /// A root copy with another hash is ignored, so the chain then fails to reach a root.
+    pub fn trust_for(&self, evidence: &GpuEvidence) -> GpuTrust {
+        let pinned = |der: &[u8], nvidia_root: &Sha256| {
+            let h = Sha256::digest(der);
+            (self.nvidia && h == *nvidia_root) || self.dangerous_simulated_nvidia_roots.contains(&h)
+        };
+        let device_roots = evidence
+            .chain
+            .last()
+            .filter(|r| pinned(r, &NVIDIA_DEVICE_ROOT_SHA256))
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut rim_roots: Vec<Vec<u8>> = Vec::new();
+        for xml in [&evidence.driver_rim, &evidence.vbios_rim]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok((_, certs)) = rim::claims(xml)
+                && let Some(root) = certs.last()
+                && pinned(root, &NVIDIA_RIM_ROOT_SHA256)
+                && !rim_roots.contains(root)
+            {
+                rim_roots.push(root.clone());
+            }
+        }
+        GpuTrust {
+            device_roots,
+            rim_roots,
+        }
+    }
+}
+
+/// RIMs a verifier holds itself (e.g. downloaded from NVIDIA's RIM service), by the version
+/// they claim. Looked up for GPUs whose evidence carries no RIM; a RIM found here is verified
+/// like a carried one.
+#[derive(Debug, Clone, Default)]
+pub struct GpuRims {
+    by_version: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl GpuRims {
+    /// Adds a RIM under the version it claims (lower case); a second RIM for one version
+    /// replaces the first.
+    pub fn insert(&mut self, xml: Vec<u8>) -> Result<String, RimError> {
+        let (version, _) = rim::claims(&xml)?;
+        self.by_version.insert(version.clone(), xml);
+        Ok(version)
+    }
+
+    /// The RIM for a version (compared without regard to case).
+    pub fn get(&self, version: &str) -> Option<&[u8]> {
+        self.by_version
+            .get(&version.to_ascii_lowercase())
+            .map(Vec::as_slice)
+    }
+
+    /// How many RIMs are held.
+    pub fn len(&self) -> usize {
+        self.by_version.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.by_version.is_empty()
+    }
 }
 
 /// Why GPU evidence was refused. Each variant names the failed check.

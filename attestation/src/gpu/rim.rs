@@ -272,6 +272,33 @@ pub fn verify_rim(xml: &[u8], rim_root: &[u8], now: u64) -> Result<VerifiedRim, 
     })
 }
 
+/// What a RIM says about itself before any check: its `colloquialVersion` (lower case) and the
+/// certificates of its `KeyInfo` (signer first). For indexing RIMs and finding a pinned root
+/// among the certificates; [`verify_rim`] decides whether any of it is true.
+pub fn claims(xml: &[u8]) -> Result<(String, Vec<Vec<u8>>), RimError> {
+    let text = std::str::from_utf8(xml).map_err(|_| RimError::Structure("not UTF-8".into()))?;
+    let doc = Document::parse_with_options(
+        text,
+        ParsingOptions {
+            allow_dtd: false,
+            ..ParsingOptions::default()
+        },
+    )?;
+    let root = doc.root_element();
+    let version = child(root, SWID, "Meta")?
+        .attribute("colloquialVersion")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| RimError::Structure("Meta has no colloquialVersion".into()))?
+        .to_ascii_lowercase();
+    let sig = child(root, DSIG, "Signature")?;
+    let certs = child(child(sig, DSIG, "KeyInfo")?, DSIG, "X509Data")?
+        .children()
+        .filter(|c| c.is_element() && c.tag_name().name() == "X509Certificate")
+        .map(b64)
+        .collect::<Result<_, _>>()?;
+    Ok((version, certs))
+}
+
 /// Verifies an ECDSA P-384 / SHA-384 signature given as r ‖ s with a certificate's key.
 pub(crate) fn verify_p384(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> Option<()> {
     let (_, cert) = X509Certificate::from_der(cert_der).ok()?;

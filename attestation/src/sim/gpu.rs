@@ -60,6 +60,7 @@ use sha2::{Digest, Sha384};
 use super::certs::{self, unix_time};
 use super::{CERT_NOT_AFTER, CERT_NOT_BEFORE};
 use crate::evidence::Sha256;
+use crate::gpu::record::{GpuAttestation, GpuRecord, driver_rim_id, vbios_rim_id};
 
 /// Organisation of every simulated GPU certificate: nobody should mistake one for NVIDIA's.
 const ORGANIZATION: &str = "chrysalis simulated GPU (not NVIDIA)";
@@ -571,6 +572,31 @@ impl SimNvidiaPki {
             &gpu.vbios_measurements,
             max_index(gpu),
         )
+    }
+
+    /// The GPU record a node with this one GPU carries for `nonce`: its report and chain, the
+    /// RIM ids its report names, and both RIMs (carried, so a verifier needs none of its own).
+    pub fn record(&self, gpu: &SimGpu, nonce: &[u8; 32]) -> GpuRecord {
+        let report = self.report(gpu, nonce);
+        let parsed = crate::gpu::GpuReport::parse(&report).expect("a sim report parses");
+        let f = |v: &Option<String>| v.clone().unwrap_or_default();
+        let o = &parsed.opaque;
+        GpuRecord {
+            gpus: vec![GpuAttestation {
+                driver_rim_id: driver_rim_id(&f(&o.driver_version)),
+                vbios_rim_id: vbios_rim_id(
+                    &f(&o.project),
+                    &f(&o.project_sku),
+                    &f(&o.chip_sku),
+                    &f(&o.vbios_version),
+                ),
+                report,
+                chain: self.device_chain(),
+                driver_rim: Some(self.driver_rim(gpu)),
+                vbios_rim: Some(self.vbios_rim(gpu)),
+                ocsp: Vec::new(),
+            }],
+        }
     }
 
     /// A SWID tag listing RIM indices 0..`count`: those of `active` with their value, the rest

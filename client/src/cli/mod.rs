@@ -145,6 +145,11 @@ pub(crate) struct CollateralArgs {
     /// until its nextUpdate), so a later run does not fetch it again.
     #[arg(long, value_name = "DIR")]
     collateral_cache: Option<std::path::PathBuf>,
+    /// NVIDIA RIMs (driver and VBIOS SWID tags, e.g. from NVIDIA's RIM service) for GPU nodes
+    /// whose evidence carries none: every file in DIR. Each is still verified up to NVIDIA's
+    /// RIM root before its measurements are compared.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) gpu_rims: Option<std::path::PathBuf>,
 }
 
 impl CollateralArgs {
@@ -153,6 +158,7 @@ impl CollateralArgs {
             pccs_url: self.pccs_url.clone(),
             pccs_ca_file: self.pccs_ca_file.clone(),
             cache_dir: self.collateral_cache.clone(),
+            gpu_rims_dir: self.gpu_rims.clone(),
         }
     }
 }

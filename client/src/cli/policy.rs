@@ -151,6 +151,16 @@ pub(crate) fn run(_ctx: &Ctx, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
              # built-in floor: add [tcb.snp_floor.turin] to accept Turin hosts.\n"
         ));
     }
+    if manifest.flavor == "gpu" {
+        // Prompts run on the GPU: a gpu image without GPU evidence proves nothing about where
+        // they are computed.
+        policy.gpu.require = true;
+        header.push_str(
+            "# gpu.require: this is a gpu image, so the node must present evidence of each GPU
+             # (NVIDIA H100 in CC mode), verified up to NVIDIA's roots with RIMs (docs/gpu.md).
+",
+        );
+    }
     if a.dangerous_sim_root {
         let (vendor, root) = match platform {
             Platform::Tdx => {

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use chrysalis_attestation::collateral::{CollateralKey, CollateralStore};
+use chrysalis_attestation::gpu::{self, GpuRecord, GpuRims};
 use chrysalis_attestation::ratls::{self, RaTlsServerVerifier};
 use chrysalis_attestation::{Evidence, Measurements, Policy, verify};
 use chrysalis_client::connect::{AttestedConnector, ConnectError};
@@ -125,7 +126,11 @@ pub(crate) async fn run(_ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("chrysalis: {addr} presented no certificate");
         return Ok(ExitCode::from(2));
     };
-    let details = explain(&cert, &policy, own.as_ref(), now);
+    let rims = match &a.collateral.gpu_rims {
+        Some(dir) => Some(chrysalis_client::collateral::load_gpu_rims(dir)?),
+        None => None,
+    };
+    let details = explain(&cert, &policy, own.as_ref(), rims.as_ref(), now);
     if a.json {
         let mut v = details;
         v["accepted"] = json!(accepted);
@@ -144,10 +149,22 @@ pub(crate) async fn run(_ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// Everything a reader needs to see why a node was accepted or not: the verdict, each
 /// measurement next to each pinned set, the key binding and the certificate validity. `own` is
 /// the collateral the verifier fetched itself, used as the handshake used it.
-fn explain(cert: &[u8], policy: &Policy, own: Option<&CollateralStore>, now: u64) -> Value {
+fn explain(
+    cert: &[u8],
+    policy: &Policy,
+    own: Option<&CollateralStore>,
+    rims: Option<&GpuRims>,
+    now: u64,
+) -> Value {
     let mut out = json!({});
     if let Ok((_, c)) = x509_parser::parse_x509_certificate(cert) {
-        let binding = ratls::report_data_for_spki(c.public_key().raw);
+        let spki = c.public_key().raw;
+        let gpu = ratls::extract_evidence(cert).ok().and_then(|(_, g)| g);
+        let binding = match gpu.as_ref().and_then(|g| g.to_der().ok()) {
+            Some(der) => ratls::report_data_for_spki_and_gpu(spki, &der),
+            None => ratls::report_data_for_spki(spki),
+        };
+        out["gpus"] = gpus(gpu.as_ref(), spki, policy, rims, now);
         out["certificate"] = json!({
             "sha256": chrysalis_attestation::Sha256::digest(cert).to_hex(),
             "not_before": c.validity().not_before.timestamp(),
@@ -185,6 +202,39 @@ fn explain(cert: &[u8], policy: &Policy, own: Option<&CollateralStore>, now: u64
         }
     }
     out
+}
+
+/// Each GPU's verdict or the check it failed; null for a node without GPU evidence.
+fn gpus(
+    record: Option<&GpuRecord>,
+    spki: &[u8],
+    policy: &Policy,
+    rims: Option<&GpuRims>,
+    now: u64,
+) -> Value {
+    let Some(record) = record else {
+        return Value::Null;
+    };
+    let nonce = ratls::gpu_nonce_for_spki(spki);
+    let each = record.gpus.iter().map(|g| {
+        let evidence = g.evidence(rims);
+        match gpu::verify(
+            &evidence,
+            &nonce,
+            &policy.gpu.trust_for(&evidence),
+            &policy.gpu,
+            now,
+        ) {
+            Ok(v) => json!({"accepted": true, "verdict": v.verdict()}),
+            Err(e) => json!({
+                "accepted": false,
+                "error": chrysalis_attestation::ErrorChain(&e).to_string(),
+                "driver_rim_id": g.driver_rim_id,
+                "vbios_rim_id": g.vbios_rim_id,
+            }),
+        }
+    });
+    Value::Array(each.collect())
 }
 
 fn pins(policy: &Policy, m: &Measurements, actual: &serde_json::Map<String, Value>) -> Value {
@@ -281,6 +331,34 @@ fn print_text(addr: &str, accepted: bool, reasons: &[String], d: &Value) {
     }
     if let Some(e) = s("evidence_error") {
         println!("  evidence      {e}");
+    }
+    for (i, g) in d["gpus"].as_array().into_iter().flatten().enumerate() {
+        let v = &g["verdict"];
+        if g["accepted"] == true {
+            println!(
+                "  gpu {i}         driver {} VBIOS {}, chain to {}, revocation {}, cc mode {}",
+                v["driver_version"].as_str().unwrap_or(""),
+                v["vbios_version"].as_str().unwrap_or(""),
+                v["device_root"].as_str().unwrap_or(""),
+                v["revocation"].as_str().unwrap_or(""),
+                v["cc_mode"].as_str().unwrap_or(""),
+            );
+            for rim in ["driver_rim", "vbios_rim"] {
+                if let Some(r) = v[rim].as_object() {
+                    println!(
+                        "    {rim:<12} {} version {}, {} measurements equal",
+                        r["tag_id"].as_str().unwrap_or(""),
+                        r["version"].as_str().unwrap_or(""),
+                        r["compared"].as_array().map(Vec::len).unwrap_or(0)
+                    );
+                }
+            }
+        } else {
+            println!(
+                "  gpu {i}         REFUSED: {}",
+                g["error"].as_str().unwrap_or("")
+            );
+        }
     }
     for set in d["pins"].as_array().into_iter().flatten() {
         println!(

@@ -13,6 +13,7 @@
 
 pub mod collateral;
 pub mod configfs;
+pub mod gpu;
 pub mod sim;
 
 use std::future::Future;
@@ -78,6 +79,10 @@ pub enum EvidenceError {
     /// The host's sim quote service refused.
     #[error("sim quote service refused: {0}")]
     Refused(String),
+    /// GPU evidence could not be collected, or the GPU is not in confidential-computing
+    /// production mode (the message names the check).
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 /// A source of hardware (or simulated) evidence over caller-chosen report_data.
