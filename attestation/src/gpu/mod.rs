@@ -25,6 +25,7 @@
 
 pub mod c14n;
 pub mod chain;
+pub mod ocsp;
 pub mod record;
 pub mod rim;
 pub mod spdm;
