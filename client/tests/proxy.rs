@@ -271,6 +271,64 @@ async fn an_unpinned_upstream_gets_an_attestation_error_and_never_the_prompt() {
 }
 
 #[tokio::test]
+async fn a_gpu_policy_refuses_nodes_without_valid_gpu_evidence_and_names_the_check() {
+    let nv = chrysalis_attestation::sim::SimNvidiaPki::from_seed(
+        chrysalis_attestation::sim::DEFAULT_SEED,
+    );
+    let gpu_table = |roots: bool| {
+        let roots = if roots {
+            format!(
+                "dangerous_simulated_nvidia_roots = [\"{}\", \"{}\"]\n",
+                nv.device_root_sha256(),
+                nv.rim_root_sha256()
+            )
+        } else {
+            String::new()
+        };
+        // The simulated NVIDIA PKI has no OCSP responder.
+        format!("[gpu]\nrequire = true\ndangerous_no_ocsp = true\n{roots}")
+    };
+    let cpu_only = FakeUpstream::start(Options::new(PINNED));
+    let with_gpu = FakeUpstream::start(Options {
+        gpu: true,
+        ..Options::new(PINNED)
+    });
+    let c = plain_client();
+    for (up, roots, expect) in [
+        (&cpu_only, true, Some("no GPU evidence")),
+        (
+            &with_gpu,
+            false,
+            Some("GPU 0: no NVIDIA device identity root"),
+        ),
+        (&with_gpu, true, None),
+    ] {
+        let policy = format!("{}{}", policy(up), gpu_table(roots));
+        let proxy = ProxyProcess::start(&[up.addr], &policy);
+        let (status, _, body) = post_json(
+            &c,
+            &proxy.url("/v1/chat/completions"),
+            &chat("hi", 3, false),
+        )
+        .await;
+        match expect {
+            Some(reason) => {
+                assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+                let e: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(e["error"]["code"], "attestation_rejected");
+                let msg = e["error"]["message"].as_str().unwrap();
+                assert!(msg.contains(reason), "{msg}");
+            }
+            None => assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body)),
+        }
+    }
+    assert!(
+        cpu_only.received().is_empty(),
+        "nothing reached the refused node"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_503() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -282,6 +282,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gpu_node_certificate_carries_bound_gpu_evidence() {
+        use crate::evidence::gpu::{CcState, LocalSimGpu};
+        use chrysalis_attestation::policy::{Policy, TdxPin};
+        use chrysalis_attestation::sim::{SimGpu, SimNvidiaPki};
+        let nv = SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let store = CertStore::generate()
+            .unwrap()
+            .with_gpu(Arc::new(LocalSimGpu::new(
+                SimNvidiaPki::from_seed(DEFAULT_SEED),
+                SimGpu::default(),
+            )));
+        let ev = sim();
+        let t0 = UNIX_EPOCH + Duration::from_secs(T0);
+        let info = store
+            .renew(&ev, t0, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let (_, record) = ratls::extract_evidence(&info.cert_der).unwrap();
+        let record = record.expect("a GPU record");
+        // The CPU evidence was asked for the binding of the key and exactly this record.
+        assert_eq!(
+            ev.asked(),
+            vec![store.key().report_data_with_gpu(&record.to_der().unwrap())]
+        );
+        let mut policy = Policy::pinned(vec![TdxPin::new(Measurement([7; 48]))], vec![]);
+        policy.trust.dangerous_simulated_intel_roots =
+            vec![SimPki::from_seed(DEFAULT_SEED).root_sha256()];
+        policy.gpu.require = true;
+        policy.gpu.dangerous_simulated_nvidia_roots =
+            vec![nv.device_root_sha256(), nv.rim_root_sha256()];
+        policy.gpu.dangerous_no_ocsp = true;
+        let peer = ratls::verify_certificate(&info.cert_der, &policy, None, T0 + 10).unwrap();
+        assert_eq!(peer.gpus().len(), 1);
+
+        // A GPU outside production CC mode: no certificate, and the reason named.
+        let devtools = CertStore::generate().unwrap().with_gpu(Arc::new(
+            LocalSimGpu::new(nv, SimGpu::default()).with_state(CcState {
+                cc_feature: 1,
+                devtools_mode: 1,
+                environment: 2,
+                ready: 1,
+            }),
+        ));
+        let e = devtools
+            .renew(&ev, t0, Duration::from_secs(3600))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("devtools mode"), "{e}");
+        assert!(devtools.info().is_none());
+    }
+
+    #[tokio::test]
     async fn validity_over_a_day_is_refused() {
         let store = CertStore::generate().unwrap();
         let e = store

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use chrysalis_attestation::ratls::{self, AttestedKey};
 use chrysalis_attestation::receipt::{self, RECEIPT_HEADER, ReceiptBody, StreamHasher, Usage};
 use chrysalis_attestation::sim::{
-    DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
+    DEFAULT_SEED, SimAmdPki, SimGpu, SimNvidiaPki, SimPki, SimSnpReport, SimTdReport,
+    td_measurements,
 };
 use chrysalis_attestation::{Evidence, Measurement, Sha256};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -60,6 +61,9 @@ pub struct Options {
     pub trailer_delay: Duration,
     /// Leave the collateral out of the evidence (as a hardware node whose host has none).
     pub without_collateral: bool,
+    /// Carry evidence of one simulated GPU (`sim::SimNvidiaPki` of the well-known seed), bound
+    /// into the TDX evidence.
+    pub gpu: bool,
 }
 
 impl Options {
@@ -74,6 +78,7 @@ impl Options {
             gate: None,
             trailer_delay: Duration::ZERO,
             without_collateral: false,
+            gpu: false,
         }
     }
 }
@@ -96,8 +101,16 @@ struct Identity {
     cert_sha256: Sha256,
 }
 
-fn identity(pki: &SimPki, mr_td: Measurement, snp: bool, without_collateral: bool) -> Identity {
+fn identity(pki: &SimPki, opts: &Options, mr_td: Measurement) -> Identity {
+    let (snp, without_collateral) = (opts.snp, opts.without_collateral);
     let key = AttestedKey::generate().unwrap();
+    let gpu = opts.gpu.then(|| {
+        SimNvidiaPki::from_seed(DEFAULT_SEED).record(&SimGpu::default(), &key.gpu_nonce())
+    });
+    let report_data = match &gpu {
+        Some(record) => key.report_data_with_gpu(&record.to_der().unwrap()),
+        None => key.report_data(),
+    };
     let m = td_measurements(
         mr_td,
         [
@@ -108,15 +121,16 @@ fn identity(pki: &SimPki, mr_td: Measurement, snp: bool, without_collateral: boo
         ],
     );
     let bundle = if snp {
-        SimAmdPki::from_seed(DEFAULT_SEED).bundle(&SimSnpReport::new(mr_td, key.report_data()))
+        SimAmdPki::from_seed(DEFAULT_SEED).bundle(&SimSnpReport::new(mr_td, report_data))
     } else {
         Evidence::tdx(
-            pki.quote(&SimTdReport::new(m, key.report_data())),
+            pki.quote(&SimTdReport::new(m, report_data)),
             (!without_collateral).then(|| pki.collateral(now() - 3600, 86_400).unwrap()),
         )
         .unwrap()
     };
-    let cert = ratls::issue_certificate(&key, &bundle, now() - 60, 3600).unwrap();
+    let cert =
+        ratls::issue_certificate_with_gpu(&key, &bundle, gpu.as_ref(), now() - 60, 3600).unwrap();
     let cert_sha256 = Sha256::digest(&cert);
     let tls = ratls::server_config(Arc::new(Fixed(key.certified_key(cert).unwrap())));
     Identity {
@@ -152,7 +166,7 @@ impl FakeUpstream {
     pub fn start(opts: Options) -> Self {
         let pki = SimPki::from_seed(DEFAULT_SEED);
         let snp = opts.snp;
-        let first = identity(&pki, opts.mr_td, snp, opts.without_collateral);
+        let first = identity(&pki, &opts, opts.mr_td);
         let shared = Arc::new(Shared {
             opts,
             identity: Mutex::new(Arc::new(first)),
@@ -223,12 +237,7 @@ impl FakeUpstream {
     /// A new key and certificate over evidence of `mr_td`; open connections are closed.
     pub fn rotate(&self, mr_td: Measurement) {
         let pki = SimPki::from_seed(DEFAULT_SEED);
-        *self.shared.identity.lock().unwrap() = Arc::new(identity(
-            &pki,
-            mr_td,
-            self.shared.opts.snp,
-            self.shared.opts.without_collateral,
-        ));
+        *self.shared.identity.lock().unwrap() = Arc::new(identity(&pki, &self.shared.opts, mr_td));
         self.shared.generation.send_modify(|g| *g += 1);
     }
 

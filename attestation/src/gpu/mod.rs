@@ -256,11 +256,9 @@ pub enum GpuError {
         "GPU certificate revocation unchecked: no OCSP answers supplied and the policy does not set dangerous_no_ocsp"
     )]
     MissingOcsp,
-    /// OCSP answers were supplied but this verifier cannot check them yet.
-    #[error(
-        "GPU certificate OCSP answers were supplied but checking them is not implemented; refusing rather than ignoring them"
-    )]
-    OcspUnsupported,
+    /// The OCSP answers do not show every certificate above the attestation key as good.
+    #[error("GPU certificate revocation (OCSP)")]
+    Ocsp(#[source] ocsp::OcspError),
     /// A RIM was not supplied and the policy requires it.
     #[error("no {0} RIM supplied and the policy does not set dangerous_no_rims")]
     MissingRim(&'static str),
@@ -354,6 +352,9 @@ pub struct RimVerdict {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Revocation {
+    /// OCSP answers, signed for the chain, say every certificate above the attestation key is
+    /// good at the verification time.
+    OcspGood,
     /// Not checked: no OCSP answers, and the policy's `dangerous_no_ocsp` allowed that.
     DangerousNotChecked,
 }
@@ -454,13 +455,13 @@ pub fn verify(
     for root in &trust.device_roots {
         match chain::verify_chain(&evidence.chain, root, now) {
             Ok(v) => {
-                verified = Some(v);
+                verified = Some((v, root));
                 break;
             }
             Err(e) => last = Some(e),
         }
     }
-    let Some(chain_ok) = verified else {
+    let Some((chain_ok, device_root)) = verified else {
         return Err(GpuError::Chain(last.unwrap_or(ChainError::Empty)));
     };
     checks.push(format!(
@@ -493,7 +494,15 @@ pub fn verify(
     }
 
     let revocation = if !evidence.ocsp.is_empty() {
-        return Err(GpuError::OcspUnsupported);
+        // NVIDIA's responder answers for the certificates NVIDIA issued: not the leaf, which the
+        // GPU's own boot ROM key issues (NVIDIA's verifier skips it too).
+        let v = ocsp::check_chain_except_leaf(&evidence.chain, device_root, &evidence.ocsp, now)
+            .map_err(GpuError::Ocsp)?;
+        checks.push(format!(
+            "revocation: OCSP answers good for {} certificates above the attestation key",
+            v.answers().len()
+        ));
+        Revocation::OcspGood
     } else if policy.dangerous_no_ocsp {
         checks
             .push("revocation NOT checked: no OCSP answers, policy sets dangerous_no_ocsp".into());

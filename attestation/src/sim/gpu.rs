@@ -841,6 +841,16 @@ mod tests {
     }
 
     #[test]
+    fn supplied_ocsp_answers_are_checked_not_ignored() {
+        let pki = SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let g = SimGpu::default();
+        let mut e = evidence(&pki, &g, &g);
+        e.ocsp = vec![vec![0x30, 0x03, 0x0a, 0x01, 0x00]];
+        let err = verify(&e, &pki).unwrap_err();
+        assert!(matches!(err, GpuError::Ocsp(_)), "{err:?}");
+    }
+
+    #[test]
     fn production_verifier_accepts_sim_evidence() {
         let pki = SimNvidiaPki::from_seed(DEFAULT_SEED);
         let g = SimGpu::default();
