@@ -207,6 +207,21 @@ impl GpuRecord {
     }
 }
 
+/// The RIM service ids (driver, VBIOS) a report's own fields name.
+pub fn rim_ids(report: &super::GpuReport) -> (String, String) {
+    let o = &report.opaque;
+    let f = |v: &Option<String>| v.clone().unwrap_or_default();
+    (
+        driver_rim_id(&f(&o.driver_version)),
+        vbios_rim_id(
+            &f(&o.project),
+            &f(&o.project_sku),
+            &f(&o.chip_sku),
+            &f(&o.vbios_version),
+        ),
+    )
+}
+
 /// NVIDIA's RIM service id of a driver RIM: `NV_GPU_DRIVER_GH100_<driver version>`.
 pub fn driver_rim_id(driver_version: &str) -> String {
     format!("NV_GPU_DRIVER_GH100_{driver_version}")

@@ -134,19 +134,24 @@ fn b64(n: Node<'_, '_>) -> Result<Vec<u8>, RimError> {
         .map_err(|_| RimError::Structure(format!("{} is not base64", n.tag_name().name())))
 }
 
-/// Verifies a RIM's enveloped signature (the Reference's digest over the canonical document
-/// without its Signature, the ECDSA P-384 signature over the canonical SignedInfo) and its
-/// signer chain up to `rim_root` at `now`, then reads its version and measurements. Does not
-/// check revocation of the signer, nor that the RIM fits any report.
-pub fn verify_rim(xml: &[u8], rim_root: &[u8], now: u64) -> Result<VerifiedRim, RimError> {
+/// Parses a RIM as UTF-8 XML without a DTD (refused: entity expansion has no place in a RIM).
+fn document(xml: &[u8]) -> Result<Document<'_>, RimError> {
     let text = std::str::from_utf8(xml).map_err(|_| RimError::Structure("not UTF-8".into()))?;
-    let doc = Document::parse_with_options(
+    Ok(Document::parse_with_options(
         text,
         ParsingOptions {
             allow_dtd: false,
             ..ParsingOptions::default()
         },
-    )?;
+    )?)
+}
+
+/// Verifies a RIM's enveloped signature (the Reference's digest over the canonical document
+/// without its Signature, the ECDSA P-384 signature over the canonical SignedInfo) and its
+/// signer chain up to `rim_root` at `now`, then reads its version and measurements. Does not
+/// check revocation of the signer, nor that the RIM fits any report.
+pub fn verify_rim(xml: &[u8], rim_root: &[u8], now: u64) -> Result<VerifiedRim, RimError> {
+    let doc = document(xml)?;
     let root = doc.root_element();
     if root.tag_name().namespace() != Some(SWID) || root.tag_name().name() != "SoftwareIdentity" {
         return Err(RimError::Structure(
@@ -276,14 +281,7 @@ pub fn verify_rim(xml: &[u8], rim_root: &[u8], now: u64) -> Result<VerifiedRim, 
 /// certificates of its `KeyInfo` (signer first). For indexing RIMs and finding a pinned root
 /// among the certificates; [`verify_rim`] decides whether any of it is true.
 pub fn claims(xml: &[u8]) -> Result<(String, Vec<Vec<u8>>), RimError> {
-    let text = std::str::from_utf8(xml).map_err(|_| RimError::Structure("not UTF-8".into()))?;
-    let doc = Document::parse_with_options(
-        text,
-        ParsingOptions {
-            allow_dtd: false,
-            ..ParsingOptions::default()
-        },
-    )?;
+    let doc = document(xml)?;
     let root = doc.root_element();
     let version = child(root, SWID, "Meta")?
         .attribute("colloquialVersion")

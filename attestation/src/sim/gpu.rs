@@ -60,7 +60,7 @@ use sha2::{Digest, Sha384};
 use super::certs::{self, unix_time};
 use super::{CERT_NOT_AFTER, CERT_NOT_BEFORE};
 use crate::evidence::Sha256;
-use crate::gpu::record::{GpuAttestation, GpuRecord, driver_rim_id, vbios_rim_id};
+use crate::gpu::record::{GpuAttestation, GpuRecord, rim_ids};
 
 /// Organisation of every simulated GPU certificate: nobody should mistake one for NVIDIA's.
 const ORGANIZATION: &str = "chrysalis simulated GPU (not NVIDIA)";
@@ -579,17 +579,11 @@ impl SimNvidiaPki {
     pub fn record(&self, gpu: &SimGpu, nonce: &[u8; 32]) -> GpuRecord {
         let report = self.report(gpu, nonce);
         let parsed = crate::gpu::GpuReport::parse(&report).expect("a sim report parses");
-        let f = |v: &Option<String>| v.clone().unwrap_or_default();
-        let o = &parsed.opaque;
+        let (driver_rim_id, vbios_rim_id) = rim_ids(&parsed);
         GpuRecord {
             gpus: vec![GpuAttestation {
-                driver_rim_id: driver_rim_id(&f(&o.driver_version)),
-                vbios_rim_id: vbios_rim_id(
-                    &f(&o.project),
-                    &f(&o.project_sku),
-                    &f(&o.chip_sku),
-                    &f(&o.vbios_version),
-                ),
+                driver_rim_id,
+                vbios_rim_id,
                 report,
                 chain: self.device_chain(),
                 driver_rim: Some(self.driver_rim(gpu)),

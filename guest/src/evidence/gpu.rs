@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use chrysalis_attestation::gpu::record::{driver_rim_id, vbios_rim_id};
+use chrysalis_attestation::gpu::record::rim_ids;
 use chrysalis_attestation::gpu::{GpuAttestation, GpuRecord, GpuReport};
 
 use super::EvidenceError;
@@ -85,16 +85,10 @@ pub fn attestation_from(
             "the driver returned an empty certificate chain".into(),
         ));
     }
-    let o = &parsed.opaque;
-    let field = |v: &Option<String>| v.clone().unwrap_or_default();
+    let (driver_rim_id, vbios_rim_id) = rim_ids(&parsed);
     Ok(GpuAttestation {
-        driver_rim_id: driver_rim_id(&field(&o.driver_version)),
-        vbios_rim_id: vbios_rim_id(
-            &field(&o.project),
-            &field(&o.project_sku),
-            &field(&o.chip_sku),
-            &field(&o.vbios_version),
-        ),
+        driver_rim_id,
+        vbios_rim_id,
         report,
         chain,
         driver_rim: None,
