@@ -468,3 +468,32 @@ fn nvidia_verifier_agrees() {
     );
     eprintln!("NVIDIA's verifier:\n{nv}");
 }
+
+#[test]
+fn pinned_nvidia_roots_are_the_recorded_roots_and_their_carried_copies() {
+    use chrysalis_attestation::Sha256;
+    let device = &pem("verifier_device_root.pem")[0];
+    let rim_root = &pem("verifier_RIM_root.pem")[0];
+    assert_eq!(Sha256::digest(device), gpu::NVIDIA_DEVICE_ROOT_SHA256);
+    assert_eq!(Sha256::digest(rim_root), gpu::NVIDIA_RIM_ROOT_SHA256);
+    // The driver's chain and each RIM carry a copy of their root: the default policy finds and
+    // trusts exactly those, and nothing else.
+    let mut e = evidence();
+    e.driver_rim = Some(file(DRIVER_RIM));
+    e.vbios_rim = Some(file(VBIOS_RIM));
+    let t = GpuPolicy::default().trust_for(&e);
+    assert_eq!(t.device_roots, vec![device.clone()]);
+    assert_eq!(t.rim_roots, vec![rim_root.clone()]);
+    let off = GpuPolicy {
+        nvidia: false,
+        ..GpuPolicy::default()
+    }
+    .trust_for(&e);
+    assert!(off.device_roots.is_empty() && off.rim_roots.is_empty());
+    // Pinned trust reaches the same verdict as the root files.
+    let v = gpu::verify(&e, &nonce(NONCE), &t, &named_policy(), NOW).unwrap_err();
+    assert!(
+        v.to_string().contains("driver RIM is for version 545.00"),
+        "{v}"
+    );
+}

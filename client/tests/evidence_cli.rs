@@ -680,3 +680,64 @@ fn verify_gpu_bad_input_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--gpu-nonce"));
 }
+
+#[test]
+fn verify_gpu_without_root_files_trusts_the_pinned_nvidia_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = gpu_policy(
+        dir.path(),
+        "[gpu]\ndangerous_no_ocsp = true\ndangerous_no_rims = true\n",
+    );
+    let (report, chain) = (
+        gpu_vector("hopperAttestationReport.txt"),
+        gpu_vector("hopperCertChain.txt"),
+    );
+    let base = [
+        "evidence",
+        "verify",
+        "--gpu-report",
+        &report,
+        "--gpu-chain",
+        &chain,
+        "--gpu-nonce",
+        GPU_NONCE,
+        "--now",
+        "1717200000",
+    ];
+    // The chain's copy of NVIDIA's root is trusted because its SHA-256 is pinned.
+    let mut args = base.to_vec();
+    args.extend(["--policy", &policy, "--json"]);
+    let o = chrysalis(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        stdout_json(&o)["device_root_sha256"],
+        "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
+    );
+    // The RIM's copy of NVIDIA's RIM root likewise: the driver RIM verifies and is then
+    // refused for its version, as with --gpu-rim-root.
+    let rim = gpu_vector("Driver_RIM_test_no_gpu.swidtag");
+    let mut args = base.to_vec();
+    args.extend(["--policy", &policy, "--driver-rim", &rim]);
+    let o = chrysalis(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("driver RIM is for version 545.00"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A policy that does not trust NVIDIA's roots trusts nothing here.
+    let untrusting = gpu_policy(
+        dir.path(),
+        "[gpu]\nnvidia = false\ndangerous_no_ocsp = true\ndangerous_no_rims = true\n",
+    );
+    let mut args = base.to_vec();
+    args.extend(["--policy", &untrusting]);
+    let o = chrysalis(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no NVIDIA device identity root"));
+}

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrysalis_attestation::gpu::{self, GpuEvidence, GpuPolicy, GpuReport, GpuTrust};
+use chrysalis_attestation::gpu::{self, GpuEvidence, GpuPolicy, GpuReport};
 
 /// The GPU inputs of `evidence verify`.
 pub(crate) struct GpuInputs<'a> {
     pub(crate) report: &'a Path,
     pub(crate) chain: &'a Path,
     pub(crate) nonce: &'a str,
-    pub(crate) device_root: &'a Path,
+    pub(crate) device_root: Option<&'a Path>,
     pub(crate) rim_root: Option<&'a PathBuf>,
     pub(crate) driver_rim: Option<&'a PathBuf>,
     pub(crate) vbios_rim: Option<&'a PathBuf>,
@@ -125,13 +125,14 @@ pub(crate) fn verify(i: GpuInputs<'_>) -> anyhow::Result<ExitCode> {
         vbios_rim: rim(i.vbios_rim, "VBIOS RIM")?,
         ocsp: Vec::new(),
     };
-    let trust = GpuTrust {
-        device_roots: certs(i.device_root, "NVIDIA device root")?,
-        rim_roots: match i.rim_root {
-            Some(p) => certs(p, "NVIDIA RIM root")?,
-            None => Vec::new(),
-        },
-    };
+    // Roots named on the command line replace the policy's pinned ones.
+    let mut trust = policy.trust_for(&evidence);
+    if let Some(p) = i.device_root {
+        trust.device_roots = certs(p, "NVIDIA device root")?;
+    }
+    if let Some(p) = i.rim_root {
+        trust.rim_roots = certs(p, "NVIDIA RIM root")?;
+    }
     match gpu::verify(&evidence, &nonce, &trust, &policy, i.now) {
         Ok(v) => {
             let d = v.verdict();
