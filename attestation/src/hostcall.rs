@@ -1,5 +1,5 @@
 //! The guest→host service protocol: how a guest asks its host for a simulated TDX quote, a
-//! simulated SEV-SNP report, or collateral, defined once for both sides.
+//! simulated SEV-SNP report, a simulated GPU report, or collateral, defined once for both sides.
 //!
 //! The host is untrusted. Nothing it answers is believed: a sim quote is verified by clients
 //! against a root their policy names, and collateral is verified against the vendor root by
@@ -44,6 +44,13 @@ pub enum Request {
         /// The 64 bytes to bind (for RA-TLS: the key binding of the guest's TLS key).
         report_data: ReportData,
     },
+    /// Sign a simulated NVIDIA GPU attestation report over this nonce (any sim profile: the host
+    /// plays the GPU, `sim::SimNvidiaPki` of the well-known seed).
+    SimGpu {
+        /// The 32-byte nonce (for RA-TLS: the GPU nonce of the guest's TLS key).
+        #[serde(with = "hex_array32")]
+        nonce: [u8; 32],
+    },
 }
 
 /// A host service's answer.
@@ -69,6 +76,12 @@ pub enum Response {
         vcek: Vec<u8>,
         /// The ASK and ARK certificates (PEM), when the host has them.
         chain: Option<String>,
+    },
+    /// A GPU evidence record (`gpu::GpuRecord` DER, hex in JSON).
+    Gpu {
+        /// The record.
+        #[serde(with = "hex_bytes")]
+        record: Vec<u8>,
     },
     /// Collateral.
     Collateral {
@@ -163,6 +176,22 @@ mod hex_bytes {
     }
 }
 
+mod hex_array32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(b: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s)
+            .map_err(serde::de::Error::custom)?
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +228,17 @@ mod tests {
             report: vec![4; 8],
             vcek: vec![5; 3],
             chain: Some("-----BEGIN CERTIFICATE-----".into()),
+        };
+        assert_eq!(decode::<Response>(&encode(&resp).unwrap()).unwrap(), resp);
+
+        let req = Request::SimGpu { nonce: [9; 32] };
+        let frame = encode(&req).unwrap();
+        assert!(String::from_utf8_lossy(&frame[4..]).contains("\"sim_gpu\""));
+        assert_eq!(decode::<Request>(&frame).unwrap(), req);
+        let short = br#"{"kind":"sim_gpu","nonce":"0909"}"#;
+        assert!(decode_body::<Request>(short).is_err());
+        let resp = Response::Gpu {
+            record: vec![0x30, 0],
         };
         assert_eq!(decode::<Response>(&encode(&resp).unwrap()).unwrap(), resp);
     }

@@ -99,7 +99,10 @@ pub const HELP: &str = r#"chrysalis-guest configuration (TOML; unknown keys are 
                                  attestation report over the key's GPU nonce and its chain, read
                                  through NVML, go into the certificate and the CPU evidence binds
                                  them; the guest refuses to serve when CC mode is off, devtools mode
-                                 is on, the environment is not production, or a GPU cannot attest
+                                 is on, the environment is not production, or a GPU cannot attest.
+                                 "sim": the host's simulated GPU (sim_endpoint; accepted only by
+                                 policies naming the simulated NVIDIA roots); "auto": nvml when
+                                 /dev/nvidiactl exists, else sim (logged as a warning)
 
 Development only (command line, never in the image): --listen overrides [server].listen and
 --evidence overrides [evidence].provider/sim_endpoint ("sim-tdx:…"/"sim-snp:…" also sim_platform).
@@ -149,6 +152,14 @@ pub enum GpuAttest {
     /// confidential-computing mode or cannot attest.
     #[serde(rename = "nvml")]
     Nvml,
+    /// The host's simulated GPU (its sim quote service, `[evidence] sim_endpoint`): accepted only
+    /// by policies that name the simulated NVIDIA roots.
+    #[serde(rename = "sim")]
+    Sim,
+    /// NVML when an NVIDIA device is present (`/dev/nvidiactl`), otherwise the host's simulated
+    /// GPU (logged as a warning), like `[evidence] provider = "auto"`.
+    #[serde(rename = "auto")]
+    Auto,
 }
 
 /// `[server]`.

@@ -175,6 +175,9 @@ fn start_engine(_cfg: &Config) -> Arc<dyn Engine> {
     })
 }
 
+/// The control device NVIDIA's driver creates when it has bound a GPU.
+const NVIDIA_DEVICE: &str = "/dev/nvidiactl";
+
 /// Devices the tdx_guest and sev_guest drivers create inside a TD / an SNP guest.
 const TEE_GUEST_DEVICES: [&str; 2] = ["/dev/tdx_guest", "/dev/sev-guest"];
 
@@ -223,7 +226,20 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
         _ => bail!("unsupported evidence provider"),
     };
     let mut certs = CertStore::generate()?;
-    match cfg.gpu.attest {
+    let gpu_kind = match cfg.gpu.attest {
+        GpuAttest::Auto if Path::new(NVIDIA_DEVICE).exists() => GpuAttest::Nvml,
+        GpuAttest::Auto => {
+            tracing::warn!(
+                device = NVIDIA_DEVICE,
+                sim_endpoint = %cfg.evidence.sim_endpoint,
+                "no NVIDIA device: GPU evidence comes from the host's SIMULATED GPU; only \
+                 policies that name the simulated NVIDIA roots accept it"
+            );
+            GpuAttest::Sim
+        }
+        k => k,
+    };
+    match gpu_kind {
         GpuAttest::None => {}
         #[cfg(feature = "engine")]
         GpuAttest::Nvml => {
@@ -233,6 +249,15 @@ async fn serve(cfg: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
         }
         #[cfg(not(feature = "engine"))]
         GpuAttest::Nvml => bail!("gpu.attest = \"nvml\" needs the `engine` feature (Python)"),
+        GpuAttest::Sim => {
+            certs = certs.with_gpu(Arc::new(
+                SimQuoteClient::new(
+                    sim_endpoint(&cfg.evidence.sim_endpoint)?,
+                    Duration::from_secs(cfg.evidence.timeout_secs),
+                )
+                .with_platform(cfg.evidence.sim_platform),
+            ));
+        }
         _ => bail!("unsupported gpu.attest"),
     }
     let certs = Arc::new(certs);

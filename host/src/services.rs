@@ -186,6 +186,17 @@ impl Admission {
     }
 }
 
+/// The simulated GPU every sim profile offers: one H100 of `sim::SimNvidiaPki` (well-known seed)
+/// with `sim::SimGpu`'s default versions and measurements, reporting over `nonce`. Like sim
+/// quotes it proves nothing about hardware: only a policy naming the simulated NVIDIA roots
+/// accepts it.
+fn sim_gpu_record(nonce: &[u8; 32]) -> Result<Vec<u8>, chrysalis_attestation::gpu::RecordError> {
+    use chrysalis_attestation::sim::{DEFAULT_SEED, SimGpu, SimNvidiaPki};
+    static PKI: std::sync::LazyLock<SimNvidiaPki> =
+        std::sync::LazyLock::new(|| SimNvidiaPki::from_seed(DEFAULT_SEED));
+    PKI.record(&SimGpu::default(), nonce).to_der()
+}
+
 /// Which service a port runs.
 #[derive(Clone)]
 pub enum Service {
@@ -258,6 +269,13 @@ impl Service {
                     },
                     Ok(Err(e)) => error(format!("sim SNP report signer failed: {e}")),
                     Err(e) => error(format!("sim SNP report signer panicked: {e}")),
+                }
+            }
+            (Service::SimQuote(_) | Service::SimSnp(_), Request::SimGpu { nonce }) => {
+                match tokio::task::spawn_blocking(move || sim_gpu_record(&nonce)).await {
+                    Ok(Ok(record)) => Response::Gpu { record },
+                    Ok(Err(e)) => error(format!("sim GPU signer failed: {e}")),
+                    Err(e) => error(format!("sim GPU signer panicked: {e}")),
                 }
             }
             (Service::SimQuote(_), Request::SimSnpReport { .. }) => error(
@@ -468,6 +486,28 @@ mod tests {
                 chain: "chain".into(),
             })
         }
+    }
+
+    #[tokio::test]
+    async fn both_sim_profiles_sign_gpu_reports_over_the_nonce_and_collateral_does_not() {
+        use chrysalis_attestation::gpu::{GpuRecord, GpuReport};
+        for service in [
+            Service::SimQuote(Arc::new(FixedSigner)),
+            Service::SimSnp(Arc::new(FixedSnp)),
+        ] {
+            let Response::Gpu { record } = service.answer(Request::SimGpu { nonce: [7; 32] }).await
+            else {
+                panic!("no GPU record from {service:?}");
+            };
+            let record = GpuRecord::from_der(&record).unwrap();
+            let report = GpuReport::parse(&record.gpus[0].report).unwrap();
+            assert_eq!(report.request_nonce, [7; 32]);
+        }
+        let collateral = Service::Collateral(Arc::new(CollateralCache::new()));
+        assert!(matches!(
+            collateral.answer(Request::SimGpu { nonce: [7; 32] }).await,
+            Response::Error { .. }
+        ));
     }
 
     #[tokio::test]

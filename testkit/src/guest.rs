@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use chrysalis_attestation::Measurement;
 use chrysalis_attestation::hostcall::{self, Request, Response};
 use chrysalis_attestation::sim::{
-    DEFAULT_SEED, SimAmdPki, SimPki, SimSnpReport, SimTdReport, td_measurements,
+    DEFAULT_SEED, SimAmdPki, SimGpu, SimNvidiaPki, SimPki, SimSnpReport, SimTdReport,
+    td_measurements,
 };
 use serde_json::Value;
 
@@ -118,7 +119,7 @@ pub fn sim_quote_service() -> String {
 /// A stand-in for the host's sim service of `kind` (loopback TCP, hostcall framing). `Tdx`:
 /// TDX quotes with [`MR_TD`] and [`RTMRS`] (answers `sim_quote`). `Snp`: SEV-SNP reports with
 /// [`SNP_MEASUREMENT`], the VCEK and the ASK/ARK chain (answers `sim_snp_report`, and
-/// `sim_quote` as the host's sim-snp profile does).
+/// `sim_quote` as the host's sim-snp profile does). Both answer `sim_gpu` with the simulated GPU.
 pub fn sim_service(kind: SimKind) -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
@@ -148,6 +149,13 @@ pub fn sim_service(kind: SimKind) -> String {
                         report_data,
                     )),
                     collateral: Some(pki.collateral(unix_now() - 3600, 30 * 86_400).unwrap()),
+                },
+                // The host's simulated GPU, as the host's sim services answer it.
+                (Request::SimGpu { nonce }, _) => Response::Gpu {
+                    record: SimNvidiaPki::from_seed(DEFAULT_SEED)
+                        .record(&SimGpu::default(), &nonce)
+                        .to_der()
+                        .unwrap(),
                 },
                 _ => Response::Error {
                     message: "unsupported".into(),

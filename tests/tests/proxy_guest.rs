@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use chrysalis_attestation::Measurement;
 use chrysalis_client::{ChatMessage, ChatRequest, Client};
 use chrysalis_testkit::guest::{
-    MODEL_ID, Proc, SimKind, Venv, build_binaries, policy_toml_for, sim_service, start_guest_on,
-    venv, workspace,
+    MODEL_ID, Proc, SimKind, Venv, build_binaries, policy_toml_for, serve_llama_cpp, sim_service,
+    start_guest_on, venv, workspace,
 };
 use serde_json::Value;
 
@@ -138,6 +138,69 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime_tdx() {
 #[test]
 fn openai_sdk_and_rust_sdk_against_the_guest_runtime_snp() {
     against_the_guest_runtime(SimKind::Snp);
+}
+
+/// A guest with `[gpu] attest = "sim"` carries the sim service's simulated GPU in its
+/// certificate, bound to its key: `chrysalis verify` shows the GPU under a policy that names the
+/// simulated NVIDIA roots, and refuses the node, naming the check, under one that does not.
+#[test]
+fn a_guest_with_the_hosts_simulated_gpu_is_verified_with_its_gpu() {
+    let Some(v) = venv() else { return };
+    let bins = build_binaries();
+    let sim = sim_service(SimKind::Tdx);
+    let guest = serve_llama_cpp(
+        &bins["chrysalis-guest"],
+        &v,
+        "max_concurrency = 4\n[gpu]\nattest = \"sim\"\n",
+        "tcp:127.0.0.1:0",
+        &format!("sim-tdx:tcp:{sim}"),
+    );
+    let nv = chrysalis_attestation::sim::SimNvidiaPki::from_seed(
+        chrysalis_attestation::sim::DEFAULT_SEED,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let verify = |gpu_table: &str| {
+        let p = dir.path().join("policy.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "{}[gpu]\nrequire = true\ndangerous_no_ocsp = true\n{gpu_table}",
+                policy_toml_for(SimKind::Tdx, SimKind::Tdx.measurement())
+            ),
+        )
+        .unwrap();
+        Command::new(&bins["chrysalis"])
+            .args(["verify", &format!("https://{}", guest.addr), "--policy"])
+            .arg(&p)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&format!(
+        "dangerous_simulated_nvidia_roots = [\"{}\", \"{}\"]\n",
+        nv.device_root_sha256(),
+        nv.rim_root_sha256()
+    ));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{out}\n{}\n{}",
+        String::from_utf8_lossy(&ok.stderr),
+        guest.log()
+    );
+    assert!(out.contains("ACCEPTED"), "{out}");
+    assert!(
+        out.contains("gpu 0") && out.contains("driver 550.90.07"),
+        "{out}"
+    );
+    assert!(out.contains("evidence is bound to the TLS key"), "{out}");
+    let refused = verify("");
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("GPU 0: no NVIDIA device identity root"),
+        "{err}"
+    );
 }
 
 fn against_the_guest_runtime(kind: SimKind) {

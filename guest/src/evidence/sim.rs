@@ -23,6 +23,9 @@ use chrysalis_attestation::ReportData;
 use chrysalis_attestation::hostcall::{self, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use chrysalis_attestation::gpu::GpuRecord;
+
+use super::gpu::GpuEvidenceProvider;
 use super::{Evidence, EvidenceError, EvidenceProvider};
 
 /// Which simulated evidence the guest asks for.
@@ -138,26 +141,73 @@ impl SimQuoteClient {
     }
 
     async fn exchange(&self, report_data: ReportData) -> Result<Evidence, EvidenceError> {
-        match &self.endpoint {
-            SimEndpoint::Vsock(cid, port) => {
-                let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port))
+        match self.connect().await? {
+            Stream::Vsock(s) => self.exchange_on(s, report_data).await,
+            Stream::Tcp(s) => self.exchange_on(s, report_data).await,
+            Stream::Unix(s) => self.exchange_on(s, report_data).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<Stream, EvidenceError> {
+        let c = |e: std::io::Error| self.err(format!("connect: {e}"));
+        Ok(match &self.endpoint {
+            SimEndpoint::Vsock(cid, port) => Stream::Vsock(
+                tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port))
                     .await
-                    .map_err(|e| self.err(format!("connect: {e}")))?;
-                self.exchange_on(s, report_data).await
-            }
+                    .map_err(c)?,
+            ),
             SimEndpoint::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| self.err(format!("connect: {e}")))?;
-                self.exchange_on(s, report_data).await
+                Stream::Tcp(tokio::net::TcpStream::connect(addr).await.map_err(c)?)
             }
             SimEndpoint::Unix(path) => {
-                let s = tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(|e| self.err(format!("connect: {e}")))?;
-                self.exchange_on(s, report_data).await
+                Stream::Unix(tokio::net::UnixStream::connect(path).await.map_err(c)?)
             }
+        })
+    }
+
+    /// The host's simulated GPU: a record of one GPU whose report answers `nonce`.
+    async fn gpu_exchange(&self, nonce: [u8; 32]) -> Result<GpuRecord, EvidenceError> {
+        let request = Request::SimGpu { nonce };
+        let response = match self.connect().await? {
+            Stream::Vsock(mut s) => call(&mut s, &request).await,
+            Stream::Tcp(mut s) => call(&mut s, &request).await,
+            Stream::Unix(mut s) => call(&mut s, &request).await,
         }
+        .map_err(|e| self.err(e))?;
+        match response {
+            Response::Gpu { record } => GpuRecord::from_der(&record)
+                .map_err(|e| self.err(format!("the host's GPU record: {e}"))),
+            Response::Error { message } => Err(EvidenceError::Refused(message)),
+            other => Err(self.err(format!("unexpected answer to a sim_gpu request {other:?}"))),
+        }
+    }
+}
+
+enum Stream {
+    Vsock(tokio_vsock::VsockStream),
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// The host's simulated GPU (`sim_gpu` requests): what a guest with `[gpu] attest = "sim"` (or
+/// `"auto"` without an NVIDIA device) carries. Clients accept it only when their policy names
+/// the simulated NVIDIA roots.
+impl GpuEvidenceProvider for SimQuoteClient {
+    fn gpu_evidence(
+        &self,
+        nonce: [u8; 32],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<GpuRecord, EvidenceError>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            tokio::time::timeout(self.timeout, self.gpu_exchange(nonce))
+                .await
+                .map_err(|_| self.err(format!("no answer within {:?}", self.timeout)))?
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "sim"
     }
 }
 
