@@ -741,3 +741,27 @@ fn verify_gpu_without_root_files_trusts_the_pinned_nvidia_roots() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no NVIDIA device identity root"));
 }
+
+#[test]
+fn verify_gpu_checks_supplied_ocsp_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // A policy that would accept without answers: supplied answers are still checked.
+    let policy = gpu_policy(
+        dir.path(),
+        "[gpu]\ndangerous_no_ocsp = true\ndangerous_no_rims = true\n",
+    );
+    let bogus = dir.path().join("answer.der");
+    std::fs::write(&bogus, [0x30, 0x03, 0x0a, 0x01, 0x00]).unwrap();
+    let bogus = bogus.display().to_string();
+    let o = gpu_verify(&[
+        "--gpu-nonce",
+        GPU_NONCE,
+        "--policy",
+        &policy,
+        "--gpu-ocsp",
+        &bogus,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("GPU certificate revocation (OCSP)"), "{err}");
+}

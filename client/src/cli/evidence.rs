@@ -56,6 +56,10 @@ pub(crate) struct VerifyArgs {
     /// The RIM signing root CA to trust (PEM) instead of the policy's pinned roots.
     #[arg(long, value_name = "FILE", requires = "gpu_report")]
     gpu_rim_root: Option<PathBuf>,
+    /// DER OCSP responses for the GPU chain (repeatable; e.g. saved from NVIDIA's responder).
+    /// Without them the policy's `[gpu] dangerous_no_ocsp` decides.
+    #[arg(long, value_name = "FILE", requires = "gpu_report")]
+    gpu_ocsp: Vec<PathBuf>,
     /// The driver's signed reference manifest (SWID tag XML).
     #[arg(long, value_name = "FILE", requires = "gpu_report")]
     driver_rim: Option<PathBuf>,
@@ -137,6 +141,7 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<ExitCode> {
             rim_root: a.gpu_rim_root.as_ref(),
             driver_rim: a.driver_rim.as_ref(),
             vbios_rim: a.vbios_rim.as_ref(),
+            ocsp: &a.gpu_ocsp,
             policy: a.policy.as_ref(),
             now: a.now,
             json: a.json,

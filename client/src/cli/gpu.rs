@@ -15,6 +15,7 @@ pub(crate) struct GpuInputs<'a> {
     pub(crate) rim_root: Option<&'a PathBuf>,
     pub(crate) driver_rim: Option<&'a PathBuf>,
     pub(crate) vbios_rim: Option<&'a PathBuf>,
+    pub(crate) ocsp: &'a [PathBuf],
     pub(crate) policy: Option<&'a PathBuf>,
     pub(crate) now: u64,
     pub(crate) json: bool,
@@ -123,7 +124,11 @@ pub(crate) fn verify(i: GpuInputs<'_>) -> anyhow::Result<ExitCode> {
         chain: certs(i.chain, "GPU certificate chain")?,
         driver_rim: rim(i.driver_rim, "driver RIM")?,
         vbios_rim: rim(i.vbios_rim, "VBIOS RIM")?,
-        ocsp: Vec::new(),
+        ocsp: i
+            .ocsp
+            .iter()
+            .map(|p| read(p, "OCSP response"))
+            .collect::<anyhow::Result<_>>()?,
     };
     // Roots named on the command line replace the policy's pinned ones.
     let mut trust = policy.trust_for(&evidence);
