@@ -87,10 +87,16 @@ fn main() -> anyhow::Result<()> {
             if let Some(e) = evidence {
                 apply_evidence_override(&mut cfg, &e)?;
             }
-            tokio::runtime::Builder::new_multi_thread()
+            let served = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(cfg, ready_file))
+                .block_on(serve(cfg, ready_file));
+            if let Err(e) = &served {
+                // One line the host agent finds on the console and puts in its /status (e.g. a
+                // GPU outside confidential-computing mode: the node does not serve).
+                eprintln!("chrysalis-guest: FATAL: {e:#}");
+            }
+            served
         }
     }
 }

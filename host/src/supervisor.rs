@@ -249,8 +249,9 @@ fn remove_stale_socket(p: &Path) {
     }
 }
 
-/// The last `chrysalis-init: FATAL` line the guest wrote to its console after byte `from` (this
-/// run's part of the appended log), so that /status says why a guest powered itself off.
+/// The last `chrysalis-init: FATAL` or `chrysalis-guest: FATAL` line the guest wrote to its
+/// console after byte `from` (this run's part of the appended log), so that /status says why a
+/// guest powered itself off or its runtime stopped.
 fn last_fatal_line(serial_log: &Path, from: u64) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     const TAIL: u64 = 64 * 1024;
@@ -263,7 +264,7 @@ fn last_fatal_line(serial_log: &Path, from: u64) -> Option<String> {
     String::from_utf8_lossy(&buf)
         .lines()
         .rev()
-        .find(|l| l.contains("chrysalis-init: FATAL"))
+        .find(|l| l.contains("chrysalis-init: FATAL") || l.contains("chrysalis-guest: FATAL"))
         .map(|l| l.trim().chars().take(400).collect())
 }
 
@@ -545,6 +546,30 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_fatal_line_of_init_or_the_runtime_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        std::fs::write(
+            &log,
+            "old run\nchrysalis-init: FATAL: before this run\nboot\n\
+             chrysalis-guest: FATAL: first certificate (with GPU evidence: the node does not \
+             serve without it): GPU: the GPU is in devtools mode\nKernel panic\n",
+        )
+        .unwrap();
+        let from = "old run\nchrysalis-init: FATAL: before this run\n".len() as u64;
+        let line = last_fatal_line(&log, from).unwrap();
+        assert!(
+            line.starts_with("chrysalis-guest: FATAL: first certificate"),
+            "{line}"
+        );
+        assert!(line.contains("devtools mode"), "{line}");
+        assert_eq!(
+            last_fatal_line(&log, std::fs::metadata(&log).unwrap().len()),
+            None
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
