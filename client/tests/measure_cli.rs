@@ -703,3 +703,19 @@ fn explain_refuses_bad_input() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn policy_from_manifest_requires_gpu_evidence_for_gpu_images_only() {
+    let mut img = Image::new(b"initramfs v1");
+    let (_, cpu) = policy_from(&img, &[]);
+    assert!(!Policy::from_toml(&cpu).unwrap().gpu.require);
+    assert!(!cpu.contains("[gpu]"), "{cpu}");
+    img.manifest.flavor = "gpu".into();
+    img.write_manifest();
+    let (o, gpu) = policy_from(&img, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let p = Policy::from_toml(&gpu).unwrap();
+    assert!(p.gpu.require && p.gpu.nvidia, "{gpu}");
+    assert!(!p.gpu.dangerous_no_ocsp && !p.gpu.dangerous_no_rims);
+    assert!(gpu.contains("[gpu]\nrequire = true"), "{gpu}");
+}
