@@ -187,14 +187,17 @@ impl Admission {
 }
 
 /// The simulated GPU every sim profile offers: one H100 of `sim::SimNvidiaPki` (well-known seed)
-/// with `sim::SimGpu`'s default versions and measurements, reporting over `nonce`. Like sim
-/// quotes it proves nothing about hardware: only a policy naming the simulated NVIDIA roots
-/// accepts it.
+/// with `sim::SimGpu`'s default versions and measurements, reporting over `nonce`, with the
+/// simulated responder's OCSP answers dated by the host's clock. Like sim quotes it proves
+/// nothing about hardware: only a policy naming the simulated NVIDIA roots accepts it.
 fn sim_gpu_record(nonce: &[u8; 32]) -> Result<Vec<u8>, chrysalis_attestation::gpu::RecordError> {
     use chrysalis_attestation::sim::{DEFAULT_SEED, SimGpu, SimNvidiaPki};
     static PKI: std::sync::LazyLock<SimNvidiaPki> =
         std::sync::LazyLock::new(|| SimNvidiaPki::from_seed(DEFAULT_SEED));
-    PKI.record(&SimGpu::default(), nonce).to_der()
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PKI.record(&SimGpu::default(), nonce, now).to_der()
 }
 
 /// Which service a port runs.
