@@ -1060,24 +1060,33 @@ mod tests {
     }
 
     /// A certificate of a node with one simulated GPU whose report answers `nonce` (the key's
-    /// own GPU nonce when None), and a policy that trusts the simulated Intel and NVIDIA roots.
+    /// own GPU nonce when None), with the simulated PKI's OCSP answers, and a policy that trusts
+    /// the simulated Intel and NVIDIA roots (and requires OCSP answers, the default).
     fn gpu_node(key: &AttestedKey, nonce: Option<[u8; 32]>) -> (CertificateDer<'static>, Policy) {
-        let pki = SimPki::from_seed(DEFAULT_SEED);
         let nv = crate::sim::SimNvidiaPki::from_seed(DEFAULT_SEED);
         let record = nv.record(
             &crate::sim::SimGpu::default(),
             &nonce.unwrap_or_else(|| key.gpu_nonce()),
+            NOW,
         );
+        gpu_node_with(key, &record)
+    }
+
+    /// A certificate of a node carrying `record`, and the policy of [`gpu_node`].
+    fn gpu_node_with(
+        key: &AttestedKey,
+        record: &crate::gpu::GpuRecord,
+    ) -> (CertificateDer<'static>, Policy) {
+        let pki = SimPki::from_seed(DEFAULT_SEED);
+        let nv = crate::sim::SimNvidiaPki::from_seed(DEFAULT_SEED);
         let der = record.to_der().unwrap();
         let mr_td = Measurement([7; 48]);
         let bundle = sim_bundle(&pki, key.report_data_with_gpu(&der), mr_td);
-        let cert = issue_certificate_with_gpu(key, &bundle, Some(&record), NOW - 60, 3600).unwrap();
+        let cert = issue_certificate_with_gpu(key, &bundle, Some(record), NOW - 60, 3600).unwrap();
         let mut policy = sim_policy(&pki, mr_td);
         policy.gpu.require = true;
         policy.gpu.dangerous_simulated_nvidia_roots =
             vec![nv.device_root_sha256(), nv.rim_root_sha256()];
-        // The simulated PKI has no OCSP responder: named, and the verdict says so.
-        policy.gpu.dangerous_no_ocsp = true;
         (cert, policy)
     }
 
@@ -1091,6 +1100,14 @@ mod tests {
         assert_eq!(gpus[0].driver_version, "550.90.07");
         assert_eq!(gpus[0].nonce, hex::encode(key.gpu_nonce()));
         assert!(gpus[0].driver_rim.is_some() && gpus[0].vbios_rim.is_some());
+        // The simulated responder's answers were checked, not waived.
+        assert_eq!(gpus[0].revocation, crate::gpu::Revocation::OcspGood);
+        assert!(
+            gpus[0].checks.iter().any(|c| c.contains("OCSP")),
+            "{:?}",
+            gpus[0].checks
+        );
+        assert!(!policy.gpu.dangerous_no_ocsp);
         let (_, record) = extract_evidence(&cert).unwrap();
         assert_eq!(
             record.unwrap().gpus[0].driver_rim_id,
@@ -1121,16 +1138,35 @@ mod tests {
             "{msg}"
         );
 
-        // Revocation unchecked is refused unless named.
-        let mut ocsp = policy.clone();
-        ocsp.gpu.dangerous_no_ocsp = false;
-        let msg = verify_certificate(&good, &ocsp, None, NOW)
+        // A record without OCSP answers: revocation unchecked is refused unless named.
+        let nv = crate::sim::SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let mut unanswered = nv.record(&crate::sim::SimGpu::default(), &key.gpu_nonce(), NOW);
+        unanswered.gpus[0].ocsp.clear();
+        let (unchecked, _) = gpu_node_with(&key, &unanswered);
+        let msg = verify_certificate(&unchecked, &policy, None, NOW)
             .unwrap_err()
             .to_string();
         assert!(
             msg.contains("GPU 0: GPU certificate revocation unchecked"),
             "{msg}"
         );
+        let mut waived = policy.clone();
+        waived.gpu.dangerous_no_ocsp = true;
+        let peer = verify_certificate(&unchecked, &waived, None, NOW).unwrap();
+        assert_eq!(
+            peer.gpus()[0].revocation,
+            crate::gpu::Revocation::DangerousNotChecked
+        );
+
+        // Answers gone stale: refused, not treated as absent.
+        let week = crate::sim::SimNvidiaPki::OCSP_VALIDITY_SECS;
+        let mut stale_ocsp = nv.record(&crate::sim::SimGpu::default(), &key.gpu_nonce(), NOW);
+        stale_ocsp.gpus[0].ocsp = nv.ocsp_responses(NOW - week - 3600);
+        let (old, _) = gpu_node_with(&key, &stale_ocsp);
+        let msg = verify_certificate(&old, &waived, None, NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("stale"), "{msg}");
 
         // Versions the policy does not allow.
         let mut pinned = policy.clone();
@@ -1165,7 +1201,7 @@ mod tests {
     fn cpu_evidence_must_bind_the_gpu_record() {
         let key = AttestedKey::generate().unwrap();
         let nv = crate::sim::SimNvidiaPki::from_seed(DEFAULT_SEED);
-        let record = nv.record(&crate::sim::SimGpu::default(), &key.gpu_nonce());
+        let record = nv.record(&crate::sim::SimGpu::default(), &key.gpu_nonce(), NOW);
         let pki = SimPki::from_seed(DEFAULT_SEED);
         // CPU evidence over the CPU-only binding cannot carry a GPU record...
         let plain = sim_bundle(&pki, key.report_data(), Measurement([7; 48]));
@@ -1179,6 +1215,7 @@ mod tests {
                 ..crate::sim::SimGpu::default()
             },
             &key.gpu_nonce(),
+            NOW,
         );
         let bound = sim_bundle(
             &pki,

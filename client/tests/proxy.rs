@@ -285,8 +285,8 @@ async fn a_gpu_policy_refuses_nodes_without_valid_gpu_evidence_and_names_the_che
         } else {
             String::new()
         };
-        // The simulated NVIDIA PKI has no OCSP responder.
-        format!("[gpu]\nrequire = true\ndangerous_no_ocsp = true\n{roots}")
+        // The simulated NVIDIA PKI answers OCSP: the default (answers required) holds.
+        format!("[gpu]\nrequire = true\n{roots}")
     };
     let cpu_only = FakeUpstream::start(Options::new(PINNED));
     let with_gpu = FakeUpstream::start(Options {

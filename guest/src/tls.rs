@@ -284,15 +284,13 @@ mod tests {
     #[tokio::test]
     async fn a_gpu_node_certificate_carries_bound_gpu_evidence() {
         use crate::evidence::gpu::{CcState, LocalSimGpu};
+        use chrysalis_attestation::gpu::Revocation;
         use chrysalis_attestation::policy::{Policy, TdxPin};
         use chrysalis_attestation::sim::{SimGpu, SimNvidiaPki};
         let nv = SimNvidiaPki::from_seed(DEFAULT_SEED);
-        let store = CertStore::generate()
-            .unwrap()
-            .with_gpu(Arc::new(LocalSimGpu::new(
-                SimNvidiaPki::from_seed(DEFAULT_SEED),
-                SimGpu::default(),
-            )));
+        let store = CertStore::generate().unwrap().with_gpu(Arc::new(
+            LocalSimGpu::new(SimNvidiaPki::from_seed(DEFAULT_SEED), SimGpu::default()).at(T0),
+        ));
         let ev = sim();
         let t0 = UNIX_EPOCH + Duration::from_secs(T0);
         let info = store
@@ -312,9 +310,10 @@ mod tests {
         policy.gpu.require = true;
         policy.gpu.dangerous_simulated_nvidia_roots =
             vec![nv.device_root_sha256(), nv.rim_root_sha256()];
-        policy.gpu.dangerous_no_ocsp = true;
+        // The simulated PKI's OCSP answers are carried and checked: no dangerous_no_ocsp.
         let peer = ratls::verify_certificate(&info.cert_der, &policy, None, T0 + 10).unwrap();
         assert_eq!(peer.gpus().len(), 1);
+        assert_eq!(peer.gpus()[0].revocation, Revocation::OcspGood);
 
         // A GPU outside production CC mode: no certificate, and the reason named.
         let devtools = CertStore::generate().unwrap().with_gpu(Arc::new(

@@ -187,14 +187,17 @@ impl Admission {
 }
 
 /// The simulated GPU every sim profile offers: one H100 of `sim::SimNvidiaPki` (well-known seed)
-/// with `sim::SimGpu`'s default versions and measurements, reporting over `nonce`. Like sim
-/// quotes it proves nothing about hardware: only a policy naming the simulated NVIDIA roots
-/// accepts it.
+/// with `sim::SimGpu`'s default versions and measurements, reporting over `nonce`, with the
+/// simulated responder's OCSP answers dated by the host's clock. Like sim quotes it proves
+/// nothing about hardware: only a policy naming the simulated NVIDIA roots accepts it.
 fn sim_gpu_record(nonce: &[u8; 32]) -> Result<Vec<u8>, chrysalis_attestation::gpu::RecordError> {
     use chrysalis_attestation::sim::{DEFAULT_SEED, SimGpu, SimNvidiaPki};
     static PKI: std::sync::LazyLock<SimNvidiaPki> =
         std::sync::LazyLock::new(|| SimNvidiaPki::from_seed(DEFAULT_SEED));
-    PKI.record(&SimGpu::default(), nonce).to_der()
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PKI.record(&SimGpu::default(), nonce, now).to_der()
 }
 
 /// Which service a port runs.
@@ -502,6 +505,18 @@ mod tests {
             let record = GpuRecord::from_der(&record).unwrap();
             let report = GpuReport::parse(&record.gpus[0].report).unwrap();
             assert_eq!(report.request_nonce, [7; 32]);
+            // With the simulated responder's OCSP answers, dated by the host's clock.
+            let gpu = &record.gpus[0];
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let root = gpu.chain.last().unwrap();
+            let verdict = chrysalis_attestation::gpu::ocsp::check_chain_except_leaf(
+                &gpu.chain, root, &gpu.ocsp, now,
+            )
+            .unwrap();
+            assert_eq!(verdict.answers().len(), 1);
         }
         let collateral = Service::Collateral(Arc::new(CollateralCache::new()));
         assert!(matches!(

@@ -153,7 +153,7 @@ pub fn sim_service(kind: SimKind) -> String {
                 // The host's simulated GPU, as the host's sim services answer it.
                 (Request::SimGpu { nonce }, _) => Response::Gpu {
                     record: SimNvidiaPki::from_seed(DEFAULT_SEED)
-                        .record(&SimGpu::default(), &nonce)
+                        .record(&SimGpu::default(), &nonce, unix_now())
                         .to_der()
                         .unwrap(),
                 },

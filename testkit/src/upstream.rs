@@ -105,7 +105,7 @@ fn identity(pki: &SimPki, opts: &Options, mr_td: Measurement) -> Identity {
     let (snp, without_collateral) = (opts.snp, opts.without_collateral);
     let key = AttestedKey::generate().unwrap();
     let gpu = opts.gpu.then(|| {
-        SimNvidiaPki::from_seed(DEFAULT_SEED).record(&SimGpu::default(), &key.gpu_nonce())
+        SimNvidiaPki::from_seed(DEFAULT_SEED).record(&SimGpu::default(), &key.gpu_nonce(), now())
     });
     let report_data = match &gpu {
         Some(record) => key.report_data_with_gpu(&record.to_der().unwrap()),

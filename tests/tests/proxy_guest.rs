@@ -142,7 +142,8 @@ fn openai_sdk_and_rust_sdk_against_the_guest_runtime_snp() {
 
 /// A guest with `[gpu] attest = "sim"` carries the sim service's simulated GPU in its
 /// certificate, bound to its key: `chrysalis verify` shows the GPU under a policy that names the
-/// simulated NVIDIA roots, and refuses the node, naming the check, under one that does not.
+/// simulated NVIDIA roots (its OCSP answers checked: the policy does not waive them), and refuses
+/// the node, naming the check, under one that does not.
 #[test]
 fn a_guest_with_the_hosts_simulated_gpu_is_verified_with_its_gpu() {
     let Some(v) = venv() else { return };
@@ -164,7 +165,7 @@ fn a_guest_with_the_hosts_simulated_gpu_is_verified_with_its_gpu() {
         std::fs::write(
             &p,
             format!(
-                "{}[gpu]\nrequire = true\ndangerous_no_ocsp = true\n{gpu_table}",
+                "{}[gpu]\nrequire = true\n{gpu_table}",
                 policy_toml_for(SimKind::Tdx, SimKind::Tdx.measurement())
             ),
         )
@@ -193,6 +194,7 @@ fn a_guest_with_the_hosts_simulated_gpu_is_verified_with_its_gpu() {
         out.contains("gpu 0") && out.contains("driver 550.90.07"),
         "{out}"
     );
+    assert!(out.contains("revocation ocsp_good"), "{out}");
     assert!(out.contains("evidence is bound to the TLS key"), "{out}");
     let refused = verify("");
     assert_eq!(refused.status.code(), Some(1));

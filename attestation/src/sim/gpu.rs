@@ -9,9 +9,10 @@
 //!
 //! ```text
 //!  Simulated NVIDIA Device Identity CA (self-signed, P-384)
-//!   └─ Simulated NVIDIA GH100 Identity (CA)
-//!       └─ Simulated GH100 Attestation Key  (TCG DICE TcbInfo with the FWID)
-//!            └─ signs GET_MEASUREMENTS request ‖ MEASUREMENTS response (ECDSA P-384, SHA-384)
+//!   ├─ Simulated NVIDIA GH100 Identity (CA)
+//!   │   └─ Simulated GH100 Attestation Key  (TCG DICE TcbInfo with the FWID)
+//!   │        └─ signs GET_MEASUREMENTS request ‖ MEASUREMENTS response (ECDSA P-384, SHA-384)
+//!   └─ Simulated NVIDIA OCSP Responder (id-kp-OCSPSigning) ──▶ signs OCSP answers: "good"
 //!  Simulated NVIDIA RIM Signing Root CA (self-signed, P-384)
 //!   └─ Simulated NVIDIA Reference Value GH100 CA
 //!       └─ Simulated NVIDIA RIM Signer ──▶ signs driver and VBIOS SWID tags (XML-DSig)
@@ -22,6 +23,12 @@
 //! seed-derived, and signatures are deterministic ECDSA (RFC 6979). The same seed gives
 //! byte-identical certificates, reports and RIMs on every machine.
 //!
+//! The OCSP responder answers `good` for the certificates NVIDIA's responder answers for
+//! ([`crate::gpu::ocsp::check_chain_except_leaf`]: the GH100 identity CA), so simulated evidence
+//! carries OCSP answers and goes through the revocation check a real GPU's does; a policy for the
+//! simulated GPU needs no `dangerous_no_ocsp`. The answers are dated by the `now` passed in
+//! ([`SimNvidiaPki::ocsp_responses`]) and are otherwise as deterministic as the rest.
+//!
 //! ```
 //! use chrysalis_attestation::gpu::{self, GpuEvidence, GpuPolicy, GpuTrust};
 //! use chrysalis_attestation::sim::{self, SimGpu, SimNvidiaPki};
@@ -29,33 +36,39 @@
 //! let pki = SimNvidiaPki::from_seed(sim::DEFAULT_SEED);
 //! let sim_gpu = SimGpu::default();
 //! let nonce = [7; 32];
+//! let now = 1_767_225_600; // 2026-01-01T00:00:00Z
 //! let evidence = GpuEvidence {
 //!     report: pki.report(&sim_gpu, &nonce),
 //!     chain: pki.device_chain(),
 //!     driver_rim: Some(pki.driver_rim(&sim_gpu)),
 //!     vbios_rim: Some(pki.vbios_rim(&sim_gpu)),
-//!     ocsp: vec![],
+//!     ocsp: pki.ocsp_responses(now),
 //! };
 //! let trust = GpuTrust {
 //!     device_roots: vec![pki.device_root_der().to_vec()],
 //!     rim_roots: vec![pki.rim_root_der().to_vec()],
 //! };
-//! let policy = GpuPolicy { dangerous_no_ocsp: true, ..GpuPolicy::default() };
-//! let verified = gpu::verify(&evidence, &nonce, &trust, &policy, 1_767_225_600).unwrap();
+//! let verified = gpu::verify(&evidence, &nonce, &trust, &GpuPolicy::default(), now).unwrap();
 //! assert_eq!(verified.verdict().driver_version, "550.90.07");
+//! assert_eq!(verified.verdict().revocation, gpu::Revocation::OcspGood);
 //! ```
 
 use std::fmt;
 
 use base64::Engine as _;
 use p384::ecdsa::signature::Signer;
-use p384::ecdsa::{Signature, SigningKey};
+use p384::ecdsa::{DerSignature, Signature, SigningKey};
 use rcgen::string::PrintableString;
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue, IsCa,
-    Issuer, KeyIdMethod, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, SerialNumber,
 };
 use sha2::{Digest, Sha384};
+use x509_cert::Certificate;
+use x509_cert::der::asn1::GeneralizedTime;
+use x509_cert::der::{Decode, Encode};
+use x509_ocsp::builder::OcspResponseBuilder;
+use x509_ocsp::{CertId, CertStatus, OcspGeneralizedTime, SingleResponse};
 
 use super::certs::{self, unix_time};
 use super::{CERT_NOT_AFTER, CERT_NOT_BEFORE};
@@ -67,6 +80,8 @@ const ORGANIZATION: &str = "chrysalis simulated GPU (not NVIDIA)";
 
 /// The TCG DICE TcbInfo extension (TCG DICE Attestation Architecture §6.1.1).
 const TCB_INFO_OID: &[u64] = &[2, 23, 133, 5, 4, 1];
+/// id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1): a verifier need not ask about the responder.
+const OCSP_NOCHECK_OID: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5];
 /// DER of the OBJECT IDENTIFIER id-sha384 (2.16.840.1.101.3.4.2.2).
 const SHA384_OID_DER: [u8; 11] = [
     0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
@@ -300,19 +315,76 @@ fn issue(
     extensions: Vec<CustomExtension>,
     issuer: Option<&Issued>,
 ) -> Issued {
-    let key = GpuKey::derive(seed, label);
     let mut params = params(seed, label, common_name, ca);
     params.custom_extensions = extensions;
+    sign(seed, label, params, issuer)
+}
+
+/// Signs `params` for the key `label` of `seed` (self-signed when `issuer` is `None`).
+fn sign(seed: &[u8], label: &str, params: CertificateParams, issuer: Option<&Issued>) -> Issued {
+    let key = GpuKey::derive(seed, label);
     let cert = match issuer {
         None => params.self_signed(&key),
         Some(i) => params.signed_by(&key, &i.issuer()),
     }
-    .unwrap_or_else(|e| panic!("simulated {common_name} is issuable: {e}"));
+    .unwrap_or_else(|e| panic!("simulated {label} certificate is issuable: {e}"));
     Issued {
         params,
         key,
         der: cert.der().to_vec(),
     }
+}
+
+/// The OCSP responder certificate of `seed`: an end-entity certificate issued by the device
+/// root, with id-kp-OCSPSigning and id-pkix-ocsp-nocheck, as a CA's delegated responder has.
+fn ocsp_responder(seed: &[u8], device_root: &Issued) -> Issued {
+    let label = "ocsp responder";
+    let mut params = params(seed, label, "Simulated NVIDIA OCSP Responder", None);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+    // extnValue is the DER NULL.
+    let mut nocheck = CustomExtension::from_oid_content(OCSP_NOCHECK_OID, vec![0x05, 0x00]);
+    nocheck.set_criticality(false);
+    params.custom_extensions = vec![nocheck];
+    sign(seed, label, params, Some(device_root))
+}
+
+/// `secs` (unix seconds) as an OCSP GeneralizedTime.
+///
+/// # Panics
+/// When `secs` is past the year 9999.
+fn ocsp_time(secs: u64) -> OcspGeneralizedTime {
+    let time = GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|e| panic!("{secs} is not a GeneralizedTime: {e}"));
+    OcspGeneralizedTime(time)
+}
+
+/// A DER OCSPResponse answering `good` at `now` (dated as
+/// [`SimNvidiaPki::ocsp_responses`] says) about `about` = (certificate, its issuer), naming
+/// `responder` by subject and carrying its certificate, signed with `key`.
+fn ocsp_response(responder: &Issued, key: &GpuKey, about: (&Issued, &Issued), now: u64) -> Vec<u8> {
+    let this_update = now.saturating_sub(SimNvidiaPki::OCSP_ANSWER_AGE_SECS);
+    let next_update = this_update.saturating_add(SimNvidiaPki::OCSP_VALIDITY_SECS);
+    let (cert, issuer) = about;
+    let id = CertId::from_cert::<Sha384>(&x509(&issuer.der), &x509(&cert.der))
+        .expect("a CertID hashes any certificate");
+    let answer = SingleResponse::new(id, CertStatus::good(), ocsp_time(this_update))
+        .with_next_update(ocsp_time(next_update));
+    let responder = x509(&responder.der);
+    OcspResponseBuilder::new(responder.tbs_certificate.subject.clone())
+        .with_single_response(answer)
+        .sign::<_, DerSignature>(
+            &mut key.signing.clone(),
+            Some(vec![responder]),
+            ocsp_time(this_update),
+        )
+        .expect("ECDSA P-384 signs any response")
+        .to_der()
+        .expect("a built response encodes")
+}
+
+/// An rcgen certificate as x509-cert reads it.
+fn x509(der: &[u8]) -> Certificate {
+    Certificate::from_der(der).expect("rcgen writes DER that x509-cert reads")
 }
 
 /// DER tag ‖ length ‖ content.
@@ -354,6 +426,8 @@ pub struct SimNvidiaPki {
     rim_root: Issued,
     rim_ca: Issued,
     rim_signer: Issued,
+    /// Delegated OCSP responder of the device root.
+    ocsp_responder: Issued,
     fwid: [u8; 48],
     /// Keys the responder nonce, so it is fresh per request nonce yet deterministic.
     responder_secret: [u8; 32],
@@ -372,6 +446,13 @@ impl fmt::Debug for SimNvidiaPki {
 }
 
 impl SimNvidiaPki {
+    /// How long before `now` [`ocsp_responses`](Self::ocsp_responses) dates its answers
+    /// (`thisUpdate` and `producedAt`), in seconds.
+    pub const OCSP_ANSWER_AGE_SECS: u64 = 60;
+    /// How long an answer of [`ocsp_responses`](Self::ocsp_responses) is valid from its
+    /// `thisUpdate` to its `nextUpdate`, in seconds: 7 days.
+    pub const OCSP_VALIDITY_SECS: u64 = 7 * 86_400;
+
     /// Builds the PKI of `seed`. The same seed gives byte-identical certificates, reports and
     /// RIMs; different seeds give unrelated keys (and so other roots).
     pub fn from_seed(seed: &[u8]) -> Self {
@@ -388,6 +469,7 @@ impl SimNvidiaPki {
             vec![],
             None,
         );
+        let ocsp_responder = ocsp_responder(seed, &device_root);
         let device_ca = issue(
             seed,
             "device ca",
@@ -439,6 +521,7 @@ impl SimNvidiaPki {
             rim_root,
             rim_ca,
             rim_signer,
+            ocsp_responder,
             fwid,
             responder_secret: certs::seeded_bytes(seed, "nvidia responder nonce"),
         }
@@ -574,9 +657,44 @@ impl SimNvidiaPki {
         )
     }
 
-    /// The GPU record a node with this one GPU carries for `nonce`: its report and chain, the
-    /// RIM ids its report names, and both RIMs (carried, so a verifier needs none of its own).
-    pub fn record(&self, gpu: &SimGpu, nonce: &[u8; 32]) -> GpuRecord {
+    /// DER of the OCSP responder certificate: issued by the device root, with
+    /// id-kp-OCSPSigning. [`ocsp_responses`](Self::ocsp_responses) carries it.
+    pub fn ocsp_responder_der(&self) -> &[u8] {
+        &self.ocsp_responder.der
+    }
+
+    /// The OCSP answers a node fetched at `now` (unix seconds) for [`device_chain`]: one DER
+    /// OCSPResponse (status successful, a BasicOCSPResponse signed by the OCSP responder, named
+    /// by its subject, with its certificate in `certs`) answering `good` for every certificate
+    /// [`check_chain_except_leaf`] asks about (the GH100 identity CA), `thisUpdate` and
+    /// `producedAt` [`OCSP_ANSWER_AGE_SECS`] before `now` (0 at the earliest), `nextUpdate`
+    /// [`OCSP_VALIDITY_SECS`] after `thisUpdate`. The CertID hashes with SHA-384; no nonce.
+    /// Byte-identical for the same `now` (ECDSA P-384 with RFC 6979 nonces).
+    ///
+    /// # Panics
+    /// When `now` is past the year 9999.
+    ///
+    /// [`device_chain`]: Self::device_chain
+    /// [`check_chain_except_leaf`]: crate::gpu::ocsp::check_chain_except_leaf
+    /// [`OCSP_ANSWER_AGE_SECS`]: Self::OCSP_ANSWER_AGE_SECS
+    /// [`OCSP_VALIDITY_SECS`]: Self::OCSP_VALIDITY_SECS
+    pub fn ocsp_responses(&self, now: u64) -> Vec<Vec<u8>> {
+        let responder = &self.ocsp_responder;
+        vec![ocsp_response(
+            responder,
+            &responder.key,
+            (&self.device_ca, &self.device_root),
+            now,
+        )]
+    }
+
+    /// The GPU record a node with this one GPU carries for `nonce` at `now` (unix seconds): its
+    /// report and chain, the RIM ids its report names, both RIMs (carried, so a verifier needs
+    /// none of its own) and the OCSP answers of [`ocsp_responses`](Self::ocsp_responses)`(now)`.
+    ///
+    /// # Panics
+    /// As [`ocsp_responses`](Self::ocsp_responses).
+    pub fn record(&self, gpu: &SimGpu, nonce: &[u8; 32], now: u64) -> GpuRecord {
         let report = self.report(gpu, nonce);
         let parsed = crate::gpu::GpuReport::parse(&report).expect("a sim report parses");
         let (driver_rim_id, vbios_rim_id) = rim_ids(&parsed);
@@ -588,7 +706,7 @@ impl SimNvidiaPki {
                 chain: self.device_chain(),
                 driver_rim: Some(self.driver_rim(gpu)),
                 vbios_rim: Some(self.vbios_rim(gpu)),
-                ocsp: Vec::new(),
+                ocsp: self.ocsp_responses(now),
             }],
         }
     }
@@ -776,8 +894,9 @@ fn escape_attr(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::ocsp::{AnswerStatus, OcspError, OcspVerdict, check_chain_except_leaf};
     use crate::gpu::{
-        self, GpuError, GpuEvidence, GpuPolicy, GpuReport, GpuTrust, Mismatch, RimError,
+        self, GpuError, GpuEvidence, GpuPolicy, GpuReport, GpuTrust, Mismatch, Revocation, RimError,
     };
     use crate::sim::DEFAULT_SEED;
 
@@ -791,7 +910,7 @@ mod tests {
             chain: pki.device_chain(),
             driver_rim: Some(pki.driver_rim(rim_gpu)),
             vbios_rim: Some(pki.vbios_rim(rim_gpu)),
-            ocsp: vec![],
+            ocsp: pki.ocsp_responses(NOW),
         }
     }
 
@@ -802,15 +921,129 @@ mod tests {
         }
     }
 
-    fn policy() -> GpuPolicy {
-        GpuPolicy {
-            dangerous_no_ocsp: true,
-            ..GpuPolicy::default()
-        }
+    /// The default policy: OCSP answers required (the simulated PKI supplies them).
+    fn verify(e: &GpuEvidence, pki: &SimNvidiaPki) -> Result<gpu::VerifiedGpu, GpuError> {
+        gpu::verify(e, &NONCE, &trust(pki), &GpuPolicy::default(), NOW)
     }
 
-    fn verify(e: &GpuEvidence, pki: &SimNvidiaPki) -> Result<gpu::VerifiedGpu, GpuError> {
-        gpu::verify(e, &NONCE, &trust(pki), &policy(), NOW)
+    /// `responses` checked as `gpu::verify` checks them, against `pki`'s chain at `now`.
+    fn check_ocsp(
+        pki: &SimNvidiaPki,
+        responses: &[Vec<u8>],
+        now: u64,
+    ) -> Result<OcspVerdict, OcspError> {
+        check_chain_except_leaf(&pki.device_chain(), pki.device_root_der(), responses, now)
+    }
+
+    #[test]
+    fn ocsp_answers_verify_for_the_identity_ca() {
+        let pki = SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let verdict = check_ocsp(&pki, &pki.ocsp_responses(NOW), NOW).unwrap();
+        let answers = verdict.answers();
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        let a = &answers[0];
+        assert_eq!(a.cert_index, 1);
+        assert!(
+            a.subject.contains("Simulated NVIDIA GH100 Identity"),
+            "{a:?}"
+        );
+        assert!(
+            a.responder.contains("Simulated NVIDIA OCSP Responder"),
+            "{a:?}"
+        );
+        assert_eq!(a.status, AnswerStatus::Good);
+        let this_update = NOW - SimNvidiaPki::OCSP_ANSWER_AGE_SECS;
+        assert_eq!(a.this_update, this_update);
+        assert_eq!(a.next_update, Some(this_update + 7 * 86_400));
+        // Valid until nextUpdate (and the skew), at the far end too.
+        let last = this_update + SimNvidiaPki::OCSP_VALIDITY_SECS;
+        assert!(check_ocsp(&pki, &pki.ocsp_responses(NOW), last).is_ok());
+
+        // The production verifier checks them: revocation is checked, not waived.
+        let g = SimGpu::default();
+        let verified = verify(&evidence(&pki, &g, &g), &pki).unwrap();
+        assert_eq!(verified.verdict().revocation, Revocation::OcspGood);
+    }
+
+    #[test]
+    fn ocsp_responder_is_a_delegated_responder_of_the_device_root() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let pki = SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let (_, c) = X509Certificate::from_der(pki.ocsp_responder_der()).unwrap();
+        let (_, root) = X509Certificate::from_der(pki.device_root_der()).unwrap();
+        assert_eq!(c.issuer(), root.subject());
+        c.verify_signature(Some(root.public_key())).unwrap();
+        assert!(c.extended_key_usage().unwrap().unwrap().value.ocsp_signing);
+        assert!(!c.is_ca());
+        assert_eq!(c.validity().not_before.timestamp() as u64, CERT_NOT_BEFORE);
+    }
+
+    #[test]
+    fn ocsp_answers_are_stale_after_a_week() {
+        let pki = SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let later = NOW + 8 * 86_400;
+        let err = check_ocsp(&pki, &pki.ocsp_responses(NOW), later).unwrap_err();
+        assert!(
+            matches!(err, OcspError::Stale { cert_index: 1, now, .. } if now == later),
+            "{err:?}"
+        );
+        // The production verifier refuses them too (not waived to "unchecked").
+        let g = SimGpu::default();
+        let e = evidence(&pki, &g, &g);
+        let err = gpu::verify(&e, &NONCE, &trust(&pki), &GpuPolicy::default(), later).unwrap_err();
+        assert!(
+            matches!(err, GpuError::Ocsp(OcspError::Stale { .. })),
+            "{err:?}"
+        );
+        // Nor are answers dated in the future accepted.
+        let err = check_ocsp(&pki, &pki.ocsp_responses(NOW + 3600), NOW).unwrap_err();
+        assert!(matches!(err, OcspError::NotYetValid { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn ocsp_answers_are_deterministic_for_the_same_now() {
+        let (a, b) = (
+            SimNvidiaPki::from_seed(DEFAULT_SEED),
+            SimNvidiaPki::from_seed(DEFAULT_SEED),
+        );
+        assert_eq!(a.ocsp_responses(NOW), b.ocsp_responses(NOW));
+        assert_eq!(a.ocsp_responder_der(), b.ocsp_responder_der());
+        assert_ne!(a.ocsp_responses(NOW), a.ocsp_responses(NOW + 1));
+        let g = SimGpu::default();
+        assert_eq!(
+            a.record(&g, &NONCE, NOW).gpus[0].ocsp,
+            a.ocsp_responses(NOW)
+        );
+    }
+
+    #[test]
+    fn another_seeds_ocsp_answers_are_refused() {
+        let pki = SimNvidiaPki::from_seed(DEFAULT_SEED);
+        let other = SimNvidiaPki::from_seed(b"another seed");
+        // Its own answers are about its own identity CA (another key, another serial).
+        let err = check_ocsp(&pki, &other.ocsp_responses(NOW), NOW).unwrap_err();
+        assert!(
+            matches!(err, OcspError::MissingAnswer { cert_index: 1, .. }),
+            "{err:?}"
+        );
+        // Its responder, answering about this PKI's identity CA: not issued by this root.
+        let about = (&pki.device_ca, &pki.device_root);
+        let rogue = ocsp_response(&other.ocsp_responder, &other.ocsp_responder.key, about, NOW);
+        let err = check_ocsp(&pki, &[rogue], NOW).unwrap_err();
+        assert!(
+            matches!(err, OcspError::UnauthorizedResponder { cert_index: 1, .. }),
+            "{err:?}"
+        );
+        // Its responder key, under this PKI's responder certificate: the signature fails.
+        let forged = ocsp_response(&pki.ocsp_responder, &other.ocsp_responder.key, about, NOW);
+        let err = check_ocsp(&pki, &[forged], NOW).unwrap_err();
+        assert!(matches!(err, OcspError::Signature { .. }), "{err:?}");
+        // Through the production verifier.
+        let g = SimGpu::default();
+        let mut e = evidence(&pki, &g, &g);
+        e.ocsp = other.ocsp_responses(NOW);
+        let err = verify(&e, &pki).unwrap_err();
+        assert!(matches!(err, GpuError::Ocsp(_)), "{err:?}");
     }
 
     #[test]
@@ -1049,6 +1282,7 @@ mod tests {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let pki = SimNvidiaPki::from_seed(DEFAULT_SEED);
         for der in pki.device_chain().iter().chain([
+            &pki.ocsp_responder.der,
             &pki.rim_signer.der,
             &pki.rim_ca.der,
             &pki.rim_root.der,

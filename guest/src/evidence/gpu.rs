@@ -212,13 +212,16 @@ impl GpuEvidenceProvider for NvmlPython {
 
 /// Signs simulated GPU reports in this process with a
 /// [`chrysalis_attestation::sim::SimNvidiaPki`], over whatever nonce it is asked, carrying the
-/// simulated RIMs. For tests only (see [`super::LocalSim`]): clients accept it only if their
-/// policy names the simulated NVIDIA roots.
+/// simulated RIMs and the simulated responder's OCSP answers (dated by the system clock unless
+/// [`LocalSimGpu::at`] fixes the time). For tests only (see [`super::LocalSim`]): clients accept
+/// it only if their policy names the simulated NVIDIA roots.
 #[cfg(any(test, feature = "test-util"))]
 pub struct LocalSimGpu {
     pki: chrysalis_attestation::sim::SimNvidiaPki,
     gpu: chrysalis_attestation::sim::SimGpu,
     state: CcState,
+    /// When the OCSP answers are fetched (unix seconds); `None`: the system clock.
+    now: Option<u64>,
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -244,7 +247,15 @@ impl LocalSimGpu {
                 environment: 2,
                 ready: 1,
             },
+            now: None,
         }
+    }
+
+    /// The same GPU with its OCSP answers fetched at `now` (unix seconds) rather than by the
+    /// system clock: for tests that verify at a fixed time.
+    pub fn at(mut self, now: u64) -> Self {
+        self.now = Some(now);
+        self
     }
 
     /// The same GPU reporting another CC state (to test the refusals).
@@ -260,7 +271,13 @@ impl GpuEvidenceProvider for LocalSimGpu {
         &self,
         nonce: [u8; 32],
     ) -> Pin<Box<dyn Future<Output = Result<GpuRecord, EvidenceError>> + Send + '_>> {
-        let result = check_cc_state(&self.state).map(|()| self.pki.record(&self.gpu, &nonce));
+        // OCSP answers dated by this machine's clock, as a node that fetched them now has them.
+        let now = self.now.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+        let result = check_cc_state(&self.state).map(|()| self.pki.record(&self.gpu, &nonce, now));
         Box::pin(async move { result })
     }
 
