@@ -505,6 +505,18 @@ mod tests {
             let record = GpuRecord::from_der(&record).unwrap();
             let report = GpuReport::parse(&record.gpus[0].report).unwrap();
             assert_eq!(report.request_nonce, [7; 32]);
+            // With the simulated responder's OCSP answers, dated by the host's clock.
+            let gpu = &record.gpus[0];
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let root = gpu.chain.last().unwrap();
+            let verdict = chrysalis_attestation::gpu::ocsp::check_chain_except_leaf(
+                &gpu.chain, root, &gpu.ocsp, now,
+            )
+            .unwrap();
+            assert_eq!(verdict.answers().len(), 1);
         }
         let collateral = Service::Collateral(Arc::new(CollateralCache::new()));
         assert!(matches!(
