@@ -281,42 +281,32 @@ mod tests {
         let mut der = GpuRecord { gpus: vec![gpu()] }.to_der().unwrap();
         der.push(0);
         assert!(GpuRecord::from_der(&der).is_err());
-        let empty_chain = RecordDer {
-            version: 1,
-            gpus: vec![GpuDer {
-                architecture: HOPPER.into(),
-                report: octets(&[1]).unwrap(),
-                chain: vec![],
-                driver_rim_id: String::new(),
-                vbios_rim_id: String::new(),
-                driver_rim: None,
-                vbios_rim: None,
-                ocsp: None,
-            }],
-        }
-        .to_der()
-        .unwrap();
+        // Records the encoder refuses to write, built from the DER structs directly.
+        let raw = |architecture: &str, chain: Vec<OctetString>| {
+            RecordDer {
+                version: 1,
+                gpus: vec![GpuDer {
+                    architecture: architecture.into(),
+                    report: octets(&[1]).unwrap(),
+                    chain,
+                    driver_rim_id: String::new(),
+                    vbios_rim_id: String::new(),
+                    driver_rim: None,
+                    vbios_rim: None,
+                    ocsp: None,
+                }],
+            }
+            .to_der()
+            .unwrap()
+        };
+        let empty_chain = raw(HOPPER, vec![]);
         assert!(
             GpuRecord::from_der(&empty_chain)
                 .unwrap_err()
                 .0
                 .contains("empty certificate chain")
         );
-        let blackwell = RecordDer {
-            version: 1,
-            gpus: vec![GpuDer {
-                architecture: "blackwell".into(),
-                report: octets(&[1]).unwrap(),
-                chain: vec![octets(&[1]).unwrap()],
-                driver_rim_id: String::new(),
-                vbios_rim_id: String::new(),
-                driver_rim: None,
-                vbios_rim: None,
-                ocsp: None,
-            }],
-        }
-        .to_der()
-        .unwrap();
+        let blackwell = raw("blackwell", vec![octets(&[1]).unwrap()]);
         assert!(
             GpuRecord::from_der(&blackwell)
                 .unwrap_err()
